@@ -1,0 +1,393 @@
+//! `rsandbox`: run a command in a rootless sandbox, or check what this host supports.
+//!
+//! Every option fills a field of [`rsandbox::Spec`]; the library does the rest.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rsandbox::{Child, Error, ErrorKind, IdMapping, Mount, Network, Root, Spec, Want};
+
+/// Exit status when the sandbox could not be set up.
+const EXIT_SETUP: u8 = 125;
+
+#[derive(Parser)]
+#[command(
+    name = "rsandbox",
+    version,
+    about = "Run commands in rootless Linux sandboxes"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a command in a sandbox: `rsandbox run [OPTIONS] -- CMD [ARGS...]`.
+    Run(Box<RunArgs>),
+    /// Report what this host and user can use, with a remedy for each missing feature.
+    Doctor {
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum NetArg {
+    /// A private network namespace with only loopback.
+    None,
+    /// The host's network.
+    Host,
+}
+
+#[derive(Clone, Copy, ValueEnum, PartialEq)]
+enum NsArg {
+    User,
+    Mount,
+    Pid,
+    Ipc,
+    Uts,
+    Net,
+    Cgroup,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    /// Start from this JSON spec; the other options override its fields.
+    #[arg(long, value_name = "FILE")]
+    spec: Option<PathBuf>,
+    /// Use DIR as the root filesystem (read-only) instead of the host view.
+    #[arg(long, value_name = "DIR")]
+    rootfs: Option<PathBuf>,
+    /// Mount the --rootfs directory read-write.
+    #[arg(long, requires = "rootfs")]
+    rootfs_writable: bool,
+    /// Bind a host path read-write: SRC:DST (DST defaults to SRC).
+    #[arg(long, value_name = "SRC:DST")]
+    bind: Vec<String>,
+    /// Bind a host path read-only: SRC:DST (DST defaults to SRC).
+    #[arg(long, value_name = "SRC:DST")]
+    ro_bind: Vec<String>,
+    /// Mount a fresh tmpfs at DST.
+    #[arg(long, value_name = "DST")]
+    tmpfs: Vec<String>,
+    /// Host name inside the sandbox.
+    #[arg(long)]
+    hostname: Option<String>,
+    /// uid inside the sandbox.
+    #[arg(long)]
+    uid: Option<u32>,
+    /// gid inside the sandbox.
+    #[arg(long)]
+    gid: Option<u32>,
+    /// Run as root (uid and gid 0) inside the sandbox's user namespace.
+    #[arg(long, conflicts_with_all = ["uid", "gid"])]
+    root: bool,
+    /// Map 65536 ids through /etc/subuid and /etc/subgid (newuidmap/newgidmap).
+    #[arg(long)]
+    map_range: bool,
+    /// Network: none (own namespace, loopback only) or host.
+    #[arg(long, value_enum)]
+    net: Option<NetArg>,
+    /// Do not create this namespace (repeatable).
+    #[arg(long, value_enum, value_name = "NS")]
+    share: Vec<NsArg>,
+    /// Also create a time namespace.
+    #[arg(long)]
+    time_ns: bool,
+    /// Set an environment variable: K=V (repeatable).
+    #[arg(long, value_name = "K=V")]
+    env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long)]
+    cwd: Option<String>,
+    /// Kill the whole sandbox after SECS seconds of wall-clock time.
+    #[arg(long, value_name = "SECS")]
+    timeout: Option<f64>,
+    /// Write the result (status, verdict, usage, report) as JSON to FILE.
+    #[arg(long, value_name = "FILE")]
+    json_result: Option<PathBuf>,
+    /// Print the enforcement report to stderr after the command ends.
+    #[arg(long)]
+    report: bool,
+    /// Print the resulting spec as JSON and exit without running anything.
+    #[arg(long)]
+    print_spec: bool,
+    /// The command and its arguments.
+    #[arg(last = true, value_name = "CMD")]
+    command: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Doctor { json } => {
+            let d = rsandbox::doctor();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+            } else {
+                print!("{}", d.to_text());
+            }
+            ExitCode::SUCCESS
+        }
+        Command::Run(args) => match run(&args) {
+            Ok(code) => ExitCode::from(code),
+            Err(e) => {
+                eprintln!("rsandbox: {e}");
+                if let Some(path) = &args.json_result {
+                    write_error_json(path, &e);
+                }
+                ExitCode::from(exit_code_for(&e))
+            }
+        },
+    }
+}
+
+/// 127 and 126 as a shell reports them; 125 for everything else that stopped the sandbox.
+fn exit_code_for(e: &Error) -> u8 {
+    match e.kind() {
+        ErrorKind::ExecutableNotFound => 127,
+        ErrorKind::NotExecutable => 126,
+        _ => EXIT_SETUP,
+    }
+}
+
+fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
+    let mut spec = match &a.spec {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| invalid("--spec", format!("{}: {e}", path.display())))?;
+            Spec::from_json(&text)?
+        }
+        None => Spec::default(),
+    };
+    if !a.command.is_empty() {
+        spec.process.args = a.command.clone();
+    }
+    if let Some(dir) = &a.rootfs {
+        spec.filesystem.root = Root::Directory {
+            path: dir.clone(),
+            writable: a.rootfs_writable,
+        };
+    }
+    for (list, readonly) in [(&a.bind, false), (&a.ro_bind, true)] {
+        for item in list {
+            let (src, dst) = item.split_once(':').unwrap_or((item, item));
+            if src.is_empty() || dst.is_empty() {
+                return Err(invalid("--bind", format!("expected SRC:DST, got {item:?}")));
+            }
+            spec.filesystem.mounts.push(Mount::Bind {
+                source: src.into(),
+                destination: dst.into(),
+                readonly,
+            });
+        }
+    }
+    for dst in &a.tmpfs {
+        spec.filesystem.mounts.push(Mount::Tmpfs {
+            destination: dst.clone(),
+            size: None,
+            mode: None,
+        });
+    }
+    if let Some(h) = &a.hostname {
+        spec.hostname = h.clone();
+    }
+    if a.root {
+        spec.user.uid = Some(0);
+        spec.user.gid = Some(0);
+    }
+    if a.uid.is_some() {
+        spec.user.uid = a.uid;
+    }
+    if a.gid.is_some() {
+        spec.user.gid = a.gid;
+    }
+    if a.map_range {
+        spec.user.mapping = IdMapping::SubordinateRange;
+    }
+    match a.net {
+        Some(NetArg::None) => spec.network = Network::None,
+        Some(NetArg::Host) => spec.network = Network::Host,
+        None => {}
+    }
+    let ns = &mut spec.namespaces;
+    for s in &a.share {
+        let slot = match s {
+            NsArg::User => &mut ns.user,
+            NsArg::Mount => &mut ns.mount,
+            NsArg::Pid => &mut ns.pid,
+            NsArg::Ipc => &mut ns.ipc,
+            NsArg::Uts => &mut ns.uts,
+            NsArg::Net => &mut ns.net,
+            NsArg::Cgroup => &mut ns.cgroup,
+        };
+        *slot = Want::Off;
+    }
+    if a.share.contains(&NsArg::Net) {
+        spec.network = Network::Host;
+    }
+    if a.time_ns {
+        ns.time = Want::Required;
+    }
+    for kv in &a.env {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| invalid("--env", format!("expected K=V, got {kv:?}")))?;
+        spec.process.env.insert(k.into(), v.into());
+    }
+    if a.cwd.is_some() {
+        spec.process.cwd = a.cwd.clone();
+    }
+    if a.timeout.is_some() {
+        spec.timeout = a.timeout;
+    }
+    Ok(spec)
+}
+
+fn invalid(field: &str, reason: String) -> Error {
+    Error::InvalidSpec {
+        field: field.into(),
+        reason,
+    }
+}
+
+fn run(a: &RunArgs) -> Result<u8, Error> {
+    let spec = build_spec(a)?;
+    if a.print_spec {
+        println!("{}", spec.to_json()?);
+        return Ok(0);
+    }
+    if spec.process.args.is_empty() {
+        return Err(invalid(
+            "CMD",
+            "no command given: rsandbox run [OPTIONS] -- CMD [ARGS...]".into(),
+        ));
+    }
+    let signals = ForwardedSignals::install();
+    let mut child = rsandbox::spawn(&spec)?;
+    let result = wait_forwarding(&mut child, signals.as_ref())?;
+    if a.report {
+        eprint!("{}", result.report.to_text());
+        eprintln!(
+            "result: {:?} verdict={} wall={:.3}s user={:.3}s sys={:.3}s max_rss={}KiB",
+            result.status,
+            serde_json::to_value(result.verdict)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default(),
+            result.usage.wall_time,
+            result.usage.user_time,
+            result.usage.system_time,
+            result.usage.max_rss / 1024
+        );
+    }
+    if let Some(path) = &a.json_result {
+        let json = serde_json::to_string_pretty(&result)
+            .map_err(|e| invalid("--json-result", e.to_string()))?;
+        write_file(path, &json)?;
+    }
+    Ok(result.status.shell_code().clamp(0, 255) as u8)
+}
+
+/// Waits for the sandbox while relaying SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process.
+fn wait_forwarding(
+    child: &mut Child,
+    signals: Option<&ForwardedSignals>,
+) -> Result<rsandbox::RunResult, Error> {
+    let Some(signals) = signals else {
+        return child.wait();
+    };
+    loop {
+        if let Some(r) = child.wait_timeout(Duration::from_millis(0))? {
+            return Ok(r);
+        }
+        let mut fds = [
+            libc::pollfd {
+                fd: child.pidfd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: signals.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // Wake at least every 50 ms so the spec's wall-clock limit is checked.
+        // SAFETY: fds is a valid array of two pollfd structs.
+        unsafe { libc::poll(fds.as_mut_ptr(), 2, 50) };
+        if fds[1].revents & libc::POLLIN != 0 {
+            if let Some(sig) = signals.read() {
+                child.kill(sig)?;
+            }
+        }
+    }
+}
+
+/// A signalfd for the signals the CLI relays into the sandbox.
+struct ForwardedSignals {
+    fd: OwnedFd,
+}
+
+impl ForwardedSignals {
+    const SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+
+    fn install() -> Option<ForwardedSignals> {
+        // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset; blocking the relayed
+        // signals in this single-threaded program and reading them from a signalfd is sound.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            for s in Self::SIGNALS {
+                libc::sigaddset(&mut set, s);
+            }
+            if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+                return None;
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            (fd >= 0).then(|| ForwardedSignals {
+                fd: OwnedFd::from_raw_fd(fd),
+            })
+        }
+    }
+
+    fn read(&self) -> Option<i32> {
+        let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+        // SAFETY: info is a writable buffer of exactly one signalfd_siginfo.
+        let n = unsafe { libc::read(self.fd.as_raw_fd(), info.as_mut_ptr().cast(), info.len()) };
+        (n as usize == info.len())
+            .then(|| u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as i32)
+    }
+}
+
+fn write_file(path: &PathBuf, text: &str) -> Result<(), Error> {
+    std::fs::File::create(path)
+        .and_then(|mut f| {
+            f.write_all(text.as_bytes())
+                .and_then(|_| f.write_all(b"\n"))
+        })
+        .map_err(|e| invalid("--json-result", format!("{}: {e}", path.display())))
+}
+
+fn write_error_json(path: &PathBuf, e: &Error) {
+    let value = serde_json::json!({
+        "verdict": "setup-error",
+        "error": {
+            "kind": format!("{:?}", e.kind()),
+            "message": e.to_string(),
+            "step": e.step().map(|s| s.name()),
+            "errno": e.errno().map(|n| format!("{n:?}")),
+            "remedy": e.remedy(),
+        }
+    });
+    let _ = write_file(
+        path,
+        &serde_json::to_string_pretty(&value).unwrap_or_default(),
+    );
+}

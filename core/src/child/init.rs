@@ -1,0 +1,89 @@
+//! The sandbox's init: reaps orphans, forwards signals, and reports the command's status.
+//!
+//! With a PID namespace this process is pid 1; when it exits the kernel kills everything left in the
+//! namespace, so the command's exit (or the caller's death) ends the whole sandbox. Without one,
+//! the command's process group stands in for "the whole sandbox".
+
+use std::os::raw::c_int;
+
+use super::Plan;
+use crate::sys;
+
+/// Runs the init loop for the command `main`. Never returns.
+pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
+    // Tell the caller the command's pid (meaningful to it when there is no PID namespace).
+    let _ = sys::write_all(plan.status_w, &main.to_ne_bytes());
+
+    // Signals are still blocked from setup; a signalfd collects them, SIGCHLD included, so none is
+    // lost between the fork and this point.
+    let sfd = match sys::signalfd(&sys::sigset_full()) {
+        Ok(fd) => fd,
+        Err(_) => finish(plan, main, None),
+    };
+    let mut fds = [
+        libc::pollfd {
+            fd: sfd,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            // The caller holds the write end for the sandbox's life: hang-up means it is gone.
+            fd: if plan.die_with_parent { plan.ctl_r } else { -1 },
+            events: libc::POLLIN,
+            revents: 0,
+        },
+    ];
+    loop {
+        if sys::retry(|| sys::poll(&mut fds, -1)).is_err() {
+            continue;
+        }
+        if fds[1].revents != 0 {
+            let mut byte = [0u8; 1];
+            if sys::read_full(plan.ctl_r, &mut byte) != Ok(1) {
+                kill_all(plan, main);
+                sys::exit(super::EXIT_SETUP_FAILED);
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            let mut info = [0u8; std::mem::size_of::<libc::signalfd_siginfo>()];
+            if sys::read_full(sfd, &mut info) != Ok(info.len()) {
+                continue;
+            }
+            let signo = u32::from_ne_bytes([info[0], info[1], info[2], info[3]]) as c_int;
+            if signo != libc::SIGCHLD {
+                forward(plan, main, signo);
+            }
+            // Reap on every wakeup: SIGCHLDs coalesce.
+            while let Some((pid, status)) = sys::reap_any() {
+                if pid == main {
+                    finish(plan, main, Some(status));
+                }
+            }
+        }
+    }
+}
+
+/// Sends `sig` to every process of the sandbox.
+fn forward(plan: &Plan, main: libc::pid_t, sig: c_int) {
+    if plan.pid_ns {
+        // kill(-1) from pid 1 reaches every other process of the namespace, and nothing else.
+        let _ = sys::kill(-1, sig);
+    } else {
+        let _ = sys::kill(-main, sig);
+    }
+}
+
+fn kill_all(plan: &Plan, main: libc::pid_t) {
+    forward(plan, main, libc::SIGKILL);
+}
+
+/// Reports the command's wait status and exits; the kernel tears down the PID namespace.
+fn finish(plan: &Plan, main: libc::pid_t, status: Option<c_int>) -> ! {
+    if !plan.pid_ns {
+        kill_all(plan, main);
+    }
+    if let Some(status) = status {
+        let _ = sys::write_all(plan.status_w, &status.to_ne_bytes());
+    }
+    sys::exit(0)
+}

@@ -1,0 +1,276 @@
+//! What runs between clone and execve.
+//!
+//! [`Plan`] holds everything the sandbox needs, allocated by the caller before clone. The sandbox's
+//! first process runs [`run`]: one linear setup sequence, then it forks the command and becomes
+//! its init. Nothing here allocates, locks or logs: the caller may be a multi-threaded program whose
+//! other threads held the allocator's lock at the moment of clone. A failure is sent to the caller
+//! as a fixed-size [`Failure`] record over a close-on-exec pipe.
+
+mod init;
+
+use std::ffi::CString;
+use std::os::raw::{c_char, c_int};
+
+use nix::errno::Errno;
+
+use crate::error::Step;
+use crate::mounts::MountPlan;
+use crate::sys;
+
+/// The fixed-size record a failing sandbox writes to the error pipe.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Failure {
+    pub step: u32,
+    pub errno: i32,
+    /// Index of the failing mount source/op, or `u32::MAX`.
+    pub index: u32,
+    /// For exec failures: whether any candidate path existed but was refused (EACCES & co).
+    pub detail: u32,
+}
+
+impl Failure {
+    pub const SIZE: usize = std::mem::size_of::<Failure>();
+
+    pub fn to_bytes(self) -> [u8; Failure::SIZE] {
+        let mut b = [0u8; Failure::SIZE];
+        b[0..4].copy_from_slice(&self.step.to_ne_bytes());
+        b[4..8].copy_from_slice(&self.errno.to_ne_bytes());
+        b[8..12].copy_from_slice(&self.index.to_ne_bytes());
+        b[12..16].copy_from_slice(&self.detail.to_ne_bytes());
+        b
+    }
+
+    pub fn from_bytes(b: &[u8; Failure::SIZE]) -> Failure {
+        let word = |i: usize| [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        Failure {
+            step: u32::from_ne_bytes(word(0)),
+            errno: i32::from_ne_bytes(word(4)),
+            index: u32::from_ne_bytes(word(8)),
+            detail: u32::from_ne_bytes(word(12)),
+        }
+    }
+}
+
+/// Exit status of the command process when it could not be executed (127: not found; 126: not
+/// executable); the caller reads the real cause from the error pipe.
+pub(crate) const EXIT_NOT_FOUND: c_int = 127;
+pub(crate) const EXIT_NOT_EXECUTABLE: c_int = 126;
+/// Exit status of the init when setup failed.
+pub(crate) const EXIT_SETUP_FAILED: c_int = 125;
+
+/// Ids maps the sandbox writes itself.
+pub(crate) struct OwnMaps {
+    pub uid_map: Vec<u8>,
+    pub gid_map: Vec<u8>,
+}
+
+/// The command: every candidate path for argv\[0\], argv and envp as NULL-terminated arrays.
+pub(crate) struct Exec {
+    pub candidates: Vec<CString>,
+    // The CStrings own the memory the pointer arrays point into.
+    pub _argv: Vec<CString>,
+    pub _envp: Vec<CString>,
+    pub argv_ptrs: Vec<*const c_char>,
+    pub envp_ptrs: Vec<*const c_char>,
+}
+
+/// Everything the sandbox needs, prepared before clone.
+pub(crate) struct Plan {
+    /// Write these maps from inside (single-id mapping).
+    pub own_maps: Option<OwnMaps>,
+    /// Block until the caller has written the maps (range mapping).
+    pub wait_for_maps: bool,
+    pub mounts: Option<MountPlan>,
+    pub hostname: Option<Vec<u8>>,
+    pub loopback_up: bool,
+    pub unshare_time: bool,
+    /// The sandbox has its own PID namespace (init is pid 1).
+    pub pid_ns: bool,
+    pub die_with_parent: bool,
+    pub cwd: Option<CString>,
+    /// setresgid/setresuid to these before exec, when they differ from the init's.
+    pub switch_ids: Option<(u32, u32)>,
+    /// Clear supplementary groups (allowed only when setgroups is not denied).
+    pub clear_groups: bool,
+    pub exec: Exec,
+    /// Sources of the command's fds 0, 1, 2, as numbered in the caller.
+    pub stdio: [c_int; 3],
+    /// Descriptor ranges to close right after clone: everything but stdio sources and our pipes.
+    pub close_ranges: Vec<(u32, u32)>,
+    pub err_w: c_int,
+    pub ctl_r: c_int,
+    pub status_w: c_int,
+}
+
+/// The sandbox's first process. Never returns.
+pub(crate) fn run(plan: &Plan, scratch: &mut [c_int]) -> ! {
+    match setup(plan, scratch) {
+        Ok(()) => {}
+        Err(f) => fail(plan.err_w, f, EXIT_SETUP_FAILED),
+    }
+    // The command is a child of this process, which stays behind as its init.
+    // SAFETY: we are single-threaded (a fresh clone) and the child only makes raw syscalls.
+    match unsafe { sys::raw_fork() } {
+        Ok(0) => exec_command(plan),
+        Ok(pid) => {
+            sys::close(plan.err_w);
+            init::run(plan, pid)
+        }
+        Err(e) => fail(plan.err_w, failure(Step::ForkCommand, e), EXIT_SETUP_FAILED),
+    }
+}
+
+fn failure(step: Step, errno: Errno) -> Failure {
+    Failure {
+        step: step as u32,
+        errno: errno as i32,
+        index: u32::MAX,
+        detail: 0,
+    }
+}
+
+fn fail(err_w: c_int, f: Failure, code: c_int) -> ! {
+    let _ = sys::write_all(err_w, &f.to_bytes());
+    sys::exit(code)
+}
+
+/// The setup sequence, in order. Each step says why it is where it is.
+fn setup(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
+    let step = |s: Step| move |e: Errno| failure(s, e);
+
+    // Block every signal first: the caller's handlers must never run in this copy of it. The init
+    // reads signals from a signalfd; the command restores an empty mask before exec.
+    sys::sigmask_set(&sys::sigset_full(), None).map_err(step(Step::InitSignals))?;
+
+    // Drop every descriptor we did not ask for before anything else, so other sandboxes spawned
+    // concurrently by other threads see their pipes close promptly.
+    for &(first, last) in &plan.close_ranges {
+        sys::close_range(first, last, 0).map_err(step(Step::CloseFds))?;
+    }
+
+    // Id maps come before anything that creates files: the kernel refuses unmapped owners.
+    if let Some(maps) = &plan.own_maps {
+        // A process that changed its ids without exec is not dumpable and may not open its own
+        // /proc files; the flag only affects this process, which is about to exec anyway.
+        if sys::prctl(libc::PR_GET_DUMPABLE, 0) == Ok(0) {
+            sys::prctl(libc::PR_SET_DUMPABLE, 1).map_err(step(Step::UidMap))?;
+        }
+        sys::write_file(c"/proc/self/setgroups", b"deny").map_err(step(Step::DenySetgroups))?;
+        sys::write_file(c"/proc/self/gid_map", &maps.gid_map).map_err(step(Step::GidMap))?;
+        sys::write_file(c"/proc/self/uid_map", &maps.uid_map).map_err(step(Step::UidMap))?;
+    } else if plan.wait_for_maps {
+        let mut byte = [0u8; 1];
+        match sys::read_full(plan.ctl_r, &mut byte) {
+            Ok(1) => {}
+            // The caller could not install the maps and went away: it reports why.
+            Ok(_) => sys::exit(EXIT_SETUP_FAILED),
+            Err(e) => return Err(failure(Step::WaitForMaps, e)),
+        }
+    }
+
+    if let Some(mounts) = &plan.mounts {
+        mounts.build(scratch).map_err(|(s, e, index)| Failure {
+            step: s as u32,
+            errno: e as i32,
+            index,
+            detail: 0,
+        })?;
+    }
+    if let Some(name) = &plan.hostname {
+        sys::sethostname(name).map_err(step(Step::SetHostname))?;
+    }
+    if plan.loopback_up {
+        sys::loopback_up().map_err(step(Step::LoopbackUp))?;
+    }
+    // A time namespace applies to children only: enter it before forking the command.
+    if plan.unshare_time {
+        sys::unshare(libc::CLONE_NEWTIME).map_err(step(Step::UnshareTime))?;
+    }
+    Ok(())
+}
+
+/// The command process: per-process setup, then execve. Never returns.
+fn exec_command(plan: &Plan) -> ! {
+    let err_w = plan.err_w;
+    let die = |step: Step, e: Errno| fail(err_w, failure(step, e), EXIT_SETUP_FAILED);
+
+    // Its own session: no controlling terminal shared with the caller, and a process group the
+    // init can signal as a whole when there is no PID namespace.
+    if let Err(e) = sys::setsid() {
+        die(Step::Setsid, e);
+    }
+    // Move the stdio sources out of the way first, so that installing one cannot clobber another.
+    let mut moved = [0; 3];
+    for (i, &src) in plan.stdio.iter().enumerate() {
+        moved[i] = match sys::dup_above(src, 3) {
+            Ok(fd) => fd,
+            Err(e) => die(Step::Stdio, e),
+        };
+    }
+    for (i, &fd) in moved.iter().enumerate() {
+        if let Err(e) = sys::dup_to(fd, i as c_int) {
+            die(Step::Stdio, e);
+        }
+    }
+    if let Some(cwd) = &plan.cwd {
+        if let Err(e) = sys::chdir(cwd) {
+            die(Step::Chdir, e);
+        }
+    }
+    if let Some((uid, gid)) = plan.switch_ids {
+        if plan.clear_groups {
+            if let Err(e) = sys::setgroups_empty() {
+                die(Step::SetGid, e);
+            }
+        }
+        if let Err(e) = sys::setresgid(gid) {
+            die(Step::SetGid, e);
+        }
+        if let Err(e) = sys::setresuid(uid) {
+            die(Step::SetUid, e);
+        }
+    }
+    if let Err(e) = sys::reset_signal_dispositions() {
+        die(Step::ResetSignals, e);
+    }
+    if let Err(e) = sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) {
+        die(Step::NoNewPrivs, e);
+    }
+    // Everything above 2 closes at exec, including the error pipe, whose closing tells the caller
+    // that exec succeeded.
+    if let Err(e) = sys::close_range(3, u32::MAX, sys::CLOSE_RANGE_CLOEXEC) {
+        die(Step::CloseFds, e);
+    }
+    if let Err(e) = sys::sigmask_set(&sys::sigset_empty(), None) {
+        die(Step::ResetSignals, e);
+    }
+
+    // PATH search, execvp-style: keep going past missing entries, remember refusals.
+    let mut refused: Option<Errno> = None;
+    let mut last = Errno::ENOENT;
+    for path in &plan.exec.candidates {
+        let e = sys::execve(path, &plan.exec.argv_ptrs, &plan.exec.envp_ptrs);
+        match e {
+            Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG => last = e,
+            Errno::EACCES | Errno::EPERM | Errno::EISDIR => {
+                refused.get_or_insert(e);
+            }
+            other => {
+                refused = Some(other);
+                break;
+            }
+        }
+    }
+    let (errno, code) = match refused {
+        Some(e) => (e, EXIT_NOT_EXECUTABLE),
+        None => (last, EXIT_NOT_FOUND),
+    };
+    let f = Failure {
+        step: Step::Exec as u32,
+        errno: errno as i32,
+        index: u32::MAX,
+        detail: refused.is_some() as u32,
+    };
+    fail(err_w, f, code)
+}

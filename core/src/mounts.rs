@@ -1,0 +1,889 @@
+//! The sandbox's filesystem: planned in the caller, built inside the new mount namespace.
+//!
+//! Planning ([`MountPlan::new`]) checks host paths, reads symlinks and prepares every C string, so
+//! that building ([`MountPlan::build`]) makes raw syscalls only. Building uses the new mount API:
+//! host trees are cloned with `open_tree` *before* anything is mounted, so a later mount can never
+//! shadow a source; read-only is applied with `mount_setattr`, which adds attributes without
+//! clearing the ones the kernel locked on the source (a plain `MS_REMOUNT|MS_RDONLY` would fail
+//! with EPERM inside a user namespace); and every destination is resolved with
+//! `openat2(RESOLVE_IN_ROOT)`, so a symlink in a rootfs cannot redirect a mount outside it.
+
+use std::ffi::{CStr, CString};
+use std::os::raw::c_int;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+
+use crate::error::{Error, Result, Step};
+use crate::report::{MountEntry, Status};
+use crate::spec::{Filesystem, Mount, Root};
+use crate::sys;
+
+/// The host directories the default host view exposes read-only.
+pub const HOST_VIEW_DIRS: [&str; 8] = [
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/etc", "/opt",
+];
+
+/// Device nodes bound from the host into the sandbox's /dev.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// A host tree cloned before anything is mounted.
+struct Source {
+    path: CString,
+    recursive: bool,
+    attrs: u64,
+}
+
+/// What the new root is.
+enum RootFs {
+    /// A fresh tmpfs, made read-only once the mount points exist.
+    Tmpfs,
+    /// The source with this index.
+    Tree(usize),
+}
+
+/// One step of building the tree, relative to the new root.
+enum Op {
+    /// mkdir `parent/name` unless it exists.
+    Dir {
+        parent: CString,
+        name: CString,
+        full: CString,
+    },
+    /// Create an empty file `parent/name` to mount a file on.
+    File {
+        parent: CString,
+        name: CString,
+        full: CString,
+    },
+    /// `parent/name` -> `target`.
+    Symlink {
+        parent: CString,
+        name: CString,
+        target: CString,
+    },
+    /// Attach the cloned source at `dest`.
+    Bind { source: usize, dest: CString },
+    /// Create a filesystem and attach it at `dest`.
+    NewFs {
+        fstype: CString,
+        options: Vec<(CString, Option<CString>)>,
+        attrs: u64,
+        dest: CString,
+    },
+}
+
+/// Everything needed to build the sandbox's root, prepared before clone.
+pub(crate) struct MountPlan {
+    sources: Vec<Source>,
+    root: RootFs,
+    root_readonly: bool,
+    ops: Vec<Op>,
+    /// Where the new root is attached before pivot_root: any existing host directory will do.
+    staging: CString,
+    /// Human-readable descriptions of sources then ops, for errors.
+    descriptions: Vec<String>,
+    /// What the report says about the filesystem.
+    pub entries: Vec<MountEntry>,
+}
+
+/// A failure while building: the step, the errno, and the index into the descriptions.
+pub(crate) type BuildError = (Step, Errno, u32);
+
+impl MountPlan {
+    /// Plans the filesystem. `ids` are the inside uid and gid of the command (owner of the work
+    /// directory); `pid_ns` says whether a fresh /proc can be mounted.
+    pub fn new(fs: &Filesystem, ids: (u32, u32), pid_ns: bool) -> Result<MountPlan> {
+        let mut plan = MountPlan {
+            sources: Vec::new(),
+            root: RootFs::Tmpfs,
+            root_readonly: true,
+            ops: Vec::new(),
+            staging: staging_dir(),
+            descriptions: Vec::new(),
+            entries: Vec::new(),
+        };
+        let host_root = match &fs.root {
+            Root::HostView => {
+                plan.entries
+                    .push(entry("/", "tmpfs", "rootfs", &["ro", "nosuid", "nodev"]));
+                plan.host_view()?;
+                None
+            }
+            Root::Directory { path, writable } => {
+                let path = absolute_host_path("filesystem.root.path", path)?;
+                let meta = std::fs::metadata(&path).map_err(|e| not_found("rootfs", &path, e))?;
+                if !meta.is_dir() {
+                    return Err(Error::PathNotFound {
+                        what: "rootfs (not a directory)",
+                        path,
+                        errno: Errno::ENOTDIR,
+                    });
+                }
+                let mut attrs = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+                let mut opts = vec!["nosuid", "nodev"];
+                if !writable {
+                    attrs |= sys::MOUNT_ATTR_RDONLY;
+                    opts.insert(0, "ro");
+                }
+                let index = plan.add_source(&path, true, attrs, "rootfs")?;
+                plan.root = RootFs::Tree(index);
+                plan.root_readonly = false;
+                plan.entries
+                    .push(entry("/", &path.to_string_lossy(), "rootfs", &opts));
+                Some((path, *writable))
+            }
+        };
+        let root = host_root.as_ref().map(|(p, w)| (p.as_path(), *w));
+
+        if fs.proc {
+            if pid_ns {
+                plan.new_fs(
+                    root,
+                    "/proc",
+                    "proc",
+                    &[],
+                    sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV | sys::MOUNT_ATTR_NOEXEC,
+                    true,
+                )?;
+            } else {
+                // A proc instance belongs to a PID namespace the sandbox does not own: show the
+                // host's, read-only.
+                plan.bind_default(root, Path::new("/proc"), "/proc", sys::MOUNT_ATTR_RDONLY)?;
+            }
+        }
+        if fs.dev {
+            plan.dev(root)?;
+        }
+        let tmp_mode = [(c"mode", "1777")];
+        plan.new_fs(root, "/tmp", "tmpfs", &tmp_mode, NOSUID_NODEV, true)?;
+        plan.new_fs(
+            root,
+            "/run",
+            "tmpfs",
+            &[(c"mode", "0755")],
+            NOSUID_NODEV,
+            true,
+        )?;
+        if let Some(work) = &fs.workdir {
+            let dest = sandbox_path("filesystem.workdir", work)?;
+            let (uid, gid) = (ids.0.to_string(), ids.1.to_string());
+            let opts = [
+                (c"mode", "0700"),
+                (c"uid", uid.as_str()),
+                (c"gid", gid.as_str()),
+            ];
+            plan.new_fs(root, &dest, "tmpfs", &opts, NOSUID_NODEV, true)?;
+        }
+        for (i, m) in fs.mounts.iter().enumerate() {
+            plan.user_mount(root, i, m)?;
+        }
+        Ok(plan)
+    }
+
+    /// The mounts of the default host view.
+    fn host_view(&mut self) -> Result<()> {
+        for dir in HOST_VIEW_DIRS {
+            match std::fs::symlink_metadata(dir) {
+                Ok(meta) if meta.file_type().is_symlink() => {
+                    let target = std::fs::read_link(dir)
+                        .map_err(|e| not_found("host dir", Path::new(dir), e))?;
+                    self.push_symlink(dir, &target.to_string_lossy())?;
+                    let mut e = entry(dir, &target.to_string_lossy(), "symlink", &[]);
+                    e.detail = "kept as a symlink, as on the host".into();
+                    self.entries.push(e);
+                }
+                Ok(meta) if meta.is_dir() => {
+                    let attrs = sys::MOUNT_ATTR_RDONLY | NOSUID_NODEV;
+                    self.bind_default(None, Path::new(dir), dir, attrs)?;
+                }
+                _ => {
+                    let mut e = entry(dir, dir, "bind", &["ro"]);
+                    e.status = Status::Skipped;
+                    e.detail = "not present on the host".into();
+                    self.entries.push(e);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A minimal /dev: tmpfs, bound device nodes, devpts, shm and the fd links.
+    fn dev(&mut self, root: Option<(&Path, bool)>) -> Result<()> {
+        if !self.mount_point_ok(root, "/dev", true) {
+            return Ok(());
+        }
+        self.new_fs(
+            root,
+            "/dev",
+            "tmpfs",
+            &[(c"mode", "0755")],
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+            true,
+        )?;
+        for dev in DEVICES {
+            let host = format!("/dev/{dev}");
+            let ok = std::fs::metadata(&host)
+                .map(|m| m.file_type().is_char_device())
+                .unwrap_or(false);
+            if !ok {
+                let mut e = entry(&host, &host, "bind", &[]);
+                e.status = Status::Skipped;
+                e.detail = "not a character device on the host".into();
+                self.entries.push(e);
+                continue;
+            }
+            let index = self.add_source(
+                Path::new(&host),
+                false,
+                sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+                "device",
+            )?;
+            self.push_file(&host)?;
+            self.push_bind(index, &host)?;
+            self.entries
+                .push(entry(&host, &host, "bind", &["nosuid", "noexec"]));
+        }
+        for (name, target) in [
+            ("/dev/fd", "/proc/self/fd"),
+            ("/dev/stdin", "/proc/self/fd/0"),
+            ("/dev/stdout", "/proc/self/fd/1"),
+            ("/dev/stderr", "/proc/self/fd/2"),
+            ("/dev/ptmx", "pts/ptmx"),
+        ] {
+            self.push_symlink(name, target)?;
+        }
+        let pts = [(c"ptmxmode", "0666"), (c"mode", "0620")];
+        self.new_fs(
+            None,
+            "/dev/pts",
+            "devpts",
+            &pts,
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
+            false,
+        )?;
+        self.new_fs(
+            None,
+            "/dev/shm",
+            "tmpfs",
+            &[(c"mode", "1777")],
+            NOSUID_NODEV,
+            false,
+        )?;
+        Ok(())
+    }
+
+    fn user_mount(&mut self, root: Option<(&Path, bool)>, i: usize, m: &Mount) -> Result<()> {
+        let field = format!("filesystem.mounts[{i}]");
+        match m {
+            Mount::Bind {
+                source,
+                destination,
+                readonly,
+            } => {
+                let source = absolute_host_path(&format!("{field}.source"), source)?;
+                let meta =
+                    std::fs::metadata(&source).map_err(|e| not_found("bind source", &source, e))?;
+                let dest = sandbox_path(&format!("{field}.destination"), destination)?;
+                let mut attrs = NOSUID_NODEV;
+                let mut opts = vec!["nosuid", "nodev"];
+                if *readonly {
+                    attrs |= sys::MOUNT_ATTR_RDONLY;
+                    opts.insert(0, "ro");
+                }
+                let index = self.add_source(&source, true, attrs, "bind source")?;
+                self.require_mount_point(root, &dest, meta.is_dir())?;
+                self.push_bind(index, &dest)?;
+                self.entries
+                    .push(entry(&dest, &source.to_string_lossy(), "bind", &opts));
+            }
+            Mount::Tmpfs {
+                destination,
+                size,
+                mode,
+            } => {
+                let dest = sandbox_path(&format!("{field}.destination"), destination)?;
+                let size = size.map(|s| s.to_string());
+                let mode = format!("{:o}", mode.unwrap_or(0o755));
+                let mut opts = vec![(c"mode", mode.as_str())];
+                if let Some(size) = &size {
+                    opts.push((c"size", size.as_str()));
+                }
+                self.require_mount_point(root, &dest, true)?;
+                self.push_new_fs("tmpfs", &opts, NOSUID_NODEV, &dest)?;
+                let mut e = entry(&dest, "tmpfs", "tmpfs", &["nosuid", "nodev"]);
+                e.options.extend(
+                    opts.iter()
+                        .map(|(k, v)| format!("{}={v}", k.to_string_lossy())),
+                );
+                self.entries.push(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// A default mount (/proc, /tmp, …): in a read-only rootfs that lacks its mount point it is
+    /// skipped and reported, never an error.
+    fn new_fs(
+        &mut self,
+        root: Option<(&Path, bool)>,
+        dest: &str,
+        fstype: &str,
+        options: &[(&CStr, &str)],
+        attrs: u64,
+        check: bool,
+    ) -> Result<()> {
+        if check && !self.mount_point_ok(root, dest, true) {
+            return Ok(());
+        }
+        self.push_dirs(dest)?;
+        self.push_new_fs(fstype, options, attrs, dest)?;
+        let mut e = entry(dest, fstype, fstype, &attr_names(attrs));
+        e.options.extend(
+            options
+                .iter()
+                .map(|(k, v)| format!("{}={v}", k.to_string_lossy())),
+        );
+        self.entries.push(e);
+        Ok(())
+    }
+
+    fn bind_default(
+        &mut self,
+        root: Option<(&Path, bool)>,
+        source: &Path,
+        dest: &str,
+        attrs: u64,
+    ) -> Result<()> {
+        if !self.mount_point_ok(root, dest, true) {
+            return Ok(());
+        }
+        let index = self.add_source(source, true, attrs, "host dir")?;
+        self.push_dirs(dest)?;
+        self.push_bind(index, dest)?;
+        self.entries.push(entry(
+            dest,
+            &source.to_string_lossy(),
+            "bind",
+            &attr_names(attrs),
+        ));
+        Ok(())
+    }
+
+    /// For a directory rootfs, whether `dest` can serve as a mount point: it exists, or the
+    /// rootfs is writable so it can be created. Reports the skip otherwise.
+    fn mount_point_ok(&mut self, root: Option<(&Path, bool)>, dest: &str, _dir: bool) -> bool {
+        let Some((root, writable)) = root else {
+            return true;
+        };
+        if writable
+            || root
+                .join(dest.trim_start_matches('/'))
+                .symlink_metadata()
+                .is_ok()
+        {
+            return true;
+        }
+        let mut e = entry(dest, "", "mount-point", &[]);
+        e.status = Status::Skipped;
+        e.detail = format!("{dest} does not exist in the read-only rootfs");
+        self.entries.push(e);
+        false
+    }
+
+    /// For a caller-requested mount, a missing mount point in a read-only rootfs is an error.
+    fn require_mount_point(
+        &mut self,
+        root: Option<(&Path, bool)>,
+        dest: &str,
+        dir: bool,
+    ) -> Result<()> {
+        if let Some((rootfs, false)) = root {
+            if rootfs
+                .join(dest.trim_start_matches('/'))
+                .symlink_metadata()
+                .is_err()
+            {
+                return Err(Error::invalid(
+                    "filesystem.mounts",
+                    format!(
+                        "mount point {dest} does not exist in the read-only rootfs {}; create it or make the rootfs writable",
+                        rootfs.display()
+                    ),
+                ));
+            }
+        }
+        if dir {
+            self.push_dirs(dest)
+        } else {
+            if let Some(parent) = Path::new(dest).parent() {
+                self.push_dirs(&parent.to_string_lossy())?;
+            }
+            self.push_file(dest)
+        }
+    }
+
+    fn add_source(
+        &mut self,
+        path: &Path,
+        recursive: bool,
+        attrs: u64,
+        what: &str,
+    ) -> Result<usize> {
+        self.sources.push(Source {
+            path: cstring("mount source", path.as_os_str().as_bytes())?,
+            recursive,
+            attrs,
+        });
+        self.descriptions.push(format!(
+            "open_tree({what} {:?})",
+            path.display().to_string()
+        ));
+        Ok(self.sources.len() - 1)
+    }
+
+    /// mkdir -p for `dest`, one op per component.
+    fn push_dirs(&mut self, dest: &str) -> Result<()> {
+        let rel = dest.trim_start_matches('/');
+        if rel.is_empty() {
+            return Ok(());
+        }
+        let mut parent = String::from(".");
+        for comp in rel.split('/').filter(|c| !c.is_empty()) {
+            let full = if parent == "." {
+                comp.to_string()
+            } else {
+                format!("{parent}/{comp}")
+            };
+            self.ops.push(Op::Dir {
+                parent: cstring("mount destination", parent.as_bytes())?,
+                name: cstring("mount destination", comp.as_bytes())?,
+                full: cstring("mount destination", full.as_bytes())?,
+            });
+            self.descriptions.push(format!("mkdir(\"/{full}\")"));
+            parent = full;
+        }
+        Ok(())
+    }
+
+    fn push_file(&mut self, dest: &str) -> Result<()> {
+        let (parent, name) = split_rel(dest);
+        self.ops.push(Op::File {
+            parent: cstring("mount destination", parent.as_bytes())?,
+            name: cstring("mount destination", name.as_bytes())?,
+            full: cstring("mount destination", dest.trim_start_matches('/').as_bytes())?,
+        });
+        self.descriptions.push(format!("create(\"{dest}\")"));
+        Ok(())
+    }
+
+    fn push_symlink(&mut self, dest: &str, target: &str) -> Result<()> {
+        let (parent, name) = split_rel(dest);
+        self.ops.push(Op::Symlink {
+            parent: cstring("symlink", parent.as_bytes())?,
+            name: cstring("symlink", name.as_bytes())?,
+            target: cstring("symlink target", target.as_bytes())?,
+        });
+        self.descriptions
+            .push(format!("symlink(\"{target}\" -> \"{dest}\")"));
+        Ok(())
+    }
+
+    fn push_bind(&mut self, source: usize, dest: &str) -> Result<()> {
+        self.ops.push(Op::Bind {
+            source,
+            dest: cstring("mount destination", rel(dest).as_bytes())?,
+        });
+        let src = self.sources[source].path.to_string_lossy().into_owned();
+        self.descriptions
+            .push(format!("move_mount(\"{src}\" -> \"{dest}\")"));
+        Ok(())
+    }
+
+    fn push_new_fs(
+        &mut self,
+        fstype: &str,
+        options: &[(&CStr, &str)],
+        attrs: u64,
+        dest: &str,
+    ) -> Result<()> {
+        let mut opts = Vec::with_capacity(options.len());
+        for (k, v) in options {
+            opts.push((
+                (*k).to_owned(),
+                Some(cstring("mount option", v.as_bytes())?),
+            ));
+        }
+        self.ops.push(Op::NewFs {
+            fstype: cstring("filesystem type", fstype.as_bytes())?,
+            options: opts,
+            attrs,
+            dest: cstring("mount destination", rel(dest).as_bytes())?,
+        });
+        self.descriptions
+            .push(format!("mount({fstype} on \"{dest}\")"));
+        Ok(())
+    }
+
+    /// Describes the failing source or op for an error message.
+    pub fn describe(&self, index: u32) -> String {
+        match index {
+            u32::MAX => format!("new root staged at {:?}", self.staging),
+            i if (i as usize) < self.sources.len() => self.descriptions[i as usize].clone(),
+            i => self
+                .descriptions
+                .get(i as usize)
+                .cloned()
+                .unwrap_or_else(|| format!("mount operation #{i}")),
+        }
+    }
+
+    /// Builds the root and switches to it. Runs in the sandbox's first process, after the id maps
+    /// are written (file creation needs a mapped fsuid), before the PID 1 loop starts.
+    /// `fds` has one slot per source; it is scratch space allocated by the caller.
+    pub fn build(&self, fds: &mut [c_int]) -> Result<(), BuildError> {
+        const WHOLE: u32 = u32::MAX;
+        let n_sources = self.sources.len() as u32;
+        let op_index = |i: usize| n_sources + i as u32;
+
+        // Nothing we mount may propagate back to the host.
+        let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
+        sys::mount(None, c"/", None, private).map_err(|e| (Step::MakeRootPrivate, e, WHOLE))?;
+
+        // Clone every host tree first, while the host's namespace is intact.
+        for (i, s) in self.sources.iter().enumerate() {
+            let mut flags = sys::OPEN_TREE_CLONE | libc::O_CLOEXEC as u32;
+            let mut set_flags = libc::AT_EMPTY_PATH as u32;
+            if s.recursive {
+                flags |= sys::AT_RECURSIVE;
+                set_flags |= sys::AT_RECURSIVE;
+            }
+            let fd = sys::open_tree(libc::AT_FDCWD, &s.path, flags)
+                .map_err(|e| (Step::OpenSource, e, i as u32))?;
+            fds[i] = fd;
+            if s.attrs != 0 {
+                sys::mount_setattr(fd, c"", set_flags, s.attrs, 0, 0)
+                    .map_err(|e| (Step::SetMountAttributes, e, i as u32))?;
+            }
+        }
+
+        let root = match self.root {
+            RootFs::Tree(i) => fds[i],
+            RootFs::Tmpfs => new_fs(
+                c"tmpfs",
+                &[(c"mode".into(), Some(c"0755".into()))],
+                NOSUID_NODEV,
+            )
+            .map_err(|e| (Step::CreateFilesystem, e, WHOLE))?,
+        };
+        // Detached trees cannot take submounts on older kernels: attach the root first.
+        sys::move_mount(
+            root,
+            c"",
+            libc::AT_FDCWD,
+            &self.staging,
+            sys::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| (Step::AttachRoot, e, WHOLE))?;
+
+        for (i, op) in self.ops.iter().enumerate() {
+            run_op(root, op, fds).map_err(|(step, e)| (step, e, op_index(i)))?;
+        }
+
+        if self.root_readonly {
+            sys::mount_setattr(
+                root,
+                c"",
+                libc::AT_EMPTY_PATH as u32,
+                sys::MOUNT_ATTR_RDONLY,
+                0,
+                0,
+            )
+            .map_err(|e| (Step::RemountRootReadonly, e, WHOLE))?;
+        }
+        // pivot_root(".", ".") stacks the old root on the new one; detaching it leaves only ours.
+        sys::fchdir(root).map_err(|e| (Step::PivotRoot, e, WHOLE))?;
+        sys::pivot_root(c".", c".").map_err(|e| (Step::PivotRoot, e, WHOLE))?;
+        sys::umount2(c".", libc::MNT_DETACH).map_err(|e| (Step::DetachOldRoot, e, WHOLE))?;
+        sys::chdir(c"/").map_err(|e| (Step::PivotRoot, e, WHOLE))?;
+        for fd in fds.iter().copied() {
+            sys::close(fd);
+        }
+        if matches!(self.root, RootFs::Tmpfs) {
+            sys::close(root);
+        }
+        Ok(())
+    }
+
+    /// Number of scratch slots `build` needs.
+    pub fn source_count(&self) -> usize {
+        self.sources.len()
+    }
+}
+
+const NOSUID_NODEV: u64 = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+
+/// Runs one op. Allocation-free.
+fn run_op(root: c_int, op: &Op, fds: &[c_int]) -> Result<(), (Step, Errno)> {
+    match op {
+        Op::Dir { parent, name, full } => {
+            let dir = open_dir(root, parent)?;
+            let res = sys::mkdirat(dir, name, 0o755);
+            sys::close(dir);
+            match res {
+                Ok(()) | Err(Errno::EEXIST) => Ok(()),
+                // A read-only tree may still hold the directory.
+                Err(e) => match sys::open_in_root(root, full, libc::O_PATH | libc::O_DIRECTORY) {
+                    Ok(fd) => {
+                        sys::close(fd);
+                        Ok(())
+                    }
+                    Err(_) => Err((Step::CreateMountPoint, e)),
+                },
+            }
+        }
+        Op::File { parent, name, full } => {
+            let dir = open_dir(root, parent)?;
+            let res = sys::mkfileat(dir, name);
+            sys::close(dir);
+            match res {
+                Ok(()) | Err(Errno::EEXIST) => Ok(()),
+                Err(e) => match sys::open_in_root(root, full, libc::O_PATH) {
+                    Ok(fd) => {
+                        sys::close(fd);
+                        Ok(())
+                    }
+                    Err(_) => Err((Step::CreateMountPoint, e)),
+                },
+            }
+        }
+        Op::Symlink {
+            parent,
+            name,
+            target,
+        } => {
+            let dir = open_dir(root, parent)?;
+            let res = sys::symlinkat(target, dir, name);
+            sys::close(dir);
+            match res {
+                Ok(()) | Err(Errno::EEXIST) => Ok(()),
+                Err(e) => Err((Step::Symlink, e)),
+            }
+        }
+        Op::Bind { source, dest } => attach(fds[*source], root, dest),
+        Op::NewFs {
+            fstype,
+            options,
+            attrs,
+            dest,
+        } => {
+            let fd = new_fs(fstype, options, *attrs).map_err(|e| (Step::CreateFilesystem, e))?;
+            let res = attach(fd, root, dest);
+            sys::close(fd);
+            res
+        }
+    }
+}
+
+fn open_dir(root: c_int, path: &CStr) -> Result<c_int, (Step, Errno)> {
+    sys::open_in_root(root, path, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| (Step::CreateMountPoint, e))
+}
+
+/// Attaches the detached mount `fd` at `dest`, resolved inside the new root.
+fn attach(fd: c_int, root: c_int, dest: &CStr) -> Result<(), (Step, Errno)> {
+    let target = sys::open_in_root(root, dest, libc::O_PATH).map_err(|e| (Step::Mount, e))?;
+    let flags = sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH;
+    let res = sys::move_mount(fd, c"", target, c"", flags).map_err(|e| (Step::Mount, e));
+    sys::close(target);
+    res
+}
+
+/// fsopen + fsconfig + fsmount: a detached mount of a new filesystem instance.
+fn new_fs(
+    fstype: &CStr,
+    options: &[(CString, Option<CString>)],
+    attrs: u64,
+) -> Result<c_int, Errno> {
+    let fsfd = sys::fsopen(fstype)?;
+    let res = (|| {
+        for (key, value) in options {
+            match value {
+                Some(v) => sys::fsconfig_string(fsfd, key, v)?,
+                None => sys::fsconfig_flag(fsfd, key)?,
+            }
+        }
+        sys::fsconfig_create(fsfd)?;
+        sys::fsmount(fsfd, attrs)
+    })();
+    sys::close(fsfd);
+    res
+}
+
+fn entry(dest: &str, source: &str, kind: &str, options: &[&str]) -> MountEntry {
+    MountEntry {
+        destination: dest.into(),
+        source: source.into(),
+        kind: kind.into(),
+        options: options.iter().map(|s| s.to_string()).collect(),
+        status: Status::Enforced,
+        detail: String::new(),
+    }
+}
+
+fn attr_names(attrs: u64) -> Vec<&'static str> {
+    [
+        (sys::MOUNT_ATTR_RDONLY, "ro"),
+        (sys::MOUNT_ATTR_NOSUID, "nosuid"),
+        (sys::MOUNT_ATTR_NODEV, "nodev"),
+        (sys::MOUNT_ATTR_NOEXEC, "noexec"),
+    ]
+    .iter()
+    .filter(|(bit, _)| attrs & bit != 0)
+    .map(|(_, name)| *name)
+    .collect()
+}
+
+fn rel(dest: &str) -> &str {
+    let r = dest.trim_start_matches('/');
+    if r.is_empty() {
+        "."
+    } else {
+        r
+    }
+}
+
+fn split_rel(dest: &str) -> (String, String) {
+    let path = Path::new(dest);
+    let parent = path
+        .parent()
+        .map(|p| rel(&p.to_string_lossy()).to_string())
+        .unwrap_or_else(|| ".".into());
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    (parent, name)
+}
+
+fn cstring(what: &str, bytes: &[u8]) -> Result<CString> {
+    CString::new(bytes).map_err(|_| Error::invalid(what, "contains a NUL byte"))
+}
+
+fn not_found(what: &'static str, path: &Path, e: std::io::Error) -> Error {
+    Error::PathNotFound {
+        what,
+        path: path.to_path_buf(),
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)),
+    }
+}
+
+/// A host path from the spec: absolute, no NUL.
+fn absolute_host_path(field: &str, path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().as_bytes().contains(&0) {
+        return Err(Error::invalid(field, "contains a NUL byte"));
+    }
+    if !path.is_absolute() {
+        return Err(Error::invalid(
+            field,
+            format!("host path must be absolute: {}", path.display()),
+        ));
+    }
+    Ok(path.to_path_buf())
+}
+
+/// A path inside the sandbox: absolute, normalised, no `..`, no NUL.
+pub(crate) fn sandbox_path(field: &str, path: &str) -> Result<String> {
+    if path.contains('\0') {
+        return Err(Error::invalid(field, "contains a NUL byte"));
+    }
+    if !path.starts_with('/') {
+        return Err(Error::invalid(
+            field,
+            format!("sandbox path must be absolute: {path:?}"),
+        ));
+    }
+    let mut out = String::new();
+    for comp in Path::new(path).components() {
+        match comp {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(c) => {
+                out.push('/');
+                out.push_str(&c.to_string_lossy());
+            }
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(Error::invalid(
+                    field,
+                    format!("sandbox path must not contain '..': {path:?}"),
+                ))
+            }
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// The host directory the new root is attached to before pivot_root: any existing directory.
+fn staging_dir() -> CString {
+    for dir in [c"/tmp", c"/mnt", c"/run"] {
+        if Path::new(dir.to_str().unwrap_or("/")).is_dir() {
+            return dir.to_owned();
+        }
+    }
+    c"/".to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_paths_are_normalised() {
+        assert_eq!(sandbox_path("f", "/a//b/./c/").unwrap(), "/a/b/c");
+        assert_eq!(sandbox_path("f", "/").unwrap(), "/");
+        assert!(sandbox_path("f", "a/b").is_err());
+        assert!(sandbox_path("f", "/a/../b").is_err());
+        assert!(sandbox_path("f", "/a\0b").is_err());
+    }
+
+    #[test]
+    fn split_rel_gives_parent_and_name() {
+        assert_eq!(split_rel("/dev/null"), ("dev".into(), "null".into()));
+        assert_eq!(split_rel("/bin"), (".".into(), "bin".into()));
+    }
+
+    #[test]
+    fn host_view_plan_mounts_usr_read_only() {
+        let plan = MountPlan::new(&Filesystem::default(), (1000, 1000), true).unwrap();
+        let usr = plan
+            .entries
+            .iter()
+            .find(|e| e.destination == "/usr")
+            .unwrap();
+        assert!(usr.options.contains(&"ro".to_string()));
+        assert!(plan
+            .entries
+            .iter()
+            .any(|e| e.destination == "/proc" && e.kind == "proc"));
+        assert!(!plan
+            .entries
+            .iter()
+            .any(|e| e.destination == "/home" || e.destination == "/root"));
+    }
+
+    #[test]
+    fn missing_bind_source_is_path_not_found() {
+        let mut fs = Filesystem::default();
+        fs.mounts.push(Mount::Bind {
+            source: "/nonexistent/rsandbox".into(),
+            destination: "/x".into(),
+            readonly: true,
+        });
+        let err = MountPlan::new(&fs, (0, 0), true).err().unwrap();
+        assert_eq!(err.kind(), crate::ErrorKind::PathNotFound);
+    }
+}

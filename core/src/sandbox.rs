@@ -1,0 +1,1165 @@
+//! The public verbs: [`spawn`] a sandbox and get a [`Child`], or [`run`] one to completion and get a
+//! [`RunResult`].
+
+use std::collections::BTreeMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::raw::c_int;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+
+use crate::child::{self, Exec, Failure, OwnMaps, Plan};
+use crate::error::{Error, Result, Step};
+use crate::mounts::{sandbox_path, MountPlan};
+use crate::report::{Report, Status};
+use crate::spec::{IdMapping, Network, Root, Spec, Stdio, Want};
+use crate::sys;
+use crate::userns::{IdMaps, MapWriter};
+
+/// `PATH` inside the sandbox unless the spec sets one.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How the command ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ExitStatus {
+    /// It exited with this code.
+    Exited(i32),
+    /// A signal killed it.
+    Signaled(i32),
+}
+
+impl ExitStatus {
+    fn from_wait_status(status: c_int) -> ExitStatus {
+        if libc::WIFSIGNALED(status) {
+            ExitStatus::Signaled(libc::WTERMSIG(status))
+        } else {
+            ExitStatus::Exited(libc::WEXITSTATUS(status))
+        }
+    }
+
+    /// The exit code, if it exited.
+    pub fn code(self) -> Option<i32> {
+        match self {
+            ExitStatus::Exited(c) => Some(c),
+            ExitStatus::Signaled(_) => None,
+        }
+    }
+
+    /// The signal, if one killed it.
+    pub fn signal(self) -> Option<i32> {
+        match self {
+            ExitStatus::Signaled(s) => Some(s),
+            ExitStatus::Exited(_) => None,
+        }
+    }
+
+    /// Exited with code 0.
+    pub fn success(self) -> bool {
+        self == ExitStatus::Exited(0)
+    }
+
+    /// The shell convention: the code, or 128 + signal.
+    pub fn shell_code(self) -> i32 {
+        match self {
+            ExitStatus::Exited(c) => c,
+            ExitStatus::Signaled(s) => 128 + s,
+        }
+    }
+}
+
+/// The one-word outcome of a run, for test runners and graders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// Exited with code 0.
+    Ok,
+    /// Exited with another code.
+    ExitNonzero,
+    /// Killed by a signal it did not get from a limit.
+    Signaled,
+    /// Killed because the wall-clock limit passed.
+    WallTimeout,
+    /// Output passed the capture limit (the command itself finished).
+    OutputLimit,
+    /// The sandbox could not be set up; the command never ran (used in results built from an
+    /// [`Error`], e.g. the CLI's `--json-result`).
+    SetupError,
+}
+
+/// Resource usage of the whole sandbox (the init and every process it reaped).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Usage {
+    /// Wall-clock time from spawn to exit, seconds.
+    pub wall_time: f64,
+    /// User CPU time, seconds.
+    pub user_time: f64,
+    /// System CPU time, seconds.
+    pub system_time: f64,
+    /// Largest resident set size of any single process, bytes (getrusage `ru_maxrss`; not the
+    /// sandbox's total peak, which needs a cgroup).
+    pub max_rss: u64,
+}
+
+/// What a finished sandbox reports.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// How the command ended.
+    pub status: ExitStatus,
+    /// The one-word outcome.
+    pub verdict: Verdict,
+    /// The wall-clock limit passed and the sandbox was killed.
+    pub timed_out: bool,
+    /// Time and memory.
+    pub usage: Usage,
+    /// Captured standard output (`run` with a piped or default stdout).
+    #[serde(with = "lossy_bytes", default, skip_serializing_if = "Option::is_none")]
+    pub stdout: Option<Vec<u8>>,
+    /// Captured standard error.
+    #[serde(with = "lossy_bytes", default, skip_serializing_if = "Option::is_none")]
+    pub stderr: Option<Vec<u8>>,
+    /// stdout was cut at the output limit.
+    pub stdout_truncated: bool,
+    /// stderr was cut at the output limit.
+    pub stderr_truncated: bool,
+    /// What was enforced.
+    pub report: Report,
+}
+
+/// Output bytes appear in JSON as UTF-8 text (invalid sequences replaced).
+mod lossy_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(b) => s.serialize_some(&String::from_utf8_lossy(b)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
+        Ok(Option::<String>::deserialize(d)?.map(String::into_bytes))
+    }
+}
+
+/// A running sandbox. Dropping it kills the sandbox (when `die_with_parent` is set) and reaps it.
+#[derive(Debug)]
+pub struct Child {
+    pid: libc::pid_t,
+    command_pid: libc::pid_t,
+    pid_ns: bool,
+    pidfd: OwnedFd,
+    // Held open for the sandbox's life: the init kills everything when it closes.
+    ctl: Option<OwnedFd>,
+    status_r: OwnedFd,
+    started: Instant,
+    deadline: Option<Instant>,
+    finished: Option<RunResult>,
+    timed_out: bool,
+    report: Report,
+    /// The write end of the command's stdin, when it is a pipe.
+    pub stdin: Option<File>,
+    /// The read end of the command's stdout, when it is a pipe.
+    pub stdout: Option<File>,
+    /// The read end of the command's stderr, when it is a pipe.
+    pub stderr: Option<File>,
+}
+
+/// Builds and starts a sandbox. Returns once the command has been executed inside it; every setup
+/// failure, including a missing executable, is returned as an error.
+///
+/// ```no_run
+/// let spec = rsandbox::Spec::new(["id", "-u"]);
+/// let mut child = rsandbox::spawn(&spec)?;
+/// let result = child.wait()?;
+/// assert!(result.status.success());
+/// # Ok::<(), rsandbox::Error>(())
+/// ```
+pub fn spawn(spec: &Spec) -> Result<Child> {
+    let prepared = prepare(spec)?;
+    launch(spec, prepared)
+}
+
+/// Runs a sandbox to completion, capturing stdout and stderr unless the spec sends them elsewhere.
+/// `Stdio::Inherit` for stdout/stderr (the default) means "capture" here; stdin defaults to null.
+pub fn run(spec: &Spec) -> Result<RunResult> {
+    run_with_input(spec, None)
+}
+
+/// [`run`], feeding `input` to the command's stdin.
+pub fn run_with_input(spec: &Spec, input: Option<&[u8]>) -> Result<RunResult> {
+    let mut spec = spec.clone();
+    if spec.process.stdout == Stdio::Inherit {
+        spec.process.stdout = Stdio::Pipe;
+    }
+    if spec.process.stderr == Stdio::Inherit {
+        spec.process.stderr = Stdio::Pipe;
+    }
+    spec.process.stdin = match input {
+        Some(_) => Stdio::Pipe,
+        None if spec.process.stdin == Stdio::Inherit => Stdio::Null,
+        None => spec.process.stdin.clone(),
+    };
+    let mut child = spawn(&spec)?;
+    child.communicate(input, spec.output_limit)
+}
+
+/// The caller-side pieces of a spawn, prepared before clone.
+struct Prepared {
+    plan: Plan,
+    clone_flags: u64,
+    maps: Option<IdMaps>,
+    report: Report,
+    // Keep the caller-side ends and the fds opened for the sandbox alive until clone.
+    parent_ends: [Option<OwnedFd>; 3],
+    _child_ends: Vec<OwnedFd>,
+    err_r: OwnedFd,
+    ctl_w: OwnedFd,
+    status_r: OwnedFd,
+    _pipe_child_ends: [OwnedFd; 3],
+    scratch: Vec<c_int>,
+}
+
+fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &str) -> Result<u64> {
+    let full = format!("namespace.{name}");
+    if !want.wanted() {
+        report.push(&full, want, Status::Off, "not requested".into());
+        return Ok(0);
+    }
+    if !Path::new(&format!("/proc/self/ns/{name}")).exists() {
+        if want == Want::BestEffort {
+            report.push(
+                &full,
+                want,
+                Status::Skipped,
+                "the kernel has no such namespace".into(),
+            );
+            return Ok(0);
+        }
+        return Err(Error::Unsupported {
+            feature: format!("{name} namespace"),
+            reason: format!("/proc/self/ns/{name} does not exist: the kernel lacks it"),
+            remedy: Some(
+                "use a kernel built with this namespace, or turn it off in the spec".into(),
+            ),
+        });
+    }
+    report.push(&full, want, Status::Enforced, detail.into());
+    Ok(flag as u64)
+}
+
+fn prepare(spec: &Spec) -> Result<Prepared> {
+    let p = &spec.process;
+    if p.args.is_empty() {
+        return Err(Error::invalid(
+            "process.args",
+            "argv is empty: nothing to run",
+        ));
+    }
+    if p.args[0].is_empty() {
+        return Err(Error::invalid(
+            "process.args[0]",
+            "the command name is empty",
+        ));
+    }
+    let argv = to_cstrings("process.args", &p.args)?;
+    if let Some(t) = spec.timeout {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Error::invalid(
+                "timeout",
+                format!("must be a positive number of seconds, got {t}"),
+            ));
+        }
+    }
+    let ns = &spec.namespaces;
+    if !ns.mount.wanted()
+        && (spec.filesystem.root != Root::HostView || !spec.filesystem.mounts.is_empty())
+    {
+        return Err(Error::invalid(
+            "namespaces.mount",
+            "a rootfs or mounts need the mount namespace",
+        ));
+    }
+    let caller = (sys::getuid(), sys::getgid());
+    let mut report = Report::default();
+
+    // Namespaces.
+    let user_ns = ns.user.wanted();
+    if !user_ns && caller.0 != 0 {
+        return Err(Error::invalid(
+            "namespaces.user",
+            "only root can create the other namespaces without a user namespace",
+        ));
+    }
+    let mut flags = sys::CLONE_PIDFD;
+    flags |= ns_flag(
+        ns.user,
+        libc::CLONE_NEWUSER,
+        "user",
+        &mut report,
+        "own user namespace; setgroups denied unless a subordinate range is mapped",
+    )?;
+    flags |= ns_flag(
+        ns.mount,
+        libc::CLONE_NEWNS,
+        "mnt",
+        &mut report,
+        "own mount namespace entered with pivot_root; old root detached",
+    )?;
+    flags |= ns_flag(
+        ns.pid,
+        libc::CLONE_NEWPID,
+        "pid",
+        &mut report,
+        "own PID namespace; an init is pid 1 and host processes are invisible",
+    )?;
+    flags |= ns_flag(
+        ns.ipc,
+        libc::CLONE_NEWIPC,
+        "ipc",
+        &mut report,
+        "own System V IPC and POSIX message queues",
+    )?;
+    flags |= ns_flag(
+        ns.uts,
+        libc::CLONE_NEWUTS,
+        "uts",
+        &mut report,
+        &format!("host name {:?}", spec.hostname),
+    )?;
+    let net_want = if spec.network == Network::Host {
+        Want::Off
+    } else {
+        ns.net
+    };
+    flags |= ns_flag(
+        net_want,
+        libc::CLONE_NEWNET,
+        "net",
+        &mut report,
+        "own network namespace holding only lo, up",
+    )?;
+    flags |= ns_flag(
+        ns.cgroup,
+        libc::CLONE_NEWCGROUP,
+        "cgroup",
+        &mut report,
+        "own cgroup namespace: /proc/self/cgroup shows /",
+    )?;
+    let unshare_time = ns_flag(
+        ns.time,
+        libc::CLONE_NEWTIME,
+        "time",
+        &mut report,
+        "own time namespace (monotonic and boot-time clocks)",
+    )? != 0;
+    let pid_ns = flags & libc::CLONE_NEWPID as u64 != 0;
+    let mount_ns = flags & libc::CLONE_NEWNS as u64 != 0;
+
+    // Ids.
+    let mut own_maps = None;
+    let mut wait_for_maps = false;
+    let mut switch_ids = None;
+    let mut clear_groups = false;
+    let maps = if user_ns {
+        let maps = IdMaps::plan(&spec.user, caller)?;
+        report.uid_map = maps.uid.clone();
+        report.gid_map = maps.gid.clone();
+        match &maps.writer {
+            MapWriter::Child { uid_map, gid_map } => {
+                own_maps = Some(OwnMaps {
+                    uid_map: uid_map.clone(),
+                    gid_map: gid_map.clone(),
+                });
+            }
+            MapWriter::Parent { .. } => {
+                wait_for_maps = true;
+                clear_groups = true;
+                // The init runs as inside 0 (the caller); the command switches to its own ids.
+                if (maps.inside_uid, maps.inside_gid) != (0, 0) {
+                    switch_ids = Some((maps.inside_uid, maps.inside_gid));
+                }
+            }
+        }
+        Some(maps)
+    } else {
+        if spec.user.mapping == IdMapping::SubordinateRange {
+            return Err(Error::invalid(
+                "user.mapping",
+                "a subordinate range needs the user namespace",
+            ));
+        }
+        let (uid, gid) = (
+            spec.user.uid.unwrap_or(caller.0),
+            spec.user.gid.unwrap_or(caller.1),
+        );
+        if (uid, gid) != caller {
+            switch_ids = Some((uid, gid));
+            clear_groups = true;
+        }
+        None
+    };
+    let inside_ids = maps.as_ref().map_or(
+        (
+            spec.user.uid.unwrap_or(caller.0),
+            spec.user.gid.unwrap_or(caller.1),
+        ),
+        |m| (m.inside_uid, m.inside_gid),
+    );
+
+    // Filesystem.
+    let mounts = if mount_ns {
+        let plan = MountPlan::new(&spec.filesystem, inside_ids, pid_ns)?;
+        report.mounts = plan.entries.clone();
+        Some(plan)
+    } else {
+        report.push(
+            "filesystem",
+            Want::Off,
+            Status::Off,
+            "no mount namespace: the host's filesystem is visible".into(),
+        );
+        None
+    };
+    let workdir = match (&spec.filesystem.workdir, mount_ns) {
+        (Some(w), true)
+            if report
+                .mounts
+                .iter()
+                .any(|m| m.destination == *w && m.status == Status::Enforced) =>
+        {
+            Some(sandbox_path("filesystem.workdir", w)?)
+        }
+        _ => None,
+    };
+    let cwd = match (&p.cwd, &workdir) {
+        (Some(c), _) => Some(c.clone()),
+        (None, Some(w)) => Some(w.clone()),
+        (None, None) => mount_ns.then(|| "/".to_string()),
+    };
+    if let Some(c) = &cwd {
+        if !c.starts_with('/') {
+            return Err(Error::invalid(
+                "process.cwd",
+                format!("must be absolute: {c:?}"),
+            ));
+        }
+    }
+
+    // Environment.
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), DEFAULT_PATH.into());
+    env.insert(
+        "HOME".into(),
+        workdir
+            .clone()
+            .or_else(|| cwd.clone())
+            .unwrap_or_else(|| "/".into()),
+    );
+    for name in &p.pass_env {
+        if let Some(v) = std::env::var_os(name) {
+            env.insert(name.clone(), v.to_string_lossy().into_owned());
+        }
+    }
+    for (k, v) in &p.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(Error::invalid(
+                format!("process.env[{k:?}]"),
+                "a variable name must be non-empty and contain no '='",
+            ));
+        }
+        env.insert(k.clone(), v.clone());
+    }
+    let env_list: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let envp = to_cstrings("process.env", &env_list)?;
+    let candidates = exec_candidates(
+        &p.args[0],
+        env.get("PATH").map(String::as_str).unwrap_or(""),
+    )?;
+
+    // Hostname.
+    let hostname = if flags & libc::CLONE_NEWUTS as u64 != 0 {
+        if spec.hostname.is_empty() || spec.hostname.len() > 64 || spec.hostname.contains('\0') {
+            return Err(Error::invalid(
+                "hostname",
+                "must be 1 to 64 bytes without NUL",
+            ));
+        }
+        Some(spec.hostname.as_bytes().to_vec())
+    } else {
+        None
+    };
+
+    // Standard streams and pipes.
+    let mut child_ends = Vec::new();
+    let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut stdio = [0, 1, 2];
+    for (i, s) in [&p.stdin, &p.stdout, &p.stderr].into_iter().enumerate() {
+        let fd = match s {
+            Stdio::Inherit => i as RawFd,
+            Stdio::Null => keep(
+                &mut child_ends,
+                open_file(Path::new("/dev/null"), i, false)?,
+            ),
+            Stdio::File { path, append } => keep(&mut child_ends, open_file(path, i, *append)?),
+            Stdio::Fd(fd) => {
+                if nix::fcntl::fcntl(unsafe_borrow(*fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+                    return Err(Error::invalid(
+                        stdio_name(i),
+                        format!("fd {fd} is not open"),
+                    ));
+                }
+                *fd
+            }
+            Stdio::Pipe => {
+                let (r, w) = pipe()?;
+                let (ours, theirs) = if i == 0 { (w, r) } else { (r, w) };
+                parent_ends[i] = Some(ours);
+                keep(&mut child_ends, theirs)
+            }
+        };
+        stdio[i] = fd;
+    }
+    let (err_r, err_w) = pipe()?;
+    let (ctl_r, ctl_w) = pipe()?;
+    let (status_r, status_w) = pipe()?;
+    let mut keep_fds: Vec<c_int> = stdio.to_vec();
+    keep_fds.extend([err_w.as_raw_fd(), ctl_r.as_raw_fd(), status_w.as_raw_fd()]);
+    let close_ranges = gaps(&keep_fds);
+
+    report_process(&mut report, spec, inside_ids, pid_ns);
+    let scratch = vec![-1; mounts.as_ref().map_or(0, MountPlan::source_count)];
+
+    let argv_ptrs = null_terminated(&argv);
+    let envp_ptrs = null_terminated(&envp);
+    let plan = Plan {
+        own_maps,
+        wait_for_maps,
+        mounts,
+        hostname,
+        loopback_up: flags & libc::CLONE_NEWNET as u64 != 0,
+        unshare_time,
+        pid_ns,
+        die_with_parent: spec.die_with_parent,
+        cwd: cwd
+            .map(|c| {
+                CString::new(c).map_err(|_| Error::invalid("process.cwd", "contains a NUL byte"))
+            })
+            .transpose()?,
+        switch_ids,
+        clear_groups,
+        exec: Exec {
+            candidates,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+        },
+        stdio,
+        close_ranges,
+        err_w: err_w.as_raw_fd(),
+        ctl_r: ctl_r.as_raw_fd(),
+        status_w: status_w.as_raw_fd(),
+    };
+    Ok(Prepared {
+        plan,
+        clone_flags: flags,
+        maps,
+        report,
+        parent_ends,
+        _child_ends: child_ends,
+        err_r,
+        ctl_w,
+        status_r,
+        _pipe_child_ends: [err_w, ctl_r, status_w],
+        scratch,
+    })
+}
+
+fn report_process(report: &mut Report, spec: &Spec, inside: (u32, u32), pid_ns: bool) {
+    let want = |on: bool| if on { Want::Required } else { Want::Off };
+    if spec.die_with_parent {
+        let how = if pid_ns {
+            "the init kills the PID namespace when the caller's handle or process goes away"
+        } else {
+            "the init kills the command's process group when the caller goes away (no PID namespace: processes that leave the group survive)"
+        };
+        report.push(
+            "die-with-parent",
+            Want::Required,
+            Status::Enforced,
+            how.into(),
+        );
+    } else {
+        report.push(
+            "die-with-parent",
+            Want::Off,
+            Status::Off,
+            "not requested: the sandbox outlives its caller".into(),
+        );
+    }
+    match spec.timeout {
+        Some(t) => report.push(
+            "wall-timeout",
+            Want::Required,
+            Status::Enforced,
+            format!("{t} s, then the whole sandbox is killed"),
+        ),
+        None => report.push("wall-timeout", Want::Off, Status::Off, "no limit".into()),
+    }
+    report.push(
+        "no-new-privs",
+        Want::Required,
+        Status::Enforced,
+        "set before exec: setuid bits and file capabilities grant nothing".into(),
+    );
+    report.push(
+        "new-session",
+        Want::Required,
+        Status::Enforced,
+        "setsid: no controlling terminal shared with the caller".into(),
+    );
+    report.push(
+        "fds-closed",
+        Want::Required,
+        Status::Enforced,
+        "only fds 0, 1 and 2 reach the command".into(),
+    );
+    let caps = if inside.0 == 0 {
+        "NOT restricted: uid 0 keeps every capability of the user namespace (not of the host)"
+    } else {
+        "empty: a non-zero uid loses every capability at exec"
+    };
+    report.push(
+        "capabilities",
+        want(inside.0 != 0),
+        if inside.0 != 0 {
+            Status::Enforced
+        } else {
+            Status::Off
+        },
+        caps.into(),
+    );
+    for name in ["seccomp", "landlock", "cgroup-limits"] {
+        report.push(
+            name,
+            Want::Off,
+            Status::Off,
+            "not configured: not provided by this version".into(),
+        );
+    }
+}
+
+fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
+    let started = Instant::now();
+    let mut pidfd: c_int = -1;
+    let mut args = sys::CloneArgs {
+        flags: prep.clone_flags,
+        pidfd: &mut pidfd as *mut c_int as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: in the child, child::run makes only raw syscalls on memory prepared above and ends
+    // in execve or _exit; it never returns into this function.
+    let pid = match unsafe { sys::clone3(&mut args) } {
+        Ok(0) => child::run(&prep.plan, &mut prep.scratch),
+        Ok(pid) => pid,
+        Err(e) => return Err(clone_error(e, prep.clone_flags)),
+    };
+    // SAFETY: clone3 with CLONE_PIDFD stored a new descriptor that we now own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    let Prepared {
+        plan,
+        maps,
+        report,
+        parent_ends,
+        _child_ends,
+        err_r,
+        ctl_w,
+        status_r,
+        _pipe_child_ends,
+        ..
+    } = prep;
+    drop(_child_ends);
+    drop(_pipe_child_ends);
+
+    let reap = |pidfd: &OwnedFd| {
+        let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
+        let mut info: libc::siginfo_t = zeroed();
+        let mut usage: libc::rusage = zeroed();
+        let _ = sys::retry(|| {
+            sys::waitid_pidfd(pidfd.as_raw_fd(), libc::WEXITED, &mut info, &mut usage)
+        });
+    };
+
+    if plan.wait_for_maps {
+        if let Some(maps) = &maps {
+            if let Err(e) = maps.install(pid) {
+                reap(&pidfd);
+                return Err(e);
+            }
+        }
+        if let Err(e) = sys::write_all(ctl_w.as_raw_fd(), &[1]) {
+            reap(&pidfd);
+            return Err(Error::os("write to sandbox control pipe", e));
+        }
+    }
+
+    // The error pipe closes without a record once the command has been executed.
+    let mut buf = [0u8; Failure::SIZE];
+    let n = sys::read_full(err_r.as_raw_fd(), &mut buf)
+        .map_err(|e| Error::os("read sandbox error pipe", e))?;
+    if n == Failure::SIZE {
+        reap(&pidfd);
+        return Err(decode_failure(Failure::from_bytes(&buf), spec, &plan));
+    }
+    let mut pid_buf = [0u8; 4];
+    let command_pid = match sys::read_full(status_r.as_raw_fd(), &mut pid_buf) {
+        Ok(4) => i32::from_ne_bytes(pid_buf),
+        _ => {
+            reap(&pidfd);
+            return Err(Error::os("read sandbox status pipe", Errno::EPIPE));
+        }
+    };
+    let [stdin, stdout, stderr] = parent_ends.map(|fd| fd.map(File::from));
+    Ok(Child {
+        pid,
+        command_pid,
+        pid_ns: plan.pid_ns,
+        pidfd,
+        ctl: Some(ctl_w),
+        status_r,
+        started,
+        deadline: spec.timeout.map(|t| started + Duration::from_secs_f64(t)),
+        finished: None,
+        timed_out: false,
+        report,
+        stdin,
+        stdout,
+        stderr,
+    })
+}
+
+fn clone_error(e: Errno, flags: u64) -> Error {
+    if flags & libc::CLONE_NEWUSER as u64 != 0
+        && matches!(e, Errno::EPERM | Errno::ENOSPC | Errno::EACCES)
+    {
+        if let Some(err) = crate::userns::userns_refusal() {
+            return err;
+        }
+    }
+    Error::Setup {
+        step: Step::Clone,
+        detail: format!("clone3(flags={flags:#x})"),
+        errno: e,
+        remedy: None,
+    }
+}
+
+fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
+    let errno = Errno::from_raw(f.errno);
+    let step = Step::from_u32(f.step).unwrap_or(Step::Clone);
+    let name = spec.process.args[0].clone();
+    if step == Step::Exec {
+        return if f.detail == 0 {
+            Error::ExecutableNotFound { name }
+        } else {
+            Error::NotExecutable { name, errno }
+        };
+    }
+    let detail = match step {
+        Step::DenySetgroups => "write(\"/proc/self/setgroups\", \"deny\")".to_string(),
+        Step::UidMap => "write(\"/proc/self/uid_map\")".to_string(),
+        Step::GidMap => "write(\"/proc/self/gid_map\")".to_string(),
+        Step::Chdir => format!(
+            "chdir({:?})",
+            plan.cwd
+                .as_ref()
+                .map(|c| c.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ),
+        Step::SetHostname => format!("sethostname({:?})", spec.hostname),
+        Step::LoopbackUp => "ioctl(SIOCSIFFLAGS, \"lo\", IFF_UP)".to_string(),
+        Step::SetUid | Step::SetGid => format!("setresuid/setresgid({:?})", plan.switch_ids),
+        _ => match (&plan.mounts, f.index) {
+            (Some(m), i) if i != u32::MAX || is_mount_step(step) => m.describe(i),
+            _ => step.name().to_string(),
+        },
+    };
+    let remedy = match (step, errno) {
+        (Step::UidMap | Step::GidMap | Step::DenySetgroups | Step::MakeRootPrivate | Step::CreateFilesystem, Errno::EPERM | Errno::EACCES) => {
+            crate::userns::userns_refusal().and_then(|e| e.remedy().map(str::to_string))
+        }
+        (Step::CreateMountPoint, Errno::EROFS) => Some(
+                "the mount point is missing under a read-only mount (a read-only bind or rootfs): create it in the source, or mount a tmpfs on a parent first"
+                    .into(),
+            ),
+        _ => None,
+    };
+    Error::Setup {
+        step,
+        detail,
+        errno,
+        remedy,
+    }
+}
+
+fn is_mount_step(step: Step) -> bool {
+    matches!(
+        step,
+        Step::OpenSource
+            | Step::SetMountAttributes
+            | Step::CreateFilesystem
+            | Step::AttachRoot
+            | Step::CreateMountPoint
+            | Step::Mount
+            | Step::Symlink
+            | Step::PivotRoot
+            | Step::DetachOldRoot
+            | Step::RemountRootReadonly
+            | Step::MakeRootPrivate
+    )
+}
+
+impl Child {
+    /// The host pid of the sandbox's init (the command's parent; pid 1 inside).
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// A pidfd for the init, usable with poll(2): it becomes readable when the sandbox exits.
+    pub fn pidfd(&self) -> RawFd {
+        self.pidfd.as_raw_fd()
+    }
+
+    /// The command's pid as its init sees it (2 inside a PID namespace; a host pid without one).
+    pub fn command_pid(&self) -> i32 {
+        self.command_pid
+    }
+
+    /// What the sandbox enforces.
+    pub fn report(&self) -> &Report {
+        &self.report
+    }
+
+    /// Sends `signal` to every process of the sandbox. SIGKILL ends the sandbox at once.
+    pub fn kill(&mut self, signal: i32) -> Result<()> {
+        if self.finished.is_some() {
+            return Ok(());
+        }
+        if signal == libc::SIGKILL && !self.pid_ns {
+            // No PID namespace: the init cannot relay SIGKILL, so reach the process group directly.
+            let _ = sys::kill(-self.command_pid, libc::SIGKILL);
+        }
+        match sys::pidfd_send_signal(self.pidfd.as_raw_fd(), signal) {
+            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Err(e) => Err(Error::os("pidfd_send_signal", e)),
+        }
+    }
+
+    /// Waits for the sandbox to exit, enforcing the spec's wall-clock limit.
+    pub fn wait(&mut self) -> Result<RunResult> {
+        loop {
+            if let Some(r) = self.wait_timeout(Duration::from_secs(3600))? {
+                return Ok(r);
+            }
+        }
+    }
+
+    /// Like [`wait`](Self::wait), giving up after `timeout` (the sandbox keeps running).
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<RunResult>> {
+        let until = Instant::now() + timeout;
+        loop {
+            if let Some(r) = self.try_wait()? {
+                return Ok(Some(r));
+            }
+            let now = Instant::now();
+            let stop = match self.deadline {
+                Some(d) if d < until => d,
+                _ => until,
+            };
+            if now >= stop {
+                if self.deadline.is_some_and(|d| now >= d) {
+                    self.expire()?;
+                    continue;
+                }
+                return Ok(None);
+            }
+            let ms = (stop - now).as_millis().clamp(1, i32::MAX as u128) as c_int;
+            let mut fds = [libc::pollfd {
+                fd: self.pidfd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            sys::retry(|| sys::poll(&mut fds, ms)).map_err(|e| Error::os("poll pidfd", e))?;
+        }
+    }
+
+    /// Returns the result if the sandbox has exited, without blocking.
+    pub fn try_wait(&mut self) -> Result<Option<RunResult>> {
+        if let Some(r) = &self.finished {
+            return Ok(Some(r.clone()));
+        }
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.expire()?;
+        }
+        let mut info: libc::siginfo_t = zeroed();
+        let mut usage: libc::rusage = zeroed();
+        let res = sys::retry(|| {
+            sys::waitid_pidfd(
+                self.pidfd.as_raw_fd(),
+                libc::WEXITED | libc::WNOHANG,
+                &mut info,
+                &mut usage,
+            )
+        });
+        res.map_err(|e| Error::os("waitid", e))?;
+        // SAFETY: waitid filled info (or left it zeroed when nothing was waitable).
+        let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
+        if pid == 0 {
+            return Ok(None);
+        }
+        let wall = self.started.elapsed();
+        let mut buf = [0u8; 4];
+        let status = match sys::read_full(self.status_r.as_raw_fd(), &mut buf) {
+            Ok(4) => ExitStatus::from_wait_status(i32::from_ne_bytes(buf)),
+            // The init died before the command (killed): report how the init ended.
+            _ if code == libc::CLD_EXITED => ExitStatus::Exited(status),
+            _ => ExitStatus::Signaled(status),
+        };
+        let verdict = if self.timed_out {
+            Verdict::WallTimeout
+        } else {
+            match status {
+                ExitStatus::Exited(0) => Verdict::Ok,
+                ExitStatus::Exited(_) => Verdict::ExitNonzero,
+                ExitStatus::Signaled(_) => Verdict::Signaled,
+            }
+        };
+        let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        let result = RunResult {
+            status,
+            verdict,
+            timed_out: self.timed_out,
+            usage: Usage {
+                wall_time: wall.as_secs_f64(),
+                user_time: secs(usage.ru_utime),
+                system_time: secs(usage.ru_stime),
+                max_rss: (usage.ru_maxrss.max(0) as u64) * 1024,
+            },
+            stdout: None,
+            stderr: None,
+            stdout_truncated: false,
+            stderr_truncated: false,
+            report: self.report.clone(),
+        };
+        self.ctl = None;
+        self.finished = Some(result.clone());
+        Ok(Some(result))
+    }
+
+    fn expire(&mut self) -> Result<()> {
+        if !self.timed_out {
+            self.timed_out = true;
+            self.kill(libc::SIGKILL)?;
+        }
+        Ok(())
+    }
+
+    /// Feeds `input` to stdin (then closes it), reads stdout and stderr to the end (each capped at
+    /// `limit` bytes; the rest is read and discarded, so the command never blocks on a full pipe),
+    /// and waits. Enforces the wall-clock limit throughout.
+    pub fn communicate(&mut self, input: Option<&[u8]>, limit: Option<u64>) -> Result<RunResult> {
+        let captured = crate::capture::communicate(self, input, limit)?;
+        let mut result = self.wait()?;
+        result.stdout = captured.stdout;
+        result.stderr = captured.stderr;
+        result.stdout_truncated = captured.stdout_truncated;
+        result.stderr_truncated = captured.stderr_truncated;
+        if (captured.stdout_truncated || captured.stderr_truncated) && result.verdict == Verdict::Ok
+        {
+            result.verdict = Verdict::OutputLimit;
+        }
+        self.finished = Some(result.clone());
+        Ok(result)
+    }
+
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    pub(crate) fn expire_now(&mut self) -> Result<()> {
+        self.expire()
+    }
+}
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        if self.finished.is_none() {
+            // Closing the control pipe makes the init kill the sandbox; SIGKILL makes it certain.
+            self.ctl = None;
+            let _ = self.kill(libc::SIGKILL);
+            let mut info: libc::siginfo_t = zeroed();
+            let mut usage: libc::rusage = zeroed();
+            let _ = sys::retry(|| {
+                sys::waitid_pidfd(self.pidfd.as_raw_fd(), libc::WEXITED, &mut info, &mut usage)
+            });
+        }
+    }
+}
+
+fn zeroed<T: Copy>() -> T {
+    // SAFETY: only used for plain C structs (siginfo_t, rusage) for which all-zero is valid.
+    unsafe { std::mem::zeroed() }
+}
+
+fn keep(list: &mut Vec<OwnedFd>, fd: OwnedFd) -> RawFd {
+    let raw = fd.as_raw_fd();
+    list.push(fd);
+    raw
+}
+
+fn unsafe_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    // SAFETY: used only for an F_GETFD probe, which is harmless on any integer.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
+}
+
+fn stdio_name(i: usize) -> &'static str {
+    ["process.stdin", "process.stdout", "process.stderr"][i]
+}
+
+fn open_file(path: &Path, i: usize, append: bool) -> Result<OwnedFd> {
+    let mut o = std::fs::OpenOptions::new();
+    if i == 0 {
+        o.read(true);
+    } else if path == Path::new("/dev/null") {
+        o.write(true);
+    } else {
+        o.write(true).create(true);
+        if append {
+            o.append(true);
+        } else {
+            o.truncate(true);
+        }
+    }
+    o.open(path).map(OwnedFd::from).map_err(|e| {
+        Error::io(
+            if i == 0 {
+                "open stdin"
+            } else {
+                "open output file"
+            },
+            Some(path.to_path_buf()),
+            e,
+        )
+    })
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| Error::os("pipe2", e))
+}
+
+fn to_cstrings(field: &str, items: &[String]) -> Result<Vec<CString>> {
+    items
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            CString::new(s.as_bytes())
+                .map_err(|_| Error::invalid(format!("{field}[{i}]"), "contains a NUL byte"))
+        })
+        .collect()
+}
+
+fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
+    items
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Paths to try for argv\[0\]: itself when it has a `/`, otherwise each `PATH` entry.
+fn exec_candidates(name: &str, path: &str) -> Result<Vec<CString>> {
+    let mk = |s: String| {
+        CString::new(s).map_err(|_| Error::invalid("process.args[0]", "contains a NUL byte"))
+    };
+    if name.contains('/') {
+        return Ok(vec![mk(name.to_string())?]);
+    }
+    path.split(':')
+        .map(|dir| {
+            if dir.is_empty() {
+                ".".to_string()
+            } else {
+                dir.trim_end_matches('/').to_string()
+            }
+        })
+        .map(|dir| mk(format!("{dir}/{name}")))
+        .collect()
+}
+
+/// The descriptor ranges the sandbox closes: everything from 3 up that is not in `keep`.
+fn gaps(keep: &[c_int]) -> Vec<(u32, u32)> {
+    let mut keep: Vec<u32> = keep
+        .iter()
+        .filter(|&&f| f >= 0)
+        .map(|&f| f as u32)
+        .collect();
+    keep.sort_unstable();
+    keep.dedup();
+    let mut out = Vec::new();
+    let mut next = 3u32;
+    for fd in keep {
+        if fd < next {
+            continue;
+        }
+        if fd > next {
+            out.push((next, fd - 1));
+        }
+        next = fd + 1;
+    }
+    out.push((next, u32::MAX));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gaps_skip_kept_fds() {
+        assert_eq!(
+            gaps(&[0, 1, 2, 5, 7, 8]),
+            vec![(3, 4), (6, 6), (9, u32::MAX)]
+        );
+        assert_eq!(gaps(&[0, 1, 2]), vec![(3, u32::MAX)]);
+    }
+
+    #[test]
+    fn candidates_follow_path() {
+        let c = exec_candidates("sh", "/usr/bin:/bin").unwrap();
+        assert_eq!(
+            c,
+            vec![
+                CString::new("/usr/bin/sh").unwrap(),
+                CString::new("/bin/sh").unwrap()
+            ]
+        );
+        assert_eq!(exec_candidates("./x", "/bin").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn empty_argv_and_nul_are_invalid() {
+        assert_eq!(
+            prepare(&Spec::default()).err().unwrap().kind(),
+            crate::ErrorKind::InvalidSpec
+        );
+        let spec = Spec::new(["echo", "a\0b"]);
+        let err = prepare(&spec).err().unwrap();
+        assert!(err.to_string().contains("process.args[1]"), "{err}");
+    }
+}

@@ -1,0 +1,322 @@
+//! The declarative description of a sandbox: what to run and how to isolate it.
+//!
+//! A [`Spec`] is pure data. It round-trips through JSON (`serde`), and the CLI, the C ABI and the
+//! Python module all build one and hand it to [`spawn`](crate::spawn). Its shape follows the OCI
+//! runtime-spec `config.json` (process, root, mounts, namespaces, id mappings) so that such a file maps
+//! onto it field by field.
+//!
+//! ```
+//! use rsandbox::Spec;
+//! let mut spec = Spec::new(["/bin/echo", "hello"]);
+//! spec.hostname = "grader".into();
+//! let json = spec.to_json().unwrap();
+//! assert_eq!(Spec::from_json(&json).unwrap(), spec);
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// Everything needed to build and run one sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Spec {
+    /// The command, its environment and its standard streams.
+    pub process: Process,
+    /// Which ids the command runs as, and how they map to the host.
+    pub user: User,
+    /// Which namespaces are created.
+    pub namespaces: Namespaces,
+    /// The root filesystem and the mounts stacked on it.
+    pub filesystem: Filesystem,
+    /// Host name inside the UTS namespace.
+    pub hostname: String,
+    /// Network: a private namespace with only loopback, or the host's network.
+    pub network: Network,
+    /// Wall-clock limit in seconds; the whole sandbox is killed when it passes.
+    pub timeout: Option<f64>,
+    /// Kill the whole sandbox when the handle that owns it is dropped or its process dies.
+    pub die_with_parent: bool,
+    /// Captured output past this many bytes per stream is discarded and flagged (`run` only).
+    pub output_limit: Option<u64>,
+}
+
+impl Default for Spec {
+    fn default() -> Self {
+        Spec {
+            process: Process::default(),
+            user: User::default(),
+            namespaces: Namespaces::default(),
+            filesystem: Filesystem::default(),
+            hostname: "rsandbox".into(),
+            network: Network::None,
+            timeout: None,
+            die_with_parent: true,
+            output_limit: None,
+        }
+    }
+}
+
+impl Spec {
+    /// A spec running `args` with every default: all namespaces, the read-only host view.
+    pub fn new<I, S>(args: I) -> Spec
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<String>,
+    {
+        let mut spec = Spec::default();
+        spec.process.args = args.into_iter().map(Into::into).collect();
+        spec
+    }
+
+    /// Parses a spec from JSON; unknown fields are an error, missing ones take their defaults.
+    pub fn from_json(text: &str) -> Result<Spec> {
+        serde_json::from_str(text).map_err(|e| Error::InvalidSpec {
+            field: "spec".into(),
+            reason: format!("invalid JSON spec: {e}"),
+        })
+    }
+
+    /// Serializes the spec to pretty-printed JSON.
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| Error::InvalidSpec {
+            field: "spec".into(),
+            reason: format!("cannot serialize spec: {e}"),
+        })
+    }
+}
+
+/// The command and its immediate environment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Process {
+    /// argv; `args[0]` is looked up in the sandbox's `PATH` when it has no `/`.
+    pub args: Vec<String>,
+    /// Variables set in the sandbox. The environment is otherwise empty, except for the defaults
+    /// `PATH`, `HOME` (the working directory) and the variables named in `pass_env`.
+    pub env: BTreeMap<String, String>,
+    /// Names of host variables copied in when they are set (default: `TERM`).
+    pub pass_env: Vec<String>,
+    /// Working directory inside the sandbox (default: the writable work directory).
+    pub cwd: Option<String>,
+    /// Standard input.
+    pub stdin: Stdio,
+    /// Standard output.
+    pub stdout: Stdio,
+    /// Standard error.
+    pub stderr: Stdio,
+}
+
+impl Default for Process {
+    fn default() -> Self {
+        Process {
+            args: Vec::new(),
+            env: BTreeMap::new(),
+            pass_env: vec!["TERM".into()],
+            cwd: None,
+            stdin: Stdio::Inherit,
+            stdout: Stdio::Inherit,
+            stderr: Stdio::Inherit,
+        }
+    }
+}
+
+/// Where a standard stream of the command goes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Stdio {
+    /// The caller's own stream.
+    Inherit,
+    /// `/dev/null`.
+    Null,
+    /// A pipe whose other end the [`Child`](crate::Child) holds.
+    Pipe,
+    /// A host file, opened by the caller's process (created for output streams).
+    File {
+        /// Host path.
+        path: PathBuf,
+        /// Append instead of truncating (output streams only).
+        #[serde(default)]
+        append: bool,
+    },
+    /// A file descriptor of the calling process, duplicated into the sandbox.
+    Fd(i32),
+}
+
+/// The identity of the command inside the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct User {
+    /// uid inside the sandbox. Default: the caller's uid (0 with a subordinate range).
+    pub uid: Option<u32>,
+    /// gid inside the sandbox. Default: the caller's gid (0 with a subordinate range).
+    pub gid: Option<u32>,
+    /// How inside ids map to host ids.
+    pub mapping: IdMapping,
+}
+
+/// How the user namespace's ids map onto the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum IdMapping {
+    /// One id: the inside uid/gid maps to the caller's own uid/gid. Needs no helper.
+    #[default]
+    Single,
+    /// 65536 ids: inside 0 is the caller, 1..65536 come from the caller's `/etc/subuid` and
+    /// `/etc/subgid` ranges, installed by the setuid helpers `newuidmap`/`newgidmap`.
+    SubordinateRange,
+}
+
+/// Whether a kernel feature is used, and what happens when the host lacks it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Want {
+    /// Not used.
+    Off,
+    /// Used; the spawn fails when the host cannot provide it.
+    Required,
+    /// Used when the host can provide it; otherwise skipped and reported as skipped.
+    BestEffort,
+}
+
+impl Want {
+    /// True unless `Off`.
+    pub fn wanted(self) -> bool {
+        self != Want::Off
+    }
+}
+
+/// The namespaces created for the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Namespaces {
+    /// User namespace (needed for everything else when the caller is not root).
+    pub user: Want,
+    /// Mount namespace; off means no private root (the command sees the host's mounts).
+    pub mount: Want,
+    /// PID namespace with an init as pid 1 and a fresh /proc.
+    pub pid: Want,
+    /// IPC namespace.
+    pub ipc: Want,
+    /// UTS namespace (own host name).
+    pub uts: Want,
+    /// Network namespace (only when `network` is `none`).
+    pub net: Want,
+    /// cgroup namespace.
+    pub cgroup: Want,
+    /// Time namespace (own monotonic and boot-time clocks).
+    pub time: Want,
+}
+
+impl Default for Namespaces {
+    fn default() -> Self {
+        Namespaces {
+            user: Want::Required,
+            mount: Want::Required,
+            pid: Want::Required,
+            ipc: Want::Required,
+            uts: Want::Required,
+            net: Want::Required,
+            cgroup: Want::Required,
+            time: Want::Off,
+        }
+    }
+}
+
+/// Network mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Network {
+    /// A private network namespace holding only `lo`, brought up.
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+/// The root filesystem and the mounts on top of it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Filesystem {
+    /// What `/` is.
+    pub root: Root,
+    /// Extra mounts, applied in order after the root's own.
+    pub mounts: Vec<Mount>,
+    /// An empty writable directory (tmpfs) created at this path; the default cwd and `HOME`.
+    pub workdir: Option<String>,
+    /// Mount a fresh /proc (needs the PID namespace).
+    pub proc: bool,
+    /// Build a minimal /dev (null, zero, full, random, urandom, tty, pts, shm, fd links).
+    pub dev: bool,
+}
+
+impl Default for Filesystem {
+    fn default() -> Self {
+        Filesystem {
+            root: Root::HostView,
+            mounts: Vec::new(),
+            workdir: Some("/work".into()),
+            proc: true,
+            dev: true,
+        }
+    }
+}
+
+/// What the sandbox's `/` is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Root {
+    /// An empty read-only tmpfs holding the host's /usr, /bin, /sbin, /lib, /lib32, /lib64, /etc and
+    /// /opt read-only, plus /proc, /dev, tmpfs /tmp and /run.
+    HostView,
+    /// A host directory, read-only unless `writable`. Its mount points (/proc, /dev, /tmp, …) must exist.
+    Directory {
+        /// Absolute host path.
+        path: PathBuf,
+        /// Mount it read-write.
+        #[serde(default)]
+        writable: bool,
+    },
+}
+
+/// One mount in the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Mount {
+    /// A host file or directory made visible at `destination` (recursively).
+    Bind {
+        /// Absolute host path.
+        source: PathBuf,
+        /// Absolute path inside the sandbox.
+        destination: String,
+        /// Read-only (default true).
+        #[serde(default = "yes")]
+        readonly: bool,
+    },
+    /// A fresh tmpfs.
+    Tmpfs {
+        /// Absolute path inside the sandbox.
+        destination: String,
+        /// Size cap in bytes (kernel default: half of RAM).
+        #[serde(default)]
+        size: Option<u64>,
+        /// Permission bits of its root (default 0755).
+        #[serde(default)]
+        mode: Option<u32>,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Mount {
+    /// Where the mount appears inside the sandbox.
+    pub fn destination(&self) -> &str {
+        match self {
+            Mount::Bind { destination, .. } | Mount::Tmpfs { destination, .. } => destination,
+        }
+    }
+}

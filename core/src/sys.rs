@@ -1,0 +1,620 @@
+//! The one place raw system calls are made.
+//!
+//! Every function here is a thin, allocation-free wrapper: it takes C strings and integers prepared
+//! by the caller and returns the raw result or the errno. The sandbox's child side runs between
+//! clone and execve in a copy of a possibly multi-threaded process, so nothing here may allocate,
+//! lock, or touch thread-local state other than errno.
+
+#![allow(clippy::missing_safety_doc)]
+
+use std::ffi::CStr;
+use std::os::raw::{c_int, c_long, c_uint, c_void};
+
+use nix::errno::Errno;
+
+/// Result of a raw call: the value, or the errno it failed with.
+pub type SysResult<T> = Result<T, Errno>;
+
+// Constants of the new mount API and friends, from <linux/mount.h>, <linux/openat2.h>, <linux/sched.h>.
+pub const OPEN_TREE_CLONE: c_uint = 1;
+pub const AT_RECURSIVE: c_uint = 0x8000;
+pub const MOVE_MOUNT_F_EMPTY_PATH: c_uint = 0x04;
+pub const MOVE_MOUNT_T_EMPTY_PATH: c_uint = 0x40;
+pub const FSOPEN_CLOEXEC: c_uint = 0x01;
+pub const FSCONFIG_SET_FLAG: c_uint = 0;
+pub const FSCONFIG_SET_STRING: c_uint = 1;
+pub const FSCONFIG_CMD_CREATE: c_uint = 6;
+pub const FSMOUNT_CLOEXEC: c_uint = 0x01;
+pub const MOUNT_ATTR_RDONLY: u64 = 0x01;
+pub const MOUNT_ATTR_NOSUID: u64 = 0x02;
+pub const MOUNT_ATTR_NODEV: u64 = 0x04;
+pub const MOUNT_ATTR_NOEXEC: u64 = 0x08;
+pub const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+pub const RESOLVE_IN_ROOT: u64 = 0x10;
+pub const CLONE_PIDFD: u64 = 0x1000;
+pub const CLOSE_RANGE_CLOEXEC: c_uint = 1 << 2;
+
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// `struct clone_args` (version 0 layout, 64 bytes: no set_tid, no cgroup).
+#[repr(C)]
+#[derive(Default)]
+pub struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+}
+
+#[inline]
+fn check(ret: c_long) -> SysResult<c_long> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+#[inline]
+fn check_int(ret: c_int) -> SysResult<c_int> {
+    if ret < 0 {
+        Err(Errno::last())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Retries a call interrupted by a signal.
+#[inline]
+pub fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
+    loop {
+        match f() {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+/// clone3 with fork semantics (no new stack: the child continues on a copy of the caller's).
+/// Returns 0 in the child and the child's pid in the caller.
+///
+/// # Safety
+/// The child runs in a copy of a possibly multi-threaded process: until it execs or exits it may
+/// only make async-signal-safe calls and must never return into code that expects the caller's
+/// threads to exist.
+pub unsafe fn clone3(args: &mut CloneArgs) -> SysResult<libc::pid_t> {
+    // SAFETY: args points to a valid clone_args of the size passed; the caller upholds the
+    // post-fork restrictions stated above.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    check(ret).map(|p| p as libc::pid_t)
+}
+
+/// A plain fork through the raw clone syscall: unlike libc's fork(), it runs no atfork handlers and
+/// takes no libc locks, so it is safe in a child of a multi-threaded process.
+///
+/// # Safety
+/// Same contract as [`clone3`].
+pub unsafe fn raw_fork() -> SysResult<libc::pid_t> {
+    // SAFETY: clone with only SIGCHLD and null pointers is fork(); the caller upholds the
+    // post-fork restrictions.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            libc::SIGCHLD as c_long,
+            0 as c_long,
+            0 as c_long,
+            0 as c_long,
+            0 as c_long,
+        )
+    };
+    check(ret).map(|p| p as libc::pid_t)
+}
+
+pub fn open_tree(dirfd: c_int, path: &CStr, flags: c_uint) -> SysResult<c_int> {
+    // SAFETY: path is a valid NUL-terminated string for the duration of the call.
+    let ret = unsafe { libc::syscall(libc::SYS_open_tree, dirfd, path.as_ptr(), flags) };
+    check(ret).map(|fd| fd as c_int)
+}
+
+pub fn move_mount(
+    from_dirfd: c_int,
+    from_path: &CStr,
+    to_dirfd: c_int,
+    to_path: &CStr,
+    flags: c_uint,
+) -> SysResult<()> {
+    // SAFETY: both paths are valid NUL-terminated strings.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            from_dirfd,
+            from_path.as_ptr(),
+            to_dirfd,
+            to_path.as_ptr(),
+            flags,
+        )
+    };
+    check(ret).map(drop)
+}
+
+/// Sets (and clears) mount attributes; `AT_RECURSIVE` in `flags` applies them to the whole tree.
+pub fn mount_setattr(
+    dirfd: c_int,
+    path: &CStr,
+    flags: c_uint,
+    set: u64,
+    clear: u64,
+    propagation: u64,
+) -> SysResult<()> {
+    let attr = MountAttr {
+        attr_set: set,
+        attr_clr: clear,
+        propagation,
+        userns_fd: 0,
+    };
+    // SAFETY: path is NUL-terminated; attr is a valid mount_attr of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            dirfd,
+            path.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    check(ret).map(drop)
+}
+
+pub fn fsopen(fstype: &CStr) -> SysResult<c_int> {
+    // SAFETY: fstype is NUL-terminated.
+    let ret = unsafe { libc::syscall(libc::SYS_fsopen, fstype.as_ptr(), FSOPEN_CLOEXEC) };
+    check(ret).map(|fd| fd as c_int)
+}
+
+pub fn fsconfig_string(fsfd: c_int, key: &CStr, value: &CStr) -> SysResult<()> {
+    // SAFETY: key and value are NUL-terminated.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fsfd,
+            FSCONFIG_SET_STRING,
+            key.as_ptr(),
+            value.as_ptr(),
+            0,
+        )
+    };
+    check(ret).map(drop)
+}
+
+pub fn fsconfig_flag(fsfd: c_int, key: &CStr) -> SysResult<()> {
+    // SAFETY: key is NUL-terminated; value must be NULL for a flag.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fsfd,
+            FSCONFIG_SET_FLAG,
+            key.as_ptr(),
+            std::ptr::null::<c_void>(),
+            0,
+        )
+    };
+    check(ret).map(drop)
+}
+
+pub fn fsconfig_create(fsfd: c_int) -> SysResult<()> {
+    // SAFETY: FSCONFIG_CMD_CREATE takes no pointers.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fsfd,
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<c_void>(),
+            std::ptr::null::<c_void>(),
+            0,
+        )
+    };
+    check(ret).map(drop)
+}
+
+pub fn fsmount(fsfd: c_int, attr_flags: u64) -> SysResult<c_int> {
+    // SAFETY: plain integer arguments.
+    let ret = unsafe { libc::syscall(libc::SYS_fsmount, fsfd, FSMOUNT_CLOEXEC, attr_flags) };
+    check(ret).map(|fd| fd as c_int)
+}
+
+/// openat2 with `RESOLVE_IN_ROOT`: `path` is resolved as if `root` were `/`, so symlinks inside a
+/// rootfs can never lead outside it.
+pub fn open_in_root(root: c_int, path: &CStr, flags: c_int) -> SysResult<c_int> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: path is NUL-terminated; how is a valid open_how of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            root,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    check(ret).map(|fd| fd as c_int)
+}
+
+pub fn mkdirat(dirfd: c_int, name: &CStr, mode: libc::mode_t) -> SysResult<()> {
+    // SAFETY: name is NUL-terminated.
+    check_int(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode) }).map(drop)
+}
+
+pub fn symlinkat(target: &CStr, dirfd: c_int, name: &CStr) -> SysResult<()> {
+    // SAFETY: both strings are NUL-terminated.
+    check_int(unsafe { libc::symlinkat(target.as_ptr(), dirfd, name.as_ptr()) }).map(drop)
+}
+
+/// Creates an empty regular file to serve as a mount point.
+pub fn mkfileat(dirfd: c_int, name: &CStr) -> SysResult<()> {
+    // SAFETY: name is NUL-terminated.
+    let fd = check_int(unsafe {
+        libc::openat(
+            dirfd,
+            name.as_ptr(),
+            libc::O_CREAT | libc::O_EXCL | libc::O_WRONLY | libc::O_CLOEXEC,
+            0o644,
+        )
+    })?;
+    close(fd);
+    Ok(())
+}
+
+pub fn openat(dirfd: c_int, path: &CStr, flags: c_int) -> SysResult<c_int> {
+    // SAFETY: path is NUL-terminated.
+    check_int(unsafe { libc::openat(dirfd, path.as_ptr(), flags | libc::O_CLOEXEC) })
+}
+
+pub fn close(fd: c_int) {
+    // SAFETY: closing an fd we own; errors from close are not actionable here.
+    unsafe { libc::close(fd) };
+}
+
+pub fn close_range(first: c_uint, last: c_uint, flags: c_uint) -> SysResult<()> {
+    // SAFETY: plain integer arguments.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, last, flags) }).map(drop)
+}
+
+pub fn dup2(old: c_int, new: c_int) -> SysResult<()> {
+    // SAFETY: plain integer arguments.
+    check_int(unsafe { libc::dup2(old, new) }).map(drop)
+}
+
+/// dup3 refuses old == new; this treats that as "clear close-on-exec".
+pub fn dup_to(old: c_int, new: c_int) -> SysResult<()> {
+    if old == new {
+        // SAFETY: F_SETFD on an fd we own.
+        check_int(unsafe { libc::fcntl(old, libc::F_SETFD, 0) }).map(drop)
+    } else {
+        dup2(old, new)
+    }
+}
+
+/// Moves `fd` to a number ≥ `min`, closing-on-exec, and returns the new number.
+pub fn dup_above(fd: c_int, min: c_int) -> SysResult<c_int> {
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own.
+    check_int(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, min) })
+}
+
+pub fn write_all(fd: c_int, mut buf: &[u8]) -> SysResult<()> {
+    while !buf.is_empty() {
+        let n = retry(|| {
+            // SAFETY: buf is a valid slice for its length.
+            let ret = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+            check(ret as c_long)
+        })?;
+        if n == 0 {
+            return Err(Errno::EIO);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// Reads until `buf` is full or end of file; returns the bytes read.
+pub fn read_full(fd: c_int, buf: &mut [u8]) -> SysResult<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        let rest = &mut buf[got..];
+        let n = retry(|| {
+            // SAFETY: rest is a valid mutable slice for its length.
+            let ret = unsafe { libc::read(fd, rest.as_mut_ptr().cast(), rest.len()) };
+            check(ret as c_long)
+        })?;
+        if n == 0 {
+            break;
+        }
+        got += n as usize;
+    }
+    Ok(got)
+}
+
+/// Writes `data` to the file at `path` (used for /proc/self/{uid_map,gid_map,setgroups}).
+pub fn write_file(path: &CStr, data: &[u8]) -> SysResult<()> {
+    let fd = openat(libc::AT_FDCWD, path, libc::O_WRONLY)?;
+    let res = write_all(fd, data);
+    close(fd);
+    res
+}
+
+pub fn mount(
+    source: Option<&CStr>,
+    target: &CStr,
+    fstype: Option<&CStr>,
+    flags: libc::c_ulong,
+) -> SysResult<()> {
+    let ptr = |s: Option<&CStr>| s.map_or(std::ptr::null(), |s| s.as_ptr());
+    // SAFETY: all strings are NUL-terminated or NULL; data is NULL.
+    check_int(unsafe {
+        libc::mount(
+            ptr(source),
+            target.as_ptr(),
+            ptr(fstype),
+            flags,
+            std::ptr::null(),
+        )
+    })
+    .map(drop)
+}
+
+pub fn pivot_root(new_root: &CStr, put_old: &CStr) -> SysResult<()> {
+    // SAFETY: both strings are NUL-terminated.
+    check(unsafe { libc::syscall(libc::SYS_pivot_root, new_root.as_ptr(), put_old.as_ptr()) })
+        .map(drop)
+}
+
+pub fn umount2(target: &CStr, flags: c_int) -> SysResult<()> {
+    // SAFETY: target is NUL-terminated.
+    check_int(unsafe { libc::umount2(target.as_ptr(), flags) }).map(drop)
+}
+
+pub fn fchdir(fd: c_int) -> SysResult<()> {
+    // SAFETY: plain integer argument.
+    check_int(unsafe { libc::fchdir(fd) }).map(drop)
+}
+
+pub fn chdir(path: &CStr) -> SysResult<()> {
+    // SAFETY: path is NUL-terminated.
+    check_int(unsafe { libc::chdir(path.as_ptr()) }).map(drop)
+}
+
+pub fn sethostname(name: &[u8]) -> SysResult<()> {
+    // SAFETY: name is a valid slice for its length.
+    check_int(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }).map(drop)
+}
+
+pub fn unshare(flags: c_int) -> SysResult<()> {
+    // SAFETY: plain integer argument.
+    check_int(unsafe { libc::unshare(flags) }).map(drop)
+}
+
+pub fn prctl(option: c_int, arg2: libc::c_ulong) -> SysResult<c_int> {
+    // SAFETY: prctl options used here take integer arguments only.
+    check_int(unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0) })
+}
+
+pub fn setsid() -> SysResult<()> {
+    // SAFETY: no arguments.
+    check_int(unsafe { libc::setsid() }).map(drop)
+}
+
+pub fn setresuid(uid: u32) -> SysResult<()> {
+    // SAFETY: raw syscall so that only this thread's copy changes (the child is single-threaded).
+    check(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) }).map(drop)
+}
+
+pub fn setresgid(gid: u32) -> SysResult<()> {
+    // SAFETY: as for setresuid.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) }).map(drop)
+}
+
+pub fn setgroups_empty() -> SysResult<()> {
+    // SAFETY: size 0 with a null list clears the supplementary groups.
+    check(unsafe { libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()) })
+        .map(drop)
+}
+
+pub fn getuid() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::getuid() }
+}
+
+pub fn getgid() -> u32 {
+    // SAFETY: no arguments, cannot fail.
+    unsafe { libc::getgid() }
+}
+
+/// execve; returns only on failure.
+pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
+    // SAFETY: path is NUL-terminated; argv and envp are NULL-terminated arrays of pointers to
+    // NUL-terminated strings that outlive the call (they are built before clone).
+    unsafe { libc::execve(path.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    Errno::last()
+}
+
+pub fn exit(code: c_int) -> ! {
+    // SAFETY: _exit runs no atexit handlers and flushes nothing: right for a forked child.
+    unsafe { libc::_exit(code) }
+}
+
+pub fn kill(pid: libc::pid_t, sig: c_int) -> SysResult<()> {
+    // SAFETY: plain integer arguments.
+    check_int(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// Blocks every signal (or restores `old`) for the calling thread.
+pub fn sigmask_set(set: &libc::sigset_t, old: Option<&mut libc::sigset_t>) -> SysResult<()> {
+    let oldp = old.map_or(std::ptr::null_mut(), |o| o as *mut libc::sigset_t);
+    // SAFETY: set points to a valid sigset; oldp is null or valid.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, set, oldp) };
+    if ret != 0 {
+        Err(Errno::from_raw(ret))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn sigset_full() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigfillset initialises it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        set
+    }
+}
+
+pub fn sigset_empty() -> libc::sigset_t {
+    // SAFETY: sigset_t is plain data; sigemptyset initialises it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        set
+    }
+}
+
+/// Resets every catchable signal to its default action (ignored signals survive execve otherwise).
+pub fn reset_signal_dispositions() -> SysResult<()> {
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: a zeroed sigaction with SIG_DFL is valid; raw rt_sigaction avoids libc's
+        // handling of its reserved signals.
+        let ret = unsafe {
+            let mut act: libc::sigaction = std::mem::zeroed();
+            act.sa_sigaction = libc::SIG_DFL;
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                sig,
+                &act as *const libc::sigaction,
+                std::ptr::null_mut::<libc::sigaction>(),
+                8usize,
+            )
+        };
+        if ret < 0 {
+            let e = Errno::last();
+            if e != Errno::EINVAL {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn signalfd(set: &libc::sigset_t) -> SysResult<c_int> {
+    // SAFETY: set is a valid sigset.
+    check_int(unsafe { libc::signalfd(-1, set, libc::SFD_CLOEXEC) })
+}
+
+/// Waits for any child without blocking; returns (pid, status) or None when nothing is waitable.
+pub fn reap_any() -> Option<(libc::pid_t, c_int)> {
+    let mut status: c_int = 0;
+    // SAFETY: status is a valid out-pointer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+    if pid > 0 {
+        Some((pid, status))
+    } else {
+        None
+    }
+}
+
+pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> SysResult<c_int> {
+    // SAFETY: fds is a valid slice of pollfd.
+    check_int(unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) })
+}
+
+/// Brings up the loopback interface of the current network namespace.
+pub fn loopback_up() -> SysResult<()> {
+    // SAFETY: socket() with constant arguments.
+    let sock = check_int(unsafe {
+        libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0)
+    })?;
+    // SAFETY: ifreq is plain data; the name "lo" fits; the ioctls read and write only the struct.
+    let res = unsafe {
+        let mut req: libc::ifreq = std::mem::zeroed();
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) < 0 {
+            Err(Errno::last())
+        } else {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req) < 0 {
+                Err(Errno::last())
+            } else {
+                Ok(())
+            }
+        }
+    };
+    close(sock);
+    res
+}
+
+/// pidfd_send_signal.
+pub fn pidfd_send_signal(pidfd: c_int, sig: c_int) -> SysResult<()> {
+    // SAFETY: null siginfo means "as kill() would send it".
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            sig,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    })
+    .map(drop)
+}
+
+/// waitid(P_PIDFD) through the raw syscall, which also fills the resource usage of the waited
+/// process and its waited-for descendants.
+pub fn waitid_pidfd(
+    pidfd: c_int,
+    options: c_int,
+    info: &mut libc::siginfo_t,
+    usage: &mut libc::rusage,
+) -> SysResult<()> {
+    const P_PIDFD: c_int = 3;
+    // SAFETY: info and usage are valid out-pointers.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_waitid,
+            P_PIDFD,
+            pidfd,
+            info as *mut libc::siginfo_t,
+            options,
+            usage as *mut libc::rusage,
+        )
+    })
+    .map(drop)
+}

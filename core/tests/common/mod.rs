@@ -1,0 +1,155 @@
+//! Helpers shared by the integration tests. These tests run both as root and as an unprivileged
+//! user (see scripts/test); nothing here assumes either.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use rsandbox::{RunResult, Spec};
+
+/// `RSANDBOX_MUST_WORK=1` turns skips of features this machine has into failures.
+pub fn must_work() -> bool {
+    std::env::var("RSANDBOX_MUST_WORK").is_ok_and(|v| v == "1")
+}
+
+/// Skips the current test with a reason, or fails it under `RSANDBOX_MUST_WORK=1`.
+#[track_caller]
+pub fn skip(reason: &str) {
+    if must_work() {
+        panic!("skipped under RSANDBOX_MUST_WORK=1: {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
+/// A spec running a shell script.
+pub fn sh(script: &str) -> Spec {
+    Spec::new(["/bin/sh", "-c", script])
+}
+
+/// Runs a spec and returns its result, panicking with the error otherwise.
+#[track_caller]
+pub fn run(spec: &Spec) -> RunResult {
+    match rsandbox::run(spec) {
+        Ok(r) => r,
+        Err(e) => panic!("run failed: {e}"),
+    }
+}
+
+/// Runs a script and returns (exit code, stdout, stderr).
+#[track_caller]
+pub fn run_sh(script: &str) -> (i32, String, String) {
+    let r = run(&sh(script));
+    (r.status.shell_code(), out(&r), err(&r))
+}
+
+pub fn out(r: &RunResult) -> String {
+    String::from_utf8_lossy(r.stdout.as_deref().unwrap_or_default()).into_owned()
+}
+
+pub fn err(r: &RunResult) -> String {
+    String::from_utf8_lossy(r.stderr.as_deref().unwrap_or_default()).into_owned()
+}
+
+/// A string unique to this test process and call, for finding processes by command line.
+pub fn marker() -> String {
+    static N: AtomicU32 = AtomicU32::new(1);
+    format!(
+        "{}.{}",
+        std::process::id() % 100000,
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Host pids whose command line contains `needle`.
+pub fn pids_with(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+/// Waits up to `limit` for every process whose command line contains `needle` to disappear.
+pub fn gone_within(needle: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if pids_with(needle).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids_with(needle).is_empty()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("rsbx-test-{tag}-{}", marker()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A tiny rootfs made of static busybox, or None (with a skip) when busybox-static is missing.
+pub fn busybox_rootfs() -> Option<TempDir> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists());
+    let Some(busybox) = busybox else {
+        skip("busybox-static is not installed (apt-get install busybox-static)");
+        return None;
+    };
+    let dir = TempDir::new("rootfs");
+    let root = dir.path();
+    for d in ["bin", "proc", "dev", "tmp", "etc", "work"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for tool in [
+        "sh", "ls", "cat", "id", "touch", "echo", "hostname", "ps", "mkdir", "stat",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(root.join("etc/marker"), "busybox-rootfs\n").unwrap();
+    Some(dir)
+}
+
+pub fn my_uid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+pub fn my_gid() -> u32 {
+    // SAFETY: getgid cannot fail.
+    unsafe { libc::getgid() }
+}

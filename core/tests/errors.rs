@@ -1,0 +1,242 @@
+//! Every bad input gives its own typed error that names the cause.
+
+mod common;
+
+use common::*;
+use rsandbox::{ErrorKind, Mount, Root, Spec, Step};
+
+fn error_of(spec: &Spec) -> rsandbox::Error {
+    match rsandbox::spawn(spec) {
+        Ok(mut child) => {
+            let r = child.wait();
+            panic!("expected an error, the sandbox ran: {r:?}")
+        }
+        Err(e) => e,
+    }
+}
+
+#[test]
+fn missing_rootfs() {
+    let mut spec = sh("true");
+    spec.filesystem.root = Root::Directory {
+        path: "/nonexistent/rootfs".into(),
+        writable: false,
+    };
+    let e = error_of(&spec);
+    assert_eq!(e.kind(), ErrorKind::PathNotFound);
+    assert!(
+        e.to_string()
+            .contains("rootfs not found: /nonexistent/rootfs"),
+        "{e}"
+    );
+    assert_eq!(e.errno(), Some(rsandbox::Errno::ENOENT));
+}
+
+#[test]
+fn relative_bind_source() {
+    let mut spec = sh("true");
+    spec.filesystem.mounts.push(Mount::Bind {
+        source: "relative/dir".into(),
+        destination: "/x".into(),
+        readonly: true,
+    });
+    let e = error_of(&spec);
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+    assert!(e.to_string().contains("filesystem.mounts[0].source"), "{e}");
+    assert!(e.to_string().contains("absolute"), "{e}");
+}
+
+#[test]
+fn missing_bind_source() {
+    let mut spec = sh("true");
+    spec.filesystem.mounts.push(Mount::Bind {
+        source: "/nonexistent/source".into(),
+        destination: "/x".into(),
+        readonly: true,
+    });
+    let e = error_of(&spec);
+    assert_eq!(e.kind(), ErrorKind::PathNotFound);
+    assert!(
+        e.to_string()
+            .contains("bind source not found: /nonexistent/source"),
+        "{e}"
+    );
+}
+
+#[test]
+fn relative_or_dotdot_destination() {
+    for dest in ["x", "/a/../../etc"] {
+        let mut spec = sh("true");
+        spec.filesystem.mounts.push(Mount::Tmpfs {
+            destination: dest.into(),
+            size: None,
+            mode: None,
+        });
+        assert_eq!(error_of(&spec).kind(), ErrorKind::InvalidSpec, "{dest}");
+    }
+}
+
+#[test]
+fn unmappable_uid() {
+    let mut spec = sh("true");
+    spec.user.uid = Some(u32::MAX);
+    let e = error_of(&spec);
+    assert_eq!(e.kind(), ErrorKind::UnmappableId);
+    assert!(e.to_string().contains("cannot map uid 4294967295"), "{e}");
+}
+
+#[test]
+fn executable_not_found() {
+    let e = error_of(&Spec::new(["no-such-command-rsbx"]));
+    assert_eq!(e.kind(), ErrorKind::ExecutableNotFound);
+    assert_eq!(
+        e.to_string(),
+        "executable not found in sandbox: no-such-command-rsbx"
+    );
+    assert_eq!(e.step(), Some(Step::Exec));
+    // Also by absolute path: the host has it, the sandbox does not.
+    let e = error_of(&Spec::new(["/root/.cargo/bin/cargo"]));
+    assert_eq!(e.kind(), ErrorKind::ExecutableNotFound);
+}
+
+#[test]
+fn not_executable() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = TempDir::new("noexec");
+    let plain = dir.path().join("plain");
+    std::fs::write(&plain, "data\n").unwrap();
+    std::fs::set_permissions(&plain, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let garbage = dir.path().join("garbage");
+    std::fs::write(&garbage, [0u8, 1, 2, 3]).unwrap();
+    std::fs::set_permissions(&garbage, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let with_dir = |argv0: &str| {
+        let mut spec = Spec::new([argv0]);
+        spec.filesystem.mounts.push(Mount::Bind {
+            source: dir.path().into(),
+            destination: "/t".into(),
+            readonly: true,
+        });
+        error_of(&spec)
+    };
+    let e = with_dir("/t/plain");
+    assert_eq!(e.kind(), ErrorKind::NotExecutable);
+    assert_eq!(e.errno(), Some(rsandbox::Errno::EACCES));
+    assert!(e.to_string().contains("cannot execute /t/plain"), "{e}");
+    let e = with_dir("/t/garbage");
+    assert_eq!(e.kind(), ErrorKind::NotExecutable);
+    assert_eq!(e.errno(), Some(rsandbox::Errno::ENOEXEC));
+    // A directory is not executable either.
+    assert_eq!(
+        error_of(&Spec::new(["/usr"])).kind(),
+        ErrorKind::NotExecutable
+    );
+}
+
+#[test]
+fn empty_argv() {
+    let e = error_of(&Spec::default());
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+    assert!(e.to_string().contains("argv is empty"), "{e}");
+    let e = error_of(&Spec::new([""]));
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+}
+
+#[test]
+fn nul_in_an_argument() {
+    let e = error_of(&Spec::new(["echo", "a\0b"]));
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+    assert!(
+        e.to_string()
+            .contains("process.args[1]: contains a NUL byte"),
+        "{e}"
+    );
+    let mut spec = sh("true");
+    spec.process.env.insert("K".into(), "v\0".into());
+    assert_eq!(error_of(&spec).kind(), ErrorKind::InvalidSpec);
+}
+
+#[test]
+fn bad_env_name_and_timeout_and_hostname() {
+    let mut spec = sh("true");
+    spec.process.env.insert("A=B".into(), "v".into());
+    assert_eq!(error_of(&spec).kind(), ErrorKind::InvalidSpec);
+    let mut spec = sh("true");
+    spec.timeout = Some(-1.0);
+    assert_eq!(error_of(&spec).kind(), ErrorKind::InvalidSpec);
+    let mut spec = sh("true");
+    spec.hostname = "x".repeat(65);
+    assert_eq!(error_of(&spec).kind(), ErrorKind::InvalidSpec);
+}
+
+#[test]
+fn missing_cwd_names_the_step_and_path() {
+    let mut spec = sh("true");
+    spec.process.cwd = Some("/does/not/exist".into());
+    let e = error_of(&spec);
+    assert_eq!(e.kind(), ErrorKind::Setup);
+    assert_eq!(e.step(), Some(Step::Chdir));
+    let text = e.to_string();
+    assert!(
+        text.contains("/does/not/exist") && text.contains("ENOENT"),
+        "{text}"
+    );
+}
+
+#[test]
+fn mount_point_under_read_only_bind_names_the_path_and_remedy() {
+    let mut spec = sh("true");
+    spec.filesystem.mounts.push(Mount::Tmpfs {
+        destination: "/usr/rsbx-new-dir".into(),
+        size: None,
+        mode: None,
+    });
+    let e = error_of(&spec);
+    assert_eq!(e.kind(), ErrorKind::Setup);
+    assert_eq!(e.step(), Some(Step::CreateMountPoint));
+    let text = e.to_string();
+    assert!(
+        text.contains("/usr/rsbx-new-dir") && text.contains("EROFS"),
+        "{text}"
+    );
+    assert!(e.remedy().is_some());
+}
+
+#[test]
+fn missing_mount_point_in_read_only_rootfs() {
+    let Some(rootfs) = busybox_rootfs() else {
+        return;
+    };
+    let mut spec = Spec::new(["/bin/true"]);
+    spec.filesystem.root = Root::Directory {
+        path: rootfs.path().into(),
+        writable: false,
+    };
+    spec.filesystem.mounts.push(Mount::Tmpfs {
+        destination: "/nope".into(),
+        size: None,
+        mode: None,
+    });
+    let e = error_of(&spec);
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+    assert!(e.to_string().contains("/nope"), "{e}");
+}
+
+#[test]
+fn spec_json_round_trip_and_unknown_fields() {
+    let mut spec = sh("echo hi");
+    spec.hostname = "h".into();
+    spec.timeout = Some(2.5);
+    spec.filesystem.mounts.push(Mount::Tmpfs {
+        destination: "/t".into(),
+        size: Some(4096),
+        mode: None,
+    });
+    let json = spec.to_json().unwrap();
+    assert_eq!(Spec::from_json(&json).unwrap(), spec);
+    let e = Spec::from_json(r#"{"process": {"argz": []}}"#).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+    assert!(e.to_string().contains("argz"), "{e}");
+    // Missing fields take defaults.
+    let spec = Spec::from_json(r#"{"process": {"args": ["true"]}}"#).unwrap();
+    assert_eq!(spec.hostname, "rsandbox");
+}

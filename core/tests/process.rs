@@ -1,0 +1,245 @@
+//! The command's life: exit status, signals, timeouts, kill, die-with-parent, fds, env, stdio.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::time::{Duration, Instant};
+
+use common::*;
+use rsandbox::{ExitStatus, Spec, Stdio, Verdict};
+
+#[test]
+fn exit_codes_propagate() {
+    for code in [0, 1, 7, 255] {
+        let r = run(&sh(&format!("exit {code}")));
+        assert_eq!(r.status, ExitStatus::Exited(code));
+        assert_eq!(
+            r.verdict,
+            if code == 0 {
+                Verdict::Ok
+            } else {
+                Verdict::ExitNonzero
+            }
+        );
+    }
+}
+
+#[test]
+fn signals_propagate() {
+    let r = run(&sh("kill -TERM $$; sleep 5"));
+    assert_eq!(r.status, ExitStatus::Signaled(libc::SIGTERM));
+    assert_eq!(r.verdict, Verdict::Signaled);
+    assert_eq!(r.status.shell_code(), 128 + libc::SIGTERM);
+    let r = run(&sh("kill -KILL $$"));
+    assert_eq!(r.status, ExitStatus::Signaled(libc::SIGKILL));
+}
+
+#[test]
+fn timeout_kills_the_whole_tree() {
+    let m = marker();
+    let mut spec = sh(&format!("sleep 300{m} & (sleep 301{m} &) ; sleep 302{m}"));
+    spec.timeout = Some(0.5);
+    let start = Instant::now();
+    let r = run(&spec);
+    let took = start.elapsed();
+    assert!(r.timed_out);
+    assert_eq!(r.verdict, Verdict::WallTimeout);
+    assert_eq!(r.status, ExitStatus::Signaled(libc::SIGKILL));
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert!(r.usage.wall_time >= 0.5);
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors: {:?}",
+        pids_with(&m)
+    );
+}
+
+#[test]
+fn kill_reaches_every_process() {
+    let m = marker();
+    let mut spec = sh(&format!("sleep 310{m} & sleep 311{m} & wait"));
+    spec.process.stdout = Stdio::Null;
+    let mut child = rsandbox::spawn(&spec).unwrap();
+    // Wait until both sleeps run.
+    let start = Instant::now();
+    while pids_with(&m).len() < 3 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(pids_with(&m).len() >= 2);
+    child.kill(libc::SIGTERM).unwrap();
+    let r = child.wait().unwrap();
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors: {:?}",
+        pids_with(&m)
+    );
+    assert!(!r.status.success());
+}
+
+#[test]
+fn dropping_the_handle_kills_the_sandbox() {
+    let m = marker();
+    let child = rsandbox::spawn(&sh(&format!("sleep 320{m} & sleep 321{m}"))).unwrap();
+    let start = Instant::now();
+    while pids_with(&m).len() < 3 && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(child);
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors: {:?}",
+        pids_with(&m)
+    );
+}
+
+#[test]
+fn wait_timeout_and_try_wait() {
+    let mut child = rsandbox::spawn(&sh("sleep 0.3")).unwrap();
+    assert!(child.try_wait().unwrap().is_none());
+    assert!(child
+        .wait_timeout(Duration::from_millis(20))
+        .unwrap()
+        .is_none());
+    let r = child
+        .wait_timeout(Duration::from_secs(10))
+        .unwrap()
+        .expect("finished");
+    assert!(r.status.success());
+    // Waiting again returns the same result.
+    assert_eq!(child.wait().unwrap().status, r.status);
+    assert!(child.pid() > 0);
+    assert!(child.pidfd() >= 0);
+}
+
+#[test]
+fn no_descriptor_leaks_into_the_sandbox() {
+    // An inheritable descriptor in the caller (no O_CLOEXEC) must not reach the command.
+    let file = std::fs::File::open("/etc/hostname").unwrap();
+    // SAFETY: dup of a valid fd; the copy has no close-on-exec flag and is closed below.
+    let leaked = unsafe { libc::dup(file.as_raw_fd()) };
+    assert!(leaked > 2);
+    let (_, stdout, _) = run_sh("ls /proc/$$/fd");
+    // SAFETY: closing the fd dup'ed above.
+    unsafe { libc::close(leaked) };
+    let fds: Vec<&str> = stdout.lines().collect();
+    assert_eq!(fds, ["0", "1", "2"]);
+}
+
+#[test]
+fn environment_is_cleared() {
+    std::env::set_var("RSBX_SECRET_TOKEN", "leak");
+    let mut spec = sh("env | sort");
+    spec.process
+        .env
+        .insert("GREETING".into(), "hello world".into());
+    let r = run(&spec);
+    let env = out(&r);
+    assert!(!env.contains("RSBX_SECRET_TOKEN"), "{env}");
+    assert!(env.contains("GREETING=hello world\n"));
+    assert!(env.contains(&format!("PATH={}\n", rsandbox::DEFAULT_PATH)));
+    assert!(env.contains("HOME=/work\n"));
+    let names: Vec<&str> = env.lines().filter_map(|l| l.split('=').next()).collect();
+    for name in &names {
+        assert!(
+            ["GREETING", "PATH", "HOME", "TERM", "PWD", "SHLVL", "_", "OLDPWD"].contains(name),
+            "unexpected variable {name}: {env}"
+        );
+    }
+}
+
+#[test]
+fn cwd_option() {
+    let mut spec = sh("pwd");
+    spec.process.cwd = Some("/tmp".into());
+    assert_eq!(out(&run(&spec)), "/tmp\n");
+}
+
+#[test]
+fn stdin_input_and_both_streams_captured() {
+    let spec = sh("cat; echo err >&2");
+    let r = rsandbox::run_with_input(&spec, Some(b"from stdin\n")).unwrap();
+    assert_eq!(out(&r), "from stdin\n");
+    assert_eq!(err(&r), "err\n");
+}
+
+#[test]
+fn flooding_both_streams_does_not_deadlock() {
+    let mut spec = sh("head -c 3000000 /dev/zero; head -c 2000000 /dev/zero >&2");
+    spec.timeout = Some(60.0);
+    let r = run(&spec);
+    assert!(!r.timed_out);
+    assert_eq!(r.stdout.as_ref().unwrap().len(), 3_000_000);
+    assert_eq!(r.stderr.as_ref().unwrap().len(), 2_000_000);
+    assert!(!r.stdout_truncated);
+}
+
+#[test]
+fn output_limit_truncates_and_flags() {
+    let mut spec = sh("head -c 100000 /dev/zero; echo done >&2");
+    spec.output_limit = Some(1000);
+    let r = run(&spec);
+    assert_eq!(r.stdout.as_ref().unwrap().len(), 1000);
+    assert!(r.stdout_truncated);
+    assert!(!r.stderr_truncated);
+    assert_eq!(r.verdict, Verdict::OutputLimit);
+    assert!(r.status.success(), "the command ran to the end");
+}
+
+#[test]
+fn stdio_to_files_and_null() {
+    let dir = TempDir::new("stdio");
+    let out_path = dir.path().join("out.txt");
+    let mut spec = sh("echo to-file; echo to-null >&2");
+    spec.process.stdout = Stdio::File {
+        path: out_path.clone(),
+        append: false,
+    };
+    spec.process.stderr = Stdio::Null;
+    let r = run(&spec);
+    assert!(r.status.success());
+    assert_eq!(std::fs::read_to_string(&out_path).unwrap(), "to-file\n");
+    assert_eq!(r.stdout, None);
+}
+
+#[test]
+fn usage_is_measured() {
+    let r = run(&sh("i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"));
+    assert!(r.usage.wall_time > 0.0);
+    assert!(
+        r.usage.user_time + r.usage.system_time > 0.0,
+        "{:?}",
+        r.usage
+    );
+    assert!(r.usage.max_rss > 100 * 1024, "{:?}", r.usage);
+}
+
+#[test]
+fn no_new_privs_and_no_capabilities_for_non_root_ids() {
+    let mut spec = Spec::new([
+        "/bin/sh",
+        "-c",
+        "grep -E '^(NoNewPrivs|CapEff)' /proc/self/status",
+    ]);
+    spec.user.uid = Some(1000);
+    spec.user.gid = Some(1000);
+    let text = out(&run(&spec));
+    assert!(text.contains("NoNewPrivs:\t1"), "{text}");
+    assert!(text.contains("CapEff:\t0000000000000000"), "{text}");
+}
+
+#[test]
+fn the_command_runs_in_its_own_session() {
+    let (_, stdout, _) = run_sh("ps -o sid= -p $$; echo $$");
+    let v: Vec<&str> = stdout.split_whitespace().collect();
+    assert_eq!(v[0], v[1], "the command leads its own session");
+}
+
+#[test]
+fn ignored_signals_of_the_caller_are_reset() {
+    // SAFETY: ignoring SIGUSR1 in this test process; restored below.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_IGN) };
+    let r = run(&sh("kill -USR1 $$; sleep 5"));
+    // SAFETY: restoring the default disposition.
+    unsafe { libc::signal(libc::SIGUSR1, libc::SIG_DFL) };
+    assert_eq!(r.status, ExitStatus::Signaled(libc::SIGUSR1));
+}
