@@ -177,7 +177,19 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
     }
     for (list, readonly) in [(&a.bind, false), (&a.ro_bind, true)] {
         for item in list {
-            let (src, dst) = item.split_once(':').unwrap_or((item, item));
+            let parts: Vec<&str> = item.split(':').collect();
+            let (src, dst) = match parts[..] {
+                [src] => (src, src),
+                [src, dst] => (src, dst),
+                _ => {
+                    return Err(invalid(
+                        "--bind",
+                        format!(
+                            "expected SRC:DST, got {item:?} (for paths containing ':' use --spec)"
+                        ),
+                    ))
+                }
+            };
             if src.is_empty() || dst.is_empty() {
                 return Err(invalid("--bind", format!("expected SRC:DST, got {item:?}")));
             }
@@ -269,6 +281,16 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
             "no command given: rsandbox run [OPTIONS] -- CMD [ARGS...]".into(),
         ));
     }
+    // Open the result file first: a path that cannot be written fails before anything runs.
+    let json_file = match &a.json_result {
+        Some(path) => Some(std::fs::File::create(path).map_err(|e| {
+            invalid(
+                "--json-result",
+                format!("cannot create {}: {e}", path.display()),
+            )
+        })?),
+        None => None,
+    };
     let signals = ForwardedSignals::install();
     let mut child = rsandbox::spawn(&spec)?;
     let result = wait_forwarding(&mut child, signals.as_ref())?;
@@ -287,10 +309,12 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
             result.usage.max_rss / 1024
         );
     }
-    if let Some(path) = &a.json_result {
-        let json = serde_json::to_string_pretty(&result)
-            .map_err(|e| invalid("--json-result", e.to_string()))?;
-        write_file(path, &json)?;
+    if let Some(mut file) = json_file {
+        let json = serde_json::to_string_pretty(&result).unwrap_or_default();
+        if let Err(e) = writeln!(file, "{json}") {
+            // The command ran: its status stands; failing to record it is only reported.
+            eprintln!("rsandbox: cannot write --json-result: {e}");
+        }
     }
     Ok(result.status.shell_code().clamp(0, 255) as u8)
 }
@@ -379,7 +403,7 @@ fn write_error_json(path: &PathBuf, e: &Error) {
     let value = serde_json::json!({
         "verdict": "setup-error",
         "error": {
-            "kind": format!("{:?}", e.kind()),
+            "kind": e.kind().name(),
             "message": e.to_string(),
             "step": e.step().map(|s| s.name()),
             "errno": e.errno().map(|n| format!("{n:?}")),

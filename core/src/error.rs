@@ -187,6 +187,22 @@ pub enum ErrorKind {
     Io,
 }
 
+impl ErrorKind {
+    /// A stable kebab-case name, e.g. `executable-not-found` (used in JSON results).
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidSpec => "invalid-spec",
+            ErrorKind::PathNotFound => "path-not-found",
+            ErrorKind::UnmappableId => "unmappable-id",
+            ErrorKind::ExecutableNotFound => "executable-not-found",
+            ErrorKind::NotExecutable => "not-executable",
+            ErrorKind::Setup => "setup",
+            ErrorKind::Unsupported => "unsupported",
+            ErrorKind::Io => "io",
+        }
+    }
+}
+
 /// Every way a sandbox operation can fail.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]

@@ -24,7 +24,7 @@
 
 mod capture;
 mod child;
-//TMP pub mod doctor;
+pub mod doctor;
 pub mod error;
 mod mounts;
 pub mod report;
@@ -33,7 +33,7 @@ pub mod spec;
 mod sys;
 mod userns;
 
-//TMP pub use doctor::{doctor, Check, Doctor};
+pub use doctor::{doctor, Check, Doctor};
 pub use error::{Errno, Error, ErrorKind, Result, Step};
 pub use mounts::HOST_VIEW_DIRS;
 pub use report::{Feature, IdRange, MountEntry, Report, Status};
@@ -43,25 +43,3 @@ pub use sandbox::{
 pub use spec::{
     Filesystem, IdMapping, Mount, Namespaces, Network, Process, Root, Spec, Stdio, User, Want,
 };
-//TMPSTART
-#[allow(missing_docs)]
-pub mod doctor {
-    #[derive(Debug, Clone, serde::Serialize)]
-    pub struct Check {
-        pub name: String,
-    }
-    #[derive(Debug, Clone, serde::Serialize)]
-    pub struct Doctor {
-        pub checks: Vec<Check>,
-    }
-    impl Doctor {
-        pub fn to_text(&self) -> String {
-            String::new()
-        }
-    }
-    pub fn doctor() -> Doctor {
-        Doctor { checks: vec![] }
-    }
-}
-pub use doctor::{doctor, Check, Doctor};
-//TMPEND

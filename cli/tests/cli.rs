@@ -1,0 +1,692 @@
+//! The `rsandbox` command line, run as a real process: exit statuses, `--json-result`, timeouts,
+//! die-with-parent, signal forwarding, every `run` option, `--report`, `doctor` and stdio.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+// ---------------------------------------------------------------------------------------------
+// Exit status
+
+#[test]
+fn exit_status_is_the_commands_own_code() {
+    for code in [0, 1, 7, 255] {
+        let r = run_sh(&[], &format!("exit {code}"));
+        assert_eq!(r.code, code, "{r:?}");
+    }
+    assert_eq!(rsandbox(&["run", "--", "true"]).code, 0);
+    assert_eq!(rsandbox(&["run", "--", "false"]).code, 1);
+}
+
+#[test]
+fn killed_by_a_signal_gives_128_plus_the_signal() {
+    let r = run_sh(&[], "kill -TERM $$; sleep 5");
+    assert_eq!(r.code, 128 + libc::SIGTERM, "{r:?}");
+    let r = run_sh(&[], "kill -KILL $$; sleep 5");
+    assert_eq!(r.code, 128 + libc::SIGKILL, "{r:?}");
+}
+
+#[test]
+fn missing_executable_gives_127() {
+    let name = format!("no-such-command-{}", marker());
+    let r = rsandbox(&["run", "--", &name, "arg"]);
+    assert_eq!(r.code, 127, "{r:?}");
+    assert!(
+        r.stderr
+            .contains(&format!("executable not found in sandbox: {name}")),
+        "{r:?}"
+    );
+    // An absolute path that exists on the host but not in the sandbox (the host view hides /root
+    // and /home) is missing too.
+    let r = rsandbox(&["run", "--", "/home/no-such-dir/tool"]);
+    assert_eq!(r.code, 127, "{r:?}");
+}
+
+#[test]
+fn non_executable_file_gives_126() {
+    let dir = TempDir::new("noexec");
+    let file = dir.path().join("script");
+    std::fs::write(&file, "#!/bin/sh\necho ran\n").unwrap();
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    let bind = format!("{}:/tmp/script", file.display());
+    let r = rsandbox(&["run", "--ro-bind", &bind, "--", "/tmp/script"]);
+    assert_eq!(r.code, 126, "{r:?}");
+    assert!(r.stderr.contains("/tmp/script"), "{r:?}");
+    assert!(!r.stdout.contains("ran"), "{r:?}");
+
+    // Negative control: the same file with an execute bit runs.
+    std::fs::set_permissions(&file, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let r = rsandbox(&["run", "--ro-bind", &bind, "--", "/tmp/script"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "ran\n"), "{r:?}");
+}
+
+#[test]
+fn setup_failure_gives_125_and_names_the_path() {
+    let missing = format!("/nonexistent-rootfs-{}", marker());
+    let r = rsandbox(&["run", "--rootfs", &missing, "--", "true"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains(&missing), "{r:?}");
+    assert!(r.stderr.starts_with("rsandbox: "), "{r:?}");
+
+    let missing_src = format!("/nonexistent-bind-{}", marker());
+    let r = rsandbox(&[
+        "run",
+        "--ro-bind",
+        &format!("{missing_src}:/x"),
+        "--",
+        "true",
+    ]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains(&missing_src), "{r:?}");
+}
+
+#[test]
+fn no_command_gives_125() {
+    for args in [&["run"][..], &["run", "--"][..]] {
+        let r = rsandbox(args);
+        assert_eq!(r.code, 125, "{args:?}: {r:?}");
+        assert!(r.stderr.contains("no command given"), "{r:?}");
+    }
+}
+
+#[test]
+fn malformed_option_values_give_125() {
+    let r = rsandbox(&["run", "--env", "NO_EQUALS_SIGN", "--", "true"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("NO_EQUALS_SIGN"), "{r:?}");
+    let r = rsandbox(&["run", "--bind", ":/x", "--", "true"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("SRC:DST"), "{r:?}");
+}
+
+#[test]
+fn command_line_usage_errors_give_2() {
+    for args in [
+        &["run", "--no-such-option", "--", "true"][..],
+        &["run", "--root", "--uid", "5", "--", "true"][..],
+        &["run", "--rootfs-writable", "--", "true"][..],
+        &["run", "--net", "bogus", "--", "true"][..],
+        &["no-such-subcommand"][..],
+    ] {
+        let r = rsandbox(args);
+        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        assert!(r.stderr.starts_with("error: "), "{args:?}: {r:?}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// --json-result
+
+fn read_json(path: &std::path::Path) -> Value {
+    let text = std::fs::read_to_string(path)
+        .unwrap_or_else(|e| panic!("{} not written: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("invalid JSON ({e}): {text}"))
+}
+
+/// Runs a script with `--json-result` and returns (exit code, parsed result).
+fn json_run(options: &[&str], script: &str) -> (i32, Value) {
+    let dir = TempDir::new("json");
+    let path = dir.join("result.json");
+    let mut opts = vec!["--json-result", path.as_str()];
+    opts.extend_from_slice(options);
+    let r = run_sh(&opts, script);
+    (r.code, read_json(std::path::Path::new(&path)))
+}
+
+#[test]
+fn json_result_of_finished_runs() {
+    let (code, j) = json_run(&[], "exit 0");
+    assert_eq!(code, 0);
+    assert_eq!(j["verdict"], "ok", "{j}");
+    assert_eq!(j["status"]["exited"], 0, "{j}");
+    assert_eq!(j["timed_out"], false, "{j}");
+    let wall = j["usage"]["wall_time"].as_f64().expect("usage.wall_time");
+    assert!(wall > 0.0 && wall < 30.0, "{j}");
+
+    // The report: every feature has a name and a status; the pid namespace is enforced; the host
+    // view's /usr is among the mounts.
+    let features = j["report"]["features"].as_array().expect("report.features");
+    assert!(!features.is_empty());
+    for f in features {
+        assert!(f["name"].is_string() && f["status"].is_string(), "{f}");
+    }
+    let pid = features
+        .iter()
+        .find(|f| f["name"] == "namespace.pid")
+        .expect("namespace.pid in report");
+    assert_eq!(pid["status"], "enforced");
+    let mounts = j["report"]["mounts"].as_array().expect("report.mounts");
+    assert!(
+        mounts
+            .iter()
+            .any(|m| m["destination"] == "/usr" && m["status"] == "enforced"),
+        "{j}"
+    );
+
+    let (code, j) = json_run(&[], "exit 3");
+    assert_eq!(code, 3);
+    assert_eq!(j["verdict"], "exit-nonzero", "{j}");
+    assert_eq!(j["status"]["exited"], 3, "{j}");
+
+    let (code, j) = json_run(&[], "kill -TERM $$; sleep 5");
+    assert_eq!(code, 143);
+    assert_eq!(j["verdict"], "signaled", "{j}");
+    assert_eq!(j["status"]["signaled"], libc::SIGTERM, "{j}");
+    assert_eq!(j["timed_out"], false, "{j}");
+
+    // The option changes the report: without --share pid the pid namespace is off.
+    let (_, j) = json_run(&["--share", "pid"], "true");
+    let pid = j["report"]["features"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["name"] == "namespace.pid")
+        .cloned()
+        .unwrap();
+    assert_eq!(pid["status"], "off", "{j}");
+}
+
+#[test]
+fn json_result_of_setup_errors() {
+    let dir = TempDir::new("json-err");
+    let path = dir.join("result.json");
+    let missing = format!("/nonexistent-rootfs-{}", marker());
+    let r = rsandbox(&[
+        "run",
+        "--json-result",
+        &path,
+        "--rootfs",
+        &missing,
+        "--",
+        "true",
+    ]);
+    assert_eq!(r.code, 125, "{r:?}");
+    let j = read_json(std::path::Path::new(&path));
+    assert_eq!(j["verdict"], "setup-error", "{j}");
+    let e = &j["error"];
+    assert!(e.is_object(), "{j}");
+    for key in ["kind", "message", "step", "errno"] {
+        assert!(e.get(key).is_some(), "error.{key} missing: {j}");
+    }
+    assert!(e["kind"].is_string(), "{j}");
+    assert!(e["message"].as_str().unwrap().contains(&missing), "{j}");
+    assert_eq!(e["errno"], "ENOENT", "{j}");
+
+    // A failure inside the sandbox names its step.
+    let name = format!("no-such-command-{}", marker());
+    let r = rsandbox(&["run", "--json-result", &path, "--", &name]);
+    assert_eq!(r.code, 127, "{r:?}");
+    let j = read_json(std::path::Path::new(&path));
+    assert_eq!(j["verdict"], "setup-error", "{j}");
+    assert_eq!(j["error"]["step"], "exec", "{j}");
+    assert!(
+        j["error"]["message"].as_str().unwrap().contains(&name),
+        "{j}"
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Timeout, die-with-parent, signal forwarding
+
+#[test]
+fn timeout_kills_the_whole_sandbox_promptly() {
+    let m = marker();
+    let dir = TempDir::new("timeout");
+    let path = dir.join("result.json");
+    let start = Instant::now();
+    let r = run_sh(
+        &["--timeout", "0.5", "--json-result", &path],
+        &format!("sleep 300{m} & (sleep 301{m} &); sleep 302{m}"),
+    );
+    let took = start.elapsed();
+    assert_eq!(r.code, 137, "{r:?}");
+    assert!(took >= Duration::from_millis(500), "took {took:?}");
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    let j = read_json(std::path::Path::new(&path));
+    assert_eq!(j["verdict"], "wall-timeout", "{j}");
+    assert_eq!(j["timed_out"], true, "{j}");
+    assert_eq!(j["status"]["signaled"], libc::SIGKILL, "{j}");
+    assert!(j["usage"]["wall_time"].as_f64().unwrap() >= 0.5, "{j}");
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors: {:?}",
+        pids_with(&m)
+    );
+}
+
+#[test]
+fn a_command_within_its_timeout_is_not_killed() {
+    let (code, j) = json_run(&["--timeout", "30"], "sleep 0.1; exit 4");
+    assert_eq!(code, 4);
+    assert_eq!(j["verdict"], "exit-nonzero", "{j}");
+    assert_eq!(j["timed_out"], false, "{j}");
+}
+
+#[test]
+fn the_sandbox_dies_with_the_cli() {
+    let m = marker();
+    let mut child = cli([
+        "run",
+        "--",
+        "/bin/sh",
+        "-c",
+        &format!("sleep 1000{m} & sleep 1001{m}"),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    let started = wait_for_sleeps(&m, 2, Duration::from_secs(10));
+    child.kill().unwrap(); // SIGKILL: the CLI gets no chance to clean up.
+    child.wait().unwrap();
+    assert!(started, "the sleeps never started: {:?}", pids_with(&m));
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors after the CLI was killed: {:?}",
+        pids_with(&m)
+    );
+}
+
+/// Starts `rsandbox run -- ARGS`, waits until `sleeps` sleep processes with `m` run, sends
+/// `signal` to the CLI and returns its exit code.
+fn signal_cli(args: &[String], m: &str, sleeps: usize, signal: i32) -> i32 {
+    let mut all = vec!["run".to_string(), "--".to_string()];
+    all.extend_from_slice(args);
+    let mut child = cli(&all)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    if !wait_for_sleeps(m, sleeps, Duration::from_secs(10)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the sleeps never started: {:?}", pids_with(m));
+    }
+    send_signal(child.id(), signal);
+    wait_within(&mut child, Duration::from_secs(10))
+}
+
+#[test]
+fn sigterm_to_the_cli_is_forwarded_to_the_command() {
+    let m = marker();
+    let start = Instant::now();
+    let code = signal_cli(&["sleep".into(), format!("400{m}")], &m, 1, libc::SIGTERM);
+    assert_eq!(
+        code,
+        128 + libc::SIGTERM,
+        "the command was killed by SIGTERM"
+    );
+    assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors: {:?}",
+        pids_with(&m)
+    );
+}
+
+#[test]
+fn sigint_sighup_and_sigquit_to_the_cli_are_forwarded_too() {
+    for (i, signal) in [libc::SIGINT, libc::SIGHUP, libc::SIGQUIT]
+        .into_iter()
+        .enumerate()
+    {
+        let m = marker();
+        let code = signal_cli(&["sleep".into(), format!("41{i}{m}")], &m, 1, signal);
+        assert_eq!(
+            code,
+            128 + signal,
+            "the command was killed by signal {signal}"
+        );
+        assert!(
+            gone_within(&m, Duration::from_secs(5)),
+            "survivors: {:?}",
+            pids_with(&m)
+        );
+    }
+}
+
+#[test]
+fn a_forwarded_signal_leaves_no_background_process() {
+    let m = marker();
+    let script = format!("sleep 420{m} & sleep 421{m}; :");
+    let code = signal_cli(
+        &["/bin/sh".into(), "-c".into(), script],
+        &m,
+        2,
+        libc::SIGTERM,
+    );
+    assert_eq!(code, 128 + libc::SIGTERM);
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors: {:?}",
+        pids_with(&m)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Options
+
+#[test]
+fn hostname_option() {
+    let r = rsandbox(&["run", "--hostname", "grader-7", "--", "hostname"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "grader-7\n"), "{r:?}");
+    let r = rsandbox(&["run", "--", "hostname"]);
+    assert_eq!(r.stdout, "rsandbox\n", "{r:?}");
+}
+
+#[test]
+fn uid_and_gid_options() {
+    let r = run_sh(
+        &["--uid", "1234", "--gid", "567"],
+        "id -u; id -g; cat /proc/self/uid_map",
+    );
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{r:?}");
+    assert_eq!(lines[..2], ["1234", "567"], "{r:?}");
+    let map: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(map, ["1234", &my_uid().to_string(), "1"], "{r:?}");
+
+    // Without the options the caller's own ids are used.
+    let r = run_sh(&[], "id -u; id -g");
+    assert_eq!(r.stdout, format!("{}\n{}\n", my_uid(), my_gid()), "{r:?}");
+}
+
+#[test]
+fn root_option() {
+    let r = run_sh(&["--root"], "id -u; id -g; cat /proc/self/uid_map");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{r:?}");
+    assert_eq!(lines[..2], ["0", "0"], "{r:?}");
+    let map: Vec<&str> = lines[2].split_whitespace().collect();
+    assert_eq!(map, ["0", &my_uid().to_string(), "1"], "{r:?}");
+}
+
+#[test]
+fn env_option_sets_variables_and_the_clis_environment_stays_out() {
+    let mut cmd = cli([
+        "run",
+        "--env",
+        "GREETING=hello world",
+        "--env",
+        "EMPTY=",
+        "--env",
+        "EQ=a=b",
+        "--",
+        "env",
+    ]);
+    cmd.env("RSBX_CLI_SECRET", "leak").env("TERM", "rsbx-term");
+    let r = run_cmd(cmd, None);
+    assert_eq!(r.code, 0, "{r:?}");
+    let vars: Vec<&str> = r.stdout.lines().collect();
+    assert!(vars.contains(&"GREETING=hello world"), "{r:?}");
+    assert!(vars.contains(&"EMPTY="), "{r:?}");
+    assert!(vars.contains(&"EQ=a=b"), "{r:?}");
+    assert!(vars.contains(&"TERM=rsbx-term"), "TERM is passed on: {r:?}");
+    assert!(!r.stdout.contains("RSBX_CLI_SECRET"), "{r:?}");
+    assert!(!r.stdout.contains("leak"), "{r:?}");
+}
+
+#[test]
+fn cwd_option() {
+    let r = rsandbox(&["run", "--cwd", "/tmp", "--", "pwd"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "/tmp\n"), "{r:?}");
+    let r = rsandbox(&["run", "--", "pwd"]);
+    assert_eq!(r.stdout, "/work\n", "{r:?}");
+}
+
+#[test]
+fn read_write_bind_reaches_the_host_and_read_only_bind_does_not() {
+    let dir = TempDir::new("bind");
+    std::fs::write(dir.path().join("hello"), "hi\n").unwrap();
+    let rw = format!("{}:/data", dir.arg());
+    let r = run_sh(
+        &["--bind", &rw],
+        "cat /data/hello && echo written > /data/new",
+    );
+    assert_eq!((r.code, r.stdout.as_str()), (0, "hi\n"), "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("new")).unwrap(),
+        "written\n"
+    );
+    std::fs::remove_file(dir.path().join("new")).unwrap();
+
+    let r = run_sh(
+        &["--ro-bind", &rw],
+        "cat /data/hello && echo written > /data/new",
+    );
+    assert_eq!(r.stdout, "hi\n", "{r:?}");
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("Read-only file system"), "{r:?}");
+    assert!(!dir.path().join("new").exists());
+
+    // SRC alone binds at the same path.
+    let r = run_sh(&["--bind", &dir.arg()], &format!("cat {}/hello", dir.arg()));
+    assert_eq!((r.code, r.stdout.as_str()), (0, "hi\n"), "{r:?}");
+}
+
+#[test]
+fn tmpfs_option() {
+    // /usr/local is part of the read-only host view; a tmpfs there is writable, empty and private.
+    let r = run_sh(
+        &["--tmpfs", "/usr/local"],
+        "ls /usr/local | wc -l; echo x > /usr/local/f && cat /usr/local/f; \
+         grep ' /usr/local ' /proc/mounts",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[..2], ["0", "x"], "{r:?}");
+    assert!(lines[2].contains("tmpfs"), "{r:?}");
+    assert!(!std::path::Path::new("/usr/local/f").exists());
+
+    // Negative control: without it the same write fails.
+    let r = run_sh(&[], "echo x > /usr/local/f");
+    assert_ne!(r.code, 0, "{r:?}");
+    assert!(r.stderr.contains("Read-only file system"), "{r:?}");
+}
+
+#[test]
+fn net_host_shows_host_interfaces_and_the_default_only_loopback() {
+    let host = interfaces(&std::fs::read_to_string("/proc/net/dev").unwrap());
+    let r = rsandbox(&["run", "--net", "host", "--", "cat", "/proc/net/dev"]);
+    assert_eq!(interfaces(&r.stdout), host, "{r:?}");
+    let r = rsandbox(&["run", "--share", "net", "--", "cat", "/proc/net/dev"]);
+    assert_eq!(interfaces(&r.stdout), host, "{r:?}");
+    for opts in [&[][..], &["--net", "none"][..]] {
+        let mut args = vec!["run"];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--", "cat", "/proc/net/dev"]);
+        let r = rsandbox(&args);
+        assert_eq!(interfaces(&r.stdout), ["lo"], "{opts:?}: {r:?}");
+    }
+}
+
+#[test]
+fn share_pid_shows_host_processes() {
+    let me = std::process::id();
+    let script = format!("test -e /proc/{me} && echo visible; echo $$");
+    let r = run_sh(&["--share", "pid"], &script);
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines.first(), Some(&"visible"), "{r:?}");
+    // Negative control: in its own pid namespace the test process is invisible and sh is pid 2.
+    let r = run_sh(&[], &script);
+    assert_eq!(r.stdout, "2\n", "{r:?}");
+}
+
+#[test]
+fn rootfs_option_with_a_busybox_tree() {
+    let Some(rootfs) = busybox_rootfs() else {
+        return;
+    };
+    let root = rootfs.arg();
+    let r = run_sh(
+        &["--rootfs", &root],
+        "cat /etc/marker; ls /; touch /made-here",
+    );
+    assert_eq!(r.code, 1, "the read-only root rejects the write: {r:?}");
+    let lines: Vec<&str> = r.stdout.lines().collect();
+    assert_eq!(lines[0], "busybox-rootfs", "{r:?}");
+    assert!(lines.contains(&"bin"), "{r:?}");
+    assert!(
+        !lines.contains(&"usr"),
+        "the host's /usr is not there: {r:?}"
+    );
+    assert!(r.stderr.contains("Read-only file system"), "{r:?}");
+    assert!(!rootfs.path().join("made-here").exists());
+
+    let r = run_sh(
+        &["--rootfs", &root, "--rootfs-writable"],
+        "touch /made-here",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert!(rootfs.path().join("made-here").exists());
+}
+
+#[test]
+fn print_spec_output_is_accepted_by_spec() {
+    let r = rsandbox(&[
+        "run",
+        "--print-spec",
+        "--hostname",
+        "spec-host",
+        "--env",
+        "A=one",
+        "--cwd",
+        "/tmp",
+        "--",
+        "echo",
+        "from-spec",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    // Only the spec is printed: nothing ran.
+    let spec: Value = serde_json::from_str(&r.stdout).expect("stdout is JSON");
+    assert_eq!(spec["hostname"], "spec-host");
+    assert_eq!(
+        spec["process"]["args"],
+        serde_json::json!(["echo", "from-spec"])
+    );
+    assert_eq!(spec["process"]["env"]["A"], "one");
+    assert_eq!(spec["process"]["cwd"], "/tmp");
+
+    let dir = TempDir::new("spec");
+    let file = dir.join("spec.json");
+    std::fs::write(&file, &r.stdout).unwrap();
+    // The spec's command.
+    let r = rsandbox(&["run", "--spec", &file]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "from-spec\n"), "{r:?}");
+    // Another command, with the spec's settings.
+    let r = rsandbox(&[
+        "run",
+        "--spec",
+        &file,
+        "--",
+        "/bin/sh",
+        "-c",
+        "hostname; echo $A; pwd",
+    ]);
+    assert_eq!(r.stdout, "spec-host\none\n/tmp\n", "{r:?}");
+    // Options override the spec's fields.
+    let r = rsandbox(&[
+        "run",
+        "--spec",
+        &file,
+        "--hostname",
+        "other",
+        "--",
+        "hostname",
+    ]);
+    assert_eq!(r.stdout, "other\n", "{r:?}");
+    // Printing again reproduces the same spec.
+    let again = rsandbox(&["run", "--spec", &file, "--print-spec"]);
+    let again: Value = serde_json::from_str(&again.stdout).unwrap();
+    assert_eq!(again, spec);
+
+    // A spec with an unknown field is refused.
+    std::fs::write(&file, r#"{"no_such_field": 1}"#).unwrap();
+    let r = rsandbox(&["run", "--spec", &file, "--", "true"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("no_such_field"), "{r:?}");
+}
+
+#[test]
+fn map_range_option() {
+    let name = my_user_name();
+    let has_range = |file: &str| {
+        std::fs::read_to_string(file)
+            .map(|t| {
+                t.lines().any(|l| {
+                    (!name.is_empty() && l.starts_with(&format!("{name}:")))
+                        || l.starts_with(&format!("{}:", my_uid()))
+                })
+            })
+            .unwrap_or(false)
+    };
+    if !(has_range("/etc/subuid") && has_range("/etc/subgid")) {
+        return skip(&format!(
+            "no /etc/subuid and /etc/subgid entry for {name} (uid {})",
+            my_uid()
+        ));
+    }
+    if !std::path::Path::new("/usr/bin/newuidmap").exists() {
+        return skip("newuidmap is not installed (apt-get install uidmap)");
+    }
+    let r = run_sh(&["--map-range"], "id -u; wc -l < /proc/self/uid_map");
+    assert_eq!((r.code, r.stdout.as_str()), (0, "0\n2\n"), "{r:?}");
+    // Negative control: a single mapping has one line.
+    let r = run_sh(&[], "wc -l < /proc/self/uid_map");
+    assert_eq!(r.stdout, "1\n", "{r:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// --report, doctor, stdio
+
+#[test]
+fn report_option_prints_the_enforcement_report_on_stderr() {
+    let r = rsandbox(&["run", "--report", "--", "echo", "out"]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "out\n"), "{r:?}");
+    let pid_line = r
+        .stderr
+        .lines()
+        .find(|l| l.starts_with("namespace.pid"))
+        .unwrap_or_else(|| panic!("no namespace.pid line: {}", r.stderr));
+    assert!(pid_line.contains("enforced"), "{pid_line}");
+    assert!(r.stderr.contains("mount /usr"), "{}", r.stderr);
+    assert!(r.stderr.contains("verdict=ok"), "{}", r.stderr);
+
+    // Without the option the CLI adds nothing to stderr.
+    let r = rsandbox(&["run", "--", "echo", "out"]);
+    assert_eq!(r.stderr, "", "{r:?}");
+}
+
+#[test]
+fn doctor_prints_json_checks_and_text() {
+    let r = rsandbox(&["doctor", "--json"]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let j: Value = serde_json::from_str(&r.stdout).expect("doctor --json prints JSON");
+    assert!(j["checks"].is_array(), "{j}");
+    let r = rsandbox(&["doctor"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+#[test]
+fn stdin_reaches_the_command_and_stdout_and_stderr_stay_separate() {
+    let r = run_cmd(cli(["run", "--", "cat"]), Some(b"hello\n"));
+    assert_eq!((r.code, r.stdout.as_str()), (0, "hello\n"), "{r:?}");
+
+    let r = run_cmd(
+        cli([
+            "run",
+            "--",
+            "/bin/sh",
+            "-c",
+            "read line; echo \"out:$line\"; echo \"err:$line\" >&2",
+        ]),
+        Some(b"piped\n"),
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "out:piped\n");
+    assert_eq!(r.stderr, "err:piped\n");
+}

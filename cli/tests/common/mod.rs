@@ -1,0 +1,293 @@
+//! Helpers for the CLI integration tests. They run the real `rsandbox` binary, both as root and as
+//! an unprivileged user (see scripts/test); nothing here assumes either identity.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// The CLI under test: `$RSANDBOX_BIN` (the CI stages binaries where the unprivileged test user
+/// can read them), else the binary cargo built for this package.
+pub fn bin() -> PathBuf {
+    match std::env::var_os("RSANDBOX_BIN") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => PathBuf::from(env!("CARGO_BIN_EXE_rsandbox")),
+    }
+}
+
+/// A command running the CLI with `args`, stdin from /dev/null and both output streams piped.
+pub fn cli<I, S>(args: I) -> Command
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(bin());
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// What one run of the CLI produced.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit code; a CLI killed by a signal is reported as 128 + signal.
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    fn from_output(o: Output) -> Run {
+        Run {
+            code: code_of(o.status),
+            stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        }
+    }
+}
+
+/// The shell's view of an exit status.
+pub fn code_of(status: ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        (None, None) => -1,
+    }
+}
+
+/// Runs a prepared CLI command to completion, feeding it `input` when given.
+#[track_caller]
+pub fn run_cmd(mut cmd: Command, input: Option<&[u8]>) -> Run {
+    if input.is_some() {
+        cmd.stdin(Stdio::piped());
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {}: {e}", bin().display()));
+    if let Some(input) = input {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(input).unwrap();
+    }
+    Run::from_output(child.wait_with_output().unwrap())
+}
+
+/// Runs `rsandbox ARGS...` to completion.
+#[track_caller]
+pub fn rsandbox(args: &[&str]) -> Run {
+    run_cmd(cli(args), None)
+}
+
+/// Runs `rsandbox run OPTIONS... -- /bin/sh -c SCRIPT` to completion.
+#[track_caller]
+pub fn run_sh(options: &[&str], script: &str) -> Run {
+    let mut args = vec!["run"];
+    args.extend_from_slice(options);
+    args.extend_from_slice(&["--", "/bin/sh", "-c", script]);
+    rsandbox(&args)
+}
+
+/// Waits up to `limit` for a spawned CLI to exit; kills it and panics when it does not.
+#[track_caller]
+pub fn wait_within(child: &mut Child, limit: Duration) -> i32 {
+    let start = Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return code_of(status);
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("rsandbox did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// `RSANDBOX_MUST_WORK=1` turns skips of features this machine has into failures.
+pub fn must_work() -> bool {
+    std::env::var("RSANDBOX_MUST_WORK").is_ok_and(|v| v == "1")
+}
+
+/// Skips the current test with a reason, or fails it under `RSANDBOX_MUST_WORK=1`.
+#[track_caller]
+pub fn skip(reason: &str) {
+    if must_work() {
+        panic!("skipped under RSANDBOX_MUST_WORK=1: {reason}");
+    }
+    eprintln!("SKIP: {reason}");
+}
+
+/// A string unique to this test process and call, for finding processes by command line. It is
+/// fixed-width, so no marker is a prefix of another, and `sleep 100{marker}` is a valid duration.
+pub fn marker() -> String {
+    static N: AtomicU32 = AtomicU32::new(1);
+    format!(
+        "{:05}.{:04}",
+        std::process::id() % 100000,
+        N.fetch_add(1, Ordering::Relaxed) % 10000
+    )
+}
+
+/// Command line of a host process, arguments separated by spaces.
+pub fn cmdline(pid: u32) -> Option<String> {
+    let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&cmd).replace('\0', " "))
+}
+
+/// Host pids whose command line contains `needle`.
+pub fn pids_with(needle: &str) -> Vec<u32> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for entry in dir.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if pid == std::process::id() {
+            continue;
+        }
+        if cmdline(pid).is_some_and(|cmd| cmd.contains(needle)) {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Host pids of `sleep` processes whose command line contains `needle` (not the CLI or the
+/// sandbox's init, whose command lines carry the marker too).
+pub fn sleeps_with(needle: &str) -> Vec<u32> {
+    pids_with(needle)
+        .into_iter()
+        .filter(|&pid| cmdline(pid).is_some_and(|c| c.starts_with("sleep ")))
+        .collect()
+}
+
+/// Waits up to `limit` until `count` sleep processes carrying `needle` run.
+pub fn wait_for_sleeps(needle: &str, count: usize, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if sleeps_with(needle).len() >= count {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+/// Waits up to `limit` for every process whose command line contains `needle` to disappear.
+pub fn gone_within(needle: &str, limit: Duration) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if pids_with(needle).is_empty() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    pids_with(needle).is_empty()
+}
+
+/// A fresh directory under the system temp dir, removed on drop.
+pub struct TempDir(pub PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> TempDir {
+        let path = std::env::temp_dir().join(format!("rsbx-cli-test-{tag}-{}", marker()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).expect("create temp dir");
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path of `name` inside the directory, as a string for the command line.
+    pub fn join(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+
+    /// The directory as a string for the command line.
+    pub fn arg(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A tiny rootfs made of static busybox, or None (with a skip) when busybox-static is missing.
+pub fn busybox_rootfs() -> Option<TempDir> {
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(Path::new)
+        .find(|p| p.exists());
+    let Some(busybox) = busybox else {
+        skip("busybox-static is not installed (apt-get install busybox-static)");
+        return None;
+    };
+    let dir = TempDir::new("rootfs");
+    let root = dir.path();
+    for d in ["bin", "proc", "dev", "tmp", "etc", "work"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
+    for tool in [
+        "sh", "ls", "cat", "id", "touch", "echo", "hostname", "ps", "mkdir", "stat",
+    ] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    std::fs::write(root.join("etc/marker"), "busybox-rootfs\n").unwrap();
+    Some(dir)
+}
+
+pub fn my_uid() -> u32 {
+    // SAFETY: getuid cannot fail.
+    unsafe { libc::getuid() }
+}
+
+pub fn my_gid() -> u32 {
+    // SAFETY: getgid cannot fail.
+    unsafe { libc::getgid() }
+}
+
+/// The user name of this process's uid, from /etc/passwd (empty when it has none).
+pub fn my_user_name() -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == my_uid().to_string()).then(|| f[0].to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Sends `signal` to a process.
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: kill has no memory-safety preconditions; pid is a child this test spawned and has
+    // not reaped yet, so it cannot have been reused.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, signal) };
+    assert_eq!(rc, 0, "kill({pid}, {signal}) failed");
+}
+
+/// Names of the network interfaces in a /proc/net/dev listing, sorted.
+pub fn interfaces(proc_net_dev: &str) -> Vec<String> {
+    let mut v: Vec<String> = proc_net_dev
+        .lines()
+        .skip(2)
+        .filter_map(|l| l.split(':').next().map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .collect();
+    v.sort();
+    v
+}

@@ -1,0 +1,142 @@
+# shellcheck shell=bash
+# Shared helpers for scripts/test and scripts/demo. Source it; do not execute it.
+#
+# Everything here is idempotent: on a machine that is already set up, no helper changes anything
+# or touches the network.
+
+# Name of the unprivileged user the rootless runs use.
+RSBX_TEST_USER="${RSANDBOX_TEST_USER:-rsbx-test}"
+
+rsbx_header() {
+    printf '\n==== %s ====\n' "$*"
+}
+
+rsbx_info() {
+    printf '  %s\n' "$*"
+}
+
+rsbx_die() {
+    printf 'error: %s\n' "$*" >&2
+    exit 1
+}
+
+# Moves to the repository root (the parent of the directory holding this file).
+rsbx_cd_root() {
+    cd -P "$(dirname "${BASH_SOURCE[0]}")/.." || rsbx_die "cannot cd to the repository root"
+}
+
+rsbx_is_root() {
+    [ "$(id -u)" -eq 0 ]
+}
+
+rsbx_require_root() {
+    rsbx_is_root || rsbx_die "$1 must run as root (it installs packages, creates the test user and switches to it)"
+}
+
+# rsbx_ensure_packages PKG...: installs the Debian packages that are missing. Runs `apt-get update`
+# only when something has to be installed.
+rsbx_ensure_packages() {
+    command -v dpkg-query >/dev/null 2>&1 || rsbx_die "dpkg-query not found: these scripts expect Debian 12"
+    local pkg missing=()
+    for pkg in "$@"; do
+        if [ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null)" != "install ok installed" ]; then
+            missing+=("$pkg")
+        fi
+    done
+    if [ "${#missing[@]}" -eq 0 ]; then
+        rsbx_info "packages present: $*"
+        return 0
+    fi
+    rsbx_is_root || rsbx_die "missing packages (${missing[*]}) and not root: install them with apt-get"
+    rsbx_info "installing: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || rsbx_die "apt-get update failed"
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" </dev/null \
+        || rsbx_die "apt-get install ${missing[*]} failed"
+}
+
+# Makes `cargo` callable, adding ~/.cargo/bin to PATH when needed.
+rsbx_ensure_cargo() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -n "${HOME:-}" ] && [ -d "$HOME/.cargo/bin" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    command -v cargo >/dev/null 2>&1 \
+        || rsbx_die "cargo not found (looked on PATH and in \$HOME/.cargo/bin): install the Rust toolchain"
+    rsbx_info "$(cargo --version)"
+}
+
+# A python3 for parsing cargo's JSON output.
+rsbx_python() {
+    if command -v python3 >/dev/null 2>&1; then
+        python3 "$@"
+    elif [ -x /usr/bin/python3 ]; then
+        /usr/bin/python3 "$@"
+    else
+        rsbx_die "python3 not found"
+    fi
+}
+
+# rsbx_subid_append FILE USER: gives USER a 65536-id range in FILE (/etc/subuid or /etc/subgid)
+# unless it already has one. The range starts at 100000, or after the highest range already
+# allocated to someone else, so it never overlaps another user's.
+rsbx_subid_append() {
+    local file=$1 user=$2 start
+    [ -e "$file" ] || install -m 0644 /dev/null "$file"
+    if grep -q "^${user}:" "$file"; then
+        return 0
+    fi
+    start=$(awk -F: 'NF >= 3 && $2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ {
+                         end = $2 + $3; if (end > max) max = end }
+                     END { if (max < 100000) max = 100000; print max }' "$file")
+    printf '%s:%s:65536\n' "$user" "$start" >>"$file"
+    rsbx_info "added ${user}:${start}:65536 to $file"
+}
+
+# Creates the unprivileged test user ($RSBX_TEST_USER) and its subordinate id ranges if missing.
+rsbx_ensure_test_user() {
+    local user=$RSBX_TEST_USER
+    case "$user" in
+        root | "" | *[!a-z0-9_.-]*) rsbx_die "unusable test user name '$user' (RSANDBOX_TEST_USER)" ;;
+    esac
+    if ! id -u "$user" >/dev/null 2>&1; then
+        rsbx_is_root || rsbx_die "test user $user does not exist and we are not root"
+        useradd -m -s /bin/bash "$user" || rsbx_die "useradd $user failed"
+        rsbx_info "created user $user"
+    fi
+    [ "$(id -u "$user")" -ne 0 ] || rsbx_die "test user $user has uid 0; it must be unprivileged"
+    if rsbx_is_root; then
+        rsbx_subid_append /etc/subuid "$user"
+        rsbx_subid_append /etc/subgid "$user"
+    fi
+    rsbx_info "test user: $(id "$user")"
+    rsbx_info "subuid: $(grep "^${user}:" /etc/subuid 2>/dev/null || echo none)," \
+        "subgid: $(grep "^${user}:" /etc/subgid 2>/dev/null || echo none)"
+}
+
+# Home directory of a user.
+rsbx_home_of() {
+    getent passwd "$1" | cut -d: -f6
+}
+
+# rsbx_as_user DIR VAR=VALUE... -- CMD ARGS...: runs CMD as $RSBX_TEST_USER from DIR with a clean
+# environment (HOME, PATH, USER, LOGNAME, LANG plus the given assignments). When we are not root,
+# runs CMD as ourselves with the same clean environment.
+rsbx_as_user() {
+    local dir=$1
+    shift
+    local user=$RSBX_TEST_USER home
+    rsbx_is_root || user=$(id -un)
+    home=$(rsbx_home_of "$user")
+    local envs=("HOME=${home:-/}" "PATH=/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
+        "USER=$user" "LOGNAME=$user" "LANG=C.UTF-8")
+    while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do
+        envs+=("$1")
+        shift
+    done
+    [ "${1:-}" = "--" ] && shift
+    if rsbx_is_root; then
+        (cd "$dir" && exec runuser -u "$user" -- env -i "${envs[@]}" "$@")
+    else
+        (cd "$dir" && exec env -i "${envs[@]}" "$@")
+    fi
+}
