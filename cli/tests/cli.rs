@@ -690,3 +690,35 @@ fn stdin_reaches_the_command_and_stdout_and_stderr_stay_separate() {
     assert_eq!(r.stdout, "out:piped\n");
     assert_eq!(r.stderr, "err:piped\n");
 }
+
+#[test]
+fn refused_user_namespaces_are_explained_with_the_remedy() {
+    // A nested sandbox: root inside the outer one may lower max_user_namespaces for its own
+    // namespace, which makes the inner rsandbox meet a host that refuses user namespaces.
+    let binary = bin();
+    let bind = format!("{}:/run/rsbx", binary.display());
+    let r = run_sh(
+        &["--root", "--ro-bind", &bind],
+        "echo 0 > /proc/sys/user/max_user_namespaces && /run/rsbx run -- true",
+    );
+    assert_eq!(r.code, 125, "stderr: {}", r.stderr);
+    assert!(
+        r.stderr.contains("user.max_user_namespaces is 0"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("remedy: sysctl -w user.max_user_namespaces="),
+        "{}",
+        r.stderr
+    );
+
+    // Negative control: with namespaces allowed, the same nested run works.
+    let r = run_sh(
+        &["--root", "--ro-bind", &bind],
+        "echo 5 > /proc/sys/user/max_user_namespaces && /run/rsbx run -- echo nested-ok",
+    );
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+    assert_eq!(r.stdout, "nested-ok\n");
+}

@@ -262,7 +262,7 @@ pub enum Error {
         remedy: Option<String>,
     },
     /// The host lacks a feature the spec requires.
-    #[error("{feature} is not available: {reason}{}", remedy_suffix(remedy))]
+    #[error("{feature} not available: {reason}{}", remedy_suffix(remedy))]
     Unsupported {
         /// The feature, e.g. "user namespaces".
         feature: String,

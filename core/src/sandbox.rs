@@ -146,12 +146,14 @@ mod lossy_bytes {
     }
 }
 
-/// A running sandbox. Dropping it kills the sandbox (when `die_with_parent` is set) and reaps it.
+/// A running sandbox. Dropping it kills the sandbox and reaps it, unless the spec turned
+/// `die_with_parent` off (then the sandbox runs on, like a dropped `std::process::Child`).
 #[derive(Debug)]
 pub struct Child {
     pid: libc::pid_t,
     command_pid: libc::pid_t,
     pid_ns: bool,
+    die_with_parent: bool,
     pidfd: OwnedFd,
     // Held open for the sandbox's life: the init kills everything when it closes.
     ctl: Option<OwnedFd>,
@@ -730,6 +732,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         pid,
         command_pid,
         pid_ns: plan.pid_ns,
+        die_with_parent: plan.die_with_parent,
         pidfd,
         ctl: Some(ctl_w),
         status_r,
@@ -999,7 +1002,7 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if self.finished.is_none() {
+        if self.finished.is_none() && self.die_with_parent {
             // Closing the control pipe makes the init kill the sandbox; SIGKILL makes it certain.
             self.ctl = None;
             let _ = self.kill(libc::SIGKILL);

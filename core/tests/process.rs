@@ -93,6 +93,28 @@ fn dropping_the_handle_kills_the_sandbox() {
 }
 
 #[test]
+fn without_die_with_parent_the_sandbox_outlives_its_handle() {
+    // Negative control for the test above.
+    let m = marker();
+    let mut spec = sh(&format!("sleep 330{m}"));
+    spec.die_with_parent = false;
+    spec.timeout = None;
+    let child = rsandbox::spawn(&spec).unwrap();
+    let init = child.pid();
+    drop(child);
+    std::thread::sleep(Duration::from_millis(200));
+    let alive = pids_with(&m);
+    // Clean up: the sandbox's init is our child; killing it ends the PID namespace.
+    // SAFETY: signalling and reaping our own child process.
+    unsafe {
+        libc::kill(init, libc::SIGKILL);
+        libc::waitpid(init, std::ptr::null_mut(), 0);
+    }
+    assert!(!alive.is_empty(), "the sandbox died with its handle");
+    assert!(gone_within(&m, Duration::from_secs(5)));
+}
+
+#[test]
 fn wait_timeout_and_try_wait() {
     let mut child = rsandbox::spawn(&sh("sleep 0.3")).unwrap();
     assert!(child.try_wait().unwrap().is_none());
