@@ -9,7 +9,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rsandbox::{Child, Error, ErrorKind, IdMapping, Mount, Network, Root, Spec, Want};
+use rsandbox::{
+    Child, Error, ErrorKind, IdMapping, ImageSource, Mount, Network, Overlay, OverlayDriver, Root,
+    Spec, Upper, Want,
+};
 
 /// Exit status when the sandbox could not be set up.
 const EXIT_SETUP: u8 = 125;
@@ -29,6 +32,17 @@ struct Cli {
 enum Command {
     /// Run a command in a sandbox: `rsandbox run [OPTIONS] -- CMD [ARGS...]`.
     Run(Box<RunArgs>),
+    /// List what a sandbox changed in a persistent upper directory (--upper).
+    Diff {
+        /// The upper directory.
+        upper: PathBuf,
+        /// Lower layers, top-most first (default: those recorded beside the upper).
+        #[arg(long = "lower", value_name = "DIR")]
+        lowers: Vec<PathBuf>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Report what this host and user can use, with a remedy for each missing feature.
     Doctor {
         /// Print JSON instead of text.
@@ -43,6 +57,13 @@ enum NetArg {
     None,
     /// The host's network.
     Host,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DriverArg {
+    Auto,
+    Kernel,
+    Fuse,
 }
 
 #[derive(Clone, Copy, ValueEnum, PartialEq)]
@@ -67,6 +88,25 @@ struct RunArgs {
     /// Mount the --rootfs directory read-write.
     #[arg(long, requires = "rootfs")]
     rootfs_writable: bool,
+    /// Layered root: read-only LOWER directories (top-most first, ':'-separated) under a writable
+    /// upper (ephemeral unless --upper).
+    #[arg(long, value_name = "LOWER[:LOWER...]", conflicts_with = "rootfs")]
+    overlay: Option<String>,
+    /// Overlay implementation: kernel overlayfs, fuse-overlayfs, or auto (kernel, else fuse).
+    #[arg(long, value_enum, value_name = "DRIVER")]
+    overlay_driver: Option<DriverArg>,
+    /// Keep the overlay's changes in DIR (persistent upper) instead of a tmpfs.
+    #[arg(long, value_name = "DIR")]
+    upper: Option<PathBuf>,
+    /// Size cap of the ephemeral upper, bytes (suffixes K, M, G).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size, conflicts_with = "upper")]
+    upper_size: Option<u64>,
+    /// Run from a local OCI image layout DIR, optionally selecting TAG.
+    #[arg(long, value_name = "DIR[:TAG]", conflicts_with = "rootfs")]
+    image: Option<String>,
+    /// Where unpacked image layers are kept.
+    #[arg(long, value_name = "DIR")]
+    image_store: Option<PathBuf>,
     /// Bind a host path read-write: SRC:DST (DST defaults to SRC).
     #[arg(long, value_name = "SRC:DST")]
     bind: Vec<String>,
@@ -126,6 +166,28 @@ struct RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Diff {
+            upper,
+            lowers,
+            json,
+        } => match rsandbox::diff(&upper, &lowers) {
+            Ok(d) => {
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
+                } else {
+                    for (mark, list) in [("A", &d.added), ("M", &d.modified), ("D", &d.deleted)] {
+                        for path in list {
+                            println!("{mark} {path}");
+                        }
+                    }
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("rsandbox: {e}");
+                ExitCode::from(EXIT_SETUP)
+            }
+        },
         Command::Doctor { json } => {
             let d = rsandbox::doctor();
             if json {
@@ -174,6 +236,54 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
             path: dir.clone(),
             writable: a.rootfs_writable,
         };
+    }
+    if a.overlay.is_some() || a.image.is_some() {
+        let mut ov = match &spec.filesystem.root {
+            Root::Overlay(ov) => ov.clone(),
+            _ => Overlay::default(),
+        };
+        if let Some(list) = &a.overlay {
+            ov.lowers = list
+                .split(':')
+                .filter(|l| !l.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
+        if let Some(image) = &a.image {
+            // DIR[:TAG]: a tag never contains '/', a layout path usually does.
+            let (layout, tag) = match image.rsplit_once(':') {
+                Some((dir, tag)) if !tag.contains('/') && !dir.is_empty() => {
+                    (dir, Some(tag.to_string()))
+                }
+                _ => (image.as_str(), None),
+            };
+            ov.image = Some(ImageSource {
+                layout: layout.into(),
+                tag,
+                store: a.image_store.clone(),
+            });
+        }
+        spec.filesystem.root = Root::Overlay(ov);
+    }
+    if let Root::Overlay(ov) = &mut spec.filesystem.root {
+        if let Some(d) = a.overlay_driver {
+            ov.driver = match d {
+                DriverArg::Auto => OverlayDriver::Auto,
+                DriverArg::Kernel => OverlayDriver::Kernel,
+                DriverArg::Fuse => OverlayDriver::Fuse,
+            };
+        }
+        if let Some(dir) = &a.upper {
+            ov.upper = Upper::Persistent { path: dir.clone() };
+        }
+        if let Some(size) = a.upper_size {
+            ov.upper = Upper::Ephemeral { size: Some(size) };
+        }
+    } else if a.overlay_driver.is_some() || a.upper.is_some() || a.upper_size.is_some() {
+        return Err(invalid(
+            "--upper",
+            "--upper, --upper-size and --overlay-driver need --overlay or --image".into(),
+        ));
     }
     for (list, readonly) in [(&a.bind, false), (&a.ro_bind, true)] {
         for item in list {
@@ -414,4 +524,30 @@ fn write_error_json(path: &PathBuf, e: &Error) {
         path,
         &serde_json::to_string_pretty(&value).unwrap_or_default(),
     );
+}
+
+/// Parses a byte count with an optional K, M or G suffix (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let mult = match c.to_ascii_uppercase() {
+                'K' => 1u64 << 10,
+                'M' => 1 << 20,
+                'G' => 1 << 30,
+                _ => {
+                    return Err(format!(
+                        "unknown size suffix {c:?} in {text:?} (use K, M or G)"
+                    ))
+                }
+            };
+            (&t[..i], mult)
+        }
+        _ => (t, 1),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("not a byte count: {text:?}"))?;
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("too large: {text:?}"))
 }

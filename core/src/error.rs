@@ -185,6 +185,8 @@ pub enum ErrorKind {
     Unsupported,
     /// An OS error in the calling process (pipes, waiting, reading output).
     Io,
+    /// An OCI image or one of its blobs is malformed, missing or fails verification.
+    InvalidImage,
 }
 
 impl ErrorKind {
@@ -199,6 +201,7 @@ impl ErrorKind {
             ErrorKind::Setup => "setup",
             ErrorKind::Unsupported => "unsupported",
             ErrorKind::Io => "io",
+            ErrorKind::InvalidImage => "invalid-image",
         }
     }
 }
@@ -271,6 +274,14 @@ pub enum Error {
         /// How to make it available.
         remedy: Option<String>,
     },
+    /// An OCI image layout, manifest, config or layer is unusable.
+    #[error("invalid image {}: {reason}", path.display())]
+    InvalidImage {
+        /// The file or blob at fault (e.g. `…/blobs/sha256/ab12…`).
+        path: PathBuf,
+        /// What is wrong, e.g. "digest mismatch: expected sha256:…, got sha256:…".
+        reason: String,
+    },
     /// An OS error in the calling process.
     #[error("{op}{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
     Io {
@@ -303,6 +314,7 @@ impl Error {
             Error::Setup { .. } => ErrorKind::Setup,
             Error::Unsupported { .. } => ErrorKind::Unsupported,
             Error::Io { .. } => ErrorKind::Io,
+            Error::InvalidImage { .. } => ErrorKind::InvalidImage,
         }
     }
 

@@ -26,7 +26,9 @@ mod capture;
 mod child;
 pub mod doctor;
 pub mod error;
+pub mod image;
 mod mounts;
+mod overlay;
 pub mod report;
 mod sandbox;
 pub mod spec;
@@ -35,11 +37,14 @@ mod userns;
 
 pub use doctor::{doctor, Check, Doctor};
 pub use error::{Errno, Error, ErrorKind, Result, Step};
+pub use image::{ImageConfig, UnpackedImage};
 pub use mounts::HOST_VIEW_DIRS;
+pub use overlay::{diff, Diff};
 pub use report::{Feature, IdRange, MountEntry, Report, Status};
 pub use sandbox::{
     run, run_with_input, spawn, Child, ExitStatus, RunResult, Usage, Verdict, DEFAULT_PATH,
 };
 pub use spec::{
-    Filesystem, IdMapping, Mount, Namespaces, Network, Process, Root, Spec, Stdio, User, Want,
+    Filesystem, IdMapping, ImageSource, Mount, Namespaces, Network, Overlay, OverlayDriver,
+    Process, Root, Spec, Stdio, Upper, User, Want,
 };

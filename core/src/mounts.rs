@@ -17,6 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use nix::errno::Errno;
 
 use crate::error::{Error, Result, Step};
+use crate::overlay::{FuseSupport, OverlayPlan};
 use crate::report::{MountEntry, Status};
 use crate::spec::{Filesystem, Mount, Root};
 use crate::sys;
@@ -42,6 +43,36 @@ enum RootFs {
     Tmpfs,
     /// The source with this index.
     Tree(usize),
+    /// Layers under a writable upper.
+    Overlay(Box<OverlayPlan>),
+}
+
+/// What the planner knows about the root's contents: where mount points may be looked up, and
+/// whether missing ones may be created.
+struct RootCheck {
+    /// Host directories that make up the root (lowers first to last); empty for the host view.
+    dirs: Vec<PathBuf>,
+    create: bool,
+    what: &'static str,
+    remedy: &'static str,
+}
+
+impl RootCheck {
+    fn anything() -> RootCheck {
+        RootCheck {
+            dirs: Vec::new(),
+            create: true,
+            what: "root",
+            remedy: "",
+        }
+    }
+
+    fn exists(&self, dest: &str) -> bool {
+        let rel = dest.trim_start_matches('/');
+        self.dirs
+            .iter()
+            .any(|d| d.join(rel).symlink_metadata().is_ok())
+    }
 }
 
 /// One step of building the tree, relative to the new root.
@@ -95,22 +126,32 @@ pub(crate) type BuildError = (Step, Errno, u32);
 impl MountPlan {
     /// Plans the filesystem. `ids` are the inside uid and gid of the command (owner of the work
     /// directory); `pid_ns` says whether a fresh /proc can be mounted.
-    pub fn new(fs: &Filesystem, ids: (u32, u32), pid_ns: bool) -> Result<MountPlan> {
+    pub fn new(
+        fs: &Filesystem,
+        ids: (u32, u32),
+        pid_ns: bool,
+        fuse: &FuseSupport,
+    ) -> Result<MountPlan> {
         let mut plan = MountPlan {
             sources: Vec::new(),
             root: RootFs::Tmpfs,
             root_readonly: true,
             ops: Vec::new(),
-            staging: staging_dir(),
+            staging: staging_dir(&[]),
             descriptions: Vec::new(),
             entries: Vec::new(),
         };
-        let host_root = match &fs.root {
+        let root = match &fs.root {
             Root::HostView => {
                 plan.entries
                     .push(entry("/", "tmpfs", "rootfs", &["ro", "nosuid", "nodev"]));
                 plan.host_view()?;
-                None
+                RootCheck {
+                    dirs: Vec::new(),
+                    create: true,
+                    what: "host view",
+                    remedy: "",
+                }
             }
             Root::Directory { path, writable } => {
                 let path = absolute_host_path("filesystem.root.path", path)?;
@@ -133,10 +174,31 @@ impl MountPlan {
                 plan.root_readonly = false;
                 plan.entries
                     .push(entry("/", &path.to_string_lossy(), "rootfs", &opts));
-                Some((path, *writable))
+                RootCheck {
+                    dirs: vec![path],
+                    create: *writable,
+                    what: "read-only rootfs",
+                    remedy: " or make the rootfs writable",
+                }
+            }
+            Root::Overlay(ov) => {
+                let overlay = OverlayPlan::new(ov, fuse)?;
+                let check = RootCheck {
+                    dirs: overlay.lowers.clone(),
+                    create: overlay.ephemeral,
+                    what: "overlay's lower layers (a persistent upper records only the sandbox's own changes)",
+                    remedy: " or use an ephemeral upper",
+                };
+                plan.entries.push(overlay.entry());
+                plan.root = RootFs::Overlay(Box::new(overlay));
+                plan.root_readonly = false;
+                check
             }
         };
-        let root = host_root.as_ref().map(|(p, w)| (p.as_path(), *w));
+        if let RootFs::Overlay(ov) = &plan.root {
+            plan.staging = staging_dir(&ov.layer_paths());
+        }
+        let root = &root;
 
         if fs.proc {
             if pid_ns {
@@ -197,7 +259,7 @@ impl MountPlan {
                 }
                 Ok(meta) if meta.is_dir() => {
                     let attrs = sys::MOUNT_ATTR_RDONLY | NOSUID_NODEV;
-                    self.bind_default(None, Path::new(dir), dir, attrs)?;
+                    self.bind_default(&RootCheck::anything(), Path::new(dir), dir, attrs)?;
                 }
                 _ => {
                     let mut e = entry(dir, dir, "bind", &["ro"]);
@@ -211,7 +273,7 @@ impl MountPlan {
     }
 
     /// A minimal /dev: tmpfs, bound device nodes, devpts, shm and the fd links.
-    fn dev(&mut self, root: Option<(&Path, bool)>) -> Result<()> {
+    fn dev(&mut self, root: &RootCheck) -> Result<()> {
         if !self.mount_point_ok(root, "/dev", true) {
             return Ok(());
         }
@@ -257,7 +319,7 @@ impl MountPlan {
         }
         let pts = [(c"ptmxmode", "0666"), (c"mode", "0620")];
         self.new_fs(
-            None,
+            root,
             "/dev/pts",
             "devpts",
             &pts,
@@ -265,7 +327,7 @@ impl MountPlan {
             false,
         )?;
         self.new_fs(
-            None,
+            root,
             "/dev/shm",
             "tmpfs",
             &[(c"mode", "1777")],
@@ -275,7 +337,7 @@ impl MountPlan {
         Ok(())
     }
 
-    fn user_mount(&mut self, root: Option<(&Path, bool)>, i: usize, m: &Mount) -> Result<()> {
+    fn user_mount(&mut self, root: &RootCheck, i: usize, m: &Mount) -> Result<()> {
         let field = format!("filesystem.mounts[{i}]");
         match m {
             Mount::Bind {
@@ -328,7 +390,7 @@ impl MountPlan {
     /// skipped and reported, never an error.
     fn new_fs(
         &mut self,
-        root: Option<(&Path, bool)>,
+        root: &RootCheck,
         dest: &str,
         fstype: &str,
         options: &[(&CStr, &str)],
@@ -352,7 +414,7 @@ impl MountPlan {
 
     fn bind_default(
         &mut self,
-        root: Option<(&Path, bool)>,
+        root: &RootCheck,
         source: &Path,
         dest: &str,
         attrs: u64,
@@ -372,48 +434,29 @@ impl MountPlan {
         Ok(())
     }
 
-    /// For a directory rootfs, whether `dest` can serve as a mount point: it exists, or the
-    /// rootfs is writable so it can be created. Reports the skip otherwise.
-    fn mount_point_ok(&mut self, root: Option<(&Path, bool)>, dest: &str, _dir: bool) -> bool {
-        let Some((root, writable)) = root else {
-            return true;
-        };
-        if writable
-            || root
-                .join(dest.trim_start_matches('/'))
-                .symlink_metadata()
-                .is_ok()
-        {
+    /// Whether `dest` can serve as a mount point: it exists in the root's layers, or it may be
+    /// created. Reports the skip otherwise.
+    fn mount_point_ok(&mut self, root: &RootCheck, dest: &str, _dir: bool) -> bool {
+        if root.create || root.exists(dest) {
             return true;
         }
         let mut e = entry(dest, "", "mount-point", &[]);
         e.status = Status::Skipped;
-        e.detail = format!("{dest} does not exist in the read-only rootfs");
+        e.detail = format!("{dest} does not exist in the {}", root.what);
         self.entries.push(e);
         false
     }
 
-    /// For a caller-requested mount, a missing mount point in a read-only rootfs is an error.
-    fn require_mount_point(
-        &mut self,
-        root: Option<(&Path, bool)>,
-        dest: &str,
-        dir: bool,
-    ) -> Result<()> {
-        if let Some((rootfs, false)) = root {
-            if rootfs
-                .join(dest.trim_start_matches('/'))
-                .symlink_metadata()
-                .is_err()
-            {
-                return Err(Error::invalid(
-                    "filesystem.mounts",
-                    format!(
-                        "mount point {dest} does not exist in the read-only rootfs {}; create it or make the rootfs writable",
-                        rootfs.display()
-                    ),
-                ));
-            }
+    /// For a caller-requested mount, a missing mount point that may not be created is an error.
+    fn require_mount_point(&mut self, root: &RootCheck, dest: &str, dir: bool) -> Result<()> {
+        if !root.create && !root.exists(dest) {
+            return Err(Error::invalid(
+                "filesystem.mounts",
+                format!(
+                    "mount point {dest} does not exist in the {}; create it there{}",
+                    root.what, root.remedy
+                ),
+            ));
         }
         if dir {
             self.push_dirs(dest)
@@ -531,6 +574,10 @@ impl MountPlan {
     pub fn describe(&self, index: u32) -> String {
         match index {
             u32::MAX => format!("new root staged at {:?}", self.staging),
+            i if i == u32::MAX - 1 => match &self.root {
+                RootFs::Overlay(ov) => format!("overlay of {} lower layer(s)", ov.lowers.len()),
+                _ => "overlay".into(),
+            },
             i if (i as usize) < self.sources.len() => self.descriptions[i as usize].clone(),
             i => self
                 .descriptions
@@ -543,8 +590,13 @@ impl MountPlan {
     /// Builds the root and switches to it. Runs in the sandbox's first process, after the id maps
     /// are written (file creation needs a mapped fsuid), before the PID 1 loop starts.
     /// `fds` has one slot per source; it is scratch space allocated by the caller.
-    pub fn build(&self, fds: &mut [c_int]) -> Result<(), BuildError> {
+    pub fn build(
+        &self,
+        fds: &mut [c_int],
+        request_fuse: &dyn Fn(Errno) -> Result<(), Errno>,
+    ) -> Result<(), BuildError> {
         const WHOLE: u32 = u32::MAX;
+        const OVERLAY: u32 = OVERLAY_INDEX;
         let n_sources = self.sources.len() as u32;
         let op_index = |i: usize| n_sources + i as u32;
 
@@ -552,6 +604,10 @@ impl MountPlan {
         let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
         sys::mount(None, c"/", None, private).map_err(|e| (Step::MakeRootPrivate, e, WHOLE))?;
 
+        if let RootFs::Overlay(ov) = &self.root {
+            ov.reserve_fds()
+                .map_err(|e| (Step::OpenSource, e, OVERLAY))?;
+        }
         // Clone every host tree first, while the host's namespace is intact.
         for (i, s) in self.sources.iter().enumerate() {
             let mut flags = sys::OPEN_TREE_CLONE | libc::O_CLOEXEC as u32;
@@ -569,8 +625,11 @@ impl MountPlan {
             }
         }
 
-        let root = match self.root {
-            RootFs::Tree(i) => fds[i],
+        let root = match &self.root {
+            RootFs::Overlay(ov) => ov
+                .assemble(&self.staging, request_fuse)
+                .map_err(|(step, e)| (step, e, OVERLAY))?,
+            RootFs::Tree(i) => fds[*i],
             RootFs::Tmpfs => new_fs(
                 c"tmpfs",
                 &[(c"mode".into(), Some(c"0755".into()))],
@@ -578,15 +637,17 @@ impl MountPlan {
             )
             .map_err(|e| (Step::CreateFilesystem, e, WHOLE))?,
         };
-        // Detached trees cannot take submounts on older kernels: attach the root first.
-        sys::move_mount(
-            root,
-            c"",
-            libc::AT_FDCWD,
-            &self.staging,
-            sys::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-        .map_err(|e| (Step::AttachRoot, e, WHOLE))?;
+        if !matches!(self.root, RootFs::Overlay(_)) {
+            // Detached trees cannot take submounts on older kernels: attach the root first.
+            sys::move_mount(
+                root,
+                c"",
+                libc::AT_FDCWD,
+                &self.staging,
+                sys::MOVE_MOUNT_F_EMPTY_PATH,
+            )
+            .map_err(|e| (Step::AttachRoot, e, WHOLE))?;
+        }
 
         for (i, op) in self.ops.iter().enumerate() {
             run_op(root, op, fds).map_err(|(step, e)| (step, e, op_index(i)))?;
@@ -611,10 +672,36 @@ impl MountPlan {
         for fd in fds.iter().copied() {
             sys::close(fd);
         }
-        if matches!(self.root, RootFs::Tmpfs) {
-            sys::close(root);
+        match &self.root {
+            RootFs::Tmpfs => sys::close(root),
+            RootFs::Overlay(ov) => {
+                ov.close_layers();
+                sys::close(root);
+            }
+            RootFs::Tree(_) => {}
         }
         Ok(())
+    }
+
+    /// Where the new root is staged before pivot_root.
+    pub fn staging(&self) -> &CStr {
+        &self.staging
+    }
+
+    /// The overlay root, when there is one.
+    pub fn overlay(&self) -> Option<&OverlayPlan> {
+        match &self.root {
+            RootFs::Overlay(ov) => Some(ov),
+            _ => None,
+        }
+    }
+
+    /// The overlay root, when there is one.
+    pub fn overlay_mut(&mut self) -> Option<&mut OverlayPlan> {
+        match &mut self.root {
+            RootFs::Overlay(ov) => Some(ov),
+            _ => None,
+        }
     }
 
     /// Number of scratch slots `build` needs.
@@ -624,6 +711,9 @@ impl MountPlan {
 }
 
 const NOSUID_NODEV: u64 = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+
+/// The failure index that names the overlay root itself.
+pub(crate) const OVERLAY_INDEX: u32 = u32::MAX - 1;
 
 /// Runs one op. Allocation-free.
 fn run_op(root: c_int, op: &Op, fds: &[c_int]) -> Result<(), (Step, Errno)> {
@@ -702,7 +792,7 @@ fn attach(fd: c_int, root: c_int, dest: &CStr) -> Result<(), (Step, Errno)> {
 }
 
 /// fsopen + fsconfig + fsmount: a detached mount of a new filesystem instance.
-fn new_fs(
+pub(crate) fn new_fs(
     fstype: &CStr,
     options: &[(CString, Option<CString>)],
     attrs: u64,
@@ -828,10 +918,14 @@ pub(crate) fn sandbox_path(field: &str, path: &str) -> Result<String> {
 }
 
 /// The host directory the new root is attached to before pivot_root: any existing directory.
-fn staging_dir() -> CString {
-    for dir in [c"/tmp", c"/mnt", c"/run"] {
-        if Path::new(dir.to_str().unwrap_or("/")).is_dir() {
-            return dir.to_owned();
+/// The host directory the new root is attached to before pivot_root: any existing directory that
+/// holds none of `avoid` (mounting there would hide them from fuse-overlayfs, which resolves
+/// layers by path).
+fn staging_dir(avoid: &[PathBuf]) -> CString {
+    for dir in ["/tmp", "/mnt", "/run", "/media", "/srv", "/var/tmp", "/sys"] {
+        let free = avoid.iter().all(|p| !p.starts_with(dir));
+        if free && Path::new(dir).is_dir() {
+            return CString::new(dir).unwrap_or_default();
         }
     }
     c"/".to_owned()
@@ -858,7 +952,13 @@ mod tests {
 
     #[test]
     fn host_view_plan_mounts_usr_read_only() {
-        let plan = MountPlan::new(&Filesystem::default(), (1000, 1000), true).unwrap();
+        let plan = MountPlan::new(
+            &Filesystem::default(),
+            (1000, 1000),
+            true,
+            &FuseSupport::none(),
+        )
+        .unwrap();
         let usr = plan
             .entries
             .iter()
@@ -883,7 +983,9 @@ mod tests {
             destination: "/x".into(),
             readonly: true,
         });
-        let err = MountPlan::new(&fs, (0, 0), true).err().unwrap();
+        let err = MountPlan::new(&fs, (0, 0), true, &FuseSupport::none())
+            .err()
+            .unwrap();
         assert_eq!(err.kind(), crate::ErrorKind::PathNotFound);
     }
 }

@@ -15,8 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::child::{self, Exec, Failure, OwnMaps, Plan};
 use crate::error::{Error, Result, Step};
 use crate::mounts::{sandbox_path, MountPlan};
+use crate::overlay::{FuseSupport, FUSE_REQUEST};
 use crate::report::{Report, Status};
-use crate::spec::{IdMapping, Network, Root, Spec, Stdio, Want};
+use crate::spec::{IdMapping, Network, OverlayDriver, Root, Spec, Stdio, Want};
 use crate::sys;
 use crate::userns::{IdMaps, MapWriter};
 
@@ -155,6 +156,8 @@ pub struct Child {
     pid_ns: bool,
     die_with_parent: bool,
     pidfd: OwnedFd,
+    /// fuse-overlayfs serving the root, when the kernel could not.
+    fuse: Option<std::process::Child>,
     // Held open for the sandbox's life: the init kills everything when it closes.
     ctl: Option<OwnedFd>,
     status_r: OwnedFd,
@@ -254,7 +257,89 @@ fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &st
     Ok(flag as u64)
 }
 
+/// An image root becomes a plain overlay: its unpacked layers go beneath the caller's lowers, and
+/// its configuration fills what the caller left unset (argv, env, cwd, user).
+fn resolve_image(spec: &Spec) -> Result<Option<(Spec, crate::image::UnpackedImage)>> {
+    let Root::Overlay(ov) = &spec.filesystem.root else {
+        return Ok(None);
+    };
+    let Some(img) = &ov.image else {
+        return Ok(None);
+    };
+    let store = img
+        .store
+        .clone()
+        .unwrap_or_else(crate::image::default_store);
+    let unpacked = crate::image::unpack(&img.layout, img.tag.as_deref(), &store)?;
+    let mut out = spec.clone();
+    let mut ov = ov.clone();
+    ov.image = None;
+    ov.lowers.extend(unpacked.layers.iter().rev().cloned());
+    out.filesystem.root = Root::Overlay(ov);
+    let c = &unpacked.config;
+    let p = &mut out.process;
+    if p.args.is_empty() {
+        p.args = c.entrypoint.iter().chain(&c.cmd).cloned().collect();
+    }
+    for kv in &c.env {
+        if let Some((k, v)) = kv.split_once('=') {
+            p.env.entry(k.to_string()).or_insert_with(|| v.to_string());
+        }
+    }
+    if p.cwd.is_none() {
+        p.cwd = c.working_dir.clone().filter(|w| !w.is_empty());
+    }
+    if let Some(user) = c.user.as_deref().filter(|u| !u.is_empty()) {
+        let (uid, gid) = image_user(user, &unpacked.layers)?;
+        out.user.uid = out.user.uid.or(Some(uid));
+        out.user.gid = out.user.gid.or(gid).or(Some(uid));
+    }
+    Ok(Some((out, unpacked)))
+}
+
+/// The image's `User` (`uid`, `uid:gid`, `name` or `name:group`), names looked up in the image's
+/// own /etc/passwd and /etc/group (top-most layer first).
+fn image_user(user: &str, layers: &[std::path::PathBuf]) -> Result<(u32, Option<u32>)> {
+    let lookup = |file: &str, name: &str| -> Option<(u32, Option<u32>)> {
+        layers
+            .iter()
+            .rev()
+            .find_map(|l| {
+                let text = std::fs::read_to_string(l.join(file)).ok()?;
+                text.lines().find_map(|line| {
+                    let f: Vec<&str> = line.split(':').collect();
+                    (f.len() > 3 && f[0] == name).then(|| (f[2].parse().ok(), f[3].parse().ok()))
+                })
+            })
+            .and_then(|(id, gid)| Some((id?, gid)))
+    };
+    let unknown = |what: &str, name: &str| Error::InvalidImage {
+        path: "config.User".into(),
+        reason: format!("the image runs as {what} {name:?}, which its /etc/{what} does not define"),
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, None),
+        Err(_) => lookup("etc/passwd", u).ok_or_else(|| unknown("passwd", u))?,
+    };
+    let gid = match g {
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => lookup("etc/group", g)
+                .map(|(id, _)| id)
+                .ok_or_else(|| unknown("group", g))?,
+        }),
+        None => primary,
+    };
+    Ok((uid, gid))
+}
+
 fn prepare(spec: &Spec) -> Result<Prepared> {
+    let image = resolve_image(spec)?;
+    let spec = image.as_ref().map_or(spec, |(s, _)| s);
     let p = &spec.process;
     if p.args.is_empty() {
         return Err(Error::invalid(
@@ -415,7 +500,20 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
 
     // Filesystem.
     let mounts = if mount_ns {
-        let plan = MountPlan::new(&spec.filesystem, inside_ids, pid_ns)?;
+        let fuse = match &spec.filesystem.root {
+            Root::Overlay(ov) if ov.driver != OverlayDriver::Kernel => FuseSupport::probe(),
+            _ => FuseSupport::none(),
+        };
+        let plan = MountPlan::new(&spec.filesystem, inside_ids, pid_ns, &fuse)?;
+        if let Some(ov) = plan.overlay() {
+            if ov.fuse_binary.is_some() && !pid_ns {
+                return Err(Error::invalid(
+                    "namespaces.pid",
+                    "an overlay that may use fuse-overlayfs needs the PID namespace (use the kernel driver, or keep the PID namespace)",
+                ));
+            }
+            ov.record_layers()?;
+        }
         report.mounts = plan.entries.clone();
         Some(plan)
     } else {
@@ -532,8 +630,23 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
     let mut keep_fds: Vec<c_int> = stdio.to_vec();
     keep_fds.extend([err_w.as_raw_fd(), ctl_r.as_raw_fd(), status_w.as_raw_fd()]);
     let close_ranges = gaps(&keep_fds);
+    let mut mounts = mounts;
+    if let Some(ov) = mounts.as_mut().and_then(MountPlan::overlay_mut) {
+        // Above every descriptor the sandbox keeps, so placing the layers clobbers nothing.
+        ov.set_fd_base(keep_fds.iter().copied().max().unwrap_or(2) + 1);
+    }
 
     report_process(&mut report, spec, inside_ids, pid_ns);
+    if let Some((_, img)) = &image {
+        let mut detail = format!("{} ({} layers)", img.manifest_digest, img.layers.len());
+        if !img.skipped.is_empty() {
+            detail.push_str(&format!(
+                "; not reproduced without privilege: {}",
+                img.skipped.join(", ")
+            ));
+        }
+        report.push("image", Want::Required, Status::Enforced, detail);
+    }
     let scratch = vec![-1; mounts.as_ref().map_or(0, MountPlan::source_count)];
 
     let argv_ptrs = null_terminated(&argv);
@@ -711,13 +824,49 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         }
     }
 
-    // The error pipe closes without a record once the command has been executed.
-    let mut buf = [0u8; Failure::SIZE];
-    let n = sys::read_full(err_r.as_raw_fd(), &mut buf)
-        .map_err(|e| Error::os("read sandbox error pipe", e))?;
-    if n == Failure::SIZE {
+    // The error pipe closes without a record once the command has been executed. Before that it
+    // may carry one request: start fuse-overlayfs.
+    let mut report = report;
+    let mut fuse_helper: Option<std::process::Child> = None;
+    let stop_helper = |helper: &mut Option<std::process::Child>| {
+        if let Some(mut h) = helper.take() {
+            let _ = h.kill();
+            let _ = h.wait();
+        }
+    };
+    loop {
+        let mut buf = [0u8; Failure::SIZE];
+        let n = sys::read_full(err_r.as_raw_fd(), &mut buf)
+            .map_err(|e| Error::os("read sandbox error pipe", e))?;
+        if n != Failure::SIZE {
+            break;
+        }
+        let failure = Failure::from_bytes(&buf);
+        let overlay = plan
+            .mounts
+            .as_ref()
+            .and_then(|m| Some((m.overlay()?, m.staging())));
+        if let (FUSE_REQUEST, Some((ov, staging)), None) = (failure.step, overlay, &fuse_helper) {
+            match crate::overlay::start_fuse(ov, staging, pid) {
+                Ok(helper) => {
+                    note_fuse(&mut report, ov, Errno::from_raw(failure.errno), helper.id());
+                    fuse_helper = Some(helper);
+                    if let Err(e) = sys::write_all(ctl_w.as_raw_fd(), &[1]) {
+                        stop_helper(&mut fuse_helper);
+                        reap(&pidfd);
+                        return Err(Error::os("write to sandbox control pipe", e));
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    reap(&pidfd);
+                    return Err(e);
+                }
+            }
+        }
         reap(&pidfd);
-        return Err(decode_failure(Failure::from_bytes(&buf), spec, &plan));
+        stop_helper(&mut fuse_helper);
+        return Err(decode_failure(failure, spec, &plan));
     }
     let mut pid_buf = [0u8; 4];
     let command_pid = match sys::read_full(status_r.as_raw_fd(), &mut pid_buf) {
@@ -734,6 +883,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         pid_ns: plan.pid_ns,
         die_with_parent: plan.die_with_parent,
         pidfd,
+        fuse: fuse_helper,
         ctl: Some(ctl_w),
         status_r,
         started,
@@ -763,9 +913,30 @@ fn clone_error(e: Errno, flags: u64) -> Error {
     }
 }
 
+/// Records in the report that fuse-overlayfs assembles the root, and why.
+fn note_fuse(report: &mut Report, ov: &crate::overlay::OverlayPlan, refused: Errno, pid: u32) {
+    if let Some(root) = report.mounts.iter_mut().find(|m| m.destination == "/") {
+        root.source = "fuse-overlayfs".into();
+        root.detail = if ov.kernel_tried() {
+            format!(
+                "kernel overlayfs refused ({refused:?}: {}); fuse-overlayfs pid {pid} runs outside the sandbox's PID namespace",
+                refused.desc()
+            )
+        } else {
+            format!("fuse-overlayfs pid {pid} runs outside the sandbox's PID namespace")
+        };
+    }
+}
+
 fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
     let errno = Errno::from_raw(f.errno);
     let step = Step::from_u32(f.step).unwrap_or(Step::Clone);
+    let overlay = plan.mounts.as_ref().and_then(MountPlan::overlay);
+    if let (Some(ov), Step::CreateFilesystem, crate::mounts::OVERLAY_INDEX) =
+        (overlay, step, f.index)
+    {
+        return ov.kernel_refusal(errno);
+    }
     let name = spec.process.args[0].clone();
     if step == Step::Exec {
         return if f.detail == 0 {
@@ -961,8 +1132,17 @@ impl Child {
             report: self.report.clone(),
         };
         self.ctl = None;
+        self.stop_fuse();
         self.finished = Some(result.clone());
         Ok(Some(result))
+    }
+
+    /// Stops fuse-overlayfs once nothing in the sandbox can use it any more.
+    fn stop_fuse(&mut self) {
+        if let Some(mut helper) = self.fuse.take() {
+            let _ = helper.kill();
+            let _ = helper.wait();
+        }
     }
 
     fn expire(&mut self) -> Result<()> {
@@ -1011,6 +1191,7 @@ impl Drop for Child {
             let _ = sys::retry(|| {
                 sys::waitid_pidfd(self.pidfd.as_raw_fd(), libc::WEXITED, &mut info, &mut usage)
             });
+            self.stop_fuse();
         }
     }
 }

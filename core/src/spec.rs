@@ -279,6 +279,73 @@ pub enum Root {
         #[serde(default)]
         writable: bool,
     },
+    /// Read-only layers under one writable upper layer (copy-on-write).
+    Overlay(Overlay),
+}
+
+/// A layered root: read-only lower directories (and/or an OCI image's layers) under a writable upper.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(default, deny_unknown_fields)]
+pub struct Overlay {
+    /// Read-only host directories, top-most first (the order of overlayfs' `lowerdir`).
+    pub lowers: Vec<PathBuf>,
+    /// An OCI image whose layers are stacked beneath `lowers`.
+    pub image: Option<ImageSource>,
+    /// Where writes go.
+    pub upper: Upper,
+    /// Which overlay implementation assembles the layers.
+    pub driver: OverlayDriver,
+}
+
+/// A local OCI image layout (no registry access: build or copy the layout locally).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageSource {
+    /// Directory holding `oci-layout`, `index.json` and `blobs/`.
+    pub layout: PathBuf,
+    /// Selects the manifest whose `org.opencontainers.image.ref.name` is this tag.
+    #[serde(default)]
+    pub tag: Option<String>,
+    /// Where unpacked layers are kept (default [`crate::image::default_store`]).
+    #[serde(default)]
+    pub store: Option<PathBuf>,
+}
+
+/// The writable layer of an overlay.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Upper {
+    /// A tmpfs, gone when the sandbox exits.
+    Ephemeral {
+        /// Size cap in bytes; writes past it fail with ENOSPC.
+        #[serde(default)]
+        size: Option<u64>,
+    },
+    /// A host directory that keeps the sandbox's changes (deletions as whiteouts) after exit. Its
+    /// work directory is a hidden sibling, `.NAME.work`.
+    Persistent {
+        /// Absolute host path; created when missing.
+        path: PathBuf,
+    },
+}
+
+impl Default for Upper {
+    fn default() -> Self {
+        Upper::Ephemeral { size: None }
+    }
+}
+
+/// The overlay implementation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OverlayDriver {
+    /// Kernel overlayfs; fuse-overlayfs when the kernel refuses.
+    #[default]
+    Auto,
+    /// Kernel overlayfs only.
+    Kernel,
+    /// fuse-overlayfs only.
+    Fuse,
 }
 
 /// One mount in the sandbox.

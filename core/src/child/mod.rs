@@ -170,12 +170,30 @@ fn setup(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
     }
 
     if let Some(mounts) = &plan.mounts {
-        mounts.build(scratch).map_err(|(s, e, index)| Failure {
-            step: s as u32,
-            errno: e as i32,
-            index,
-            detail: 0,
-        })?;
+        // When kernel overlayfs refuses, the caller starts fuse-overlayfs for us (outside our
+        // PID namespace) and answers on the control pipe.
+        let request_fuse = |refused: Errno| -> Result<(), Errno> {
+            let f = Failure {
+                step: crate::overlay::FUSE_REQUEST,
+                errno: refused as i32,
+                index: 0,
+                detail: 0,
+            };
+            sys::write_all(plan.err_w, &f.to_bytes())?;
+            let mut answer = [0u8; 1];
+            match sys::read_full(plan.ctl_r, &mut answer)? {
+                1 if answer[0] == 1 => Ok(()),
+                _ => Err(Errno::ECANCELED),
+            }
+        };
+        mounts
+            .build(scratch, &request_fuse)
+            .map_err(|(s, e, index)| Failure {
+                step: s as u32,
+                errno: e as i32,
+                index,
+                detail: 0,
+            })?;
     }
     if let Some(name) = &plan.hostname {
         sys::sethostname(name).map_err(step(Step::SetHostname))?;

@@ -1,0 +1,806 @@
+//! Layered roots: read-only lower directories under one writable upper, assembled by kernel
+//! overlayfs inside the sandbox's user namespace, or by fuse-overlayfs when the kernel refuses.
+//!
+//! Layers are handed to the kernel as `/proc/self/fd/N` paths of descriptors opened before
+//! anything is mounted: no path escaping is needed (`,` `:` `\` in names are harmless) and a
+//! staging mount can never hide a layer. fuse-overlayfs runs *outside* the sandbox's PID
+//! namespace (it joins only the user and mount namespaces), so the sandboxed command can neither
+//! see nor ptrace the one process that still holds the host's root.
+
+use std::collections::BTreeMap;
+use std::ffi::{CStr, CString};
+use std::os::raw::c_int;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use nix::errno::Errno;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result, Step};
+use crate::report::{MountEntry, Status};
+use crate::spec::{Overlay, OverlayDriver, Upper};
+use crate::sys;
+
+/// Whether fuse-overlayfs can be used by this caller: the binary and an openable /dev/fuse.
+#[derive(Debug, Clone)]
+pub(crate) struct FuseSupport {
+    binary: Option<PathBuf>,
+    device: std::result::Result<(), Errno>,
+}
+
+impl FuseSupport {
+    /// Looks for the binary and tries to open /dev/fuse read-write.
+    pub fn probe() -> FuseSupport {
+        let binary = ["/usr/bin", "/bin", "/usr/local/bin", "/usr/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join("fuse-overlayfs"))
+            .find(|p| p.is_file());
+        let device = nix::fcntl::open(
+            "/dev/fuse",
+            nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map(drop);
+        FuseSupport { binary, device }
+    }
+
+    /// A FuseSupport that is never usable (when no overlay is asked for).
+    pub fn none() -> FuseSupport {
+        FuseSupport {
+            binary: None,
+            device: Err(Errno::ENOENT),
+        }
+    }
+
+    /// The binary when usable, otherwise the reason and the remedy.
+    fn usable(&self) -> std::result::Result<PathBuf, (String, String)> {
+        match (&self.binary, self.device) {
+            (Some(b), Ok(())) => Ok(b.clone()),
+            (None, _) => Err(("fuse-overlayfs is not installed".into(), "apt-get install fuse-overlayfs".into())),
+            (_, Err(e)) => Err((
+                format!("/dev/fuse cannot be opened read-write: {e:?} ({})", e.desc()),
+                "chmod 0666 /dev/fuse (distributions ship it 0666; a udev rule KERNEL==\"fuse\", MODE=\"0666\" makes it last)".into(),
+            )),
+        }
+    }
+}
+
+/// The overlay part of a mount plan, prepared before clone.
+pub(crate) struct OverlayPlan {
+    /// Lower layers, top-most first.
+    pub lowers: Vec<PathBuf>,
+    lower_paths: Vec<CString>,
+    pub ephemeral: bool,
+    /// Persistent upper and its work directory.
+    persistent: Option<(PathBuf, PathBuf)>,
+    persistent_paths: Option<(CString, CString)>,
+    staging_opts: Vec<(CString, Option<CString>)>,
+    kernel: bool,
+    /// Set when fuse-overlayfs may be used (driver fuse, or auto with fuse usable).
+    pub fuse_binary: Option<PathBuf>,
+    /// Why fuse cannot back up an auto overlay (for the error when the kernel refuses too).
+    fuse_unusable: Option<(String, String)>,
+    /// Descriptor numbers: lowers at base.., then upper and work.
+    fd_base: c_int,
+    lowerdir: CString,
+    upperdir: CString,
+    workdir: CString,
+}
+
+/// The request the sandbox sends when the kernel refused and fuse-overlayfs must mount.
+pub(crate) const FUSE_REQUEST: u32 = 0xf05e;
+
+impl OverlayPlan {
+    pub fn new(ov: &Overlay, fuse: &FuseSupport) -> Result<OverlayPlan> {
+        if ov.lowers.is_empty() {
+            return Err(Error::invalid(
+                "filesystem.root.overlay.lowers",
+                "an overlay needs at least one lower layer",
+            ));
+        }
+        let mut lowers = Vec::new();
+        for (i, l) in ov.lowers.iter().enumerate() {
+            let field = format!("filesystem.root.overlay.lowers[{i}]");
+            if !l.is_absolute() {
+                return Err(Error::invalid(
+                    field,
+                    format!("must be an absolute path: {}", l.display()),
+                ));
+            }
+            let meta = std::fs::metadata(l).map_err(|e| Error::PathNotFound {
+                what: "overlay lower layer",
+                path: l.clone(),
+                errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)),
+            })?;
+            if !meta.is_dir() {
+                return Err(Error::PathNotFound {
+                    what: "overlay lower layer (not a directory)",
+                    path: l.clone(),
+                    errno: Errno::ENOTDIR,
+                });
+            }
+            lowers.push(
+                std::fs::canonicalize(l)
+                    .map_err(|e| Error::io("canonicalize", Some(l.clone()), e))?,
+            );
+        }
+        let (ephemeral, persistent, staging_opts) = match &ov.upper {
+            Upper::Ephemeral { size } => {
+                let mut opts = vec![(c"mode".to_owned(), Some(c"0755".to_owned()))];
+                if let Some(size) = size {
+                    opts.push((
+                        c"size".to_owned(),
+                        Some(CString::new(size.to_string()).unwrap_or_default()),
+                    ));
+                }
+                (true, None, opts)
+            }
+            Upper::Persistent { path } => {
+                let (upper, work) = persistent_dirs(path)?;
+                for l in &lowers {
+                    if upper.starts_with(l) || l.starts_with(&upper) {
+                        return Err(Error::invalid(
+                            "filesystem.root.overlay.upper",
+                            format!(
+                                "the upper {} and the lower {} overlap: one lies inside the other (the kernel would fail with ELOOP)",
+                                upper.display(),
+                                l.display()
+                            ),
+                        ));
+                    }
+                }
+                (
+                    false,
+                    Some((upper, work)),
+                    vec![
+                        (c"mode".to_owned(), Some(c"0755".to_owned())),
+                        (c"size".to_owned(), Some(c"64k".to_owned())),
+                    ],
+                )
+            }
+        };
+        let odd = lowers
+            .iter()
+            .chain(persistent.iter().flat_map(|(u, w)| [u, w]))
+            .find(|p| p.to_string_lossy().contains([',', ':', '\\']));
+        let fuse_paths = match odd {
+            Some(p) => Err((
+                format!(
+                    "fuse-overlayfs cannot take the path {} (it contains ',', ':' or '\\')",
+                    p.display()
+                ),
+                "use the kernel driver, or rename the layer".to_string(),
+            )),
+            None => Ok(()),
+        };
+        let fuse_usable = fuse_paths.and_then(|()| fuse.usable());
+        let (kernel, fuse_binary, fuse_unusable) = match ov.driver {
+            OverlayDriver::Kernel => (true, None, None),
+            OverlayDriver::Fuse => match fuse_usable {
+                Ok(b) => (false, Some(b), None),
+                Err((reason, remedy)) => {
+                    return Err(Error::Unsupported {
+                        feature: "fuse-overlayfs".into(),
+                        reason,
+                        remedy: Some(remedy),
+                    })
+                }
+            },
+            OverlayDriver::Auto => match fuse_usable {
+                Ok(b) => (true, Some(b), None),
+                Err(why) => (true, None, Some(why)),
+            },
+        };
+        let cpath = |p: &Path| {
+            CString::new(p.as_os_str().as_bytes())
+                .map_err(|_| Error::invalid("filesystem.root.overlay", "path contains a NUL byte"))
+        };
+        let lower_paths = lowers
+            .iter()
+            .map(|p| cpath(p))
+            .collect::<Result<Vec<_>>>()?;
+        let persistent_paths = match &persistent {
+            Some((u, w)) => Some((cpath(u)?, cpath(w)?)),
+            None => None,
+        };
+        Ok(OverlayPlan {
+            lowers,
+            lower_paths,
+            ephemeral,
+            persistent,
+            persistent_paths,
+            staging_opts,
+            kernel,
+            fuse_binary,
+            fuse_unusable,
+            fd_base: -1,
+            lowerdir: CString::default(),
+            upperdir: CString::default(),
+            workdir: CString::default(),
+        })
+    }
+
+    /// Chooses where the layer descriptors live in the sandbox's first process: `base` and up
+    /// must be free there (above every descriptor it keeps).
+    pub fn set_fd_base(&mut self, base: c_int) {
+        self.fd_base = base;
+        let n = self.lowers.len() as c_int;
+        let list: Vec<String> = (0..n)
+            .map(|i| format!("/proc/self/fd/{}", base + i))
+            .collect();
+        self.lowerdir = CString::new(list.join(":")).unwrap_or_default();
+        self.upperdir = CString::new(format!("/proc/self/fd/{}", base + n)).unwrap_or_default();
+        self.workdir = CString::new(format!("/proc/self/fd/{}", base + n + 1)).unwrap_or_default();
+    }
+
+    /// The report's entry for `/`.
+    pub fn entry(&self) -> MountEntry {
+        let mut options: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|l| format!("lower={}", l.display()))
+            .collect();
+        match &self.persistent {
+            Some((u, _)) => options.push(format!("upper={}", u.display())),
+            None => {
+                let size = self
+                    .staging_opts
+                    .iter()
+                    .find(|(k, _)| k.as_c_str() == c"size");
+                options.push(match size.and_then(|(_, v)| v.as_ref()) {
+                    Some(v) => format!("upper=tmpfs,size={}", v.to_string_lossy()),
+                    None => "upper=tmpfs".into(),
+                });
+            }
+        }
+        MountEntry {
+            destination: "/".into(),
+            source: if self.kernel {
+                "kernel overlayfs (userxattr)".into()
+            } else {
+                "fuse-overlayfs".into()
+            },
+            kind: "overlay".into(),
+            options,
+            status: Status::Enforced,
+            detail: String::new(),
+        }
+    }
+
+    /// Every host path the overlay reads or writes.
+    pub fn layer_paths(&self) -> Vec<PathBuf> {
+        let mut all = self.lowers.clone();
+        if let Some((u, w)) = &self.persistent {
+            all.extend([u.clone(), w.clone()]);
+        }
+        all
+    }
+
+    /// Whether kernel overlayfs is tried first.
+    pub fn kernel_tried(&self) -> bool {
+        self.kernel
+    }
+
+    /// The error for a root kernel overlayfs refused when fuse-overlayfs cannot step in.
+    pub fn kernel_refusal(&self, errno: Errno) -> Error {
+        let cause = format!(
+            "kernel overlayfs refused the layers ({errno:?}: {})",
+            errno.desc()
+        );
+        let (reason, remedy) = match &self.fuse_unusable {
+            Some((why, remedy)) => (format!("{cause}, and fuse-overlayfs cannot step in: {why}"), remedy.clone()),
+            None => (
+                format!("{cause}; the kernel driver was required"),
+                "check `rsandbox doctor` (overlay-in-userns), keep the upper off overlayfs/NFS, or allow the fuse driver".into(),
+            ),
+        };
+        Error::Unsupported {
+            feature: "overlay root".into(),
+            reason,
+            remedy: Some(remedy),
+        }
+    }
+
+    /// Options for fuse-overlayfs. It resolves layers by path in its own copy of the sandbox's
+    /// mount namespace, where the staging mount hides none of them (see `staging_dir`).
+    pub fn fuse_options(&self, staging: &str) -> String {
+        let lower: Vec<String> = self
+            .lowers
+            .iter()
+            .map(|l| l.display().to_string())
+            .collect();
+        let (upper, work) = match &self.persistent {
+            Some((u, w)) => (u.display().to_string(), w.display().to_string()),
+            None => (format!("{staging}/upper"), format!("{staging}/work")),
+        };
+        // No writeback cache: a full upper must fail the write itself, not a later flush.
+        format!(
+            "lowerdir={},upperdir={upper},workdir={work},writeback=0",
+            lower.join(":")
+        )
+    }
+
+    /// Number of descriptors the plan places from its base.
+    pub fn fd_count(&self) -> c_int {
+        self.lowers.len() as c_int + 2
+    }
+
+    /// Builds the overlay root and returns a descriptor of its top directory. Runs in the sandbox
+    /// between clone and exec: raw syscalls only. `staging` is an existing directory to attach
+    /// the scratch tmpfs to; `request_fuse` asks the caller to start fuse-overlayfs.
+    pub fn assemble(
+        &self,
+        staging: &CStr,
+        request_fuse: &dyn Fn(Errno) -> std::result::Result<(), Errno>,
+    ) -> std::result::Result<c_int, (Step, Errno)> {
+        let n = self.lowers.len() as c_int;
+        for (i, path) in self.lower_paths.iter().enumerate() {
+            place(path, libc::AT_FDCWD, self.fd_base + i as c_int)
+                .map_err(|e| (Step::OpenSource, e))?;
+        }
+        // A persistent upper is a host path: open it before the scratch mount can hide it.
+        if let Some((upper, work)) = &self.persistent_paths {
+            place(upper, libc::AT_FDCWD, self.fd_base + n).map_err(|e| (Step::OpenSource, e))?;
+            place(work, libc::AT_FDCWD, self.fd_base + n + 1).map_err(|e| (Step::OpenSource, e))?;
+        }
+        // A scratch tmpfs holds the mount point for fuse and, when ephemeral, the upper itself.
+        let scratch = crate::mounts::new_fs(
+            c"tmpfs",
+            &self.staging_opts,
+            sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV,
+        )
+        .map_err(|e| (Step::CreateFilesystem, e))?;
+        sys::move_mount(
+            scratch,
+            c"",
+            libc::AT_FDCWD,
+            staging,
+            sys::MOVE_MOUNT_F_EMPTY_PATH,
+        )
+        .map_err(|e| (Step::AttachRoot, e))?;
+        for dir in [c"merged", c"upper", c"work"] {
+            sys::mkdirat(scratch, dir, 0o755).map_err(|e| (Step::CreateMountPoint, e))?;
+        }
+        if self.persistent_paths.is_none() {
+            place(c"upper", scratch, self.fd_base + n).map_err(|e| (Step::OpenSource, e))?;
+            place(c"work", scratch, self.fd_base + n + 1).map_err(|e| (Step::OpenSource, e))?;
+        }
+        let mut refused = Errno::ENODEV;
+        if self.kernel {
+            let opts = [
+                (c"lowerdir", Some(self.lowerdir.as_c_str())),
+                (c"upperdir", Some(self.upperdir.as_c_str())),
+                (c"workdir", Some(self.workdir.as_c_str())),
+                (c"userxattr", None),
+            ];
+            match kernel_overlay(&opts) {
+                Ok(fd) => {
+                    sys::move_mount(
+                        fd,
+                        c"",
+                        libc::AT_FDCWD,
+                        staging,
+                        sys::MOVE_MOUNT_F_EMPTY_PATH,
+                    )
+                    .map_err(|e| (Step::AttachRoot, e))?;
+                    sys::close(scratch);
+                    return Ok(fd);
+                }
+                Err(e) if self.fuse_binary.is_none() => return Err((Step::CreateFilesystem, e)),
+                Err(e) => refused = e,
+            }
+        }
+        // fuse-overlayfs mounts in its own copy of our mount namespace (so that our pivot_root
+        // cannot move its root); a shared scratch mount carries its mount over to us.
+        let shared = libc::MS_SHARED;
+        sys::mount_setattr(scratch, c"", libc::AT_EMPTY_PATH as u32, 0, 0, shared)
+            .map_err(|e| (Step::SetMountAttributes, e))?;
+        request_fuse(refused).map_err(|e| (Step::CreateFilesystem, e))?;
+        // fuse-overlayfs mounts on scratch/merged; wait for the mount to appear (st_dev changes).
+        let scratch_dev = stat_dev(scratch, c"").map_err(|e| (Step::Mount, e))?;
+        let mut waited_ms = 0;
+        loop {
+            match stat_dev(scratch, c"merged") {
+                Ok(dev) if dev != scratch_dev => break,
+                Ok(_) | Err(Errno::ENOTCONN) => {}
+                Err(e) => return Err((Step::Mount, e)),
+            }
+            if waited_ms >= 10_000 {
+                return Err((Step::Mount, Errno::ETIMEDOUT));
+            }
+            sleep_ms(1);
+            waited_ms += 1;
+        }
+        // pivot_root refuses shared mounts: stop propagation now that the mount has arrived.
+        let all = (libc::AT_EMPTY_PATH | sys::AT_RECURSIVE as c_int) as u32;
+        sys::mount_setattr(scratch, c"", all, 0, 0, libc::MS_PRIVATE)
+            .map_err(|e| (Step::SetMountAttributes, e))?;
+        let root = sys::openat(scratch, c"merged", libc::O_PATH | libc::O_DIRECTORY)
+            .map_err(|e| (Step::Mount, e))?;
+        sys::close(scratch);
+        Ok(root)
+    }
+
+    /// Occupies the descriptor window before anything else opens a descriptor, so that nothing
+    /// opened later can land in a slot a layer will take.
+    pub fn reserve_fds(&self) -> std::result::Result<(), Errno> {
+        let fd = sys::openat(libc::AT_FDCWD, c"/", libc::O_PATH | libc::O_DIRECTORY)?;
+        let mut res = Ok(());
+        for slot in self.fd_base..self.fd_base + self.fd_count() {
+            if let Err(e) = sys::dup2(fd, slot) {
+                res = Err(e);
+                break;
+            }
+        }
+        sys::close(fd);
+        res
+    }
+
+    /// Closes the layer descriptors once the root is in place.
+    pub fn close_layers(&self) {
+        for fd in self.fd_base..self.fd_base + self.fd_count() {
+            sys::close(fd);
+        }
+    }
+
+    /// The persistent upper and its lowers, recorded beside it for `diff`.
+    pub fn record_layers(&self) -> Result<()> {
+        let Some((upper, _)) = &self.persistent else {
+            return Ok(());
+        };
+        let record = LayerRecord {
+            lowers: self.lowers.clone(),
+        };
+        let path = sidecar(upper, "layers.json");
+        let text = serde_json::to_string_pretty(&record).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| Error::io("write layer record", Some(path), e))
+    }
+}
+
+/// Starts fuse-overlayfs for the sandbox whose first process is `pid`: it joins the sandbox's user
+/// and mount namespaces (never its PID namespace) and mounts the layers on the scratch mount
+/// point, in the foreground so that its pid is the daemon's.
+pub(crate) fn start_fuse(
+    ov: &OverlayPlan,
+    staging: &CStr,
+    pid: libc::pid_t,
+) -> Result<std::process::Child> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let binary = ov.fuse_binary.clone().ok_or_else(|| {
+        Error::invalid(
+            "filesystem.root.overlay.driver",
+            "fuse-overlayfs is not usable",
+        )
+    })?;
+    let ns = |name: &str| {
+        let path = PathBuf::from(format!("/proc/{pid}/ns/{name}"));
+        std::fs::File::open(&path).map_err(|e| Error::io("open namespace", Some(path), e))
+    };
+    let (userns, mntns) = (ns("user")?, ns("mnt")?);
+    let mountpoint = format!("{}/merged", staging.to_string_lossy());
+    let mut cmd = std::process::Command::new(&binary);
+    cmd.args([
+        "-f",
+        "-o",
+        &ov.fuse_options(&staging.to_string_lossy()),
+        &mountpoint,
+    ])
+    .stdin(std::process::Stdio::null())
+    .stdout(std::process::Stdio::null())
+    .stderr(match std::env::var_os("RSANDBOX_FUSE_LOG") {
+        Some(p) => std::fs::File::create(p)
+            .map(Into::into)
+            .unwrap_or_else(|_| std::process::Stdio::null()),
+        None => std::process::Stdio::null(),
+    })
+    .env_clear();
+    let (user_fd, mnt_fd) = (userns.as_raw_fd(), mntns.as_raw_fd());
+    // SAFETY: the closure runs in the forked child before exec and makes only raw syscalls
+    // (setns, capget/capset, prctl) on descriptors that stay open until spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            join_for_fuse(user_fd, mnt_fd).map_err(|e| std::io::Error::from_raw_os_error(e as i32))
+        });
+    }
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io("start fuse-overlayfs", Some(binary.clone()), e))?;
+    drop((userns, mntns));
+    Ok(child)
+}
+
+/// In the fuse helper before exec: enter the sandbox's namespaces, and keep CAP_SYS_ADMIN (of
+/// the sandbox's user namespace only) across exec so fuse-overlayfs can mount as a non-zero uid.
+fn join_for_fuse(userns: c_int, mntns: c_int) -> std::result::Result<(), Errno> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: c_int,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    const VERSION_3: u32 = 0x2008_0522;
+    const CAP_SYS_ADMIN: c_int = 21;
+    // SAFETY: raw syscalls on valid descriptors and on properly sized capability structs.
+    unsafe {
+        if libc::setns(userns, libc::CLONE_NEWUSER) < 0
+            || libc::setns(mntns, libc::CLONE_NEWNS) < 0
+            || libc::unshare(libc::CLONE_NEWNS) < 0
+        {
+            return Err(Errno::last());
+        }
+        let mut header = Header {
+            version: VERSION_3,
+            pid: 0,
+        };
+        let mut data = [Data::default(); 2];
+        if libc::syscall(
+            libc::SYS_capget,
+            &mut header as *mut Header,
+            data.as_mut_ptr(),
+        ) < 0
+        {
+            return Err(Errno::last());
+        }
+        let bit = CAP_SYS_ADMIN as usize;
+        data[bit / 32].inheritable |= 1 << (bit % 32);
+        if libc::syscall(libc::SYS_capset, &mut header as *mut Header, data.as_ptr()) < 0 {
+            return Err(Errno::last());
+        }
+        if libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_RAISE,
+            CAP_SYS_ADMIN,
+            0,
+            0,
+        ) < 0
+        {
+            return Err(Errno::last());
+        }
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+    }
+    Ok(())
+}
+
+fn kernel_overlay(opts: &[(&CStr, Option<&CStr>)]) -> std::result::Result<c_int, Errno> {
+    let fsfd = sys::fsopen(c"overlay")?;
+    let res = (|| {
+        for (key, value) in opts {
+            match value {
+                Some(v) => sys::fsconfig_string(fsfd, key, v)?,
+                None => sys::fsconfig_flag(fsfd, key)?,
+            }
+        }
+        sys::fsconfig_create(fsfd)?;
+        sys::fsmount(fsfd, 0)
+    })();
+    sys::close(fsfd);
+    res
+}
+
+/// Opens `path` (relative to `dirfd`) as an O_PATH directory and moves it to descriptor `at`.
+fn place(path: &CStr, dirfd: c_int, at: c_int) -> std::result::Result<(), Errno> {
+    let fd = sys::openat(dirfd, path, libc::O_PATH | libc::O_DIRECTORY)?;
+    let res = sys::dup2(fd, at);
+    sys::close(fd);
+    res
+}
+
+fn stat_dev(dirfd: c_int, path: &CStr) -> std::result::Result<u64, Errno> {
+    // SAFETY: st is plain data filled by fstatat; path is NUL-terminated.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        let flags = if path.is_empty() {
+            libc::AT_EMPTY_PATH
+        } else {
+            0
+        };
+        if libc::fstatat(dirfd, path.as_ptr(), &mut st, flags) < 0 {
+            return Err(Errno::last());
+        }
+        Ok(st.st_dev)
+    }
+}
+
+fn sleep_ms(ms: i64) {
+    let ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: ms * 1_000_000,
+    };
+    // SAFETY: ts is a valid timespec; the remainder pointer may be null.
+    unsafe { libc::nanosleep(&ts, std::ptr::null_mut()) };
+}
+
+/// The persistent upper (created if missing) and its work directory, a hidden sibling.
+fn persistent_dirs(path: &Path) -> Result<(PathBuf, PathBuf)> {
+    let field = "filesystem.root.overlay.upper.persistent.path";
+    if !path.is_absolute() {
+        return Err(Error::invalid(
+            field,
+            format!("must be an absolute path: {}", path.display()),
+        ));
+    }
+    std::fs::create_dir_all(path)
+        .map_err(|e| Error::io("create upper directory", Some(path.into()), e))?;
+    let upper =
+        std::fs::canonicalize(path).map_err(|e| Error::io("canonicalize", Some(path.into()), e))?;
+    let work = sidecar(&upper, "work");
+    std::fs::create_dir_all(&work)
+        .map_err(|e| Error::io("create overlay work directory", Some(work.clone()), e))?;
+    let (a, b) = (std::fs::metadata(&upper), std::fs::metadata(&work));
+    if let (Ok(a), Ok(b)) = (a, b) {
+        if a.dev() != b.dev() {
+            return Err(Error::invalid(
+                field,
+                format!(
+                    "{} and its work directory {} are on different filesystems",
+                    upper.display(),
+                    work.display()
+                ),
+            ));
+        }
+    }
+    Ok((upper, work))
+}
+
+/// `DIR/.NAME.SUFFIX` beside `upper` = `DIR/NAME`.
+fn sidecar(upper: &Path, suffix: &str) -> PathBuf {
+    let name = upper
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "upper".into());
+    upper
+        .parent()
+        .unwrap_or(Path::new("/"))
+        .join(format!(".{name}.{suffix}"))
+}
+
+#[derive(Serialize, Deserialize)]
+struct LayerRecord {
+    lowers: Vec<PathBuf>,
+}
+
+/// What a sandbox changed, read from a persistent upper directory.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Diff {
+    /// Paths that did not exist in any lower layer.
+    pub added: Vec<String>,
+    /// Paths that exist in a lower layer and were changed (content, metadata, or an opaque
+    /// directory that replaced its lower contents).
+    pub modified: Vec<String>,
+    /// Paths deleted (whiteouts).
+    pub deleted: Vec<String>,
+}
+
+/// Reads the changes recorded in a persistent `upper`. `lowers` (top-most first) tell added from
+/// modified; when empty, the layers recorded beside the upper at spawn time are used.
+pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Diff> {
+    let meta = std::fs::metadata(upper).map_err(|e| Error::PathNotFound {
+        what: "upper directory",
+        path: upper.into(),
+        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)),
+    })?;
+    if !meta.is_dir() {
+        return Err(Error::PathNotFound {
+            what: "upper directory (not a directory)",
+            path: upper.into(),
+            errno: Errno::ENOTDIR,
+        });
+    }
+    let recorded;
+    let lowers = if lowers.is_empty() {
+        let canon = std::fs::canonicalize(upper).unwrap_or_else(|_| upper.into());
+        recorded = std::fs::read_to_string(sidecar(&canon, "layers.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<LayerRecord>(&t).ok())
+            .map(|r| r.lowers)
+            .unwrap_or_default();
+        &recorded[..]
+    } else {
+        lowers
+    };
+    let mut changes = BTreeMap::new();
+    walk(upper, Path::new(""), lowers, &mut changes)?;
+    let mut d = Diff::default();
+    for (path, kind) in changes {
+        match kind {
+            Change::Added => d.added.push(path),
+            Change::Modified => d.modified.push(path),
+            Change::Deleted => d.deleted.push(path),
+        }
+    }
+    Ok(d)
+}
+
+enum Change {
+    Added,
+    Modified,
+    Deleted,
+}
+
+fn in_lowers(lowers: &[PathBuf], rel: &Path) -> bool {
+    lowers
+        .iter()
+        .any(|l| l.join(rel).symlink_metadata().is_ok())
+}
+
+fn walk(
+    upper: &Path,
+    rel: &Path,
+    lowers: &[PathBuf],
+    out: &mut BTreeMap<String, Change>,
+) -> Result<()> {
+    let dir = upper.join(rel);
+    let entries = std::fs::read_dir(&dir)
+        .map_err(|e| Error::io("read upper directory", Some(dir.clone()), e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| Error::io("read upper directory", Some(dir.clone()), e))?;
+        let name = entry.file_name();
+        let name_s = name.to_string_lossy();
+        let child = rel.join(&name);
+        let shown = format!("/{}", child.display());
+        let meta = entry
+            .metadata()
+            .map_err(|e| Error::io("stat", Some(entry.path()), e))?;
+        let ft = meta.file_type();
+        if name_s == ".wh..wh..opq" || name_s == ".wh..opq" {
+            // fuse-overlayfs's opaque markers: only news when they hide a lower directory.
+            if !rel.as_os_str().is_empty() && in_lowers(lowers, rel) {
+                out.insert(format!("/{}", rel.display()), Change::Modified);
+            }
+        } else if ft.is_char_device() && meta.rdev() == 0 {
+            out.insert(shown, Change::Deleted);
+        } else if let Some(hidden) = name_s.strip_prefix(".wh.") {
+            out.insert(format!("/{}", rel.join(hidden).display()), Change::Deleted);
+        } else if ft.is_dir() {
+            let existed = in_lowers(lowers, &child);
+            let opaque = is_opaque(&entry.path());
+            if !existed {
+                out.insert(shown, Change::Added);
+            } else if opaque {
+                out.insert(shown, Change::Modified);
+            }
+            walk(upper, &child, lowers, out)?;
+        } else {
+            let kind = if in_lowers(lowers, &child) {
+                Change::Modified
+            } else {
+                Change::Added
+            };
+            out.insert(shown, kind);
+        }
+    }
+    Ok(())
+}
+
+fn is_opaque(dir: &Path) -> bool {
+    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
+    let mut buf = [0u8; 4];
+    [
+        c"user.overlay.opaque",
+        c"trusted.overlay.opaque",
+        c"user.fuseoverlayfs.opaque",
+    ]
+    .iter()
+    .any(|name| {
+        // SAFETY: path and name are NUL-terminated; buf is writable for its length.
+        let n = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                name.as_ptr(),
+                buf.as_mut_ptr().cast(),
+                buf.len(),
+            )
+        };
+        n > 0 && buf[0] == b'y'
+    })
+}

@@ -1,0 +1,569 @@
+//! Layered roots: kernel overlayfs and fuse-overlayfs, ephemeral and persistent uppers, diff, and
+//! the promise that lower layers are never modified.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use common::*;
+use rsandbox::{ErrorKind, Overlay, OverlayDriver, Root, Spec, Status, Upper};
+
+/// Three layers (bottom: busybox; middle; top), every file owned by the caller.
+struct Layers {
+    _dir: TempDir,
+    bottom: PathBuf,
+    middle: PathBuf,
+    top: PathBuf,
+}
+
+fn layers() -> Option<Layers> {
+    let bottom_fs = busybox_rootfs()?;
+    let dir = TempDir::new("layers");
+    let bottom = dir.path().join("bottom");
+    std::fs::rename(bottom_fs.path(), &bottom).unwrap();
+    std::mem::forget(bottom_fs); // moved into dir
+    for d in ["run", "data/keep", "data/gone"] {
+        std::fs::create_dir_all(bottom.join(d)).unwrap();
+    }
+    std::fs::write(bottom.join("data/base.txt"), "bottom\n").unwrap();
+    std::fs::write(bottom.join("data/shadowed.txt"), "bottom\n").unwrap();
+    std::fs::write(bottom.join("data/keep/k"), "keep\n").unwrap();
+    std::fs::write(bottom.join("data/gone/g"), "gone\n").unwrap();
+    let middle = dir.path().join("middle");
+    std::fs::create_dir_all(middle.join("data")).unwrap();
+    std::fs::write(middle.join("data/shadowed.txt"), "middle\n").unwrap();
+    std::fs::write(middle.join("data/mid.txt"), "middle\n").unwrap();
+    let top = dir.path().join("top");
+    std::fs::create_dir_all(top.join("data")).unwrap();
+    std::fs::write(top.join("data/top.txt"), "top\n").unwrap();
+    Some(Layers {
+        _dir: dir,
+        bottom,
+        middle,
+        top,
+    })
+}
+
+fn overlay_spec(l: &Layers, driver: OverlayDriver, upper: Upper, script: &str) -> Spec {
+    let mut spec = Spec::new(["/bin/sh", "-c", script]);
+    spec.filesystem.root = Root::Overlay(Overlay {
+        lowers: vec![l.top.clone(), l.middle.clone(), l.bottom.clone()],
+        image: None,
+        upper,
+        driver,
+    });
+    spec.timeout = Some(60.0);
+    spec
+}
+
+/// Whether fuse-overlayfs can run here; skips (or fails under RSANDBOX_MUST_WORK) otherwise.
+fn fuse_usable() -> bool {
+    if !Path::new("/usr/bin/fuse-overlayfs").exists() {
+        skip("fuse-overlayfs is not installed (apt-get install fuse-overlayfs)");
+        return false;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+    {
+        skip("/dev/fuse is not accessible read-write (chmod 0666 /dev/fuse; scripts/test does)");
+        return false;
+    }
+    true
+}
+
+fn drivers() -> Vec<OverlayDriver> {
+    let mut d = vec![OverlayDriver::Kernel];
+    if fuse_usable() {
+        d.push(OverlayDriver::Fuse);
+    }
+    d
+}
+
+/// Every entry of a tree with its type, mode, size, content hash and link target.
+fn snapshot(root: &Path) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, String>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let meta = std::fs::symlink_metadata(&path).unwrap();
+            let rel = path.strip_prefix(root).unwrap().display().to_string();
+            let desc = if meta.is_dir() {
+                walk(root, &path, out);
+                format!("dir {:o}", meta.mode())
+            } else if meta.file_type().is_symlink() {
+                format!("link {}", std::fs::read_link(&path).unwrap().display())
+            } else {
+                let mut data = Vec::new();
+                std::fs::File::open(&path)
+                    .unwrap()
+                    .read_to_end(&mut data)
+                    .unwrap();
+                let sum = data.iter().fold(0xcbf29ce484222325u64, |h, b| {
+                    (h ^ *b as u64).wrapping_mul(0x100000001b3)
+                });
+                format!(
+                    "file {:o} {} {:x} links={} mtime={}",
+                    meta.mode(),
+                    meta.len(),
+                    sum,
+                    meta.nlink(),
+                    meta.mtime()
+                )
+            };
+            out.insert(rel, desc);
+        }
+    }
+    walk(root, root, &mut out);
+    out
+}
+
+#[test]
+fn layers_stack_top_most_first_and_writes_stay_in_the_upper() {
+    let Some(l) = layers() else { return };
+    for driver in drivers() {
+        let spec = overlay_spec(
+            &l,
+            driver,
+            Upper::default(),
+            "cat /data/shadowed.txt /data/base.txt /data/mid.txt /data/top.txt; echo new > /data/new.txt; cat /data/new.txt",
+        );
+        let r = run(&spec);
+        assert!(r.status.success(), "{driver:?}: {}", err(&r));
+        assert_eq!(out(&r), "middle\nbottom\nmiddle\ntop\nnew\n", "{driver:?}");
+        assert!(!l.top.join("data/new.txt").exists());
+        let root = r
+            .report
+            .mounts
+            .iter()
+            .find(|m| m.destination == "/")
+            .unwrap();
+        assert_eq!(root.kind, "overlay");
+        let expect = if driver == OverlayDriver::Fuse {
+            "fuse-overlayfs"
+        } else {
+            "kernel overlayfs"
+        };
+        assert!(root.source.starts_with(expect), "{driver:?}: {root:?}");
+    }
+}
+
+#[test]
+fn lower_layers_are_never_modified() {
+    let Some(l) = layers() else { return };
+    for driver in drivers() {
+        let before: Vec<_> = [&l.bottom, &l.middle, &l.top]
+            .iter()
+            .map(|p| snapshot(p))
+            .collect();
+        // Write, delete, rename, chmod and hard-link files from every layer, and replace a directory.
+        let script = "set -e
+            echo more >> /data/base.txt
+            echo more >> /data/mid.txt
+            echo more >> /data/top.txt
+            rm /data/shadowed.txt
+            mv /data/mid.txt /data/moved.txt
+            chmod 600 /data/top.txt
+            ln /data/base.txt /data/hardlink.txt
+            rm -r /data/gone
+            mkdir /data/gone && echo replaced > /data/gone/new
+            touch /data/keep/k
+            rm /bin/ls
+            echo ok";
+        let r = run(&overlay_spec(&l, driver, Upper::default(), script));
+        assert_eq!(out(&r), "ok\n", "{driver:?}: {}", err(&r));
+        let after: Vec<_> = [&l.bottom, &l.middle, &l.top]
+            .iter()
+            .map(|p| snapshot(p))
+            .collect();
+        assert_eq!(before, after, "{driver:?}: a lower layer changed");
+    }
+}
+
+#[test]
+fn persistent_upper_holds_exactly_the_changes_and_stacks_as_a_lower() {
+    let Some(l) = layers() else { return };
+    for driver in drivers() {
+        let up = TempDir::new("upper");
+        let upper = up.path().join("changes");
+        let script = "echo more >> /data/base.txt; rm /data/mid.txt; mkdir -p /data/d/e; echo f > /data/d/e/f; ln -s top.txt /data/link";
+        let r = run(&overlay_spec(
+            &l,
+            driver,
+            Upper::Persistent {
+                path: upper.clone(),
+            },
+            script,
+        ));
+        assert!(r.status.success(), "{driver:?}: {}", err(&r));
+        let d = rsandbox::diff(&upper, &[]).unwrap();
+        assert_eq!(
+            d.added,
+            ["/data/d", "/data/d/e", "/data/d/e/f", "/data/link"],
+            "{driver:?}"
+        );
+        assert_eq!(d.modified, ["/data/base.txt"], "{driver:?}");
+        assert_eq!(d.deleted, ["/data/mid.txt"], "{driver:?}");
+        // Nothing of the sandbox's own mount points was recorded.
+        let top: Vec<String> = std::fs::read_dir(&upper)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(top, ["data"], "{driver:?}");
+
+        // The upper, stacked as a lower of the next run, replays the changes.
+        let mut spec = overlay_spec(
+            &l,
+            driver,
+            Upper::default(),
+            "cat /data/base.txt /data/d/e/f; test -e /data/mid.txt && echo mid-visible; true",
+        );
+        if let Root::Overlay(ov) = &mut spec.filesystem.root {
+            ov.lowers.insert(0, upper.clone());
+        }
+        let r = run(&spec);
+        assert_eq!(out(&r), "bottom\nmore\nf\n", "{driver:?}: {}", err(&r));
+    }
+}
+
+#[test]
+fn a_killed_sandbox_keeps_completed_writes_in_a_persistent_upper() {
+    let Some(l) = layers() else { return };
+    for driver in drivers() {
+        let up = TempDir::new("killed");
+        let upper = up.path().join("u");
+        let m = marker();
+        let mut spec = overlay_spec(
+            &l,
+            driver,
+            Upper::Persistent {
+                path: upper.clone(),
+            },
+            // The marker reaches only sleep's argv (not sh's), so seeing it means the write is done.
+            &format!("m={m}; echo done > /data/written.txt; sleep 500$m"),
+        );
+        spec.process.stdout = rsandbox::Stdio::Null;
+        let mut child = rsandbox::spawn(&spec).unwrap();
+        let start = Instant::now();
+        while pids_with(&format!("sleep 500{m}")).is_empty()
+            && start.elapsed() < Duration::from_secs(10)
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        child.kill(libc::SIGKILL).unwrap();
+        child.wait().unwrap();
+        assert_eq!(
+            std::fs::read_to_string(upper.join("data/written.txt")).unwrap(),
+            "done\n",
+            "{driver:?}"
+        );
+    }
+}
+
+#[test]
+fn a_full_ephemeral_upper_gives_enospc_and_keeps_earlier_writes() {
+    let Some(l) = layers() else { return };
+    let script = "echo first > /data/first.txt
+        dd if=/dev/zero of=/data/big bs=65536 count=32 && echo big-fit
+        cat /data/first.txt";
+    for driver in drivers() {
+        let spec = overlay_spec(
+            &l,
+            driver,
+            Upper::Ephemeral {
+                size: Some(1 << 20),
+            },
+            script,
+        );
+        let r = run(&spec);
+        let text = out(&r);
+        assert!(
+            !text.contains("big-fit"),
+            "{driver:?}: 2 MiB fit in a 1 MiB upper: {text}"
+        );
+        assert!(
+            err(&r).contains("No space left on device"),
+            "{driver:?}: {}",
+            err(&r)
+        );
+        assert!(
+            text.ends_with("first\n"),
+            "{driver:?}: earlier write lost: {text}"
+        );
+    }
+}
+
+#[test]
+fn auto_driver_uses_the_kernel_here() {
+    let Some(l) = layers() else { return };
+    let r = run(&overlay_spec(
+        &l,
+        OverlayDriver::Auto,
+        Upper::default(),
+        "true",
+    ));
+    let root = r
+        .report
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/")
+        .unwrap();
+    assert!(root.source.starts_with("kernel overlayfs"), "{root:?}");
+    assert_eq!(root.status, Status::Enforced);
+}
+
+#[test]
+fn fuse_daemon_is_invisible_to_the_sandbox() {
+    let Some(l) = layers() else { return };
+    if !fuse_usable() {
+        return;
+    }
+    let r = run(&overlay_spec(
+        &l,
+        OverlayDriver::Fuse,
+        Upper::default(),
+        "ls /proc | grep -c '^[0-9]'",
+    ));
+    let count: u32 = out(&r).trim().parse().unwrap();
+    assert!(
+        count <= 4,
+        "{count} processes visible (the fuse daemon must not be one): {}",
+        err(&r)
+    );
+    let root = r
+        .report
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/")
+        .unwrap();
+    assert!(
+        root.detail.contains("outside the sandbox's PID namespace"),
+        "{root:?}"
+    );
+}
+
+#[test]
+fn layer_names_with_commas_and_colons_work_with_the_kernel_driver() {
+    let Some(l) = layers() else { return };
+    let dir = TempDir::new("odd");
+    let odd = dir.path().join("a,b:c\\d");
+    std::fs::create_dir_all(odd.join("data")).unwrap();
+    std::fs::write(odd.join("data/odd.txt"), "odd\n").unwrap();
+    let mut spec = overlay_spec(
+        &l,
+        OverlayDriver::Kernel,
+        Upper::default(),
+        "cat /data/odd.txt",
+    );
+    if let Root::Overlay(ov) = &mut spec.filesystem.root {
+        ov.lowers.insert(0, odd);
+    }
+    let r = run(&spec);
+    assert_eq!(out(&r), "odd\n", "{}", err(&r));
+}
+
+#[test]
+fn bad_overlay_input_is_refused_clearly() {
+    let Some(l) = layers() else { return };
+    // A missing lower.
+    let mut spec = overlay_spec(&l, OverlayDriver::Kernel, Upper::default(), "true");
+    if let Root::Overlay(ov) = &mut spec.filesystem.root {
+        ov.lowers.push("/nonexistent/layer".into());
+    }
+    let e = rsandbox::spawn(&spec).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::PathNotFound);
+    assert!(e.to_string().contains("/nonexistent/layer"), "{e}");
+    // A lower that is a file.
+    let file = l.bottom.join("data/base.txt");
+    let mut spec = overlay_spec(&l, OverlayDriver::Kernel, Upper::default(), "true");
+    if let Root::Overlay(ov) = &mut spec.filesystem.root {
+        ov.lowers.push(file);
+    }
+    assert_eq!(
+        rsandbox::spawn(&spec).unwrap_err().kind(),
+        ErrorKind::PathNotFound
+    );
+    // An upper inside a lower.
+    let spec = overlay_spec(
+        &l,
+        OverlayDriver::Kernel,
+        Upper::Persistent {
+            path: l.top.join("upper"),
+        },
+        "true",
+    );
+    let e = rsandbox::spawn(&spec).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec);
+    assert!(e.to_string().contains("overlap"), "{e}");
+    // No lowers at all.
+    let mut spec = overlay_spec(&l, OverlayDriver::Kernel, Upper::default(), "true");
+    if let Root::Overlay(ov) = &mut spec.filesystem.root {
+        ov.lowers.clear();
+    }
+    assert_eq!(
+        rsandbox::spawn(&spec).unwrap_err().kind(),
+        ErrorKind::InvalidSpec
+    );
+    // The upper's diff of a missing directory.
+    assert_eq!(
+        rsandbox::diff(Path::new("/nonexistent/upper"), &[])
+            .unwrap_err()
+            .kind(),
+        ErrorKind::PathNotFound
+    );
+}
+
+#[test]
+fn inaccessible_dev_fuse_is_explained() {
+    // Only meaningful where /dev/fuse is closed to this user; elsewhere there is nothing to show.
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_ok()
+    {
+        eprintln!("/dev/fuse is open to this user: nothing to check");
+        return;
+    }
+    let Some(l) = layers() else { return };
+    let e = rsandbox::spawn(&overlay_spec(
+        &l,
+        OverlayDriver::Fuse,
+        Upper::default(),
+        "true",
+    ))
+    .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported);
+    assert!(
+        e.to_string().contains("chmod 0666 /dev/fuse") || e.to_string().contains("fuse-overlayfs"),
+        "{e}"
+    );
+}
+
+#[test]
+fn persistent_upper_mode_bits_follow_chmod() {
+    let Some(l) = layers() else { return };
+    let up = TempDir::new("mode");
+    let upper = up.path().join("u");
+    let r = run(&overlay_spec(
+        &l,
+        OverlayDriver::Kernel,
+        Upper::Persistent {
+            path: upper.clone(),
+        },
+        "chmod 640 /data/base.txt",
+    ));
+    assert!(r.status.success(), "{}", err(&r));
+    let mode = std::fs::metadata(upper.join("data/base.txt"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o640);
+}
+
+#[path = "oci_util/mod.rs"]
+mod oci_util;
+
+#[test]
+fn runs_from_a_local_oci_image_with_its_config() {
+    use oci_util::{
+        dir, file, file_mode, opaque, symlink, whiteout, Comp, ImageSpec, LayerSpec, Layout,
+    };
+    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .find(|p| Path::new(p).exists());
+    let Some(busybox) = busybox else {
+        return skip("busybox-static is not installed (apt-get install busybox-static)");
+    };
+    let bottom = vec![
+        dir("bin", 0o755),
+        file_mode("bin/busybox", std::fs::read(busybox).unwrap(), 0o755),
+        symlink("bin/sh", "busybox"),
+        symlink("bin/cat", "busybox"),
+        symlink("bin/ls", "busybox"),
+        symlink("bin/id", "busybox"),
+        file(
+            "etc/passwd",
+            "root:x:0:0::/root:/bin/sh\napp:x:1234:4321::/opt:/bin/sh\n",
+        ),
+        file("data/old.txt", "old\n"),
+        file("opt/keep/lower", "lower\n"),
+    ];
+    let middle = vec![whiteout("data/old.txt"), file("etc/motd", "welcome\n")];
+    let top = vec![opaque("opt/keep"), file("opt/keep/upper", "upper\n")];
+    let mut image = ImageSpec::new(vec![
+        LayerSpec::new(Comp::Gzip, bottom),
+        LayerSpec::new(Comp::Zstd, middle),
+        LayerSpec::new(Comp::None, top),
+    ]);
+    image.config = serde_json::json!({
+        "Env": ["GREETING=hello", "PATH=/bin"],
+        "Cmd": ["/bin/sh", "-c", "echo $GREETING; cat /etc/motd; ls /opt/keep; cat /data/old.txt 2>/dev/null || echo old-gone; pwd; id -u; id -g"],
+        "WorkingDir": "/opt",
+        "User": "app",
+    });
+    let tmp = TempDir::new("image-run");
+    let mut layout = Layout::new(&tmp.path().join("layout"));
+    layout.add(Some("v1"), &image);
+    for driver in drivers() {
+        let mut spec = Spec::default();
+        spec.filesystem.root = Root::Overlay(Overlay {
+            lowers: vec![],
+            image: Some(rsandbox::ImageSource {
+                layout: layout.dir.clone(),
+                tag: Some("v1".into()),
+                store: Some(tmp.path().join("store")),
+            }),
+            upper: Upper::default(),
+            driver,
+        });
+        let r = run(&spec);
+        assert_eq!(
+            out(&r),
+            "hello\nwelcome\nupper\nold-gone\n/opt\n1234\n4321\n",
+            "{driver:?}: {}",
+            err(&r)
+        );
+        let image = r.report.feature("image").expect("image in the report");
+        assert!(
+            image.detail.contains("sha256:") && image.detail.contains("3 layers"),
+            "{image:?}"
+        );
+
+        // The caller's choices win over the image's defaults.
+        if let Root::Overlay(ov) = &mut spec.filesystem.root {
+            ov.image.as_mut().unwrap().tag = Some("v1".into());
+        }
+        spec.process.args = vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            "echo $GREETING; id -u".into(),
+        ];
+        spec.process.env.insert("GREETING".into(), "mine".into());
+        spec.user.uid = Some(77);
+        assert_eq!(out(&run(&spec)), "mine\n77\n", "{driver:?}");
+    }
+    // A missing tag names the tags there are.
+    let mut spec = Spec::new(["/bin/true"]);
+    spec.filesystem.root = Root::Overlay(Overlay {
+        lowers: vec![],
+        image: Some(rsandbox::ImageSource {
+            layout: layout.dir.clone(),
+            tag: Some("nope".into()),
+            store: Some(tmp.path().join("store")),
+        }),
+        upper: Upper::default(),
+        driver: OverlayDriver::Kernel,
+    });
+    let e = rsandbox::spawn(&spec).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidImage);
+    assert!(e.to_string().contains("v1"), "{e}");
+}
