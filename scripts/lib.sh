@@ -140,3 +140,15 @@ rsbx_as_user() {
         (cd "$dir" && exec env -i "${envs[@]}" "$@")
     fi
 }
+
+# rsbx_cgroup_cleanup DIR: moves this shell out of the cgroup subtree DIR (to its parent) and
+# removes DIR with every cgroup below it, deepest first. Processes still inside are killed.
+rsbx_cgroup_cleanup() {
+    local top=$1 d
+    [ -d "$top" ] || return 0
+    echo $$ >"$(dirname "$top")/cgroup.procs" 2>/dev/null || true
+    while read -r d; do
+        [ -e "$d/cgroup.kill" ] && echo 1 >"$d/cgroup.kill" 2>/dev/null
+        rmdir "$d" 2>/dev/null || { sleep 0.2; rmdir "$d" 2>/dev/null; } || true
+    done < <(find "$top" -mindepth 0 -type d | sort -r)
+}

@@ -60,6 +60,12 @@ enum NetArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum LevelArg {
+    Required,
+    BestEffort,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum DriverArg {
     Auto,
     Kernel,
@@ -149,6 +155,34 @@ struct RunArgs {
     /// Kill the whole sandbox after SECS seconds of wall-clock time.
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
+    /// Memory limit of the whole sandbox (memory.max), bytes with optional K/M/G suffix.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    memory: Option<u64>,
+    /// Swap limit (memory.swap.max; default 0 with --memory).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    memory_swap: Option<u64>,
+    /// Most processes and threads at once (pids.max).
+    #[arg(long, value_name = "N")]
+    pids: Option<u64>,
+    /// CPU bandwidth in CPUs: 0.3 = 30% of one CPU (cpu.max).
+    #[arg(long, value_name = "FLOAT")]
+    cpus: Option<f64>,
+    /// Relative CPU weight 1..10000 (cpu.weight).
+    #[arg(long, value_name = "N")]
+    cpu_weight: Option<u64>,
+    /// Total CPU seconds of the whole sandbox, then it is killed (verdict cpu-timeout).
+    #[arg(long, value_name = "SECS")]
+    cpu_time: Option<f64>,
+    /// Capture limit per output stream in bytes (with --json-result; output is captured then).
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    output_limit: Option<u64>,
+    /// cgroup2 directory to create the sandbox's cgroup in (default: RSANDBOX_CGROUP_PARENT, else
+    /// this process's own cgroup).
+    #[arg(long, value_name = "PATH")]
+    cgroup_parent: Option<PathBuf>,
+    /// required: fail when a limit cannot be enforced; best-effort: run, report, use rlimits.
+    #[arg(long, value_enum, value_name = "LEVEL")]
+    limits: Option<LevelArg>,
     /// Write the result (status, verdict, usage, report) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json_result: Option<PathBuf>,
@@ -369,6 +403,24 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
     if a.timeout.is_some() {
         spec.timeout = a.timeout;
     }
+    let l = &mut spec.limits;
+    l.memory = a.memory.or(l.memory);
+    l.memory_swap = a.memory_swap.or(l.memory_swap);
+    l.pids = a.pids.or(l.pids);
+    l.cpus = a.cpus.or(l.cpus);
+    l.cpu_weight = a.cpu_weight.or(l.cpu_weight);
+    l.cpu_time = a.cpu_time.or(l.cpu_time);
+    match a.limits {
+        Some(LevelArg::Required) => l.level = Want::Required,
+        Some(LevelArg::BestEffort) => l.level = Want::BestEffort,
+        None => {}
+    }
+    if a.output_limit.is_some() {
+        spec.output_limit = a.output_limit;
+    }
+    if a.cgroup_parent.is_some() {
+        spec.cgroup.parent = a.cgroup_parent.clone();
+    }
     Ok(spec)
 }
 
@@ -402,12 +454,24 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
         None => None,
     };
     let signals = ForwardedSignals::install();
-    let mut child = rsandbox::spawn(&spec)?;
-    let result = wait_forwarding(&mut child, signals.as_ref())?;
+    let result = if let Some(limit) = spec.output_limit {
+        // Capture through pipes to apply the limit, then pass the output on.
+        let mut spec = spec.clone();
+        spec.process.stdout = rsandbox::Stdio::Pipe;
+        spec.process.stderr = rsandbox::Stdio::Pipe;
+        let mut child = rsandbox::spawn(&spec)?;
+        let r = child.communicate(None, Some(limit))?;
+        let _ = std::io::stdout().write_all(r.stdout.as_deref().unwrap_or_default());
+        let _ = std::io::stderr().write_all(r.stderr.as_deref().unwrap_or_default());
+        r
+    } else {
+        let mut child = rsandbox::spawn(&spec)?;
+        wait_forwarding(&mut child, signals.as_ref())?
+    };
     if a.report {
         eprint!("{}", result.report.to_text());
         eprintln!(
-            "result: {:?} verdict={} wall={:.3}s user={:.3}s sys={:.3}s max_rss={}KiB",
+            "result: {:?} verdict={} wall={:.3}s user={:.3}s sys={:.3}s memory_peak={}KiB ({}) oom_kills={}",
             result.status,
             serde_json::to_value(result.verdict)
                 .ok()
@@ -416,7 +480,9 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
             result.usage.wall_time,
             result.usage.user_time,
             result.usage.system_time,
-            result.usage.max_rss / 1024
+            result.usage.memory_peak / 1024,
+            result.usage.memory_peak_source,
+            result.usage.oom_kills
         );
     }
     if let Some(mut file) = json_file {

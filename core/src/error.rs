@@ -78,11 +78,13 @@ pub enum Step {
     DieWithParent,
     /// Setting up the init's signal handling.
     InitSignals,
+    /// Setting resource limits (rlimits).
+    Rlimits,
 }
 
 impl Step {
     /// All steps, for decoding the number that crosses the pipe.
-    const ALL: [Step; 31] = [
+    const ALL: [Step; 32] = [
         Step::Clone,
         Step::CloseFds,
         Step::DenySetgroups,
@@ -114,6 +116,7 @@ impl Step {
         Step::Exec,
         Step::DieWithParent,
         Step::InitSignals,
+        Step::Rlimits,
     ];
 
     pub(crate) fn from_u32(n: u32) -> Option<Step> {
@@ -154,6 +157,7 @@ impl Step {
             Step::Exec => "exec",
             Step::DieWithParent => "die-with-parent",
             Step::InitSignals => "init-signals",
+            Step::Rlimits => "rlimits",
         }
     }
 }

@@ -23,6 +23,7 @@
 #![warn(missing_docs)]
 
 mod capture;
+mod cgroup;
 mod child;
 pub mod doctor;
 pub mod error;
@@ -45,6 +46,6 @@ pub use sandbox::{
     run, run_with_input, spawn, Child, ExitStatus, RunResult, Usage, Verdict, DEFAULT_PATH,
 };
 pub use spec::{
-    Filesystem, IdMapping, ImageSource, Mount, Namespaces, Network, Overlay, OverlayDriver,
-    Process, Root, Spec, Stdio, Upper, User, Want,
+    CgroupSpec, Filesystem, IdMapping, ImageSource, Limits, Mount, Namespaces, Network, Overlay,
+    OverlayDriver, Process, Root, Spec, Stdio, Upper, User, Want,
 };

@@ -72,6 +72,10 @@ pub struct Report {
     pub gid_map: Vec<IdRange>,
     /// The filesystem, in mount order.
     pub mounts: Vec<MountEntry>,
+    /// The sandbox's own cgroup, when it has one (removed after exit unless the sandbox outlives
+    /// its handle).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<std::path::PathBuf>,
 }
 
 impl Report {

@@ -12,12 +12,13 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use serde::{Deserialize, Serialize};
 
+use crate::cgroup::Cgroup;
 use crate::child::{self, Exec, Failure, OwnMaps, Plan};
 use crate::error::{Error, Result, Step};
 use crate::mounts::{sandbox_path, MountPlan};
 use crate::overlay::{FuseSupport, FUSE_REQUEST};
 use crate::report::{Report, Status};
-use crate::spec::{IdMapping, Network, OverlayDriver, Root, Spec, Stdio, Want};
+use crate::spec::{IdMapping, Limits, Network, OverlayDriver, Root, Spec, Stdio, Want};
 use crate::sys;
 use crate::userns::{IdMaps, MapWriter};
 
@@ -85,6 +86,10 @@ pub enum Verdict {
     Signaled,
     /// Killed because the wall-clock limit passed.
     WallTimeout,
+    /// Killed because the CPU-time limit passed.
+    CpuTimeout,
+    /// The OOM killer ended a process at the memory limit, and the command failed.
+    MemoryLimit,
     /// Output passed the capture limit (the command itself finished).
     OutputLimit,
     /// The sandbox could not be set up; the command never ran (used in results built from an
@@ -93,7 +98,7 @@ pub enum Verdict {
 }
 
 /// Resource usage of the whole sandbox (the init and every process it reaped).
-#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Usage {
     /// Wall-clock time from spawn to exit, seconds.
     pub wall_time: f64,
@@ -101,9 +106,19 @@ pub struct Usage {
     pub user_time: f64,
     /// System CPU time, seconds.
     pub system_time: f64,
-    /// Largest resident set size of any single process, bytes (getrusage `ru_maxrss`; not the
-    /// sandbox's total peak, which needs a cgroup).
+    /// user + system, seconds.
+    pub cpu_time: f64,
+    /// Largest resident set size of any single process, bytes (getrusage `ru_maxrss`).
     pub max_rss: u64,
+    /// Peak memory of the whole sandbox, bytes: `memory.peak` of its cgroup, or `max_rss`
+    /// when there is no memory controller (see `memory_peak_source`).
+    pub memory_peak: u64,
+    /// Where `memory_peak` comes from.
+    pub memory_peak_source: String,
+    /// Processes the kernel's OOM killer ended inside the sandbox (memory.events `oom_kill`).
+    pub oom_kills: u64,
+    /// Most processes at once (pids.peak), where the kernel reports it.
+    pub pids_peak: Option<u64>,
 }
 
 /// What a finished sandbox reports.
@@ -158,6 +173,10 @@ pub struct Child {
     pidfd: OwnedFd,
     /// fuse-overlayfs serving the root, when the kernel could not.
     fuse: Option<std::process::Child>,
+    /// The sandbox's own cgroup (removed once it has exited).
+    cgroup: Option<Cgroup>,
+    cpu_limit_usec: Option<u64>,
+    cpu_timed_out: bool,
     // Held open for the sandbox's life: the init kills everything when it closes.
     ctl: Option<OwnedFd>,
     status_r: OwnedFd,
@@ -227,6 +246,8 @@ struct Prepared {
     status_r: OwnedFd,
     _pipe_child_ends: [OwnedFd; 3],
     scratch: Vec<c_int>,
+    cgroup: Option<Cgroup>,
+    cpu_limit_usec: Option<u64>,
 }
 
 fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &str) -> Result<u64> {
@@ -636,6 +657,24 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
         ov.set_fd_base(keep_fds.iter().copied().max().unwrap_or(2) + 1);
     }
 
+    validate_limits(&spec.limits)?;
+    let cg = crate::cgroup::prepare(
+        spec.cgroup.parent.as_deref(),
+        spec.cgroup.want,
+        &spec.limits,
+        &mut report,
+    )?;
+    let rlimits = cg
+        .rlimits
+        .iter()
+        .map(|&(res, v)| {
+            if res == libc::RLIMIT_CPU {
+                (res, v, v + 1)
+            } else {
+                (res, v, v)
+            }
+        })
+        .collect();
     report_process(&mut report, spec, inside_ids, pid_ns);
     if let Some((_, img)) = &image {
         let mut detail = format!("{} ({} layers)", img.manifest_digest, img.layers.len());
@@ -667,6 +706,7 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
             .transpose()?,
         switch_ids,
         clear_groups,
+        rlimits,
         exec: Exec {
             candidates,
             _argv: argv,
@@ -692,7 +732,57 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
         status_r,
         _pipe_child_ends: [err_w, ctl_r, status_w],
         scratch,
+        cgroup: cg.cgroup,
+        cpu_limit_usec: spec.limits.cpu_time.map(|t| (t * 1e6) as u64),
     })
+}
+
+fn validate_limits(l: &Limits) -> Result<()> {
+    let positive = |field: &str, ok: bool, what: String| {
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!("limits.{field}"), what))
+        }
+    };
+    if let Some(m) = l.memory {
+        positive(
+            "memory",
+            m >= 4096,
+            format!("must be at least 4096 bytes, got {m}"),
+        )?;
+    }
+    if let Some(p) = l.pids {
+        positive("pids", p >= 1, "must be at least 1".into())?;
+    }
+    if let Some(c) = l.cpus {
+        positive(
+            "cpus",
+            c.is_finite() && c > 0.0 && c <= 1024.0,
+            format!("must be a positive number of CPUs, got {c}"),
+        )?;
+    }
+    if let Some(w) = l.cpu_weight {
+        positive(
+            "cpu_weight",
+            (1..=10000).contains(&w),
+            format!("must be 1..=10000, got {w}"),
+        )?;
+    }
+    if let Some(t) = l.cpu_time {
+        positive(
+            "cpu_time",
+            t.is_finite() && t > 0.0,
+            format!("must be a positive number of seconds, got {t}"),
+        )?;
+    }
+    if l.level == Want::Off {
+        return Err(Error::invalid(
+            "limits.level",
+            "must be required or best-effort",
+        ));
+    }
+    Ok(())
 }
 
 fn report_process(report: &mut Report, spec: &Spec, inside: (u32, u32), pid_ns: bool) {
@@ -759,7 +849,7 @@ fn report_process(report: &mut Report, spec: &Spec, inside: (u32, u32), pid_ns: 
         },
         caps.into(),
     );
-    for name in ["seccomp", "landlock", "cgroup-limits"] {
+    for name in ["seccomp", "landlock"] {
         report.push(
             name,
             Want::Off,
@@ -778,6 +868,11 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    if let Some(cg) = &prep.cgroup {
+        // Born in its cgroup: nothing of the sandbox ever runs outside it.
+        args.flags |= sys::CLONE_INTO_CGROUP;
+        args.cgroup = cg.dir_fd() as u64;
+    }
     // SAFETY: in the child, child::run makes only raw syscalls on memory prepared above and ends
     // in execve or _exit; it never returns into this function.
     let pid = match unsafe { sys::clone3(&mut args) } {
@@ -797,6 +892,8 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         ctl_w,
         status_r,
         _pipe_child_ends,
+        cgroup,
+        cpu_limit_usec,
         ..
     } = prep;
     drop(_child_ends);
@@ -884,6 +981,9 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         die_with_parent: plan.die_with_parent,
         pidfd,
         fuse: fuse_helper,
+        cgroup,
+        cpu_limit_usec,
+        cpu_timed_out: false,
         ctl: Some(ctl_w),
         status_r,
         started,
@@ -1063,7 +1163,11 @@ impl Child {
                 }
                 return Ok(None);
             }
-            let ms = (stop - now).as_millis().clamp(1, i32::MAX as u128) as c_int;
+            let mut ms = (stop - now).as_millis().clamp(1, i32::MAX as u128) as c_int;
+            if self.cpu_watch() {
+                // The CPU-time limit is checked from cpu.stat every 20 ms.
+                ms = ms.min(20);
+            }
             let mut fds = [libc::pollfd {
                 fd: self.pidfd.as_raw_fd(),
                 events: libc::POLLIN,
@@ -1080,6 +1184,15 @@ impl Child {
         }
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.expire()?;
+        }
+        if self.cpu_watch() {
+            let used = self.cgroup.as_ref().and_then(Cgroup::cpu_usage_usec);
+            if let (Some(used), Some(limit)) = (used, self.cpu_limit_usec) {
+                if used >= limit {
+                    self.cpu_timed_out = true;
+                    self.kill(libc::SIGKILL)?;
+                }
+            }
         }
         let mut info: libc::siginfo_t = zeroed();
         let mut usage: libc::rusage = zeroed();
@@ -1105,8 +1218,41 @@ impl Child {
             _ if code == libc::CLD_EXITED => ExitStatus::Exited(status),
             _ => ExitStatus::Signaled(status),
         };
+        // Accounting outlives the processes; read it, then remove the cgroup.
+        let acct = self
+            .cgroup
+            .as_ref()
+            .map(Cgroup::accounting)
+            .unwrap_or_default();
+        if let Some(cg) = self.cgroup.take() {
+            // A cgroup that will not go away must not cost the caller the result; the next
+            // attempt is its drop.
+            let _ = cg.remove();
+        }
+        let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        let rss = (usage.ru_maxrss.max(0) as u64) * 1024;
+        let user_time = acct
+            .user_usec
+            .map_or(secs(usage.ru_utime), |u| u as f64 / 1e6);
+        let system_time = acct
+            .system_usec
+            .map_or(secs(usage.ru_stime), |u| u as f64 / 1e6);
+        let cpu_used = user_time + system_time;
+        let oom_kills = acct.oom_kills.unwrap_or(0);
+        // RLIMIT_CPU, the backstop, ends a process with SIGXCPU, then SIGKILL.
+        let over_cpu = self
+            .cpu_limit_usec
+            .is_some_and(|l| cpu_used * 1e6 >= l as f64 * 0.98)
+            && matches!(
+                status,
+                ExitStatus::Signaled(libc::SIGXCPU) | ExitStatus::Signaled(libc::SIGKILL)
+            );
         let verdict = if self.timed_out {
             Verdict::WallTimeout
+        } else if self.cpu_timed_out || over_cpu {
+            Verdict::CpuTimeout
+        } else if oom_kills > 0 && !status.success() {
+            Verdict::MemoryLimit
         } else {
             match status {
                 ExitStatus::Exited(0) => Verdict::Ok,
@@ -1114,16 +1260,27 @@ impl Child {
                 ExitStatus::Signaled(_) => Verdict::Signaled,
             }
         };
-        let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
+        let (memory_peak, memory_peak_source) = match acct.memory_peak {
+            Some(p) => (p, "memory.peak".to_string()),
+            None => (
+                rss,
+                "ru_maxrss (largest single process; no memory controller)".to_string(),
+            ),
+        };
         let result = RunResult {
             status,
             verdict,
             timed_out: self.timed_out,
             usage: Usage {
                 wall_time: wall.as_secs_f64(),
-                user_time: secs(usage.ru_utime),
-                system_time: secs(usage.ru_stime),
-                max_rss: (usage.ru_maxrss.max(0) as u64) * 1024,
+                user_time,
+                system_time,
+                cpu_time: cpu_used,
+                max_rss: rss,
+                memory_peak,
+                memory_peak_source,
+                oom_kills,
+                pids_peak: acct.pids_peak,
             },
             stdout: None,
             stderr: None,
@@ -1135,6 +1292,29 @@ impl Child {
         self.stop_fuse();
         self.finished = Some(result.clone());
         Ok(Some(result))
+    }
+
+    /// Whether the CPU-time limit is watched through the cgroup.
+    fn cpu_watch(&self) -> bool {
+        self.cpu_limit_usec.is_some() && self.cgroup.is_some() && !self.cpu_timed_out
+    }
+
+    /// Freezes every process of the sandbox (cgroup.freeze); they stay frozen until [`thaw`](Self::thaw).
+    pub fn freeze(&mut self) -> Result<()> {
+        self.freezer()?.freeze(true)
+    }
+
+    /// Thaws a frozen sandbox.
+    pub fn thaw(&mut self) -> Result<()> {
+        self.freezer()?.freeze(false)
+    }
+
+    fn freezer(&self) -> Result<&Cgroup> {
+        self.cgroup.as_ref().ok_or_else(|| Error::Unsupported {
+            feature: "freeze".into(),
+            reason: "the sandbox has no cgroup (see the report's cgroup entry)".into(),
+            remedy: Some("run with a delegated cgroup (--cgroup-parent)".into()),
+        })
     }
 
     /// Stops fuse-overlayfs once nothing in the sandbox can use it any more.
@@ -1192,6 +1372,8 @@ impl Drop for Child {
                 sys::waitid_pidfd(self.pidfd.as_raw_fd(), libc::WEXITED, &mut info, &mut usage)
             });
             self.stop_fuse();
+        } else if let Some(cg) = self.cgroup.take() {
+            cg.release();
         }
     }
 }

@@ -42,6 +42,65 @@ pub struct Spec {
     pub die_with_parent: bool,
     /// Captured output past this many bytes per stream is discarded and flagged (`run` only).
     pub output_limit: Option<u64>,
+    /// Resource limits (cgroup v2; rlimits as reported fallbacks).
+    pub limits: Limits,
+    /// The sandbox's own cgroup: accounting, `cgroup.kill` teardown, freeze/thaw, and limits.
+    pub cgroup: CgroupSpec,
+}
+
+/// Resource limits of the whole sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Limits {
+    /// memory.max in bytes.
+    pub memory: Option<u64>,
+    /// memory.swap.max in bytes (default 0 when `memory` is set: no swapping past the limit).
+    pub memory_swap: Option<u64>,
+    /// pids.max: processes and threads at once.
+    pub pids: Option<u64>,
+    /// CPU bandwidth in CPUs (0.3 = 30% of one CPU), via cpu.max.
+    pub cpus: Option<f64>,
+    /// cpu.weight, 1..=10000 (default 100).
+    pub cpu_weight: Option<u64>,
+    /// Total CPU seconds (user + system) of the whole sandbox; then it is killed (cpu-timeout).
+    pub cpu_time: Option<f64>,
+    /// `required`: fail the spawn when a limit cannot be enforced by a cgroup; `best-effort`:
+    /// run anyway, report each such limit as skipped and apply the rlimit fallbacks.
+    pub level: Want,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory: None,
+            memory_swap: None,
+            pids: None,
+            cpus: None,
+            cpu_weight: None,
+            cpu_time: None,
+            level: Want::Required,
+        }
+    }
+}
+
+/// Where the sandbox's cgroup is created.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CgroupSpec {
+    /// A cgroup2 directory the caller may manage (absolute, or relative to the cgroup2 mount).
+    /// Default: `RSANDBOX_CGROUP_PARENT`, else the caller's own cgroup.
+    pub parent: Option<PathBuf>,
+    /// Whether a cgroup is used when no limit asks for one (accounting and teardown).
+    pub want: Want,
+}
+
+impl Default for CgroupSpec {
+    fn default() -> Self {
+        CgroupSpec {
+            parent: None,
+            want: Want::BestEffort,
+        }
+    }
 }
 
 impl Default for Spec {
@@ -56,6 +115,8 @@ impl Default for Spec {
             timeout: None,
             die_with_parent: true,
             output_limit: None,
+            limits: Limits::default(),
+            cgroup: CgroupSpec::default(),
         }
     }
 }

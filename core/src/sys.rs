@@ -49,7 +49,7 @@ struct OpenHow {
     resolve: u64,
 }
 
-/// `struct clone_args` (version 0 layout, 64 bytes: no set_tid, no cgroup).
+/// `struct clone_args` (version 2 layout, 88 bytes, with the cgroup field).
 #[repr(C)]
 #[derive(Default)]
 pub struct CloneArgs {
@@ -61,6 +61,30 @@ pub struct CloneArgs {
     pub stack: u64,
     pub stack_size: u64,
     pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
+pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// Sets one resource limit of the calling process (raw prlimit64, no libc state).
+pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> SysResult<()> {
+    let lim = libc::rlimit64 {
+        rlim_cur: soft,
+        rlim_max: hard,
+    };
+    // SAFETY: lim is a valid rlimit64; old-limit pointer is null; pid 0 is the caller.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            resource,
+            &lim as *const libc::rlimit64,
+            std::ptr::null_mut::<libc::rlimit64>(),
+        )
+    })
+    .map(drop)
 }
 
 #[inline]

@@ -101,6 +101,7 @@ fn without_die_with_parent_the_sandbox_outlives_its_handle() {
     spec.timeout = None;
     let child = rsandbox::spawn(&spec).unwrap();
     let init = child.pid();
+    let cgroup = child.report().cgroup.clone();
     drop(child);
     std::thread::sleep(Duration::from_millis(200));
     let alive = pids_with(&m);
@@ -112,6 +113,11 @@ fn without_die_with_parent_the_sandbox_outlives_its_handle() {
     }
     assert!(!alive.is_empty(), "the sandbox died with its handle");
     assert!(gone_within(&m, Duration::from_secs(5)));
+    if let Some(cg) = cgroup {
+        // Its cgroup stayed for it, too: ours to remove now.
+        assert!(cg.exists());
+        std::fs::remove_dir(&cg).unwrap();
+    }
 }
 
 #[test]

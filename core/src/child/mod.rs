@@ -93,6 +93,8 @@ pub(crate) struct Plan {
     pub switch_ids: Option<(u32, u32)>,
     /// Clear supplementary groups (allowed only when setgroups is not denied).
     pub clear_groups: bool,
+    /// Resource limits set on the command: (resource, soft, hard).
+    pub rlimits: Vec<(u32, u64, u64)>,
     pub exec: Exec,
     /// Sources of the command's fds 0, 1, 2, as numbered in the caller.
     pub stdio: [c_int; 3],
@@ -247,6 +249,11 @@ fn exec_command(plan: &Plan) -> ! {
         }
         if let Err(e) = sys::setresuid(uid) {
             die(Step::SetUid, e);
+        }
+    }
+    for &(resource, soft, hard) in &plan.rlimits {
+        if let Err(e) = sys::set_rlimit(resource, soft, hard) {
+            die(Step::Rlimits, e);
         }
     }
     if let Err(e) = sys::reset_signal_dispositions() {
