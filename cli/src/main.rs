@@ -60,6 +60,13 @@ enum NetArg {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum OnOffArg {
+    On,
+    Required,
+    Off,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LevelArg {
     Required,
     BestEffort,
@@ -183,6 +190,30 @@ struct RunArgs {
     /// required: fail when a limit cannot be enforced; best-effort: run, report, use rlimits.
     #[arg(long, value_enum, value_name = "LEVEL")]
     limits: Option<LevelArg>,
+    /// seccomp filter: default (the built-in profile), none, or a Docker/OCI JSON profile FILE.
+    #[arg(long, value_name = "default|none|FILE")]
+    seccomp: Option<String>,
+    /// Landlock: on (best-effort; the default), required, or off.
+    #[arg(long, value_enum, value_name = "MODE")]
+    landlock: Option<OnOffArg>,
+    /// Also allow writes beneath PATH (inside the sandbox) under Landlock.
+    #[arg(long, value_name = "PATH")]
+    landlock_rw: Vec<String>,
+    /// Also allow reads beneath PATH (inside the sandbox) under Landlock.
+    #[arg(long, value_name = "PATH")]
+    landlock_ro: Vec<String>,
+    /// Keep this capability inside the user namespace (repeatable); all others are dropped.
+    #[arg(long, value_name = "CAP")]
+    cap_keep: Vec<String>,
+    /// Set a resource limit: NAME=VALUE (nofile, nproc, core, fsize, as, stack, memlock, cpu).
+    #[arg(long, value_name = "NAME=VALUE")]
+    rlimit: Vec<String>,
+    /// Let the command create user namespaces of its own.
+    #[arg(long)]
+    allow_nested_userns: bool,
+    /// Do not mask /proc's sensitive paths nor make /proc/sys read-only.
+    #[arg(long)]
+    no_mask_proc: bool,
     /// Write the result (status, verdict, usage, report) as JSON to FILE.
     #[arg(long, value_name = "FILE")]
     json_result: Option<PathBuf>,
@@ -420,6 +451,35 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
     }
     if a.cgroup_parent.is_some() {
         spec.cgroup.parent = a.cgroup_parent.clone();
+    }
+    let sec = &mut spec.security;
+    match a.seccomp.as_deref() {
+        None => {}
+        Some("default") => sec.seccomp = rsandbox::Seccomp::Default,
+        Some("none") => sec.seccomp = rsandbox::Seccomp::None,
+        Some(path) => sec.seccomp = rsandbox::Seccomp::Profile { path: path.into() },
+    }
+    match a.landlock {
+        Some(OnOffArg::On) => sec.landlock.want = Want::BestEffort,
+        Some(OnOffArg::Required) => sec.landlock.want = Want::Required,
+        Some(OnOffArg::Off) => sec.landlock.want = Want::Off,
+        None => {}
+    }
+    sec.landlock.write.extend(a.landlock_rw.iter().cloned());
+    sec.landlock.read.extend(a.landlock_ro.iter().cloned());
+    sec.capabilities.extend(a.cap_keep.iter().cloned());
+    for kv in &a.rlimit {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| invalid("--rlimit", format!("expected NAME=VALUE, got {kv:?}")))?;
+        let v = parse_size(v).map_err(|e| invalid("--rlimit", e))?;
+        sec.rlimits.insert(k.to_string(), v);
+    }
+    if a.allow_nested_userns {
+        sec.allow_nested_userns = true;
+    }
+    if a.no_mask_proc {
+        sec.mask_proc = false;
     }
     Ok(spec)
 }

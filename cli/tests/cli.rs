@@ -697,8 +697,27 @@ fn refused_user_namespaces_are_explained_with_the_remedy() {
     // namespace, which makes the inner rsandbox meet a host that refuses user namespaces.
     let binary = bin();
     let bind = format!("{}:/run/rsbx", binary.display());
+    // The outer sandbox must allow what the inner one needs: nesting, a writable /proc/sys,
+    // CAP_SYS_RESOURCE (which guards that sysctl inside a user namespace) and CAP_SETFCAP (the
+    // kernel requires it to map the outer root into a new user namespace); and, since a nested
+    // sandbox mounts, neither seccomp's default profile nor Landlock (both refuse mount(2)).
+    let outer = [
+        "--root",
+        "--ro-bind",
+        &bind,
+        "--allow-nested-userns",
+        "--no-mask-proc",
+        "--cap-keep",
+        "CAP_SYS_RESOURCE",
+        "--cap-keep",
+        "CAP_SETFCAP",
+        "--seccomp",
+        "none",
+        "--landlock",
+        "off",
+    ];
     let r = run_sh(
-        &["--root", "--ro-bind", &bind],
+        &outer,
         "echo 0 > /proc/sys/user/max_user_namespaces && /run/rsbx run -- true",
     );
     assert_eq!(r.code, 125, "stderr: {}", r.stderr);
@@ -716,7 +735,7 @@ fn refused_user_namespaces_are_explained_with_the_remedy() {
 
     // Negative control: with namespaces allowed, the same nested run works.
     let r = run_sh(
-        &["--root", "--ro-bind", &bind],
+        &outer,
         "echo 5 > /proc/sys/user/max_user_namespaces && /run/rsbx run -- echo nested-ok",
     );
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);

@@ -80,11 +80,17 @@ pub enum Step {
     InitSignals,
     /// Setting resource limits (rlimits).
     Rlimits,
+    /// Dropping capabilities.
+    Capabilities,
+    /// Applying the Landlock ruleset.
+    Landlock,
+    /// Loading the seccomp filter.
+    Seccomp,
 }
 
 impl Step {
     /// All steps, for decoding the number that crosses the pipe.
-    const ALL: [Step; 32] = [
+    const ALL: [Step; 35] = [
         Step::Clone,
         Step::CloseFds,
         Step::DenySetgroups,
@@ -117,6 +123,9 @@ impl Step {
         Step::DieWithParent,
         Step::InitSignals,
         Step::Rlimits,
+        Step::Capabilities,
+        Step::Landlock,
+        Step::Seccomp,
     ];
 
     pub(crate) fn from_u32(n: u32) -> Option<Step> {
@@ -158,6 +167,9 @@ impl Step {
             Step::DieWithParent => "die-with-parent",
             Step::InitSignals => "init-signals",
             Step::Rlimits => "rlimits",
+            Step::Capabilities => "capabilities",
+            Step::Landlock => "landlock",
+            Step::Seccomp => "seccomp",
         }
     }
 }

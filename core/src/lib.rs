@@ -28,10 +28,12 @@ mod child;
 pub mod doctor;
 pub mod error;
 pub mod image;
+mod landlock;
 mod mounts;
 mod overlay;
 pub mod report;
 mod sandbox;
+mod seccomp;
 pub mod spec;
 mod sys;
 mod userns;
@@ -46,6 +48,6 @@ pub use sandbox::{
     run, run_with_input, spawn, Child, ExitStatus, RunResult, Usage, Verdict, DEFAULT_PATH,
 };
 pub use spec::{
-    CgroupSpec, Filesystem, IdMapping, ImageSource, Limits, Mount, Namespaces, Network, Overlay,
-    OverlayDriver, Process, Root, Spec, Stdio, Upper, User, Want,
+    CgroupSpec, Filesystem, IdMapping, ImageSource, Landlock, Limits, Mount, Namespaces, Network,
+    Overlay, OverlayDriver, Process, Root, Seccomp, Security, Spec, Stdio, Upper, User, Want,
 };

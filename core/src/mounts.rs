@@ -104,7 +104,40 @@ enum Op {
         attrs: u64,
         dest: CString,
     },
+    /// Hide or freeze an existing path (skipped where the path does not exist).
+    Mask { how: Mask, dest: CString },
 }
+
+/// How a path is masked.
+enum Mask {
+    /// A file: cover it with a copy of the source (the host's /dev/null).
+    File(usize),
+    /// A directory: cover it with an empty read-only tmpfs.
+    Dir,
+    /// Remount it (and everything below) read-only.
+    ReadOnly,
+}
+
+/// The OCI runtime's default masked paths of /proc.
+const MASKED: [&str; 9] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+];
+/// …and its default read-only paths.
+const READ_ONLY: [&str; 5] = [
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
 
 /// Everything needed to build the sandbox's root, prepared before clone.
 pub(crate) struct MountPlan {
@@ -131,6 +164,7 @@ impl MountPlan {
         ids: (u32, u32),
         pid_ns: bool,
         fuse: &FuseSupport,
+        mask_proc: bool,
     ) -> Result<MountPlan> {
         let mut plan = MountPlan {
             sources: Vec::new(),
@@ -216,6 +250,9 @@ impl MountPlan {
                 plan.bind_default(root, Path::new("/proc"), "/proc", sys::MOUNT_ATTR_RDONLY)?;
             }
         }
+        if fs.proc && pid_ns && mask_proc {
+            plan.mask_proc()?;
+        }
         if fs.dev {
             plan.dev(root)?;
         }
@@ -269,6 +306,38 @@ impl MountPlan {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The OCI default masked and read-only paths of /proc (those this kernel has).
+    fn mask_proc(&mut self) -> Result<()> {
+        let null = self.add_source(Path::new("/dev/null"), false, 0, "mask source")?;
+        let mut masked = Vec::new();
+        for path in MASKED.iter().chain(&READ_ONLY) {
+            let Ok(meta) = std::fs::symlink_metadata(path) else {
+                continue;
+            };
+            let how = if READ_ONLY.contains(path) {
+                Mask::ReadOnly
+            } else if meta.is_dir() {
+                Mask::Dir
+            } else {
+                Mask::File(null)
+            };
+            let kind = match how {
+                Mask::ReadOnly => "read-only",
+                _ => "masked",
+            };
+            self.ops.push(Op::Mask {
+                how,
+                dest: cstring("mask", rel(path).as_bytes())?,
+            });
+            self.descriptions.push(format!("mask(\"{path}\")"));
+            masked.push(format!("{path} {kind}"));
+        }
+        let mut e = entry("/proc/*", "", "mask", &[]);
+        e.detail = masked.join(", ");
+        self.entries.push(e);
         Ok(())
     }
 
@@ -774,7 +843,54 @@ fn run_op(root: c_int, op: &Op, fds: &[c_int]) -> Result<(), (Step, Errno)> {
             sys::close(fd);
             res
         }
+        Op::Mask { how, dest } => mask(root, how, dest, fds),
     }
+}
+
+fn mask(root: c_int, how: &Mask, dest: &CStr, fds: &[c_int]) -> Result<(), (Step, Errno)> {
+    let target = match sys::open_in_root(root, dest, libc::O_PATH) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err((Step::Mount, e)),
+    };
+    let empty = libc::AT_EMPTY_PATH as u32;
+    let res = (|| {
+        let cover = match how {
+            Mask::File(src) => sys::open_tree(
+                fds[*src],
+                c"",
+                sys::OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | empty,
+            )
+            .map_err(|e| (Step::OpenSource, e))?,
+            Mask::Dir => new_fs(
+                c"tmpfs",
+                &[(c"mode".into(), Some(c"0555".into()))],
+                sys::MOUNT_ATTR_RDONLY | NOSUID_NODEV,
+            )
+            .map_err(|e| (Step::CreateFilesystem, e))?,
+            Mask::ReadOnly => {
+                let flags =
+                    sys::OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | empty | sys::AT_RECURSIVE;
+                let fd = sys::open_tree(target, c"", flags).map_err(|e| (Step::OpenSource, e))?;
+                sys::mount_setattr(
+                    fd,
+                    c"",
+                    empty | sys::AT_RECURSIVE,
+                    sys::MOUNT_ATTR_RDONLY,
+                    0,
+                    0,
+                )
+                .map_err(|e| (Step::SetMountAttributes, e))?;
+                fd
+            }
+        };
+        let flags = sys::MOVE_MOUNT_F_EMPTY_PATH | sys::MOVE_MOUNT_T_EMPTY_PATH;
+        let res = sys::move_mount(cover, c"", target, c"", flags).map_err(|e| (Step::Mount, e));
+        sys::close(cover);
+        res
+    })();
+    sys::close(target);
+    res
 }
 
 fn open_dir(root: c_int, path: &CStr) -> Result<c_int, (Step, Errno)> {
@@ -957,6 +1073,7 @@ mod tests {
             (1000, 1000),
             true,
             &FuseSupport::none(),
+            true,
         )
         .unwrap();
         let usr = plan
@@ -983,7 +1100,7 @@ mod tests {
             destination: "/x".into(),
             readonly: true,
         });
-        let err = MountPlan::new(&fs, (0, 0), true, &FuseSupport::none())
+        let err = MountPlan::new(&fs, (0, 0), true, &FuseSupport::none(), true)
             .err()
             .unwrap();
         assert_eq!(err.kind(), crate::ErrorKind::PathNotFound);

@@ -525,7 +525,13 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
             Root::Overlay(ov) if ov.driver != OverlayDriver::Kernel => FuseSupport::probe(),
             _ => FuseSupport::none(),
         };
-        let plan = MountPlan::new(&spec.filesystem, inside_ids, pid_ns, &fuse)?;
+        let plan = MountPlan::new(
+            &spec.filesystem,
+            inside_ids,
+            pid_ns,
+            &fuse,
+            spec.security.mask_proc,
+        )?;
         if let Some(ov) = plan.overlay() {
             if ov.fuse_binary.is_some() && !pid_ns {
                 return Err(Error::invalid(
@@ -675,7 +681,13 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
             }
         })
         .collect();
-    report_process(&mut report, spec, inside_ids, pid_ns);
+    report_process(&mut report, spec, pid_ns);
+    let security = plan_security(spec, &mut report)?;
+    let mut rlimits: Vec<(u32, u64, u64)> = rlimits;
+    for (res, v) in &security.rlimits {
+        rlimits.retain(|(r, _, _)| r != res);
+        rlimits.push((*res, *v, *v));
+    }
     if let Some((_, img)) = &image {
         let mut detail = format!("{} ({} layers)", img.manifest_digest, img.layers.len());
         if !img.skipped.is_empty() {
@@ -707,6 +719,9 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
         switch_ids,
         clear_groups,
         rlimits,
+        caps: Some((security.keep_caps, security.last_cap)),
+        landlock: security.landlock,
+        seccomp: security.seccomp,
         exec: Exec {
             candidates,
             _argv: argv,
@@ -734,6 +749,128 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
         scratch,
         cgroup: cg.cgroup,
         cpu_limit_usec: spec.limits.cpu_time.map(|t| (t * 1e6) as u64),
+    })
+}
+
+/// What the hardening layer puts on the command, planned before clone.
+struct SecurityPlan {
+    keep_caps: u64,
+    last_cap: u32,
+    rlimits: Vec<(u32, u64)>,
+    landlock: Option<crate::landlock::Plan>,
+    seccomp: Option<Vec<libc::sock_filter>>,
+}
+
+fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
+    let sec = &spec.security;
+    // Capabilities.
+    let mut keep_caps = 0u64;
+    let mut kept = Vec::new();
+    for name in &sec.capabilities {
+        let upper = name.to_ascii_uppercase();
+        let full = if upper.starts_with("CAP_") {
+            upper
+        } else {
+            format!("CAP_{upper}")
+        };
+        let cap: caps::Capability = full.parse().map_err(|_| {
+            Error::invalid(
+                "security.capabilities",
+                format!("unknown capability {name:?}"),
+            )
+        })?;
+        keep_caps |= 1 << cap.index();
+        kept.push(full);
+    }
+    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    let detail = if kept.is_empty() {
+        "all sets empty (effective, permitted, inheritable, ambient, bounding)".to_string()
+    } else {
+        format!("kept inside the user namespace only: {}; every other capability dropped, bounding set included", kept.join(", "))
+    };
+    report.push("capabilities", Want::Required, Status::Enforced, detail);
+
+    // rlimits: core 0 unless set.
+    let mut rlimits = Vec::new();
+    let mut shown = Vec::new();
+    let mut named = sec.rlimits.clone();
+    named.entry("core".into()).or_insert(0);
+    for (name, value) in &named {
+        let res = match name.as_str() {
+            "nofile" => libc::RLIMIT_NOFILE,
+            "nproc" => libc::RLIMIT_NPROC,
+            "core" => libc::RLIMIT_CORE,
+            "fsize" => libc::RLIMIT_FSIZE,
+            "as" => libc::RLIMIT_AS,
+            "stack" => libc::RLIMIT_STACK,
+            "memlock" => libc::RLIMIT_MEMLOCK,
+            "cpu" => libc::RLIMIT_CPU,
+            other => {
+                return Err(Error::invalid(
+                    "security.rlimits",
+                    format!("unknown rlimit {other:?} (nofile, nproc, core, fsize, as, stack, memlock, cpu)"),
+                ))
+            }
+        };
+        rlimits.push((res, *value));
+        shown.push(format!("{name}={value}"));
+    }
+    report.push(
+        "rlimits",
+        Want::Required,
+        Status::Enforced,
+        shown.join(", "),
+    );
+
+    // Landlock: write where the mounts are writable.
+    let mut writable: Vec<String> = report
+        .mounts
+        .iter()
+        .filter(|m| m.status == Status::Enforced && !m.options.iter().any(|o| o == "ro"))
+        .filter(|m| matches!(m.kind.as_str(), "tmpfs" | "bind" | "overlay" | "rootfs"))
+        .filter(|m| !m.destination.starts_with("/dev/") || m.destination == "/dev/shm")
+        .filter(|m| m.destination != "/dev" && !m.destination.starts_with("/proc"))
+        .map(|m| m.destination.clone())
+        .collect();
+    writable.dedup();
+    let landlock = crate::landlock::plan(&sec.landlock, spec.network, &writable, report)?;
+
+    // seccomp.
+    let seccomp = match &sec.seccomp {
+        crate::spec::Seccomp::None => {
+            report.push("seccomp", Want::Off, Status::Off, "not requested".into());
+            None
+        }
+        crate::spec::Seccomp::Default => {
+            let f = crate::seccomp::default_filter(sec.allow_nested_userns)?;
+            report.push(
+                "seccomp",
+                Want::Required,
+                Status::Enforced,
+                f.summary.clone(),
+            );
+            Some(f.program)
+        }
+        crate::spec::Seccomp::Profile { path } => {
+            let f = crate::seccomp::profile_filter(path)?;
+            report.push(
+                "seccomp",
+                Want::Required,
+                Status::Enforced,
+                f.summary.clone(),
+            );
+            Some(f.program)
+        }
+    };
+    Ok(SecurityPlan {
+        keep_caps,
+        last_cap,
+        rlimits,
+        landlock,
+        seccomp,
     })
 }
 
@@ -785,8 +922,7 @@ fn validate_limits(l: &Limits) -> Result<()> {
     Ok(())
 }
 
-fn report_process(report: &mut Report, spec: &Spec, inside: (u32, u32), pid_ns: bool) {
-    let want = |on: bool| if on { Want::Required } else { Want::Off };
+fn report_process(report: &mut Report, spec: &Spec, pid_ns: bool) {
     if spec.die_with_parent {
         let how = if pid_ns {
             "the init kills the PID namespace when the caller's handle or process goes away"
@@ -834,29 +970,6 @@ fn report_process(report: &mut Report, spec: &Spec, inside: (u32, u32), pid_ns: 
         Status::Enforced,
         "only fds 0, 1 and 2 reach the command".into(),
     );
-    let caps = if inside.0 == 0 {
-        "NOT restricted: uid 0 keeps every capability of the user namespace (not of the host)"
-    } else {
-        "empty: a non-zero uid loses every capability at exec"
-    };
-    report.push(
-        "capabilities",
-        want(inside.0 != 0),
-        if inside.0 != 0 {
-            Status::Enforced
-        } else {
-            Status::Off
-        },
-        caps.into(),
-    );
-    for name in ["seccomp", "landlock"] {
-        report.push(
-            name,
-            Want::Off,
-            Status::Off,
-            "not configured: not provided by this version".into(),
-        );
-    }
 }
 
 fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {

@@ -46,6 +46,90 @@ pub struct Spec {
     pub limits: Limits,
     /// The sandbox's own cgroup: accounting, `cgroup.kill` teardown, freeze/thaw, and limits.
     pub cgroup: CgroupSpec,
+    /// seccomp, Landlock, capabilities, rlimits and masked /proc paths.
+    pub security: Security,
+}
+
+/// The protections on top of the namespaces. All on by default.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Security {
+    /// The seccomp filter.
+    pub seccomp: Seccomp,
+    /// Landlock rules.
+    pub landlock: Landlock,
+    /// Capabilities kept inside the user namespace (e.g. `CAP_NET_BIND_SERVICE`); every set is
+    /// emptied of all others, the bounding set included.
+    pub capabilities: Vec<String>,
+    /// Let the command create user namespaces of its own (the default profile refuses them).
+    pub allow_nested_userns: bool,
+    /// Resource limits by name: `nofile`, `nproc`, `core`, `fsize`, `as`, `stack`, `memlock`,
+    /// `cpu`. `core` is 0 unless set.
+    pub rlimits: BTreeMap<String, u64>,
+    /// Mask the OCI default paths of /proc (kcore, keys, timer_list, sched_debug, acpi, scsi, …)
+    /// and make /proc/sys, /proc/sysrq-trigger, /proc/irq, /proc/bus, /proc/fs read-only.
+    pub mask_proc: bool,
+}
+
+impl Default for Security {
+    fn default() -> Self {
+        Security {
+            seccomp: Seccomp::Default,
+            landlock: Landlock::default(),
+            capabilities: Vec::new(),
+            allow_nested_userns: false,
+            rlimits: BTreeMap::new(),
+            mask_proc: true,
+        }
+    }
+}
+
+/// Which seccomp filter the command runs under.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Seccomp {
+    /// The built-in profile (what container engines deny, with EPERM).
+    #[default]
+    Default,
+    /// No filter.
+    None,
+    /// A Docker/OCI seccomp profile (JSON) from this host path.
+    Profile {
+        /// Host path of the JSON profile.
+        path: PathBuf,
+    },
+}
+
+/// Landlock rules. Filesystem rules follow the mounts (read and execute everywhere, write where
+/// mounted writable); these fields add to them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Landlock {
+    /// Off, required, or best-effort (the default: skipped and reported where the kernel lacks it).
+    pub want: Want,
+    /// Fail unless the kernel offers at least this ABI.
+    pub min_abi: Option<u32>,
+    /// Extra sandbox paths readable and executable (beyond `/`, which already is).
+    pub read: Vec<String>,
+    /// Extra sandbox paths writable.
+    pub write: Vec<String>,
+    /// TCP ports the command may bind (with any port rule, all others are refused; ABI ≥ 4).
+    pub tcp_bind: Vec<u16>,
+    /// TCP ports the command may connect to (ABI ≥ 4).
+    pub tcp_connect: Vec<u16>,
+}
+
+impl Default for Landlock {
+    fn default() -> Self {
+        Landlock {
+            want: Want::BestEffort,
+            min_abi: None,
+            read: Vec::new(),
+            write: Vec::new(),
+            tcp_bind: Vec::new(),
+            tcp_connect: Vec::new(),
+        }
+    }
 }
 
 /// Resource limits of the whole sandbox.
@@ -117,6 +201,7 @@ impl Default for Spec {
             output_limit: None,
             limits: Limits::default(),
             cgroup: CgroupSpec::default(),
+            security: Security::default(),
         }
     }
 }

@@ -68,6 +68,62 @@ pub struct CloneArgs {
 
 pub const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// Sets the effective, permitted and inheritable sets to `keep` and makes the ambient set exactly
+/// `keep` (so kept capabilities survive execve for a non-zero uid).
+pub fn set_capabilities(keep: u64) -> SysResult<()> {
+    #[repr(C)]
+    struct Header {
+        version: u32,
+        pid: c_int,
+    }
+    #[repr(C)]
+    struct Data {
+        effective: u32,
+        permitted: u32,
+        inheritable: u32,
+    }
+    let header = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
+    let (lo, hi) = (keep as u32, (keep >> 32) as u32);
+    let data = [
+        Data {
+            effective: lo,
+            permitted: lo,
+            inheritable: lo,
+        },
+        Data {
+            effective: hi,
+            permitted: hi,
+            inheritable: hi,
+        },
+    ];
+    // SAFETY: header and data are valid v3 capability structs.
+    check(unsafe { libc::syscall(libc::SYS_capset, &header as *const Header, data.as_ptr()) })?;
+    prctl_ambient(libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0)?;
+    for cap in 0..64 {
+        if keep & (1 << cap) != 0 {
+            prctl_ambient(libc::PR_CAP_AMBIENT_RAISE as libc::c_ulong, cap)?;
+        }
+    }
+    Ok(())
+}
+
+fn prctl_ambient(op: libc::c_ulong, cap: libc::c_ulong) -> SysResult<()> {
+    // SAFETY: PR_CAP_AMBIENT takes integer arguments only.
+    check_int(unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            op,
+            cap,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        )
+    })
+    .map(drop)
+}
+
 /// Sets one resource limit of the calling process (raw prlimit64, no libc state).
 pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> SysResult<()> {
     let lim = libc::rlimit64 {

@@ -60,6 +60,8 @@ fn subordinate_range_maps_65536_ids() {
     }
     let mut spec = sh("id -u; cat /proc/self/uid_map | wc -l; touch /tmp/f && chown 1000:1000 /tmp/f && stat -c %u /tmp/f");
     spec.user.mapping = IdMapping::SubordinateRange;
+    // chown needs CAP_CHOWN, which the default drops.
+    spec.security.capabilities = vec!["CAP_CHOWN".into()];
     let r = run(&spec);
     assert_eq!(out(&r), "0\n2\n1000\n", "stderr: {}", err(&r));
     let total: u32 = r.report.uid_map.iter().map(|m| m.count).sum();

@@ -95,6 +95,12 @@ pub(crate) struct Plan {
     pub clear_groups: bool,
     /// Resource limits set on the command: (resource, soft, hard).
     pub rlimits: Vec<(u32, u64, u64)>,
+    /// Capabilities kept (bit mask) and the highest capability number of this kernel.
+    pub caps: Option<(u64, u32)>,
+    /// Landlock ruleset to apply.
+    pub landlock: Option<crate::landlock::Plan>,
+    /// seccomp program loaded last before execve.
+    pub seccomp: Option<Vec<libc::sock_filter>>,
     pub exec: Exec,
     /// Sources of the command's fds 0, 1, 2, as numbered in the caller.
     pub stdio: [c_int; 3],
@@ -238,6 +244,24 @@ fn exec_command(plan: &Plan) -> ! {
             die(Step::Chdir, e);
         }
     }
+    // The bounding set is dropped while the process still has CAP_SETPCAP, before any id change.
+    if let Some((keep, last)) = plan.caps {
+        for cap in 0..=last {
+            if keep & (1 << cap) == 0 {
+                match sys::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong) {
+                    Ok(_) | Err(Errno::EINVAL) => {}
+                    Err(e) => {
+                        die(Step::Capabilities, e);
+                    }
+                }
+            }
+        }
+        if keep != 0 && plan.switch_ids.is_some() {
+            if let Err(e) = sys::prctl(libc::PR_SET_KEEPCAPS, 1) {
+                die(Step::Capabilities, e);
+            }
+        }
+    }
     if let Some((uid, gid)) = plan.switch_ids {
         if plan.clear_groups {
             if let Err(e) = sys::setgroups_empty() {
@@ -251,6 +275,11 @@ fn exec_command(plan: &Plan) -> ! {
             die(Step::SetUid, e);
         }
     }
+    if let Some((keep, _)) = plan.caps {
+        if let Err(e) = sys::set_capabilities(keep) {
+            die(Step::Capabilities, e);
+        }
+    }
     for &(resource, soft, hard) in &plan.rlimits {
         if let Err(e) = sys::set_rlimit(resource, soft, hard) {
             die(Step::Rlimits, e);
@@ -262,6 +291,12 @@ fn exec_command(plan: &Plan) -> ! {
     if let Err(e) = sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) {
         die(Step::NoNewPrivs, e);
     }
+    // Landlock needs no_new_privs (set above) and the final tree (built by the init).
+    if let Some(ll) = &plan.landlock {
+        if let Err(e) = crate::landlock::apply(ll) {
+            die(Step::Landlock, e);
+        }
+    }
     // Everything above 2 closes at exec, including the error pipe, whose closing tells the caller
     // that exec succeeded.
     if let Err(e) = sys::close_range(3, u32::MAX, sys::CLOSE_RANGE_CLOEXEC) {
@@ -269,6 +304,12 @@ fn exec_command(plan: &Plan) -> ! {
     }
     if let Err(e) = sys::sigmask_set(&sys::sigset_empty(), None) {
         die(Step::ResetSignals, e);
+    }
+    // The filter goes on last: everything above may use syscalls the profile refuses.
+    if let Some(program) = &plan.seccomp {
+        if let Err(e) = crate::seccomp::load(program) {
+            die(Step::Seccomp, e);
+        }
     }
 
     // PATH search, execvp-style: keep going past missing entries, remember refusals.

@@ -1,0 +1,339 @@
+//! Landlock: filesystem rights derived from the mounts (read and execute everywhere, write only
+//! where the mount is writable), caller-given extra rules, TCP port rules (ABI ≥ 4) and scoping
+//! of abstract unix sockets and signals (ABI ≥ 6) when the network is shared with the host.
+//!
+//! Planned in the caller (ABI probe, access masks, C strings); applied inside the sandbox after
+//! pivot_root with raw syscalls, because the rules name paths of the sandbox's own tree.
+
+use std::ffi::CString;
+
+use crate::error::{Error, Result};
+use crate::report::{Report, Status};
+use crate::spec::{Landlock, Network, Want};
+
+const EXECUTE: u64 = 1 << 0;
+const WRITE_FILE: u64 = 1 << 1;
+const READ_FILE: u64 = 1 << 2;
+const READ_DIR: u64 = 1 << 3;
+const TRUNCATE: u64 = 1 << 14;
+const IOCTL_DEV: u64 = 1 << 15;
+const NET_BIND_TCP: u64 = 1;
+const NET_CONNECT_TCP: u64 = 2;
+const SCOPE_ABSTRACT_UNIX: u64 = 1;
+const SCOPE_SIGNAL: u64 = 2;
+
+/// Every filesystem right the given ABI knows.
+fn all_fs(abi: u32) -> u64 {
+    let mut all = (1 << 13) - 1; // ABI 1: EXECUTE .. MAKE_SYM
+    if abi >= 2 {
+        all |= 1 << 13; // REFER
+    }
+    if abi >= 3 {
+        all |= TRUNCATE;
+    }
+    if abi >= 5 {
+        all |= IOCTL_DEV;
+    }
+    all
+}
+
+/// The kernel's Landlock ABI version (0 when unavailable), probed once.
+pub(crate) fn abi() -> u32 {
+    static ABI: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *ABI.get_or_init(|| {
+        // SAFETY: LANDLOCK_CREATE_RULESET_VERSION with a null attribute only queries.
+        let v = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                std::ptr::null::<u8>(),
+                0usize,
+                1u32,
+            )
+        };
+        if v < 0 {
+            0
+        } else {
+            v as u32
+        }
+    })
+}
+
+/// One path rule: a path inside the sandbox and the rights beneath it.
+pub(crate) struct Rule {
+    pub path: CString,
+    pub access: u64,
+}
+
+/// A ruleset to apply in the sandbox.
+pub(crate) struct Plan {
+    pub abi: u32,
+    pub handled_fs: u64,
+    pub handled_net: u64,
+    pub scoped: u64,
+    pub rules: Vec<Rule>,
+    pub ports: Vec<(u64, u64)>,
+}
+
+/// Plans the ruleset. `writable` lists sandbox paths mounted writable (the root itself when it is).
+pub(crate) fn plan(
+    spec: &Landlock,
+    network: Network,
+    writable: &[String],
+    report: &mut Report,
+) -> Result<Option<Plan>> {
+    if spec.want == Want::Off {
+        report.push("landlock", Want::Off, Status::Off, "not requested".into());
+        return Ok(None);
+    }
+    let abi = abi();
+    let min = spec.min_abi.unwrap_or(1);
+    if abi < min {
+        let reason = if abi == 0 {
+            "Landlock is not enabled in this kernel".to_string()
+        } else {
+            format!("the kernel offers Landlock ABI {abi}, {min} is required")
+        };
+        if spec.want == Want::Required {
+            return Err(Error::Unsupported {
+                feature: "Landlock".into(),
+                reason,
+                remedy: Some("boot a kernel with CONFIG_SECURITY_LANDLOCK and `lsm=landlock,...`, or lower min_abi".into()),
+            });
+        }
+        report.push("landlock", spec.want, Status::Skipped, reason);
+        return Ok(None);
+    }
+    let all = all_fs(abi);
+    let read = EXECUTE | READ_FILE | READ_DIR;
+    let mut rules = vec![Rule {
+        path: c"/".to_owned(),
+        access: read,
+    }];
+    let mut described = vec!["/ read+exec".to_string()];
+    let dev = read
+        | WRITE_FILE
+        | if abi >= 3 { TRUNCATE } else { 0 }
+        | if abi >= 5 { IOCTL_DEV } else { 0 };
+    rules.push(Rule {
+        path: c"/dev".to_owned(),
+        access: dev,
+    });
+    // Writing a proc file opens it with O_TRUNC, which needs TRUNCATE from ABI 3 on.
+    rules.push(Rule {
+        path: c"/proc".to_owned(),
+        access: read | WRITE_FILE | if abi >= 3 { TRUNCATE } else { 0 },
+    });
+    described.push("/dev read+write+ioctl".into());
+    described.push("/proc read+write".into());
+    let cstr = |p: &str| {
+        CString::new(p).map_err(|_| Error::invalid("security.landlock", "path contains a NUL byte"))
+    };
+    for w in writable.iter().chain(&spec.write) {
+        rules.push(Rule {
+            path: cstr(w)?,
+            access: all,
+        });
+        described.push(format!("{w} all"));
+    }
+    for r in &spec.read {
+        rules.push(Rule {
+            path: cstr(r)?,
+            access: read,
+        });
+        described.push(format!("{r} read+exec"));
+    }
+    let mut handled_net = 0;
+    let mut ports = Vec::new();
+    let mut notes = Vec::new();
+    if !spec.tcp_bind.is_empty() || !spec.tcp_connect.is_empty() {
+        if abi >= 4 {
+            handled_net = NET_BIND_TCP | NET_CONNECT_TCP;
+            ports.extend(spec.tcp_bind.iter().map(|p| (NET_BIND_TCP, *p as u64)));
+            ports.extend(
+                spec.tcp_connect
+                    .iter()
+                    .map(|p| (NET_CONNECT_TCP, *p as u64)),
+            );
+            notes.push(format!(
+                "TCP bind {:?}, connect {:?} only",
+                spec.tcp_bind, spec.tcp_connect
+            ));
+        } else if spec.want == Want::Required {
+            return Err(Error::Unsupported {
+                feature: "Landlock TCP rules".into(),
+                reason: format!("they need ABI 4, the kernel has {abi}"),
+                remedy: None,
+            });
+        } else {
+            notes.push(format!("TCP port rules SKIPPED (need ABI 4, have {abi})"));
+        }
+    }
+    let mut scoped = 0;
+    if network == Network::Host {
+        if abi >= 6 {
+            scoped = SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL;
+            notes.push("scoped: abstract unix sockets and signals stay inside".into());
+        } else {
+            notes.push(format!("scoping SKIPPED (needs ABI 6, have {abi}): host abstract unix sockets are reachable"));
+        }
+    }
+    let status = if notes.iter().any(|n| n.contains("SKIPPED")) {
+        Status::Skipped
+    } else {
+        Status::Enforced
+    };
+    report.push(
+        "landlock",
+        spec.want,
+        status,
+        format!(
+            "ABI {abi}; filesystem rights {all:#x} handled; {}{}",
+            described.join(", "),
+            notes.iter().map(|n| format!("; {n}")).collect::<String>()
+        ),
+    );
+    Ok(Some(Plan {
+        abi,
+        handled_fs: all,
+        handled_net,
+        scoped,
+        rules,
+        ports,
+    }))
+}
+
+#[repr(C)]
+struct RulesetAttr {
+    handled_access_fs: u64,
+    handled_access_net: u64,
+    scoped: u64,
+}
+
+#[repr(C, packed)]
+struct PathBeneath {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+#[repr(C)]
+struct NetPort {
+    allowed_access: u64,
+    port: u64,
+}
+
+/// Applies the ruleset to the calling thread (after no_new_privs). Raw syscalls only; paths
+/// missing from the sandbox are skipped.
+pub(crate) fn apply(plan: &Plan) -> std::result::Result<(), nix::errno::Errno> {
+    use nix::errno::Errno;
+    let attr = RulesetAttr {
+        handled_access_fs: plan.handled_fs,
+        handled_access_net: plan.handled_net,
+        scoped: plan.scoped,
+    };
+    let size = if plan.abi >= 6 {
+        24
+    } else if plan.abi >= 4 {
+        16
+    } else {
+        8
+    };
+    // SAFETY: attr is valid for `size` bytes (a prefix of the struct, as the ABI defines).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            &attr as *const RulesetAttr,
+            size as usize,
+            0u32,
+        )
+    };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    let fd = fd as i32;
+    let res = (|| {
+        for rule in &plan.rules {
+            // SAFETY: rule.path is NUL-terminated.
+            let pfd = unsafe { libc::open(rule.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+            if pfd < 0 {
+                match Errno::last() {
+                    Errno::ENOENT | Errno::ENOTDIR => continue,
+                    e => return Err(e),
+                }
+            }
+            let beneath = PathBeneath {
+                allowed_access: rule.access & plan.handled_fs,
+                parent_fd: pfd,
+            };
+            // SAFETY: beneath is a valid landlock_path_beneath_attr.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    fd,
+                    1u32,
+                    &beneath as *const PathBeneath,
+                    0u32,
+                )
+            };
+            let e = Errno::last();
+            // SAFETY: closing the descriptor opened above.
+            unsafe { libc::close(pfd) };
+            // A file gets only the rights that make sense for files.
+            if ret < 0 && e == Errno::EINVAL {
+                let files = rule.access
+                    & plan.handled_fs
+                    & (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV);
+                // SAFETY: as above, reopened.
+                let pfd = unsafe { libc::open(rule.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+                let beneath = PathBeneath {
+                    allowed_access: files,
+                    parent_fd: pfd,
+                };
+                // SAFETY: beneath is valid; pfd is closed right after.
+                let ret = unsafe {
+                    libc::syscall(
+                        libc::SYS_landlock_add_rule,
+                        fd,
+                        1u32,
+                        &beneath as *const PathBeneath,
+                        0u32,
+                    )
+                };
+                let e = Errno::last();
+                // SAFETY: closing the descriptor opened above.
+                unsafe { libc::close(pfd) };
+                if ret < 0 {
+                    return Err(e);
+                }
+            } else if ret < 0 {
+                return Err(e);
+            }
+        }
+        for &(access, port) in &plan.ports {
+            let rule = NetPort {
+                allowed_access: access,
+                port,
+            };
+            // SAFETY: rule is a valid landlock_net_port_attr.
+            if unsafe {
+                libc::syscall(
+                    libc::SYS_landlock_add_rule,
+                    fd,
+                    2u32,
+                    &rule as *const NetPort,
+                    0u32,
+                )
+            } < 0
+            {
+                return Err(Errno::last());
+            }
+        }
+        // SAFETY: fd is the ruleset created above.
+        if unsafe { libc::syscall(libc::SYS_landlock_restrict_self, fd, 0u32) } < 0 {
+            return Err(Errno::last());
+        }
+        Ok(())
+    })();
+    // SAFETY: closing the ruleset descriptor.
+    unsafe { libc::close(fd) };
+    res
+}

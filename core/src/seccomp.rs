@@ -1,0 +1,358 @@
+//! seccomp: a default profile modelled on the container engines' (deny what a contained process
+//! never needs, with EPERM), or a caller's profile in the Docker/OCI JSON format (a documented
+//! subset). The filter is compiled to BPF with libseccomp before clone; the sandbox loads it with
+//! one raw `seccomp(2)` call as the last step before execve.
+
+use std::io::{Read, Seek};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use libseccomp::{
+    ScmpAction, ScmpArch, ScmpArgCompare, ScmpCompareOp, ScmpFilterContext, ScmpSyscall,
+};
+use serde::Deserialize;
+
+use crate::error::{Error, Result};
+
+/// A compiled filter: the BPF program, ready for `seccomp(SECCOMP_SET_MODE_FILTER)`.
+#[derive(Clone)]
+pub(crate) struct Filter {
+    pub program: Vec<libc::sock_filter>,
+    /// For the report: which profile, how many syscalls it restricts.
+    pub summary: String,
+}
+
+/// Syscalls the default profile refuses with EPERM.
+const DENIED: &[&str] = &[
+    "kexec_load",
+    "kexec_file_load",
+    "init_module",
+    "finit_module",
+    "delete_module",
+    "bpf",
+    "perf_event_open",
+    "keyctl",
+    "add_key",
+    "request_key",
+    "userfaultfd",
+    "open_by_handle_at",
+    "name_to_handle_at",
+    "mount",
+    "umount2",
+    "pivot_root",
+    "chroot",
+    "setns",
+    "acct",
+    "swapon",
+    "swapoff",
+    "reboot",
+    "quotactl",
+    "quotactl_fd",
+    "lookup_dcookie",
+    "iopl",
+    "ioperm",
+    "syslog",
+    "open_tree",
+    "move_mount",
+    "fsopen",
+    "fsconfig",
+    "fsmount",
+    "fspick",
+    "mount_setattr",
+    "nfsservctl",
+    "uselib",
+    "vm86",
+    "vm86old",
+    "get_kernel_syms",
+    "query_module",
+    "create_module",
+    "settimeofday",
+    "clock_settime",
+    "clock_adjtime",
+    "adjtimex",
+    "stime",
+    "process_vm_writev",
+    "kcmp",
+    "fanotify_init",
+];
+
+const TIOCSTI: u64 = 0x5412;
+const TIOCLINUX: u64 = 0x541C;
+/// Personality flags that weaken memory protections.
+const PER_DANGEROUS: [u64; 3] = [
+    0x0010_0000, /* MMAP_PAGE_ZERO */
+    0x0040_0000, /* READ_IMPLIES_EXEC */
+    0x0800_0000, /* ADDR_LIMIT_3GB */
+];
+
+/// The default profile, compiled once per process (twice at most: with and without nesting).
+pub(crate) fn default_filter(allow_nested_userns: bool) -> Result<Filter> {
+    static PLAIN: OnceLock<std::result::Result<Filter, String>> = OnceLock::new();
+    static NESTED: OnceLock<std::result::Result<Filter, String>> = OnceLock::new();
+    let cell = if allow_nested_userns { &NESTED } else { &PLAIN };
+    cell.get_or_init(|| build_default(allow_nested_userns).map_err(|e| e.to_string()))
+        .clone()
+        .map_err(|reason| Error::Unsupported {
+            feature: "seccomp".into(),
+            reason,
+            remedy: Some("apt-get install libseccomp2; check `rsandbox doctor`".into()),
+        })
+}
+
+fn err(what: impl std::fmt::Display) -> Error {
+    Error::Unsupported {
+        feature: "seccomp".into(),
+        reason: what.to_string(),
+        remedy: None,
+    }
+}
+
+fn build_default(allow_nested_userns: bool) -> Result<Filter> {
+    let eperm = ScmpAction::Errno(libc::EPERM);
+    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(err)?;
+    // Foreign architectures (i386 via int 0x80, x32) are not in the filter: the kernel's
+    // arch check kills such calls instead of letting them slip past the rules.
+    ctx.set_act_badarch(ScmpAction::KillProcess).map_err(err)?;
+    ctx.set_ctl_nnp(false).map_err(err)?;
+    let mut count = 0;
+    for name in DENIED {
+        // Names this architecture does not have (vm86 on x86_64, …) are simply absent.
+        if let Ok(sc) = ScmpSyscall::from_name(name) {
+            ctx.add_rule(eperm, sc).map_err(err)?;
+            count += 1;
+        }
+    }
+    let sys = |n: &str| ScmpSyscall::from_name(n).map_err(err);
+    // Terminal injection: TIOCSTI and TIOCLINUX (compared on the low 32 bits: the kernel does).
+    for cmd in [TIOCSTI, TIOCLINUX] {
+        ctx.add_rule_conditional(
+            eperm,
+            sys("ioctl")?,
+            &[ScmpArgCompare::new(
+                1,
+                ScmpCompareOp::MaskedEqual(0xffff_ffff),
+                cmd,
+            )],
+        )
+        .map_err(err)?;
+    }
+    for flag in PER_DANGEROUS {
+        ctx.add_rule_conditional(
+            eperm,
+            sys("personality")?,
+            &[ScmpArgCompare::new(
+                0,
+                ScmpCompareOp::MaskedEqual(flag),
+                flag,
+            )],
+        )
+        .map_err(err)?;
+    }
+    count += 2;
+    if !allow_nested_userns {
+        let newuser = libc::CLONE_NEWUSER as u64;
+        for name in ["unshare", "clone"] {
+            // clone's flags are its first argument on x86_64.
+            ctx.add_rule_conditional(
+                eperm,
+                sys(name)?,
+                &[ScmpArgCompare::new(
+                    0,
+                    ScmpCompareOp::MaskedEqual(newuser),
+                    newuser,
+                )],
+            )
+            .map_err(err)?;
+        }
+        // clone3 keeps its flags in memory the filter cannot read: make libc fall back to clone.
+        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), sys("clone3")?)
+            .map_err(err)?;
+        count += 3;
+    }
+    let program = export(&ctx)?;
+    let nested = if allow_nested_userns {
+        "nested user namespaces allowed"
+    } else {
+        "no new user namespaces"
+    };
+    Ok(Filter {
+        program,
+        summary: format!(
+            "default profile: {count} syscalls or argument patterns refused with EPERM (mount family, modules, kexec, bpf, keyrings, process_vm_writev, clock setting, TIOCSTI, …); {nested}; foreign architectures (i386, x32) killed"
+        ),
+    })
+}
+
+/// Compiles a Docker/OCI-format profile (the supported subset: `defaultAction`,
+/// `defaultErrnoRet`, `architectures`, and `syscalls[]` with `names`, `action`, `errnoRet`,
+/// `args[]` of `index`/`value`/`valueTwo`/`op`; `comment` fields are ignored).
+pub(crate) fn profile_filter(path: &Path) -> Result<Filter> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::PathNotFound {
+        what: "seccomp profile",
+        path: path.into(),
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)),
+    })?;
+    let bad = |reason: String| {
+        Error::invalid(
+            "security.seccomp.profile",
+            format!("{}: {reason}", path.display()),
+        )
+    };
+    let p: Profile = serde_json::from_str(&text)
+        .map_err(|e| bad(format!("not a supported seccomp profile: {e}")))?;
+    let default = action(&p.default_action, p.default_errno_ret).map_err(bad)?;
+    let mut ctx = ScmpFilterContext::new(default).map_err(err)?;
+    ctx.set_act_badarch(ScmpAction::KillProcess).map_err(err)?;
+    ctx.set_ctl_nnp(false).map_err(err)?;
+    for a in &p.architectures {
+        let arch = match a.as_str() {
+            "SCMP_ARCH_X86_64" => ScmpArch::X8664,
+            "SCMP_ARCH_X86" => ScmpArch::X86,
+            "SCMP_ARCH_X32" => ScmpArch::X32,
+            "SCMP_ARCH_AARCH64" => ScmpArch::Aarch64,
+            other => return Err(bad(format!("unsupported architecture {other}"))),
+        };
+        if arch != ScmpArch::native() {
+            ctx.add_arch(arch).map_err(err)?;
+        }
+    }
+    let mut count = 0;
+    for (i, rule) in p.syscalls.iter().enumerate() {
+        let act =
+            action(&rule.action, rule.errno_ret).map_err(|e| bad(format!("syscalls[{i}]: {e}")))?;
+        if act == default {
+            continue;
+        }
+        let mut conds = Vec::new();
+        for a in &rule.args {
+            let op = match a.op.as_str() {
+                "SCMP_CMP_EQ" => ScmpCompareOp::Equal,
+                "SCMP_CMP_NE" => ScmpCompareOp::NotEqual,
+                "SCMP_CMP_LT" => ScmpCompareOp::Less,
+                "SCMP_CMP_LE" => ScmpCompareOp::LessOrEqual,
+                "SCMP_CMP_GT" => ScmpCompareOp::Greater,
+                "SCMP_CMP_GE" => ScmpCompareOp::GreaterEqual,
+                "SCMP_CMP_MASKED_EQ" => ScmpCompareOp::MaskedEqual(a.value),
+                other => return Err(bad(format!("syscalls[{i}]: unknown comparison {other}"))),
+            };
+            let datum = if a.op == "SCMP_CMP_MASKED_EQ" {
+                a.value_two
+            } else {
+                a.value
+            };
+            conds.push(ScmpArgCompare::new(a.index, op, datum));
+        }
+        for name in &rule.names {
+            let sc = ScmpSyscall::from_name(name)
+                .map_err(|_| bad(format!("syscalls[{i}]: unknown syscall {name:?} (not known to this kernel or libseccomp)")))?;
+            ctx.add_rule_conditional(act, sc, &conds)
+                .map_err(|e| bad(format!("syscalls[{i}] {name}: {e}")))?;
+            count += 1;
+        }
+    }
+    Ok(Filter {
+        program: export(&ctx)?,
+        summary: format!(
+            "profile {} ({count} rules, default {})",
+            path.display(),
+            p.default_action
+        ),
+    })
+}
+
+fn action(name: &str, errno: Option<i32>) -> std::result::Result<ScmpAction, String> {
+    Ok(match name {
+        "SCMP_ACT_ALLOW" => ScmpAction::Allow,
+        "SCMP_ACT_ERRNO" => ScmpAction::Errno(errno.unwrap_or(libc::EPERM)),
+        "SCMP_ACT_KILL" | "SCMP_ACT_KILL_THREAD" => ScmpAction::KillThread,
+        "SCMP_ACT_KILL_PROCESS" => ScmpAction::KillProcess,
+        "SCMP_ACT_TRAP" => ScmpAction::Trap,
+        "SCMP_ACT_LOG" => ScmpAction::Log,
+        other => return Err(format!("unsupported action {other}")),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Profile {
+    default_action: String,
+    #[serde(default)]
+    default_errno_ret: Option<i32>,
+    #[serde(default)]
+    architectures: Vec<String>,
+    #[serde(default)]
+    syscalls: Vec<Rule>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    comment: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Rule {
+    names: Vec<String>,
+    action: String,
+    #[serde(default)]
+    errno_ret: Option<i32>,
+    #[serde(default)]
+    args: Vec<Arg>,
+    #[serde(default)]
+    #[allow(dead_code)]
+    comment: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Arg {
+    index: u32,
+    value: u64,
+    #[serde(default)]
+    value_two: u64,
+    op: String,
+}
+
+/// Exports the filter's BPF through a memfd (libseccomp 2.5 has no in-memory export).
+fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>> {
+    let fd =
+        nix::sys::memfd::memfd_create(c"rsandbox-seccomp", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+            .map_err(|e| Error::os("memfd_create", e))?;
+    let mut file = std::fs::File::from(fd);
+    ctx.export_bpf(file.as_fd()).map_err(err)?;
+    let mut bytes = Vec::new();
+    file.rewind()
+        .and_then(|_| file.read_to_end(&mut bytes))
+        .map_err(|e| Error::io("read seccomp BPF", None, e))?;
+    let program = bytes
+        .chunks_exact(8)
+        .map(|c| libc::sock_filter {
+            code: u16::from_ne_bytes([c[0], c[1]]),
+            jt: c[2],
+            jf: c[3],
+            k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+        })
+        .collect();
+    Ok(program)
+}
+
+/// Loads a compiled program into the calling thread. Raw syscall: safe between clone and exec.
+pub(crate) fn load(program: &[libc::sock_filter]) -> std::result::Result<(), nix::errno::Errno> {
+    let prog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: prog points to a valid BPF program that outlives the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            1, /* SECCOMP_SET_MODE_FILTER */
+            0,
+            &prog as *const libc::sock_fprog,
+        )
+    };
+    if ret < 0 {
+        Err(nix::errno::Errno::last())
+    } else {
+        Ok(())
+    }
+}
