@@ -782,10 +782,13 @@ fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
         keep_caps |= 1 << cap.index();
         kept.push(full);
     }
-    let last_cap = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
+    static LAST_CAP: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    let last_cap = *LAST_CAP.get_or_init(|| {
+        std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(63)
+    });
     let detail = if kept.is_empty() {
         "all sets empty (effective, permitted, inheritable, ambient, bounding)".to_string()
     } else {
