@@ -110,8 +110,8 @@ enum Op {
 
 /// How a path is masked.
 enum Mask {
-    /// A file: cover it with a copy of the source (the host's /dev/null).
-    File(usize),
+    /// A file: cover it with a fresh clone of the host's /dev/null.
+    File,
     /// A directory: cover it with an empty read-only tmpfs.
     Dir,
     /// Remount it (and everything below) read-only.
@@ -147,7 +147,9 @@ pub(crate) struct MountPlan {
     ops: Vec<Op>,
     /// Where the new root is attached before pivot_root: any existing host directory will do.
     staging: CString,
-    /// Human-readable descriptions of sources then ops, for errors.
+    /// Human-readable descriptions of the sources, for errors.
+    source_descriptions: Vec<String>,
+    /// Human-readable descriptions of the ops, for errors.
     descriptions: Vec<String>,
     /// What the report says about the filesystem.
     pub entries: Vec<MountEntry>,
@@ -172,6 +174,7 @@ impl MountPlan {
             root_readonly: true,
             ops: Vec::new(),
             staging: staging_dir(&[]),
+            source_descriptions: Vec::new(),
             descriptions: Vec::new(),
             entries: Vec::new(),
         };
@@ -311,7 +314,6 @@ impl MountPlan {
 
     /// The OCI default masked and read-only paths of /proc (those this kernel has).
     fn mask_proc(&mut self) -> Result<()> {
-        let null = self.add_source(Path::new("/dev/null"), false, 0, "mask source")?;
         let mut masked = Vec::new();
         for path in MASKED.iter().chain(&READ_ONLY) {
             let Ok(meta) = std::fs::symlink_metadata(path) else {
@@ -322,7 +324,7 @@ impl MountPlan {
             } else if meta.is_dir() {
                 Mask::Dir
             } else {
-                Mask::File(null)
+                Mask::File
             };
             let kind = match how {
                 Mask::ReadOnly => "read-only",
@@ -549,7 +551,7 @@ impl MountPlan {
             recursive,
             attrs,
         });
-        self.descriptions.push(format!(
+        self.source_descriptions.push(format!(
             "open_tree({what} {:?})",
             path.display().to_string()
         ));
@@ -647,10 +649,10 @@ impl MountPlan {
                 RootFs::Overlay(ov) => format!("overlay of {} lower layer(s)", ov.lowers.len()),
                 _ => "overlay".into(),
             },
-            i if (i as usize) < self.sources.len() => self.descriptions[i as usize].clone(),
+            i if (i as usize) < self.sources.len() => self.source_descriptions[i as usize].clone(),
             i => self
                 .descriptions
-                .get(i as usize)
+                .get(i as usize - self.sources.len())
                 .cloned()
                 .unwrap_or_else(|| format!("mount operation #{i}")),
         }
@@ -843,11 +845,11 @@ fn run_op(root: c_int, op: &Op, fds: &[c_int]) -> Result<(), (Step, Errno)> {
             sys::close(fd);
             res
         }
-        Op::Mask { how, dest } => mask(root, how, dest, fds),
+        Op::Mask { how, dest } => mask(root, how, dest),
     }
 }
 
-fn mask(root: c_int, how: &Mask, dest: &CStr, fds: &[c_int]) -> Result<(), (Step, Errno)> {
+fn mask(root: c_int, how: &Mask, dest: &CStr) -> Result<(), (Step, Errno)> {
     let target = match sys::open_in_root(root, dest, libc::O_PATH) {
         Ok(fd) => fd,
         Err(Errno::ENOENT) => return Ok(()),
@@ -856,10 +858,12 @@ fn mask(root: c_int, how: &Mask, dest: &CStr, fds: &[c_int]) -> Result<(), (Step
     let empty = libc::AT_EMPTY_PATH as u32;
     let res = (|| {
         let cover = match how {
-            Mask::File(src) => sys::open_tree(
-                fds[*src],
-                c"",
-                sys::OPEN_TREE_CLONE | libc::O_CLOEXEC as u32 | empty,
+            // Cloned from the host path, not from a detached source tree: older kernels (6.1)
+            // refuse to clone a mount that is not in the caller's namespace.
+            Mask::File => sys::open_tree(
+                libc::AT_FDCWD,
+                c"/dev/null",
+                sys::OPEN_TREE_CLONE | libc::O_CLOEXEC as u32,
             )
             .map_err(|e| (Step::OpenSource, e))?,
             Mask::Dir => new_fs(
