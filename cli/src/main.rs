@@ -126,8 +126,8 @@ struct RunArgs {
     /// Bind a host path read-only: SRC:DST (DST defaults to SRC).
     #[arg(long, value_name = "SRC:DST")]
     ro_bind: Vec<String>,
-    /// Mount a fresh tmpfs at DST.
-    #[arg(long, value_name = "DST")]
+    /// Mount a fresh tmpfs at DST, optionally capped at SIZE bytes (K/M/G suffixes).
+    #[arg(long, value_name = "DST[:SIZE]")]
     tmpfs: Vec<String>,
     /// Host name inside the sandbox.
     #[arg(long)]
@@ -375,10 +375,18 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
             });
         }
     }
-    for dst in &a.tmpfs {
+    for item in &a.tmpfs {
+        // DST or DST:SIZE (the size with an optional K/M/G suffix).
+        let (dst, size) = match item.rsplit_once(':') {
+            Some((dst, size)) => (
+                dst.to_string(),
+                Some(parse_size(size).map_err(|e| invalid("--tmpfs", e))?),
+            ),
+            None => (item.clone(), None),
+        };
         spec.filesystem.mounts.push(Mount::Tmpfs {
-            destination: dst.clone(),
-            size: None,
+            destination: dst,
+            size,
             mode: None,
         });
     }

@@ -215,3 +215,15 @@ fn best_effort_limits_run_and_required_limits_explain() {
         r.stderr
     );
 }
+
+#[test]
+fn tmpfs_size_cap() {
+    let r = run_sh(
+        &["--tmpfs", "/scratch:1M"],
+        "dd if=/dev/zero of=/scratch/x bs=65536 count=32",
+    );
+    assert_ne!(r.code, 0);
+    assert!(r.stderr.contains("No space left on device"), "{}", r.stderr);
+    let r = run_sh(&["--tmpfs", "/scratch:1X"], "true");
+    assert_eq!(r.code, 125, "{}", r.stderr);
+}

@@ -189,3 +189,47 @@ fn nested_user_namespaces_only_when_allowed() {
     spec.security.allow_nested_userns = true;
     assert_eq!(out(&run(&spec)), "nested\n");
 }
+
+#[test]
+fn landlock_tcp_rules_limit_connections_on_the_host_network() {
+    let abi = rsandbox::doctor()
+        .check("landlock")
+        .and_then(|c| {
+            c.detail
+                .trim_start_matches("ABI ")
+                .split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u32>().ok())
+        })
+        .unwrap_or(0);
+    if abi < 4 {
+        return skip(&format!(
+            "Landlock TCP rules need ABI 4, the kernel has {abi}"
+        ));
+    }
+    if !std::path::Path::new("/usr/bin/python3").exists() {
+        return skip("python3 is needed to open sockets inside the sandbox");
+    }
+    let allowed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let denied = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (a, d) = (
+        allowed.local_addr().unwrap().port(),
+        denied.local_addr().unwrap().port(),
+    );
+    let script = format!(
+        "import socket\nfor p in ({a},{d}):\n    s=socket.socket(); s.settimeout(3)\n    try:\n        s.connect(('127.0.0.1',p)); print(p,'ok')\n    except OSError as e: print(p,'refused',e.errno)"
+    );
+    let mut spec = rsandbox::Spec::new(["python3", "-c", &script]);
+    spec.network = rsandbox::Network::Host;
+    spec.security.landlock.tcp_connect = vec![a];
+    let r = run(&spec);
+    assert_eq!(
+        out(&r),
+        format!("{a} ok\n{d} refused {}\n", libc::EACCES),
+        "{}",
+        err(&r)
+    );
+    // Control: without port rules both connect.
+    spec.security.landlock.tcp_connect.clear();
+    assert_eq!(out(&run(&spec)), format!("{a} ok\n{d} ok\n"));
+}
