@@ -1,22 +1,788 @@
-//! The C ABI of rsandbox, built as `libsandbox.so`.
+//! The C ABI of rsandbox, built as `libsandbox.so` (see `include/sandbox.h` for the conventions).
 //!
-//! Only the version query exists so far; the full ABI (config builder, spawn, results, report)
-//! follows the conventions of `include/sandbox.h`.
+//! Every exported function checks its pointers, converts its strings strictly (invalid UTF-8 is
+//! refused, never coerced), catches panics (`SBX_ERR_PANIC`), and records a message for
+//! `sbx_last_error_message()` when it fails. The translation to and from `rsandbox` types happens
+//! here and nowhere else; errors are mapped from `rsandbox::ErrorKind` in [`code_for`] only.
 
-use std::ffi::c_char;
+#![allow(non_camel_case_types)]
+#![allow(clippy::missing_safety_doc)]
 
-/// The library version as a static NUL-terminated string; never free it.
+use std::cell::RefCell;
+use std::ffi::{c_char, c_int, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::Duration;
+
+use rsandbox::{
+    Child, Error, ErrorKind, Mount, Network, Root, RunResult, Seccomp, Spec, Verdict, Want,
+};
+
+/// Result codes. Explicitly numbered; a number, once given, is never reused or changed.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sbx_result {
+    SBX_OK = 0,
+    SBX_ERR_NULL = 1,
+    SBX_ERR_INVALID_UTF8 = 2,
+    SBX_ERR_INVALID_SPEC = 3,
+    SBX_ERR_PATH_NOT_FOUND = 4,
+    SBX_ERR_UNMAPPABLE_ID = 5,
+    SBX_ERR_EXECUTABLE_NOT_FOUND = 6,
+    SBX_ERR_NOT_EXECUTABLE = 7,
+    SBX_ERR_SETUP = 8,
+    SBX_ERR_UNSUPPORTED = 9,
+    SBX_ERR_IO = 10,
+    SBX_ERR_INVALID_IMAGE = 11,
+    SBX_ERR_PANIC = 12,
+    SBX_ERR_TIMEOUT = 13,
+    SBX_ERR_OTHER = 14,
+}
+
+/// The one-word outcome of a run. Explicitly numbered.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum sbx_verdict {
+    SBX_VERDICT_OK = 0,
+    SBX_VERDICT_EXIT_NONZERO = 1,
+    SBX_VERDICT_SIGNALED = 2,
+    SBX_VERDICT_WALL_TIMEOUT = 3,
+    SBX_VERDICT_CPU_TIMEOUT = 4,
+    SBX_VERDICT_MEMORY_LIMIT = 5,
+    SBX_VERDICT_OUTPUT_LIMIT = 6,
+    SBX_VERDICT_SETUP_ERROR = 7,
+}
+
+/// A sandbox configuration (a `Spec`). Not to be mutated from two threads at once.
+pub struct sbx_config {
+    spec: Spec,
+}
+
+/// A running sandbox.
+pub struct sbx_child {
+    child: Child,
+}
+
+/// The result of a finished sandbox. Immutable; may be read from any thread.
+pub struct sbx_run_result {
+    result: RunResult,
+    report_json: CString,
+    json: CString,
+}
+
+struct LastError {
+    message: CString,
+    errno: c_int,
+}
+
+thread_local! {
+    static LAST: RefCell<LastError> = RefCell::new(LastError { message: CString::default(), errno: 0 });
+}
+
+fn set_error(message: String, errno: c_int) {
+    let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
+    LAST.with(|l| *l.borrow_mut() = LastError { message, errno });
+}
+
+fn clear_error() {
+    set_error(String::new(), 0);
+}
+
+/// The one mapping from the library's error classification to result codes.
+fn code_for(kind: ErrorKind) -> sbx_result {
+    match kind {
+        ErrorKind::InvalidSpec => sbx_result::SBX_ERR_INVALID_SPEC,
+        ErrorKind::PathNotFound => sbx_result::SBX_ERR_PATH_NOT_FOUND,
+        ErrorKind::UnmappableId => sbx_result::SBX_ERR_UNMAPPABLE_ID,
+        ErrorKind::ExecutableNotFound => sbx_result::SBX_ERR_EXECUTABLE_NOT_FOUND,
+        ErrorKind::NotExecutable => sbx_result::SBX_ERR_NOT_EXECUTABLE,
+        ErrorKind::Setup => sbx_result::SBX_ERR_SETUP,
+        ErrorKind::Unsupported => sbx_result::SBX_ERR_UNSUPPORTED,
+        ErrorKind::Io => sbx_result::SBX_ERR_IO,
+        ErrorKind::InvalidImage => sbx_result::SBX_ERR_INVALID_IMAGE,
+        _ => sbx_result::SBX_ERR_OTHER,
+    }
+}
+
+fn fail(e: Error) -> sbx_result {
+    set_error(e.to_string(), e.errno().map_or(0, |n| n as c_int));
+    code_for(e.kind())
+}
+
+fn fail_with(code: sbx_result, message: &str) -> sbx_result {
+    set_error(message.into(), 0);
+    code
+}
+
+/// Runs `f` behind a panic boundary; clears the last error first.
+fn guard(f: impl FnOnce() -> sbx_result) -> sbx_result {
+    clear_error();
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(code) => code,
+        Err(_) => fail_with(
+            sbx_result::SBX_ERR_PANIC,
+            "internal panic (a bug in rsandbox)",
+        ),
+    }
+}
+
+/// Reads a C string strictly: NULL and invalid UTF-8 are errors.
+unsafe fn text<'a>(p: *const c_char, what: &str) -> Result<&'a str, sbx_result> {
+    if p.is_null() {
+        return Err(fail_with(
+            sbx_result::SBX_ERR_NULL,
+            &format!("{what} is NULL"),
+        ));
+    }
+    // SAFETY: the caller promises a NUL-terminated string valid for the call.
+    unsafe { CStr::from_ptr(p) }.to_str().map_err(|_| {
+        fail_with(
+            sbx_result::SBX_ERR_INVALID_UTF8,
+            &format!("{what} is not valid UTF-8"),
+        )
+    })
+}
+
+macro_rules! try_ffi {
+    ($e:expr) => {
+        match $e {
+            Ok(v) => v,
+            Err(code) => return code,
+        }
+    };
+}
+
+unsafe fn config_mut<'a>(cfg: *mut sbx_config) -> Result<&'a mut sbx_config, sbx_result> {
+    // SAFETY: a non-NULL pointer must come from sbx_config_new/from_json and not be freed.
+    unsafe { cfg.as_mut() }.ok_or_else(|| fail_with(sbx_result::SBX_ERR_NULL, "config is NULL"))
+}
+
+unsafe fn config_ref<'a>(cfg: *const sbx_config) -> Result<&'a sbx_config, sbx_result> {
+    // SAFETY: as for config_mut.
+    unsafe { cfg.as_ref() }.ok_or_else(|| fail_with(sbx_result::SBX_ERR_NULL, "config is NULL"))
+}
+
+fn out_ptr<T>(out: *mut *mut T) -> Result<(), sbx_result> {
+    if out.is_null() {
+        Err(fail_with(
+            sbx_result::SBX_ERR_NULL,
+            "output pointer is NULL",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// The library version, a static NUL-terminated string (never free it).
 #[no_mangle]
 pub extern "C" fn sbx_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
 }
 
+/// The message of the last failed call on this thread ("" when none). Valid until the next call
+/// on this thread; never free it.
+#[no_mangle]
+pub extern "C" fn sbx_last_error_message() -> *const c_char {
+    LAST.with(|l| l.borrow().message.as_ptr())
+}
+
+/// The errno behind the last failed call on this thread (0 when none).
+#[no_mangle]
+pub extern "C" fn sbx_last_error_errno() -> c_int {
+    LAST.with(|l| l.borrow().errno)
+}
+
+/// Creates a configuration with every default (all namespaces, the read-only host view, the
+/// default seccomp profile, Landlock, no capabilities). Free it with `sbx_config_free`.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_new(out: *mut *mut sbx_config) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        let cfg = Box::new(sbx_config {
+            spec: Spec::default(),
+        });
+        // SAFETY: out was checked non-NULL.
+        unsafe { *out = Box::into_raw(cfg) };
+        sbx_result::SBX_OK
+    })
+}
+
+/// Creates a configuration from a JSON spec (the format of `rsandbox run --print-spec`).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_from_json(
+    json: *const c_char,
+    out: *mut *mut sbx_config,
+) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        // SAFETY: text() checks for NULL; the caller passes a NUL-terminated string.
+        let json = try_ffi!(unsafe { text(json, "json") });
+        match Spec::from_json(json) {
+            Ok(spec) => {
+                // SAFETY: out was checked non-NULL.
+                unsafe { *out = Box::into_raw(Box::new(sbx_config { spec })) };
+                sbx_result::SBX_OK
+            }
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// The configuration as JSON, in `*out`; free it with `sbx_string_free`.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_to_json(
+    cfg: *const sbx_config,
+    out: *mut *mut c_char,
+) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        // SAFETY: config_ref checks for NULL.
+        let cfg = try_ffi!(unsafe { config_ref(cfg) });
+        match cfg.spec.to_json() {
+            Ok(json) => {
+                // SAFETY: out was checked non-NULL.
+                unsafe { *out = CString::new(json).unwrap_or_default().into_raw() };
+                sbx_result::SBX_OK
+            }
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// Frees a string returned by this library. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_string_free(s: *mut c_char) {
+    if !s.is_null() {
+        // SAFETY: s was produced by CString::into_raw in this library.
+        drop(unsafe { CString::from_raw(s) });
+    }
+}
+
+/// Frees a configuration. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_free(cfg: *mut sbx_config) {
+    if !cfg.is_null() {
+        // SAFETY: cfg was produced by Box::into_raw in this library and is not used afterwards.
+        drop(unsafe { Box::from_raw(cfg) });
+    }
+}
+
+/// Sets the command: `argc` strings from `argv` (argv[0] is looked up in the sandbox's PATH).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_set_argv(
+    cfg: *mut sbx_config,
+    argv: *const *const c_char,
+    argc: usize,
+) -> sbx_result {
+    guard(|| {
+        // SAFETY: config_mut checks for NULL.
+        let cfg = try_ffi!(unsafe { config_mut(cfg) });
+        if argv.is_null() && argc > 0 {
+            return fail_with(sbx_result::SBX_ERR_NULL, "argv is NULL");
+        }
+        let mut args = Vec::with_capacity(argc);
+        for i in 0..argc {
+            // SAFETY: argv holds argc pointers.
+            let p = unsafe { *argv.add(i) };
+            // SAFETY: text() checks for NULL.
+            args.push(try_ffi!(unsafe { text(p, &format!("argv[{i}]")) }).to_string());
+        }
+        cfg.spec.process.args = args;
+        sbx_result::SBX_OK
+    })
+}
+
+/// Sets an environment variable of the command.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_set_env(
+    cfg: *mut sbx_config,
+    key: *const c_char,
+    value: *const c_char,
+) -> sbx_result {
+    guard(|| {
+        // SAFETY: config_mut and text() check for NULL.
+        let cfg = try_ffi!(unsafe { config_mut(cfg) });
+        // SAFETY: as above.
+        let (k, v) = (
+            try_ffi!(unsafe { text(key, "key") }),
+            try_ffi!(unsafe { text(value, "value") }),
+        );
+        cfg.spec.process.env.insert(k.into(), v.into());
+        sbx_result::SBX_OK
+    })
+}
+
+/// Sets a string-valued setting: "cwd", "hostname", "cgroup_parent", "seccomp" ("default",
+/// "none", or a profile path), "keep_capability", "rootfs", "rootfs_rw", "network" ("none",
+/// "host").
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_set_str(
+    cfg: *mut sbx_config,
+    name: *const c_char,
+    value: *const c_char,
+) -> sbx_result {
+    guard(|| {
+        // SAFETY: config_mut and text() check for NULL.
+        let cfg = try_ffi!(unsafe { config_mut(cfg) });
+        // SAFETY: as above.
+        let (name, value) = (
+            try_ffi!(unsafe { text(name, "name") }),
+            try_ffi!(unsafe { text(value, "value") }),
+        );
+        let spec = &mut cfg.spec;
+        match name {
+            "cwd" => spec.process.cwd = Some(value.into()),
+            "hostname" => spec.hostname = value.into(),
+            "cgroup_parent" => spec.cgroup.parent = Some(value.into()),
+            "seccomp" => {
+                spec.security.seccomp = match value {
+                    "default" => Seccomp::Default,
+                    "none" => Seccomp::None,
+                    path => Seccomp::Profile { path: path.into() },
+                }
+            }
+            "keep_capability" => spec.security.capabilities.push(value.into()),
+            "rootfs" | "rootfs_rw" => {
+                spec.filesystem.root = Root::Directory {
+                    path: value.into(),
+                    writable: name == "rootfs_rw",
+                }
+            }
+            "network" => {
+                spec.network = match value {
+                    "none" => Network::None,
+                    "host" => Network::Host,
+                    other => {
+                        return fail_with(
+                            sbx_result::SBX_ERR_INVALID_SPEC,
+                            &format!("network: unknown mode {other:?}"),
+                        )
+                    }
+                }
+            }
+            other => {
+                return fail_with(
+                    sbx_result::SBX_ERR_INVALID_SPEC,
+                    &format!("unknown string setting {other:?}"),
+                )
+            }
+        }
+        sbx_result::SBX_OK
+    })
+}
+
+/// Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit", "memory",
+/// "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
+/// "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
+/// "die_with_parent" (0/1).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_set_num(
+    cfg: *mut sbx_config,
+    name: *const c_char,
+    value: f64,
+) -> sbx_result {
+    guard(|| {
+        // SAFETY: config_mut and text() check for NULL.
+        let cfg = try_ffi!(unsafe { config_mut(cfg) });
+        // SAFETY: as above.
+        let name = try_ffi!(unsafe { text(name, "name") });
+        if !value.is_finite() || value < 0.0 {
+            return fail_with(
+                sbx_result::SBX_ERR_INVALID_SPEC,
+                &format!("{name}: {value} is not a non-negative number"),
+            );
+        }
+        let int = value as u64;
+        let spec = &mut cfg.spec;
+        match name {
+            "uid" => spec.user.uid = Some(int as u32),
+            "gid" => spec.user.gid = Some(int as u32),
+            "timeout" => spec.timeout = Some(value),
+            "output_limit" => spec.output_limit = Some(int),
+            "memory" => spec.limits.memory = Some(int),
+            "memory_swap" => spec.limits.memory_swap = Some(int),
+            "pids" => spec.limits.pids = Some(int),
+            "cpus" => spec.limits.cpus = Some(value),
+            "cpu_weight" => spec.limits.cpu_weight = Some(int),
+            "cpu_time" => spec.limits.cpu_time = Some(value),
+            "limits_best_effort" => {
+                spec.limits.level = if int != 0 {
+                    Want::BestEffort
+                } else {
+                    Want::Required
+                }
+            }
+            "allow_nested_userns" => spec.security.allow_nested_userns = int != 0,
+            "mask_proc" => spec.security.mask_proc = int != 0,
+            "die_with_parent" => spec.die_with_parent = int != 0,
+            "landlock" => {
+                spec.security.landlock.want = match int {
+                    0 => Want::Off,
+                    1 => Want::BestEffort,
+                    _ => Want::Required,
+                }
+            }
+            other => {
+                return fail_with(
+                    sbx_result::SBX_ERR_INVALID_SPEC,
+                    &format!("unknown number setting {other:?}"),
+                )
+            }
+        }
+        sbx_result::SBX_OK
+    })
+}
+
+/// Adds a bind mount of host path `source` at sandbox path `destination`.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_add_bind(
+    cfg: *mut sbx_config,
+    source: *const c_char,
+    destination: *const c_char,
+    readonly: bool,
+) -> sbx_result {
+    guard(|| {
+        // SAFETY: config_mut and text() check for NULL.
+        let cfg = try_ffi!(unsafe { config_mut(cfg) });
+        // SAFETY: as above.
+        let (s, d) = (
+            try_ffi!(unsafe { text(source, "source") }),
+            try_ffi!(unsafe { text(destination, "destination") }),
+        );
+        cfg.spec.filesystem.mounts.push(Mount::Bind {
+            source: s.into(),
+            destination: d.into(),
+            readonly,
+        });
+        sbx_result::SBX_OK
+    })
+}
+
+/// Adds a tmpfs at `destination`, capped at `size` bytes (0: the kernel's default).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_config_add_tmpfs(
+    cfg: *mut sbx_config,
+    destination: *const c_char,
+    size: u64,
+) -> sbx_result {
+    guard(|| {
+        // SAFETY: config_mut and text() check for NULL.
+        let cfg = try_ffi!(unsafe { config_mut(cfg) });
+        // SAFETY: as above.
+        let d = try_ffi!(unsafe { text(destination, "destination") });
+        cfg.spec.filesystem.mounts.push(Mount::Tmpfs {
+            destination: d.into(),
+            size: (size > 0).then_some(size),
+            mode: None,
+        });
+        sbx_result::SBX_OK
+    })
+}
+
+/// Runs the configured command to completion, feeding it `input` (may be NULL), capturing its
+/// output. On success `*out` holds a result to free with `sbx_result_free`.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_run(
+    cfg: *const sbx_config,
+    input: *const u8,
+    input_len: usize,
+    out: *mut *mut sbx_run_result,
+) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        // SAFETY: config_ref checks for NULL.
+        let cfg = try_ffi!(unsafe { config_ref(cfg) });
+        let input = if input.is_null() {
+            None
+        } else {
+            // SAFETY: input points to input_len readable bytes.
+            Some(unsafe { std::slice::from_raw_parts(input, input_len) })
+        };
+        match rsandbox::run_with_input(&cfg.spec, input) {
+            // SAFETY: out was checked non-NULL.
+            Ok(r) => unsafe { deliver(r, out) },
+            Err(e) => fail(e),
+        }
+    })
+}
+
+unsafe fn deliver(result: RunResult, out: *mut *mut sbx_run_result) -> sbx_result {
+    let report_json =
+        CString::new(serde_json::to_string(&result.report).unwrap_or_default()).unwrap_or_default();
+    let json = CString::new(serde_json::to_string(&result).unwrap_or_default()).unwrap_or_default();
+    let boxed = Box::new(sbx_run_result {
+        result,
+        report_json,
+        json,
+    });
+    // SAFETY: the caller checked out non-NULL.
+    unsafe { *out = Box::into_raw(boxed) };
+    sbx_result::SBX_OK
+}
+
+/// Starts the configured command; returns once it has been executed in the sandbox. The
+/// command's standard streams follow the configuration (inherited by default).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_spawn(cfg: *const sbx_config, out: *mut *mut sbx_child) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        // SAFETY: config_ref checks for NULL.
+        let cfg = try_ffi!(unsafe { config_ref(cfg) });
+        match rsandbox::spawn(&cfg.spec) {
+            Ok(child) => {
+                // SAFETY: out was checked non-NULL.
+                unsafe { *out = Box::into_raw(Box::new(sbx_child { child })) };
+                sbx_result::SBX_OK
+            }
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// The host pid of the sandbox's init (-1 for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_child_pid(child: *const sbx_child) -> c_int {
+    // SAFETY: a non-NULL pointer comes from sbx_spawn.
+    unsafe { child.as_ref() }.map_or(-1, |c| c.child.pid())
+}
+
+/// Waits for the sandbox, at most `timeout_ms` milliseconds (negative: without limit). Returns
+/// SBX_ERR_TIMEOUT when it is still running. The child handle stays valid (free it afterwards).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_child_wait(
+    child: *mut sbx_child,
+    timeout_ms: i64,
+    out: *mut *mut sbx_run_result,
+) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        // SAFETY: a non-NULL pointer comes from sbx_spawn.
+        let Some(c) = (unsafe { child.as_mut() }) else {
+            return fail_with(sbx_result::SBX_ERR_NULL, "child is NULL");
+        };
+        let waited = if timeout_ms < 0 {
+            c.child.wait().map(Some)
+        } else {
+            c.child
+                .wait_timeout(Duration::from_millis(timeout_ms as u64))
+        };
+        match waited {
+            // SAFETY: out was checked non-NULL.
+            Ok(Some(r)) => unsafe { deliver(r, out) },
+            Ok(None) => fail_with(sbx_result::SBX_ERR_TIMEOUT, "the sandbox is still running"),
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// Sends `signal` to every process of the sandbox.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_child_kill(child: *mut sbx_child, signal: c_int) -> sbx_result {
+    guard(|| {
+        // SAFETY: a non-NULL pointer comes from sbx_spawn.
+        let Some(c) = (unsafe { child.as_mut() }) else {
+            return fail_with(sbx_result::SBX_ERR_NULL, "child is NULL");
+        };
+        c.child
+            .kill(signal)
+            .map_or_else(fail, |()| sbx_result::SBX_OK)
+    })
+}
+
+/// Frees a child handle; a sandbox still running is killed and reaped. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_child_free(child: *mut sbx_child) {
+    if !child.is_null() {
+        // SAFETY: child was produced by Box::into_raw in sbx_spawn and is not used afterwards.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(child) })));
+    }
+}
+
+unsafe fn result_ref<'a>(r: *const sbx_run_result) -> Option<&'a sbx_run_result> {
+    // SAFETY: a non-NULL pointer comes from sbx_run/sbx_child_wait.
+    unsafe { r.as_ref() }
+}
+
+/// The exit code, or -1 when a signal ended the command (or for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_exit_code(r: *const sbx_run_result) -> c_int {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }
+        .and_then(|r| r.result.status.code())
+        .unwrap_or(-1)
+}
+
+/// The signal that ended the command, or 0.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_signal(r: *const sbx_run_result) -> c_int {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }
+        .and_then(|r| r.result.status.signal())
+        .unwrap_or(0)
+}
+
+/// The verdict (SBX_VERDICT_SETUP_ERROR for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_verdict(r: *const sbx_run_result) -> sbx_verdict {
+    // SAFETY: result_ref handles NULL.
+    match unsafe { result_ref(r) }.map(|r| r.result.verdict) {
+        Some(Verdict::Ok) => sbx_verdict::SBX_VERDICT_OK,
+        Some(Verdict::ExitNonzero) => sbx_verdict::SBX_VERDICT_EXIT_NONZERO,
+        Some(Verdict::Signaled) => sbx_verdict::SBX_VERDICT_SIGNALED,
+        Some(Verdict::WallTimeout) => sbx_verdict::SBX_VERDICT_WALL_TIMEOUT,
+        Some(Verdict::CpuTimeout) => sbx_verdict::SBX_VERDICT_CPU_TIMEOUT,
+        Some(Verdict::MemoryLimit) => sbx_verdict::SBX_VERDICT_MEMORY_LIMIT,
+        Some(Verdict::OutputLimit) => sbx_verdict::SBX_VERDICT_OUTPUT_LIMIT,
+        _ => sbx_verdict::SBX_VERDICT_SETUP_ERROR,
+    }
+}
+
+/// Wall-clock seconds from spawn to exit.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_wall_time(r: *const sbx_run_result) -> f64 {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }.map_or(0.0, |r| r.result.usage.wall_time)
+}
+
+/// CPU seconds (user + system) of the whole sandbox.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_cpu_time(r: *const sbx_run_result) -> f64 {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }.map_or(0.0, |r| r.result.usage.cpu_time)
+}
+
+/// Peak memory in bytes (see the JSON's memory_peak_source for how it was measured).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_memory_peak(r: *const sbx_run_result) -> u64 {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }.map_or(0, |r| r.result.usage.memory_peak)
+}
+
+/// Processes the OOM killer ended.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_oom_kills(r: *const sbx_run_result) -> u64 {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }.map_or(0, |r| r.result.usage.oom_kills)
+}
+
+/// Whether the wall-clock limit killed the sandbox.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_timed_out(r: *const sbx_run_result) -> bool {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }.is_some_and(|r| r.result.timed_out)
+}
+
+/// Captured stdout (borrowed until sbx_result_free; NULL when not captured), its length in `*len`.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_stdout(r: *const sbx_run_result, len: *mut usize) -> *const u8 {
+    // SAFETY: result_ref handles NULL; len is checked before writing.
+    unsafe { bytes(result_ref(r).and_then(|r| r.result.stdout.as_deref()), len) }
+}
+
+/// Captured stderr, as for sbx_result_stdout.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_stderr(r: *const sbx_run_result, len: *mut usize) -> *const u8 {
+    // SAFETY: as for sbx_result_stdout.
+    unsafe { bytes(result_ref(r).and_then(|r| r.result.stderr.as_deref()), len) }
+}
+
+unsafe fn bytes(data: Option<&[u8]>, len: *mut usize) -> *const u8 {
+    if !len.is_null() {
+        // SAFETY: len is non-NULL and writable.
+        unsafe { *len = data.map_or(0, <[u8]>::len) };
+    }
+    data.map_or(std::ptr::null(), <[u8]>::as_ptr)
+}
+
+/// Whether stdout (stream 1) or stderr (stream 2) was cut at the output limit.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_truncated(r: *const sbx_run_result, stream: c_int) -> bool {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }.is_some_and(|r| {
+        if stream == 2 {
+            r.result.stderr_truncated
+        } else {
+            r.result.stdout_truncated
+        }
+    })
+}
+
+/// The enforcement report as JSON (borrowed until sbx_result_free).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_report_json(r: *const sbx_run_result) -> *const c_char {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }.map_or(std::ptr::null(), |r| r.report_json.as_ptr())
+}
+
+/// Status of one protection in the report: 0 enforced, 1 skipped, 2 off, -1 unknown name.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_feature_status(
+    r: *const sbx_run_result,
+    name: *const c_char,
+) -> c_int {
+    // SAFETY: result_ref handles NULL; name is checked.
+    let (Some(r), false) = (unsafe { result_ref(r) }, name.is_null()) else {
+        return -1;
+    };
+    // SAFETY: name is a non-NULL NUL-terminated string.
+    let Ok(name) = unsafe { CStr::from_ptr(name) }.to_str() else {
+        return -1;
+    };
+    match r.result.report.feature(name).map(|f| f.status) {
+        Some(rsandbox::Status::Enforced) => 0,
+        Some(rsandbox::Status::Skipped) => 1,
+        Some(rsandbox::Status::Off) => 2,
+        None => -1,
+    }
+}
+
+/// The whole result (status, verdict, usage, report) as JSON (borrowed until sbx_result_free).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_json(r: *const sbx_run_result) -> *const c_char {
+    // SAFETY: result_ref handles NULL.
+    unsafe { result_ref(r) }.map_or(std::ptr::null(), |r| r.json.as_ptr())
+}
+
+/// Frees a result. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_result_free(r: *mut sbx_run_result) {
+    if !r.is_null() {
+        // SAFETY: r was produced by Box::into_raw in this library and is not used afterwards.
+        drop(unsafe { Box::from_raw(r) });
+    }
+}
+
+/// What this host and user can use, as JSON in `*out` (free with sbx_string_free).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_doctor_json(out: *mut *mut c_char) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        let json = serde_json::to_string(&rsandbox::doctor()).unwrap_or_default();
+        // SAFETY: out was checked non-NULL.
+        unsafe { *out = CString::new(json).unwrap_or_default().into_raw() };
+        sbx_result::SBX_OK
+    })
+}
+
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn version_is_nul_terminated() {
         // SAFETY: sbx_version returns a pointer to a static NUL-terminated string.
-        let v = unsafe { std::ffi::CStr::from_ptr(super::sbx_version()) };
+        let v = unsafe { CStr::from_ptr(sbx_version()) };
         assert_eq!(v.to_str().unwrap(), env!("CARGO_PKG_VERSION"));
+    }
+
+    #[test]
+    fn every_error_kind_has_its_code() {
+        assert_eq!(
+            code_for(ErrorKind::ExecutableNotFound),
+            sbx_result::SBX_ERR_EXECUTABLE_NOT_FOUND
+        );
+        assert_eq!(
+            code_for(ErrorKind::InvalidImage),
+            sbx_result::SBX_ERR_INVALID_IMAGE
+        );
     }
 }

@@ -1,0 +1,288 @@
+/*
+ * sandbox.h: the C interface of rsandbox (libsandbox.so).
+ *
+ * Ownership. Every object comes from a constructor (sbx_config_new, sbx_config_from_json,
+ * sbx_spawn, sbx_run, sbx_child_wait) and is released by its _free function; passing NULL to a
+ * _free function does nothing. Strings returned through a `char **out` belong to the caller and
+ * are released with sbx_string_free. Pointers returned directly (sbx_result_stdout,
+ * sbx_result_report_json, sbx_result_json, sbx_last_error_message, sbx_version) are borrowed:
+ * valid until the owning object is freed (or, for the last error, until the next call on the
+ * same thread); never free them. No function consumes its arguments.
+ *
+ * Threads. sbx_spawn and sbx_run are safe to call from many threads at once, in programs with
+ * any number of threads: the library allocates everything before it clones, and the sandbox
+ * side makes only raw system calls until it executes the command. A configuration may be read
+ * (spawned from) by several threads at once but not modified while that happens. Results are
+ * immutable. A child handle is used by one thread at a time.
+ *
+ * Errors. Every fallible function returns an sbx_result; SBX_OK is 0 and the other codes are
+ * explicitly numbered and never renumbered. After a failure, sbx_last_error_message() (this
+ * thread's) names the step, the path and the errno, and sbx_last_error_errno() gives the errno.
+ * A panic inside the library never crosses this interface: it becomes SBX_ERR_PANIC.
+ *
+ * Strings are UTF-8 and NUL-terminated. Invalid UTF-8 is refused (SBX_ERR_INVALID_UTF8) and
+ * leaves the object unchanged; it is never coerced.
+ */
+
+#ifndef RSANDBOX_SANDBOX_H
+#define RSANDBOX_SANDBOX_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/*
+ Result codes. Explicitly numbered; a number, once given, is never reused or changed.
+ */
+typedef enum {
+  SBX_OK = 0,
+  SBX_ERR_NULL = 1,
+  SBX_ERR_INVALID_UTF8 = 2,
+  SBX_ERR_INVALID_SPEC = 3,
+  SBX_ERR_PATH_NOT_FOUND = 4,
+  SBX_ERR_UNMAPPABLE_ID = 5,
+  SBX_ERR_EXECUTABLE_NOT_FOUND = 6,
+  SBX_ERR_NOT_EXECUTABLE = 7,
+  SBX_ERR_SETUP = 8,
+  SBX_ERR_UNSUPPORTED = 9,
+  SBX_ERR_IO = 10,
+  SBX_ERR_INVALID_IMAGE = 11,
+  SBX_ERR_PANIC = 12,
+  SBX_ERR_TIMEOUT = 13,
+  SBX_ERR_OTHER = 14,
+} sbx_result;
+
+/*
+ The one-word outcome of a run. Explicitly numbered.
+ */
+typedef enum {
+  SBX_VERDICT_OK = 0,
+  SBX_VERDICT_EXIT_NONZERO = 1,
+  SBX_VERDICT_SIGNALED = 2,
+  SBX_VERDICT_WALL_TIMEOUT = 3,
+  SBX_VERDICT_CPU_TIMEOUT = 4,
+  SBX_VERDICT_MEMORY_LIMIT = 5,
+  SBX_VERDICT_OUTPUT_LIMIT = 6,
+  SBX_VERDICT_SETUP_ERROR = 7,
+} sbx_verdict;
+
+/*
+ A running sandbox.
+ */
+typedef struct sbx_child sbx_child;
+
+/*
+ A sandbox configuration (a `Spec`). Not to be mutated from two threads at once.
+ */
+typedef struct sbx_config sbx_config;
+
+/*
+ The result of a finished sandbox. Immutable; may be read from any thread.
+ */
+typedef struct sbx_run_result sbx_run_result;
+
+#ifdef __cplusplus
+extern "C" {
+#endif // __cplusplus
+
+/*
+ The library version, a static NUL-terminated string (never free it).
+ */
+const char *sbx_version(void);
+
+/*
+ The message of the last failed call on this thread ("" when none). Valid until the next call
+ on this thread; never free it.
+ */
+const char *sbx_last_error_message(void);
+
+/*
+ The errno behind the last failed call on this thread (0 when none).
+ */
+int sbx_last_error_errno(void);
+
+/*
+ Creates a configuration with every default (all namespaces, the read-only host view, the
+ default seccomp profile, Landlock, no capabilities). Free it with `sbx_config_free`.
+ */
+sbx_result sbx_config_new(sbx_config **out);
+
+/*
+ Creates a configuration from a JSON spec (the format of `rsandbox run --print-spec`).
+ */
+sbx_result sbx_config_from_json(const char *json, sbx_config **out);
+
+/*
+ The configuration as JSON, in `*out`; free it with `sbx_string_free`.
+ */
+sbx_result sbx_config_to_json(const sbx_config *cfg, char **out);
+
+/*
+ Frees a string returned by this library. NULL is a no-op.
+ */
+void sbx_string_free(char *s);
+
+/*
+ Frees a configuration. NULL is a no-op.
+ */
+void sbx_config_free(sbx_config *cfg);
+
+/*
+ Sets the command: `argc` strings from `argv` (argv[0] is looked up in the sandbox's PATH).
+ */
+sbx_result sbx_config_set_argv(sbx_config *cfg, const char *const *argv, uintptr_t argc);
+
+/*
+ Sets an environment variable of the command.
+ */
+sbx_result sbx_config_set_env(sbx_config *cfg, const char *key, const char *value);
+
+/*
+ Sets a string-valued setting: "cwd", "hostname", "cgroup_parent", "seccomp" ("default",
+ "none", or a profile path), "keep_capability", "rootfs", "rootfs_rw", "network" ("none",
+ "host").
+ */
+sbx_result sbx_config_set_str(sbx_config *cfg, const char *name, const char *value);
+
+/*
+ Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit", "memory",
+ "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
+ "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
+ "die_with_parent" (0/1).
+ */
+sbx_result sbx_config_set_num(sbx_config *cfg, const char *name, double value);
+
+/*
+ Adds a bind mount of host path `source` at sandbox path `destination`.
+ */
+sbx_result sbx_config_add_bind(sbx_config *cfg,
+                               const char *source,
+                               const char *destination,
+                               bool readonly);
+
+/*
+ Adds a tmpfs at `destination`, capped at `size` bytes (0: the kernel's default).
+ */
+sbx_result sbx_config_add_tmpfs(sbx_config *cfg, const char *destination, uint64_t size);
+
+/*
+ Runs the configured command to completion, feeding it `input` (may be NULL), capturing its
+ output. On success `*out` holds a result to free with `sbx_result_free`.
+ */
+sbx_result sbx_run(const sbx_config *cfg,
+                   const uint8_t *input,
+                   uintptr_t input_len,
+                   sbx_run_result **out);
+
+/*
+ Starts the configured command; returns once it has been executed in the sandbox. The
+ command's standard streams follow the configuration (inherited by default).
+ */
+sbx_result sbx_spawn(const sbx_config *cfg, sbx_child **out);
+
+/*
+ The host pid of the sandbox's init (-1 for NULL).
+ */
+int sbx_child_pid(const sbx_child *child);
+
+/*
+ Waits for the sandbox, at most `timeout_ms` milliseconds (negative: without limit). Returns
+ SBX_ERR_TIMEOUT when it is still running. The child handle stays valid (free it afterwards).
+ */
+sbx_result sbx_child_wait(sbx_child *child, int64_t timeout_ms, sbx_run_result **out);
+
+/*
+ Sends `signal` to every process of the sandbox.
+ */
+sbx_result sbx_child_kill(sbx_child *child, int signal);
+
+/*
+ Frees a child handle; a sandbox still running is killed and reaped. NULL is a no-op.
+ */
+void sbx_child_free(sbx_child *child);
+
+/*
+ The exit code, or -1 when a signal ended the command (or for NULL).
+ */
+int sbx_result_exit_code(const sbx_run_result *r);
+
+/*
+ The signal that ended the command, or 0.
+ */
+int sbx_result_signal(const sbx_run_result *r);
+
+/*
+ The verdict (SBX_VERDICT_SETUP_ERROR for NULL).
+ */
+sbx_verdict sbx_result_verdict(const sbx_run_result *r);
+
+/*
+ Wall-clock seconds from spawn to exit.
+ */
+double sbx_result_wall_time(const sbx_run_result *r);
+
+/*
+ CPU seconds (user + system) of the whole sandbox.
+ */
+double sbx_result_cpu_time(const sbx_run_result *r);
+
+/*
+ Peak memory in bytes (see the JSON's memory_peak_source for how it was measured).
+ */
+uint64_t sbx_result_memory_peak(const sbx_run_result *r);
+
+/*
+ Processes the OOM killer ended.
+ */
+uint64_t sbx_result_oom_kills(const sbx_run_result *r);
+
+/*
+ Whether the wall-clock limit killed the sandbox.
+ */
+bool sbx_result_timed_out(const sbx_run_result *r);
+
+/*
+ Captured stdout (borrowed until sbx_result_free; NULL when not captured), its length in `*len`.
+ */
+const uint8_t *sbx_result_stdout(const sbx_run_result *r, uintptr_t *len);
+
+/*
+ Captured stderr, as for sbx_result_stdout.
+ */
+const uint8_t *sbx_result_stderr(const sbx_run_result *r, uintptr_t *len);
+
+/*
+ Whether stdout (stream 1) or stderr (stream 2) was cut at the output limit.
+ */
+bool sbx_result_truncated(const sbx_run_result *r, int stream);
+
+/*
+ The enforcement report as JSON (borrowed until sbx_result_free).
+ */
+const char *sbx_result_report_json(const sbx_run_result *r);
+
+/*
+ Status of one protection in the report: 0 enforced, 1 skipped, 2 off, -1 unknown name.
+ */
+int sbx_result_feature_status(const sbx_run_result *r, const char *name);
+
+/*
+ The whole result (status, verdict, usage, report) as JSON (borrowed until sbx_result_free).
+ */
+const char *sbx_result_json(const sbx_run_result *r);
+
+/*
+ Frees a result. NULL is a no-op.
+ */
+void sbx_result_free(sbx_run_result *r);
+
+/*
+ What this host and user can use, as JSON in `*out` (free with sbx_string_free).
+ */
+sbx_result sbx_doctor_json(char **out);
+
+#ifdef __cplusplus
+}  // extern "C"
+#endif  // __cplusplus
+
+#endif  /* RSANDBOX_SANDBOX_H */
