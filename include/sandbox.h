@@ -140,7 +140,10 @@ sbx_result sbx_config_set_env(sbx_config *cfg, const char *key, const char *valu
 /*
  Sets a string-valued setting: "cwd", "hostname", "cgroup_parent", "seccomp" ("default",
  "none", or a profile path), "keep_capability", "rootfs", "rootfs_rw", "network" ("none",
- "host").
+ "host"), "overlay_lower" (adds a lower layer, top-most first), "upper" (persistent upper
+ directory), "overlay_driver" ("auto", "kernel", "fuse"), "image" (OCI layout directory),
+ "image_tag", "image_store", "stdin"/"stdout"/"stderr" ("inherit", "null", "pipe", or a file
+ path). Every other field of the spec is reachable through sbx_config_from_json.
  */
 sbx_result sbx_config_set_str(sbx_config *cfg, const char *name, const char *value);
 
@@ -148,7 +151,9 @@ sbx_result sbx_config_set_str(sbx_config *cfg, const char *name, const char *val
  Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit", "memory",
  "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
  "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
- "die_with_parent" (0/1).
+ "die_with_parent" (0/1), "upper_size" (ephemeral upper cap), "stdin_fd"/"stdout_fd"/
+ "stderr_fd" (a descriptor of the caller), "namespace.NAME" (0/1 for user, mount, pid, ipc,
+ uts, net, cgroup, time).
  */
 sbx_result sbx_config_set_num(sbx_config *cfg, const char *name, double value);
 
@@ -195,6 +200,22 @@ sbx_result sbx_child_wait(sbx_child *child, int64_t timeout_ms, sbx_run_result *
  Sends `signal` to every process of the sandbox.
  */
 sbx_result sbx_child_kill(sbx_child *child, int signal);
+
+/*
+ A pidfd of the sandbox's init (readable when it exits; owned by the handle), or -1.
+ */
+int sbx_child_pidfd(const sbx_child *child);
+
+/*
+ The caller's end of the command's stdin (0), stdout (1) or stderr (2) when that stream is a
+ pipe, else -1. Owned by the handle: do not close it (shutdown(2)/read(2)/write(2) are fine).
+ */
+int sbx_child_stream_fd(const sbx_child *child, int stream);
+
+/*
+ Freezes (frozen = true) or thaws every process of the sandbox (needs its cgroup).
+ */
+sbx_result sbx_child_freeze(sbx_child *child, bool frozen);
 
 /*
  Frees a child handle; a sandbox still running is killed and reaped. NULL is a no-op.

@@ -313,7 +313,10 @@ pub unsafe extern "C" fn sbx_config_set_env(
 
 /// Sets a string-valued setting: "cwd", "hostname", "cgroup_parent", "seccomp" ("default",
 /// "none", or a profile path), "keep_capability", "rootfs", "rootfs_rw", "network" ("none",
-/// "host").
+/// "host"), "overlay_lower" (adds a lower layer, top-most first), "upper" (persistent upper
+/// directory), "overlay_driver" ("auto", "kernel", "fuse"), "image" (OCI layout directory),
+/// "image_tag", "image_store", "stdin"/"stdout"/"stderr" ("inherit", "null", "pipe", or a file
+/// path). Every other field of the spec is reachable through sbx_config_from_json.
 #[no_mangle]
 pub unsafe extern "C" fn sbx_config_set_str(
     cfg: *mut sbx_config,
@@ -347,6 +350,72 @@ pub unsafe extern "C" fn sbx_config_set_str(
                     writable: name == "rootfs_rw",
                 }
             }
+            "overlay_lower" | "upper" | "overlay_driver" | "image" | "image_tag"
+            | "image_store" => {
+                let ov = match &mut spec.filesystem.root {
+                    Root::Overlay(ov) => ov,
+                    root => {
+                        *root = Root::Overlay(rsandbox::Overlay::default());
+                        let Root::Overlay(ov) = root else {
+                            unreachable!()
+                        };
+                        ov
+                    }
+                };
+                match name {
+                    "overlay_lower" => ov.lowers.push(value.into()),
+                    "upper" => ov.upper = rsandbox::Upper::Persistent { path: value.into() },
+                    "overlay_driver" => {
+                        ov.driver = match value {
+                            "auto" => rsandbox::OverlayDriver::Auto,
+                            "kernel" => rsandbox::OverlayDriver::Kernel,
+                            "fuse" => rsandbox::OverlayDriver::Fuse,
+                            other => {
+                                return fail_with(
+                                    sbx_result::SBX_ERR_INVALID_SPEC,
+                                    &format!("overlay_driver: unknown driver {other:?}"),
+                                )
+                            }
+                        }
+                    }
+                    "image" => {
+                        ov.image = Some(rsandbox::ImageSource {
+                            layout: value.into(),
+                            tag: None,
+                            store: None,
+                        })
+                    }
+                    _ => {
+                        let Some(img) = ov.image.as_mut() else {
+                            return fail_with(
+                                sbx_result::SBX_ERR_INVALID_SPEC,
+                                &format!("{name} needs \"image\" first"),
+                            );
+                        };
+                        if name == "image_tag" {
+                            img.tag = Some(value.into());
+                        } else {
+                            img.store = Some(value.into());
+                        }
+                    }
+                }
+            }
+            "stdin" | "stdout" | "stderr" => {
+                let how = match value {
+                    "inherit" => rsandbox::Stdio::Inherit,
+                    "null" => rsandbox::Stdio::Null,
+                    "pipe" => rsandbox::Stdio::Pipe,
+                    path => rsandbox::Stdio::File {
+                        path: path.into(),
+                        append: false,
+                    },
+                };
+                match name {
+                    "stdin" => spec.process.stdin = how,
+                    "stdout" => spec.process.stdout = how,
+                    _ => spec.process.stderr = how,
+                }
+            }
             "network" => {
                 spec.network = match value {
                     "none" => Network::None,
@@ -373,7 +442,9 @@ pub unsafe extern "C" fn sbx_config_set_str(
 /// Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit", "memory",
 /// "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
 /// "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
-/// "die_with_parent" (0/1).
+/// "die_with_parent" (0/1), "upper_size" (ephemeral upper cap), "stdin_fd"/"stdout_fd"/
+/// "stderr_fd" (a descriptor of the caller), "namespace.NAME" (0/1 for user, mount, pid, ipc,
+/// uts, net, cgroup, time).
 #[no_mangle]
 pub unsafe extern "C" fn sbx_config_set_num(
     cfg: *mut sbx_config,
@@ -414,6 +485,39 @@ pub unsafe extern "C" fn sbx_config_set_num(
             "allow_nested_userns" => spec.security.allow_nested_userns = int != 0,
             "mask_proc" => spec.security.mask_proc = int != 0,
             "die_with_parent" => spec.die_with_parent = int != 0,
+            "upper_size" => {
+                if let Root::Overlay(ov) = &mut spec.filesystem.root {
+                    ov.upper = rsandbox::Upper::Ephemeral { size: Some(int) };
+                } else {
+                    return fail_with(
+                        sbx_result::SBX_ERR_INVALID_SPEC,
+                        "upper_size needs an overlay root (overlay_lower or image)",
+                    );
+                }
+            }
+            "stdin_fd" => spec.process.stdin = rsandbox::Stdio::Fd(int as i32),
+            "stdout_fd" => spec.process.stdout = rsandbox::Stdio::Fd(int as i32),
+            "stderr_fd" => spec.process.stderr = rsandbox::Stdio::Fd(int as i32),
+            ns if ns.starts_with("namespace.") => {
+                let want = if int != 0 { Want::Required } else { Want::Off };
+                let n = &mut spec.namespaces;
+                match &ns["namespace.".len()..] {
+                    "user" => n.user = want,
+                    "mount" => n.mount = want,
+                    "pid" => n.pid = want,
+                    "ipc" => n.ipc = want,
+                    "uts" => n.uts = want,
+                    "net" => n.net = want,
+                    "cgroup" => n.cgroup = want,
+                    "time" => n.time = want,
+                    other => {
+                        return fail_with(
+                            sbx_result::SBX_ERR_INVALID_SPEC,
+                            &format!("unknown namespace {other:?}"),
+                        )
+                    }
+                }
+            }
             "landlock" => {
                 spec.security.landlock.want = match int {
                     0 => Want::Off,
@@ -585,6 +689,48 @@ pub unsafe extern "C" fn sbx_child_kill(child: *mut sbx_child, signal: c_int) ->
         c.child
             .kill(signal)
             .map_or_else(fail, |()| sbx_result::SBX_OK)
+    })
+}
+
+/// A pidfd of the sandbox's init (readable when it exits; owned by the handle), or -1.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_child_pidfd(child: *const sbx_child) -> c_int {
+    // SAFETY: a non-NULL pointer comes from sbx_spawn.
+    unsafe { child.as_ref() }.map_or(-1, |c| c.child.pidfd())
+}
+
+/// The caller's end of the command's stdin (0), stdout (1) or stderr (2) when that stream is a
+/// pipe, else -1. Owned by the handle: do not close it (shutdown(2)/read(2)/write(2) are fine).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_child_stream_fd(child: *const sbx_child, stream: c_int) -> c_int {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a non-NULL pointer comes from sbx_spawn.
+    let Some(c) = (unsafe { child.as_ref() }) else {
+        return -1;
+    };
+    let f = match stream {
+        0 => c.child.stdin.as_ref(),
+        1 => c.child.stdout.as_ref(),
+        2 => c.child.stderr.as_ref(),
+        _ => None,
+    };
+    f.map_or(-1, |f| f.as_raw_fd())
+}
+
+/// Freezes (frozen = true) or thaws every process of the sandbox (needs its cgroup).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_child_freeze(child: *mut sbx_child, frozen: bool) -> sbx_result {
+    guard(|| {
+        // SAFETY: a non-NULL pointer comes from sbx_spawn.
+        let Some(c) = (unsafe { child.as_mut() }) else {
+            return fail_with(sbx_result::SBX_ERR_NULL, "child is NULL");
+        };
+        let r = if frozen {
+            c.child.freeze()
+        } else {
+            c.child.thaw()
+        };
+        r.map_or_else(fail, |()| sbx_result::SBX_OK)
     })
 }
 
