@@ -340,7 +340,7 @@ fn subordinate_ids(uid: u32) -> Check {
     let who = name.clone().unwrap_or_else(|| uid.to_string());
     let ranges = |file| {
         let text = fs::read_to_string(file).unwrap_or_default();
-        parse_subids(&text, name.as_deref(), uid)
+        crate::userns::subordinate_ranges(&text, name.as_deref(), uid)
     };
     let (uids, gids) = (ranges("/etc/subuid"), ranges("/etc/subgid"));
     let (subuid, subgid) = (ranges_text(&uids), ranges_text(&gids));
@@ -695,22 +695,6 @@ fn ranges_text(ranges: &[(u32, u32)]) -> String {
 
 // ---- pure parsers ----
 
-/// Every range (start, count) for the user `name` or numeric `uid` in a subuid/subgid file.
-fn parse_subids(text: &str, name: Option<&str>, uid: u32) -> Vec<(u32, u32)> {
-    let uid = uid.to_string();
-    text.lines()
-        .filter_map(|line| {
-            let mut parts = line.trim().split(':');
-            let (who, start, count) = (parts.next()?, parts.next()?, parts.next()?);
-            if who != uid && Some(who) != name {
-                return None;
-            }
-            let (start, count) = (start.parse().ok()?, count.parse::<u32>().ok()?);
-            (count > 0).then_some((start, count))
-        })
-        .collect()
-}
-
 /// The fields of a /proc/self/mountinfo line that the doctor needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct MountInfo {
@@ -817,10 +801,13 @@ mod tests {
     #[test]
     fn subids_match_by_name_or_uid_and_keep_every_range() {
         let text = "alice:100000:65536\n1001:300000:10\nbob:200000:65536\nalice:400000:0\nbad\n";
-        let alice = parse_subids(text, Some("alice"), 1001);
+        let alice = crate::userns::subordinate_ranges(text, Some("alice"), 1001);
         assert_eq!(alice, [(100000, 65536), (300000, 10)]);
-        assert_eq!(parse_subids(text, None, 1001), [(300000, 10)]);
-        assert!(parse_subids("", Some("alice"), 1001).is_empty());
+        assert_eq!(
+            crate::userns::subordinate_ranges(text, None, 1001),
+            [(300000, 10)]
+        );
+        assert!(crate::userns::subordinate_ranges("", Some("alice"), 1001).is_empty());
         assert_eq!(ranges_text(&alice), "100000-165535,300000-300009");
         assert_eq!(ranges_text(&[]), "none");
     }

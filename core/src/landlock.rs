@@ -221,6 +221,42 @@ struct NetPort {
     port: u64,
 }
 
+/// Adds one path-beneath rule for `path` to the ruleset `fd`.
+fn add_path_rule(
+    fd: i32,
+    path: &std::ffi::CStr,
+    access: u64,
+) -> std::result::Result<(), nix::errno::Errno> {
+    use nix::errno::Errno;
+    // SAFETY: path is NUL-terminated.
+    let pfd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+    if pfd < 0 {
+        return Err(Errno::last());
+    }
+    let beneath = PathBeneath {
+        allowed_access: access,
+        parent_fd: pfd,
+    };
+    // SAFETY: beneath is a valid landlock_path_beneath_attr; pfd is closed right after.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            fd,
+            1u32,
+            &beneath as *const PathBeneath,
+            0u32,
+        )
+    };
+    let e = Errno::last();
+    // SAFETY: closing the descriptor opened above.
+    unsafe { libc::close(pfd) };
+    if ret < 0 {
+        Err(e)
+    } else {
+        Ok(())
+    }
+}
+
 /// Applies the ruleset to the calling thread (after no_new_privs). Raw syscalls only; paths
 /// missing from the sandbox are skipped.
 pub(crate) fn apply(plan: &Plan) -> std::result::Result<(), nix::errno::Errno> {
@@ -252,60 +288,15 @@ pub(crate) fn apply(plan: &Plan) -> std::result::Result<(), nix::errno::Errno> {
     let fd = fd as i32;
     let res = (|| {
         for rule in &plan.rules {
-            // SAFETY: rule.path is NUL-terminated.
-            let pfd = unsafe { libc::open(rule.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-            if pfd < 0 {
-                match Errno::last() {
-                    Errno::ENOENT | Errno::ENOTDIR => continue,
-                    e => return Err(e),
+            let access = rule.access & plan.handled_fs;
+            match add_path_rule(fd, &rule.path, access) {
+                Ok(()) | Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => {}
+                // A file takes only the rights that make sense for files.
+                Err(Errno::EINVAL) => {
+                    let files = access & (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV);
+                    add_path_rule(fd, &rule.path, files)?;
                 }
-            }
-            let beneath = PathBeneath {
-                allowed_access: rule.access & plan.handled_fs,
-                parent_fd: pfd,
-            };
-            // SAFETY: beneath is a valid landlock_path_beneath_attr.
-            let ret = unsafe {
-                libc::syscall(
-                    libc::SYS_landlock_add_rule,
-                    fd,
-                    1u32,
-                    &beneath as *const PathBeneath,
-                    0u32,
-                )
-            };
-            let e = Errno::last();
-            // SAFETY: closing the descriptor opened above.
-            unsafe { libc::close(pfd) };
-            // A file gets only the rights that make sense for files.
-            if ret < 0 && e == Errno::EINVAL {
-                let files = rule.access
-                    & plan.handled_fs
-                    & (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV);
-                // SAFETY: as above, reopened.
-                let pfd = unsafe { libc::open(rule.path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-                let beneath = PathBeneath {
-                    allowed_access: files,
-                    parent_fd: pfd,
-                };
-                // SAFETY: beneath is valid; pfd is closed right after.
-                let ret = unsafe {
-                    libc::syscall(
-                        libc::SYS_landlock_add_rule,
-                        fd,
-                        1u32,
-                        &beneath as *const PathBeneath,
-                        0u32,
-                    )
-                };
-                let e = Errno::last();
-                // SAFETY: closing the descriptor opened above.
-                unsafe { libc::close(pfd) };
-                if ret < 0 {
-                    return Err(e);
-                }
-            } else if ret < 0 {
-                return Err(e);
+                Err(e) => return Err(e),
             }
         }
         for &(access, port) in &plan.ports {

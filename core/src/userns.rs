@@ -157,16 +157,23 @@ pub(crate) fn subordinate_range(file: &Path, name: Option<&str>, uid: u32) -> Op
 }
 
 pub(crate) fn parse_subordinate(text: &str, name: Option<&str>, uid: u32) -> Option<(u32, u32)> {
+    subordinate_ranges(text, name, uid).into_iter().next()
+}
+
+/// Every range (start, count) for the user `name` or numeric `uid` in a subuid/subgid file.
+pub(crate) fn subordinate_ranges(text: &str, name: Option<&str>, uid: u32) -> Vec<(u32, u32)> {
     let uid = uid.to_string();
-    text.lines().find_map(|line| {
-        let mut parts = line.trim().split(':');
-        let (who, start, count) = (parts.next()?, parts.next()?, parts.next()?);
-        if who != uid && Some(who) != name {
-            return None;
-        }
-        let (start, count) = (start.parse().ok()?, count.parse::<u32>().ok()?);
-        (count > 0).then_some((start, count))
-    })
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.trim().split(':');
+            let (who, start, count) = (parts.next()?, parts.next()?, parts.next()?);
+            if who != uid && Some(who) != name {
+                return None;
+            }
+            let (start, count) = (start.parse().ok()?, count.parse::<u32>().ok()?);
+            (count > 0).then_some((start, count))
+        })
+        .collect()
 }
 
 fn find_helper(name: &str) -> Result<PathBuf> {
