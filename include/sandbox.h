@@ -143,7 +143,8 @@ sbx_result sbx_config_set_env(sbx_config *cfg, const char *key, const char *valu
  "host"), "overlay_lower" (adds a lower layer, top-most first), "upper" (persistent upper
  directory), "overlay_driver" ("auto", "kernel", "fuse"), "image" (OCI layout directory),
  "image_tag", "image_store", "stdin"/"stdout"/"stderr" ("inherit", "null", "pipe", or a file
- path). Every other field of the spec is reachable through sbx_config_from_json.
+ path), "landlock_rw"/"landlock_ro" (extra Landlock rules), "id_mapping" ("single",
+ "subordinate-range"). Every other field of the spec is reachable through sbx_config_from_json.
  */
 sbx_result sbx_config_set_str(sbx_config *cfg, const char *name, const char *value);
 

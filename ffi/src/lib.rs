@@ -316,7 +316,8 @@ pub unsafe extern "C" fn sbx_config_set_env(
 /// "host"), "overlay_lower" (adds a lower layer, top-most first), "upper" (persistent upper
 /// directory), "overlay_driver" ("auto", "kernel", "fuse"), "image" (OCI layout directory),
 /// "image_tag", "image_store", "stdin"/"stdout"/"stderr" ("inherit", "null", "pipe", or a file
-/// path). Every other field of the spec is reachable through sbx_config_from_json.
+/// path), "landlock_rw"/"landlock_ro" (extra Landlock rules), "id_mapping" ("single",
+/// "subordinate-range"). Every other field of the spec is reachable through sbx_config_from_json.
 #[no_mangle]
 pub unsafe extern "C" fn sbx_config_set_str(
     cfg: *mut sbx_config,
@@ -344,6 +345,20 @@ pub unsafe extern "C" fn sbx_config_set_str(
                 }
             }
             "keep_capability" => spec.security.capabilities.push(value.into()),
+            "landlock_rw" => spec.security.landlock.write.push(value.into()),
+            "landlock_ro" => spec.security.landlock.read.push(value.into()),
+            "id_mapping" => {
+                spec.user.mapping = match value {
+                    "single" => rsandbox::IdMapping::Single,
+                    "subordinate-range" => rsandbox::IdMapping::SubordinateRange,
+                    other => {
+                        return fail_with(
+                            sbx_result::SBX_ERR_INVALID_SPEC,
+                            &format!("id_mapping: unknown mapping {other:?}"),
+                        )
+                    }
+                }
+            }
             "rootfs" | "rootfs_rw" => {
                 spec.filesystem.root = Root::Directory {
                     path: value.into(),

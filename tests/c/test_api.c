@@ -179,6 +179,14 @@ static void test_errors(void) {
     CHECK(sbx_config_set_num(cfg, "timeout", -1) == SBX_ERR_INVALID_SPEC);
     CHECK(sbx_config_set_num(cfg, "no_such_setting", 1) == SBX_ERR_INVALID_SPEC);
     CHECK(sbx_config_set_str(cfg, "network", "sideways") == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_str(cfg, "id_mapping", "sideways") == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_str(cfg, "id_mapping", "subordinate-range") == SBX_OK);
+    CHECK(sbx_config_set_str(cfg, "landlock_rw", "/srv") == SBX_OK);
+    CHECK(sbx_config_set_str(cfg, "image_tag", "v1") == SBX_ERR_INVALID_SPEC);
+    char *js = NULL;
+    CHECK(sbx_config_to_json(cfg, &js) == SBX_OK);
+    CHECK(js != NULL && strstr(js, "subordinate-range") != NULL && strstr(js, "/srv") != NULL);
+    sbx_string_free(js);
     sbx_config_free(cfg);
 
     CHECK(sbx_config_from_json("{\"process\": {\"argz\": []}}", &cfg) == SBX_ERR_INVALID_SPEC);
