@@ -355,6 +355,15 @@ impl Error {
         }
     }
 
+    /// The host path the error concerns, when it names one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        match self {
+            Error::PathNotFound { path, .. } | Error::InvalidImage { path, .. } => Some(path),
+            Error::Io { path, .. } => path.as_deref(),
+            _ => None,
+        }
+    }
+
     /// The remedy for host-caused failures.
     pub fn remedy(&self) -> Option<&str> {
         match self {

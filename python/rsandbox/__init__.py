@@ -38,12 +38,14 @@ class SandboxError(Exception):
     """Base class of every error this package raises about a sandbox."""
 
     def __init__(self, message: str, *, kind: str = "", errno: Optional[int] = None,
-                 step: Optional[str] = None, remedy: Optional[str] = None) -> None:
+                 step: Optional[str] = None, remedy: Optional[str] = None,
+                 path: Optional[str] = None) -> None:
         super().__init__(message)
         self.kind = kind
         self.errno = errno
         self.step = step
         self.remedy = remedy
+        self.path = path
 
 
 class ConfigError(SandboxError, ValueError):
@@ -51,11 +53,7 @@ class ConfigError(SandboxError, ValueError):
 
 
 class SetupError(SandboxError):
-    """A setup step failed: ``.step``, ``.errno`` and ``.path`` (when one is involved) say where."""
-
-    @property
-    def path(self) -> Optional[str]:
-        return None
+    """A setup step failed: ``.step`` and ``.errno`` say where; the message names the path."""
 
 
 class UnsupportedError(SandboxError):
@@ -100,8 +98,8 @@ class CalledProcessError(SandboxError):
 
 def _raise(e: Exception) -> "NoReturn":  # type: ignore[name-defined]
     """Maps the native error to this package's classes (the only such mapping)."""
-    kind, message, errno, step, remedy = e.args
-    extra = dict(kind=kind, errno=errno, step=step, remedy=remedy)
+    kind, message, errno, step, remedy, path = e.args
+    extra = dict(kind=kind, errno=errno, step=step, remedy=remedy, path=path)
     cls: type = {
         "invalid-spec": ConfigError,
         "unmappable-id": ConfigError,

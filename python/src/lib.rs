@@ -1,7 +1,7 @@
 //! The native half of `rsandbox`: thin conversions between Python and the library. The public,
 //! documented API is the pure-Python package `rsandbox`; this module (`rsandbox._rsandbox`) takes
 //! and returns JSON specs and results, releases the GIL around spawn and wait, and raises
-//! `NativeError(kind, message, errno, step, remedy)`, which the package maps to its exception
+//! `NativeError(kind, message, errno, step, remedy, path)`, which the package maps to its exception
 //! classes in one place.
 
 use std::os::fd::AsRawFd;
@@ -24,6 +24,7 @@ fn native(e: Error) -> PyErr {
         e.errno().map(|n| n as i32),
         e.step().map(|s| s.name()),
         e.remedy().map(str::to_string),
+        e.path().map(|p| p.display().to_string()),
     ))
 }
 

@@ -111,8 +111,9 @@ def test_bad_argv(args):
 def test_os_errors_are_the_builtin_classes(tmp_path):
     with pytest.raises(FileNotFoundError):
         rsandbox.run(["no-such-command-rsbx"])
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(FileNotFoundError) as e:
         rsandbox.run(["true"], rootfs="/nonexistent/rootfs")
+    assert e.value.path == "/nonexistent/rootfs" and e.value.errno == 2
     f = tmp_path / "plain"
     f.write_text("x")
     f.chmod(0o644)
@@ -133,12 +134,12 @@ def test_threads_spawn_concurrently():
     errors = []
 
     def worker(n):
-        for i in range(10):
+        for i in range(50):
             r = rsandbox.run(["sh", "-c", f"echo {n}-{i}"], capture_output=True, text=True)
             if r.stdout != f"{n}-{i}\n":
                 errors.append(r)
 
-    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(16)]
     for t in threads:
         t.start()
     for t in threads:
@@ -158,3 +159,36 @@ def _has_children():
 def test_doctor():
     d = rsandbox.doctor()
     assert {c["name"] for c in d["checks"]} >= {"user-namespaces", "seccomp", "landlock"}
+
+
+def test_ctrl_c_during_wait_kills_the_sandbox():
+    import signal
+    import time
+
+    with rsandbox.Sandbox().spawn(["sleep", "30"]) as p:
+        timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
+        timer.start()
+        start = time.monotonic()
+        with pytest.raises(KeyboardInterrupt):
+            p.wait()
+        assert time.monotonic() - start < 5
+        assert p.poll() is not None, "the sandbox outlived the interrupt"
+
+
+def test_no_descriptor_leaks_into_the_sandbox():
+    r, w = os.pipe()
+    os.set_inheritable(r, True)
+    out = rsandbox.run(["sh", "-c", "ls /proc/$$/fd"], capture_output=True, text=True).stdout
+    os.close(r)
+    os.close(w)
+    assert out.split() == ["0", "1", "2"]
+
+
+def test_python_m_rsandbox():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "rsandbox", "run", "--", "sh", "-c", "exit 7"])
+    assert r.returncode == 7
+    d = subprocess.run([sys.executable, "-m", "rsandbox", "doctor"], capture_output=True, text=True)
+    assert d.returncode == 0 and '"checks"' in d.stdout
