@@ -4,10 +4,14 @@
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
+
+#[path = "../../../core/tests/common/mod.rs"]
+mod shared;
+#[allow(unused_imports)]
+pub use shared::{busybox_rootfs, marker, must_work, my_gid, my_uid, skip, TempDir};
 
 /// The CLI under test: `$RSANDBOX_BIN` (the CI stages binaries where the unprivileged test user
 /// can read them), else the binary cargo built for this package.
@@ -109,31 +113,6 @@ pub fn wait_within(child: &mut Child, limit: Duration) -> i32 {
     }
 }
 
-/// `RSANDBOX_MUST_WORK=1` turns skips of features this machine has into failures.
-pub fn must_work() -> bool {
-    std::env::var("RSANDBOX_MUST_WORK").is_ok_and(|v| v == "1")
-}
-
-/// Skips the current test with a reason, or fails it under `RSANDBOX_MUST_WORK=1`.
-#[track_caller]
-pub fn skip(reason: &str) {
-    if must_work() {
-        panic!("skipped under RSANDBOX_MUST_WORK=1: {reason}");
-    }
-    eprintln!("SKIP: {reason}");
-}
-
-/// A string unique to this test process and call, for finding processes by command line. It is
-/// fixed-width, so no marker is a prefix of another, and `sleep 100{marker}` is a valid duration.
-pub fn marker() -> String {
-    static N: AtomicU32 = AtomicU32::new(1);
-    format!(
-        "{:05}.{:04}",
-        std::process::id() % 100000,
-        N.fetch_add(1, Ordering::Relaxed) % 10000
-    )
-}
-
 /// Command line of a host process, arguments separated by spaces.
 pub fn cmdline(pid: u32) -> Option<String> {
     let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -191,73 +170,6 @@ pub fn gone_within(needle: &str, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     pids_with(needle).is_empty()
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let path = std::env::temp_dir().join(format!("rsbx-cli-test-{tag}-{}", marker()));
-        let _ = std::fs::remove_dir_all(&path);
-        std::fs::create_dir_all(&path).expect("create temp dir");
-        TempDir(path)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-
-    /// The path of `name` inside the directory, as a string for the command line.
-    pub fn join(&self, name: &str) -> String {
-        self.0.join(name).to_string_lossy().into_owned()
-    }
-
-    /// The directory as a string for the command line.
-    pub fn arg(&self) -> String {
-        self.0.to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// A tiny rootfs made of static busybox, or None (with a skip) when busybox-static is missing.
-pub fn busybox_rootfs() -> Option<TempDir> {
-    let busybox = ["/bin/busybox", "/usr/bin/busybox"]
-        .into_iter()
-        .map(Path::new)
-        .find(|p| p.exists());
-    let Some(busybox) = busybox else {
-        skip("busybox-static is not installed (apt-get install busybox-static)");
-        return None;
-    };
-    let dir = TempDir::new("rootfs");
-    let root = dir.path();
-    for d in ["bin", "proc", "dev", "tmp", "etc", "work"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy(busybox, root.join("bin/busybox")).unwrap();
-    for tool in [
-        "sh", "ls", "cat", "id", "touch", "echo", "hostname", "ps", "mkdir", "stat",
-    ] {
-        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
-    }
-    std::fs::write(root.join("etc/marker"), "busybox-rootfs\n").unwrap();
-    Some(dir)
-}
-
-pub fn my_uid() -> u32 {
-    // SAFETY: getuid cannot fail.
-    unsafe { libc::getuid() }
-}
-
-pub fn my_gid() -> u32 {
-    // SAFETY: getgid cannot fail.
-    unsafe { libc::getgid() }
 }
 
 /// The user name of this process's uid, from /etc/passwd (empty when it has none).

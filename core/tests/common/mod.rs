@@ -111,6 +111,16 @@ impl TempDir {
     pub fn path(&self) -> &Path {
         &self.0
     }
+
+    /// The path of `name` inside the directory, as a string for a command line.
+    pub fn join(&self, name: &str) -> String {
+        self.0.join(name).to_string_lossy().into_owned()
+    }
+
+    /// The directory as a string for a command line.
+    pub fn arg(&self) -> String {
+        self.0.to_string_lossy().into_owned()
+    }
 }
 
 impl Drop for TempDir {
