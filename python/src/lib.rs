@@ -96,7 +96,7 @@ impl NativeProcess {
             }
             if let Err(e) = py.check_signals() {
                 // Ctrl-C (or any signal handler raising): the sandbox does not outlive it.
-                let _ = self.lock().kill(libc_sigkill());
+                let _ = self.lock().kill(SIGKILL);
                 let _ = py.detach(|| self.lock().wait());
                 return Err(e);
             }
@@ -137,9 +137,8 @@ impl NativeProcess {
     }
 }
 
-fn libc_sigkill() -> i32 {
-    9
-}
+/// SIGKILL (9 on every Linux architecture).
+const SIGKILL: i32 = 9;
 
 /// Validates a spec; returns it normalised.
 #[pyfunction]
