@@ -118,7 +118,7 @@ struct RunArgs {
     #[arg(long, value_name = "DIR[:TAG]", conflicts_with = "rootfs")]
     image: Option<String>,
     /// Where unpacked image layers are kept.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", requires = "image")]
     image_store: Option<PathBuf>,
     /// Bind a host path read-write: SRC:DST (DST defaults to SRC).
     #[arg(long, value_name = "SRC:DST")]
@@ -505,7 +505,9 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
         println!("{}", spec.to_json()?);
         return Ok(0);
     }
-    if spec.process.args.is_empty() {
+    // An image supplies its own command (Entrypoint/Cmd) when none is given.
+    let has_image = matches!(&spec.filesystem.root, Root::Overlay(ov) if ov.image.is_some());
+    if spec.process.args.is_empty() && !has_image {
         return Err(invalid(
             "CMD",
             "no command given: rsandbox run [OPTIONS] -- CMD [ARGS...]".into(),
