@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsRawFd;
-use std::time::Instant;
+use std::time::Duration;
 
 use crate::error::{Error, Result};
 use crate::sandbox::Child;
@@ -72,10 +72,14 @@ fn set_nonblocking(f: &File) -> Result<()> {
 }
 
 /// Runs the exchange until both output streams are closed (or the sandbox is gone).
+/// `interrupt` is called at least every `every`; when it returns true the sandbox is killed and
+/// the exchange stops with what was read so far.
 pub(crate) fn communicate(
     child: &mut Child,
     input: Option<&[u8]>,
     limit: Option<u64>,
+    every: Duration,
+    interrupt: &mut dyn FnMut() -> bool,
 ) -> Result<Captured> {
     let mut stdin = child.stdin.take();
     let mut pending: &[u8] = input.unwrap_or(&[]);
@@ -98,17 +102,22 @@ pub(crate) fn communicate(
             pollfd(err.file.as_ref().map(|f| f.as_raw_fd()), libc::POLLIN),
             pollfd(Some(child.pidfd()), libc::POLLIN),
         ];
-        let timeout = match child.deadline() {
-            Some(d) => d
-                .saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32,
-            None => -1,
+        let sleep = match child.watch_interval() {
+            Some(w) => w.min(every),
+            None => every,
+        };
+        let timeout = if sleep == Duration::MAX {
+            -1
+        } else {
+            // Round up so a deadline a fraction of a millisecond away does not spin.
+            (sleep.as_micros().div_ceil(1000)).min(i32::MAX as u128) as i32
         };
         sys::retry(|| sys::poll(&mut fds, timeout))
             .map_err(|e| Error::os("poll sandbox pipes", e))?;
-        if child.deadline().is_some_and(|d| Instant::now() >= d) {
-            child.expire_now()?;
+        child.watch()?;
+        if interrupt() {
+            child.kill(libc::SIGKILL)?;
+            break;
         }
         if fds[0].revents != 0 {
             if let Some(f) = &mut stdin {

@@ -238,7 +238,10 @@ pub(crate) fn prepare(
         return Err(Error::Unsupported {
             feature: "cgroup limits".into(),
             reason: format!("controllers unavailable: {}", missing.join(", ")),
-            remedy: Some(remedy()),
+            remedy: Some(format!(
+                "{}; or accept best-effort limits (--limits best-effort)",
+                remedy()
+            )),
         });
     }
     let cgroup = create_child(&parent, &enabled)?;
@@ -311,7 +314,7 @@ fn limit_entries(l: &Limits, report: &mut Report, enabled: Option<&[&str]>, plan
             "limit.memory-swap",
             level,
             status,
-            format!("memory.swap.max = {s}"),
+            skipped_detail(status, "memory", format!("memory.swap.max = {s}")),
         );
     }
     if let Some(p) = l.pids {
@@ -336,7 +339,11 @@ fn limit_entries(l: &Limits, report: &mut Report, enabled: Option<&[&str]>, plan
             "limit.cpus",
             level,
             status,
-            format!("cpu.max = {} per 100000 us", (c * 100_000.0).round() as u64),
+            skipped_detail(
+                status,
+                "cpu",
+                format!("cpu.max = {} per 100000 us", (c * 100_000.0).round() as u64),
+            ),
         );
     }
     if let Some(w) = l.cpu_weight {
@@ -349,7 +356,7 @@ fn limit_entries(l: &Limits, report: &mut Report, enabled: Option<&[&str]>, plan
             "limit.cpu-weight",
             level,
             status,
-            format!("cpu.weight = {w}"),
+            skipped_detail(status, "cpu", format!("cpu.weight = {w}")),
         );
     }
     if let Some(t) = l.cpu_time {
@@ -366,6 +373,15 @@ fn limit_entries(l: &Limits, report: &mut Report, enabled: Option<&[&str]>, plan
             Status::Skipped
         };
         report.push("limit.cpu-time", level, status, format!("{t} s: {how}"));
+    }
+}
+
+/// A limit's detail: the setting, and when it is skipped, why and that nothing replaces it.
+fn skipped_detail(status: Status, controller: &str, setting: String) -> String {
+    if status == Status::Enforced {
+        setting
+    } else {
+        format!("no {controller} controller; no fallback (would be {setting})")
     }
 }
 

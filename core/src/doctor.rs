@@ -697,14 +697,14 @@ fn ranges_text(ranges: &[(u32, u32)]) -> String {
 
 /// The fields of a /proc/self/mountinfo line that the doctor needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct MountInfo {
+pub(crate) struct MountInfo {
     /// The directory of the mounted filesystem that appears at the mount point.
-    root: String,
-    mount_point: String,
-    fstype: String,
+    pub(crate) root: String,
+    pub(crate) mount_point: String,
+    pub(crate) fstype: String,
 }
 
-fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
+pub(crate) fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
     text.lines()
         .filter_map(|line| {
             // Paths escape spaces as \040, so " - " only ever separates the two halves.

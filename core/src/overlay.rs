@@ -284,10 +284,20 @@ impl OverlayPlan {
 
     /// The error for a root kernel overlayfs refused when fuse-overlayfs cannot step in.
     pub fn kernel_refusal(&self, errno: Errno) -> Error {
-        let cause = format!(
+        let mut cause = format!(
             "kernel overlayfs refused the layers ({errno:?}: {})",
             errno.desc()
         );
+        if errno == Errno::EINVAL {
+            if let Some((lower, below)) = self.lower_with_submounts() {
+                cause.push_str(&format!(
+                    "; lower {} has mounts below it ({below}), and inside a user namespace \
+                     the kernel cannot take such a layer (its submounts are locked): use a \
+                     directory without mounts below it, or the fuse driver",
+                    lower.display()
+                ));
+            }
+        }
         let (reason, remedy) = match &self.fuse_unusable {
             Some((why, remedy)) => (format!("{cause}, and fuse-overlayfs cannot step in: {why}"), remedy.clone()),
             None => (
@@ -300,6 +310,22 @@ impl OverlayPlan {
             reason,
             remedy: Some(remedy),
         }
+    }
+
+    /// The first lower layer that has mount points below it, with one of them.
+    fn lower_with_submounts(&self) -> Option<(&Path, String)> {
+        let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+        let mounts = crate::doctor::parse_mountinfo(&info);
+        self.lowers.iter().find_map(|lower| {
+            mounts
+                .iter()
+                .find(|m| {
+                    Path::new(&m.mount_point)
+                        .strip_prefix(lower)
+                        .is_ok_and(|rest| !rest.as_os_str().is_empty())
+                })
+                .map(|m| (lower.as_path(), m.mount_point.clone()))
+        })
     }
 
     /// Options for fuse-overlayfs. It resolves layers by path in its own copy of the sandbox's
@@ -461,11 +487,37 @@ impl OverlayPlan {
 /// Starts fuse-overlayfs for the sandbox whose first process is `pid`: it joins the sandbox's user
 /// and mount namespaces (never its PID namespace) and mounts the layers on the scratch mount
 /// point, in the foreground so that its pid is the daemon's.
-pub(crate) fn start_fuse(
-    ov: &OverlayPlan,
-    staging: &CStr,
-    pid: libc::pid_t,
-) -> Result<std::process::Child> {
+/// A running fuse-overlayfs, and the read end of its stderr (None when RSANDBOX_FUSE_LOG sends
+/// that to a file). Its end of the pipe is non-blocking: a message that does not fit is lost,
+/// the daemon never stalls on it.
+#[derive(Debug)]
+pub(crate) struct FuseHelper {
+    pub process: std::process::Child,
+    pub messages: Option<std::fs::File>,
+}
+
+impl FuseHelper {
+    /// What the helper wrote to stderr so far (up to 4 KiB), trimmed.
+    pub fn messages(&mut self) -> String {
+        use std::io::Read;
+        let mut buf = [0u8; 4096];
+        let n = self
+            .messages
+            .as_mut()
+            .and_then(|f| f.read(&mut buf).ok())
+            .unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n])
+            .trim()
+            .replace('\n', "; ")
+    }
+
+    pub fn stop(&mut self) {
+        let _ = self.process.kill();
+        let _ = self.process.wait();
+    }
+}
+
+pub(crate) fn start_fuse(ov: &OverlayPlan, staging: &CStr, pid: libc::pid_t) -> Result<FuseHelper> {
     use std::os::fd::AsRawFd;
     use std::os::unix::process::CommandExt;
     let binary = ov.fuse_binary.clone().ok_or_else(|| {
@@ -489,13 +541,24 @@ pub(crate) fn start_fuse(
     ])
     .stdin(std::process::Stdio::null())
     .stdout(std::process::Stdio::null())
-    .stderr(match std::env::var_os("RSANDBOX_FUSE_LOG") {
-        Some(p) => std::fs::File::create(p)
-            .map(Into::into)
-            .unwrap_or_else(|_| std::process::Stdio::null()),
-        None => std::process::Stdio::null(),
-    })
     .env_clear();
+    let mut messages = None;
+    match std::env::var_os("RSANDBOX_FUSE_LOG") {
+        Some(p) => {
+            cmd.stderr(
+                std::fs::File::create(p)
+                    .map(Into::into)
+                    .unwrap_or_else(|_| std::process::Stdio::null()),
+            );
+        }
+        None => {
+            use nix::fcntl::OFlag;
+            let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK)
+                .map_err(|e| Error::os("pipe2", e))?;
+            messages = Some(std::fs::File::from(r));
+            cmd.stderr(std::process::Stdio::from(w));
+        }
+    }
     let (user_fd, mnt_fd) = (userns.as_raw_fd(), mntns.as_raw_fd());
     // SAFETY: the closure runs in the forked child before exec and makes only raw syscalls
     // (setns, capget/capset, prctl) on descriptors that stay open until spawn returns.
@@ -504,11 +567,11 @@ pub(crate) fn start_fuse(
             join_for_fuse(user_fd, mnt_fd).map_err(|e| std::io::Error::from_raw_os_error(e as i32))
         });
     }
-    let child = cmd
+    let process = cmd
         .spawn()
         .map_err(|e| Error::io("start fuse-overlayfs", Some(binary.clone()), e))?;
     drop((userns, mntns));
-    Ok(child)
+    Ok(FuseHelper { process, messages })
 }
 
 /// In the fuse helper before exec: enter the sandbox's namespaces, and keep CAP_SYS_ADMIN (of

@@ -172,7 +172,7 @@ pub struct Child {
     die_with_parent: bool,
     pidfd: OwnedFd,
     /// fuse-overlayfs serving the root, when the kernel could not.
-    fuse: Option<std::process::Child>,
+    fuse: Option<crate::overlay::FuseHelper>,
     /// The sandbox's own cgroup (removed once it has exited).
     cgroup: Option<Cgroup>,
     cpu_limit_usec: Option<u64>,
@@ -642,6 +642,13 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
                 }
                 *fd
             }
+            Stdio::Stdout if i == 2 => stdio[1],
+            Stdio::Stdout => {
+                return Err(Error::invalid(
+                    stdio_name(i),
+                    "\"stdout\" is only for stderr",
+                ))
+            }
             Stdio::Pipe => {
                 let (r, w) = pipe()?;
                 let (ours, theirs) = if i == 0 { (w, r) } else { (r, w) };
@@ -1040,14 +1047,36 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     // The error pipe closes without a record once the command has been executed. Before that it
     // may carry one request: start fuse-overlayfs.
     let mut report = report;
-    let mut fuse_helper: Option<std::process::Child> = None;
-    let stop_helper = |helper: &mut Option<std::process::Child>| {
+    let mut fuse_helper: Option<crate::overlay::FuseHelper> = None;
+    let stop_helper = |helper: &mut Option<crate::overlay::FuseHelper>| {
         if let Some(mut h) = helper.take() {
-            let _ = h.kill();
-            let _ = h.wait();
+            h.stop();
         }
     };
     loop {
+        if let Some(helper) = &mut fuse_helper {
+            // While the sandbox waits for the mount, a helper that dies must not leave it (and
+            // us) waiting out the mount timeout: its status and messages are the error.
+            if let Some(status) = wait_fuse_or_sandbox(err_r.as_raw_fd(), helper)? {
+                let messages = helper.messages();
+                reap(&pidfd);
+                return Err(Error::Setup {
+                    step: Step::Mount,
+                    detail: format!(
+                        "fuse-overlayfs exited ({status}) before mounting the root{}",
+                        if messages.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {messages}")
+                        }
+                    ),
+                    errno: Errno::EIO,
+                    remedy: Some(
+                        "check the layers with fuse-overlayfs by hand (RSANDBOX_FUSE_LOG=FILE keeps its messages), or use the kernel driver".into(),
+                    ),
+                });
+            }
+        }
         let mut buf = [0u8; Failure::SIZE];
         let n = sys::read_full(err_r.as_raw_fd(), &mut buf)
             .map_err(|e| Error::os("read sandbox error pipe", e))?;
@@ -1062,7 +1091,12 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         if let (FUSE_REQUEST, Some((ov, staging)), None) = (failure.step, overlay, &fuse_helper) {
             match crate::overlay::start_fuse(ov, staging, pid) {
                 Ok(helper) => {
-                    note_fuse(&mut report, ov, Errno::from_raw(failure.errno), helper.id());
+                    note_fuse(
+                        &mut report,
+                        ov,
+                        Errno::from_raw(failure.errno),
+                        helper.process.id(),
+                    );
                     fuse_helper = Some(helper);
                     if let Err(e) = sys::write_all(ctl_w.as_raw_fd(), &[1]) {
                         stop_helper(&mut fuse_helper);
@@ -1298,18 +1332,7 @@ impl Child {
         if let Some(r) = &self.finished {
             return Ok(Some(r.clone()));
         }
-        if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            self.expire()?;
-        }
-        if self.cpu_watch() {
-            let used = self.cgroup.as_ref().and_then(Cgroup::cpu_usage_usec);
-            if let (Some(used), Some(limit)) = (used, self.cpu_limit_usec) {
-                if used >= limit {
-                    self.cpu_timed_out = true;
-                    self.kill(libc::SIGKILL)?;
-                }
-            }
-        }
+        self.watch()?;
         let mut info: libc::siginfo_t = zeroed();
         let mut usage: libc::rusage = zeroed();
         let res = sys::retry(|| {
@@ -1411,7 +1434,38 @@ impl Child {
     }
 
     /// Whether the CPU-time limit is watched through the cgroup.
-    fn cpu_watch(&self) -> bool {
+    /// Enforces the wall-clock and CPU-time limits: kills the sandbox once either is spent.
+    pub(crate) fn watch(&mut self) -> Result<()> {
+        if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            self.expire()?;
+        }
+        if self.cpu_watch() {
+            let used = self.cgroup.as_ref().and_then(Cgroup::cpu_usage_usec);
+            if let (Some(used), Some(limit)) = (used, self.cpu_limit_usec) {
+                if used >= limit {
+                    self.cpu_timed_out = true;
+                    self.kill(libc::SIGKILL)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// How long a waiter may sleep before [`watch`](Self::watch) must run again (None: until
+    /// something happens).
+    pub(crate) fn watch_interval(&self) -> Option<Duration> {
+        let until_deadline = self
+            .deadline
+            .map(|d| d.saturating_duration_since(Instant::now()));
+        // The CPU-time limit is checked from cpu.stat every 20 ms.
+        let cpu = self.cpu_watch().then_some(Duration::from_millis(20));
+        match (until_deadline, cpu) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    pub(crate) fn cpu_watch(&self) -> bool {
         self.cpu_limit_usec.is_some() && self.cgroup.is_some() && !self.cpu_timed_out
     }
 
@@ -1436,8 +1490,7 @@ impl Child {
     /// Stops fuse-overlayfs once nothing in the sandbox can use it any more.
     fn stop_fuse(&mut self) {
         if let Some(mut helper) = self.fuse.take() {
-            let _ = helper.kill();
-            let _ = helper.wait();
+            helper.stop();
         }
     }
 
@@ -1453,7 +1506,21 @@ impl Child {
     /// `limit` bytes; the rest is read and discarded, so the command never blocks on a full pipe),
     /// and waits. Enforces the wall-clock limit throughout.
     pub fn communicate(&mut self, input: Option<&[u8]>, limit: Option<u64>) -> Result<RunResult> {
-        let captured = crate::capture::communicate(self, input, limit)?;
+        self.communicate_with(input, limit, Duration::MAX, &mut || false)
+    }
+
+    /// Like [`communicate`](Self::communicate), calling `interrupt` at least every `every`: when
+    /// it returns true the sandbox is killed (SIGKILL to every process in it) and the result, with
+    /// what was read so far, is returned at once. Embedders use this to let a host signal (Ctrl-C
+    /// in Python) stop a run that is blocked reading output.
+    pub fn communicate_with(
+        &mut self,
+        input: Option<&[u8]>,
+        limit: Option<u64>,
+        every: Duration,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Result<RunResult> {
+        let captured = crate::capture::communicate(self, input, limit, every, interrupt)?;
         let mut result = self.wait()?;
         result.stdout = captured.stdout;
         result.stderr = captured.stderr;
@@ -1465,14 +1532,6 @@ impl Child {
         }
         self.finished = Some(result.clone());
         Ok(result)
-    }
-
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    pub(crate) fn expire_now(&mut self) -> Result<()> {
-        self.expire()
     }
 }
 
@@ -1539,6 +1598,31 @@ fn open_file(path: &Path, i: usize, append: bool) -> Result<OwnedFd> {
             e,
         )
     })
+}
+
+/// Waits until the sandbox's error pipe is readable (None) or the fuse helper has exited (its
+/// status).
+fn wait_fuse_or_sandbox(
+    err_r: RawFd,
+    helper: &mut crate::overlay::FuseHelper,
+) -> Result<Option<std::process::ExitStatus>> {
+    loop {
+        let mut fds = [libc::pollfd {
+            fd: err_r,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        sys::retry(|| sys::poll(&mut fds, 10))
+            .map_err(|e| Error::os("poll sandbox error pipe", e))?;
+        if fds[0].revents != 0 {
+            return Ok(None);
+        }
+        match helper.process.try_wait() {
+            Ok(Some(status)) => return Ok(Some(status)),
+            Ok(None) => {}
+            Err(e) => return Err(Error::io("wait for fuse-overlayfs", None, e)),
+        }
+    }
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {

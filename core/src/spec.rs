@@ -220,6 +220,13 @@ impl Spec {
 
     /// Parses a spec from JSON; unknown fields are an error, missing ones take their defaults.
     pub fn from_json(text: &str) -> Result<Spec> {
+        // serde would also fill a struct from a JSON array; a spec is an object.
+        if !text.trim_start().starts_with('{') {
+            return Err(Error::InvalidSpec {
+                field: "spec".into(),
+                reason: "invalid JSON spec: expected an object ({...})".into(),
+            });
+        }
         serde_json::from_str(text).map_err(|e| Error::InvalidSpec {
             field: "spec".into(),
             reason: format!("invalid JSON spec: {e}"),
@@ -290,6 +297,8 @@ pub enum Stdio {
     },
     /// A file descriptor of the calling process, duplicated into the sandbox.
     Fd(i32),
+    /// Wherever stdout goes (stderr only): both streams in one, in the order written.
+    Stdout,
 }
 
 /// The identity of the command inside the sandbox.

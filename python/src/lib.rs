@@ -4,9 +4,9 @@
 //! `NativeError(kind, message, errno, step, remedy, path)`, which the package maps to its exception
 //! classes in one place.
 
-use std::os::fd::AsRawFd;
+use std::os::fd::IntoRawFd;
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
@@ -41,18 +41,45 @@ fn outcome(py: Python<'_>, mut r: RunResult) -> Outcome {
     (serde_json::to_string(&r).unwrap_or_default(), out, err)
 }
 
-/// A running sandbox.
+/// A running sandbox. Once it has been waited for, the library's handle (its pidfd, pipes and
+/// cgroup) is released at once, so a finished process holds no descriptor; what is still asked
+/// of it is answered from the result kept.
 #[pyclass(module = "rsandbox._rsandbox")]
 struct NativeProcess {
-    child: Mutex<Child>,
+    state: Mutex<State>,
     pid: i32,
-    pidfd: i32,
-    fds: [Option<i32>; 3],
+}
+
+enum State {
+    Running(Box<Child>),
+    /// The result (as `outcome` returns it, without output) and the report, both JSON.
+    Finished {
+        result: String,
+        report: String,
+    },
 }
 
 impl NativeProcess {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Child> {
-        self.child.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits up to `slice`; on exit, keeps the result and releases the handle.
+    fn wait_slice(&self, slice: Duration) -> rsandbox::Result<Option<RunResult>> {
+        let mut state = self.lock();
+        let State::Running(child) = &mut *state else {
+            return Ok(None);
+        };
+        let Some(r) = child.wait_timeout(slice)? else {
+            return Ok(None);
+        };
+        let report = serde_json::to_string(child.report()).unwrap_or_default();
+        let mut kept = r.clone();
+        kept.stdout = None;
+        kept.stderr = None;
+        let result = serde_json::to_string(&kept).unwrap_or_default();
+        *state = State::Finished { result, report };
+        Ok(Some(r))
     }
 }
 
@@ -64,76 +91,78 @@ impl NativeProcess {
         self.pid
     }
 
-    /// A pidfd of the init (owned by this object).
-    #[getter]
-    fn pidfd(&self) -> i32 {
-        self.pidfd
-    }
-
-    /// The caller's end of stream 0, 1 or 2 when it is a pipe (owned by this object).
-    fn stream_fd(&self, stream: usize) -> Option<i32> {
-        self.fds.get(stream).copied().flatten()
+    /// Hands the caller's end of stream 0, 1 or 2 (when it is a pipe) over to the caller, who
+    /// must close it; None when the stream is not a pipe or was taken already.
+    fn take_stream(&self, stream: usize) -> Option<i32> {
+        let mut state = self.lock();
+        let State::Running(c) = &mut *state else {
+            return None;
+        };
+        let file = match stream {
+            0 => c.stdin.take(),
+            1 => c.stdout.take(),
+            2 => c.stderr.take(),
+            _ => None,
+        };
+        file.map(IntoRawFd::into_raw_fd)
     }
 
     /// Waits up to `timeout` seconds (None: without limit, in slices that let Ctrl-C through).
     /// Returns the outcome, or None when it is still running.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Outcome>> {
-        let deadline =
-            timeout.map(|t| std::time::Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        if let State::Finished { result, .. } = &*self.lock() {
+            return Ok(Some((result.clone(), None, None)));
+        }
+        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
             let slice = match deadline {
                 Some(d) => d
-                    .saturating_duration_since(std::time::Instant::now())
-                    .min(Duration::from_millis(100)),
-                None => Duration::from_millis(100),
+                    .saturating_duration_since(Instant::now())
+                    .min(SIGNAL_CHECK),
+                None => SIGNAL_CHECK,
             };
-            let got = py
-                .detach(|| self.lock().wait_timeout(slice))
-                .map_err(native)?;
-            if let Some(r) = got {
+            if let Some(r) = py.detach(|| self.wait_slice(slice)).map_err(native)? {
                 return Ok(Some(outcome(py, r)));
             }
             if let Err(e) = py.check_signals() {
                 // Ctrl-C (or any signal handler raising): the sandbox does not outlive it.
-                let _ = self.lock().kill(SIGKILL);
-                let _ = py.detach(|| self.lock().wait());
+                let _ = self.kill(SIGKILL);
+                let _ = py.detach(|| self.wait_slice(Duration::from_secs(3600)));
                 return Err(e);
             }
-            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(None);
             }
         }
     }
 
-    /// Feeds `input`, collects stdout/stderr (each capped at `limit` bytes), waits.
-    #[pyo3(signature = (input=None, limit=None))]
-    fn communicate(
-        &self,
-        py: Python<'_>,
-        input: Option<Vec<u8>>,
-        limit: Option<u64>,
-    ) -> PyResult<Outcome> {
-        let r = py
-            .detach(|| self.lock().communicate(input.as_deref(), limit))
-            .map_err(native)?;
-        Ok(outcome(py, r))
-    }
-
-    /// Sends a signal to every process of the sandbox.
+    /// Sends a signal to every process of the sandbox (nothing once it has been waited for).
     fn kill(&self, signal: i32) -> PyResult<()> {
-        self.lock().kill(signal).map_err(native)
+        match &mut *self.lock() {
+            State::Running(c) => c.kill(signal).map_err(native),
+            State::Finished { .. } => Ok(()),
+        }
     }
 
     /// Freezes or thaws the sandbox (needs its own cgroup).
     fn freeze(&self, frozen: bool) -> PyResult<()> {
-        let mut c = self.lock();
-        if frozen { c.freeze() } else { c.thaw() }.map_err(native)
+        match &mut *self.lock() {
+            State::Running(c) => if frozen { c.freeze() } else { c.thaw() }.map_err(native),
+            State::Finished { .. } => Err(native(Error::Unsupported {
+                feature: "freeze".into(),
+                reason: "the sandbox has exited".into(),
+                remedy: None,
+            })),
+        }
     }
 
     /// The enforcement report as JSON.
     fn report_json(&self) -> String {
-        serde_json::to_string(self.lock().report()).unwrap_or_default()
+        match &*self.lock() {
+            State::Running(c) => serde_json::to_string(c.report()).unwrap_or_default(),
+            State::Finished { report, .. } => report.clone(),
+        }
     }
 }
 
@@ -146,39 +175,49 @@ fn check_spec(json: &str) -> PyResult<String> {
     spec_from(json)?.to_json().map_err(native)
 }
 
-/// Runs a spec to completion, capturing what the spec sends to pipes.
+/// Runs a spec to completion, capturing what the spec sends to pipes. A pending Python signal
+/// (Ctrl-C) kills the sandbox, reaps it and is raised.
 #[pyfunction]
 #[pyo3(signature = (spec_json, input=None))]
 fn run(py: Python<'_>, spec_json: &str, input: Option<Vec<u8>>) -> PyResult<Outcome> {
     let spec = spec_from(spec_json)?;
-    let proc = spawn_spec(py, spec.clone())?;
+    let mut child = spawn_spec(py, &spec)?;
     let limit = spec.output_limit;
+    let mut raised: Option<PyErr> = None;
     let r = py
-        .detach(|| proc.lock().communicate(input.as_deref(), limit))
+        .detach(|| {
+            let mut interrupt = || match Python::attach(|py| py.check_signals()) {
+                Ok(()) => false,
+                Err(e) => {
+                    raised = Some(e);
+                    true
+                }
+            };
+            child.communicate_with(input.as_deref(), limit, SIGNAL_CHECK, &mut interrupt)
+        })
         .map_err(native)?;
+    if let Some(e) = raised {
+        return Err(e);
+    }
     Ok(outcome(py, r))
 }
 
-fn spawn_spec(py: Python<'_>, spec: Spec) -> PyResult<NativeProcess> {
-    let child = py.detach(|| rsandbox::spawn(&spec)).map_err(native)?;
-    let fds = [
-        child.stdin.as_ref().map(|f| f.as_raw_fd()),
-        child.stdout.as_ref().map(|f| f.as_raw_fd()),
-        child.stderr.as_ref().map(|f| f.as_raw_fd()),
-    ];
-    Ok(NativeProcess {
-        pid: child.pid(),
-        pidfd: child.pidfd(),
-        fds,
-        child: Mutex::new(child),
-    })
+/// How often a blocked run or wait lets Python handle its signals.
+const SIGNAL_CHECK: Duration = Duration::from_millis(100);
+
+fn spawn_spec(py: Python<'_>, spec: &Spec) -> PyResult<Child> {
+    py.detach(|| rsandbox::spawn(spec)).map_err(native)
 }
 
 /// Starts a spec; returns a NativeProcess.
 #[pyfunction]
 fn spawn(py: Python<'_>, spec_json: &str) -> PyResult<NativeProcess> {
     let spec = spec_from(spec_json)?;
-    spawn_spec(py, spec)
+    let child = spawn_spec(py, &spec)?;
+    Ok(NativeProcess {
+        pid: child.pid(),
+        state: Mutex::new(State::Running(Box::new(child))),
+    })
 }
 
 /// What this host and user can use, as JSON.

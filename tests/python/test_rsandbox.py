@@ -65,9 +65,66 @@ def test_output_limit_truncates():
     assert len(r.stdout) == 1000 and r.truncated and r.verdict == "output-limit"
 
 
-def test_large_output_through_pipes_without_deadlock():
-    r = rsandbox.run(["sh", "-c", "head -c 20000000 /dev/zero; head -c 20000000 /dev/zero >&2"], capture_output=True, timeout=60)
-    assert len(r.stdout) == 20000000 and len(r.stderr) == 20000000
+MIB = 1 << 20
+
+
+def test_100_mib_through_pipes_without_deadlock():
+    # Both streams at once, with input the command reads only after writing: any one-stream-at-a-
+    # time reader would deadlock here.
+    script = "head -c 104857600 /dev/zero; head -c 104857600 /dev/zero >&2; wc -c"
+    r = rsandbox.run(["sh", "-c", script], input=b"z" * (4 * MIB), capture_output=True, timeout=120)
+    assert len(r.stderr) == 100 * MIB and r.stderr.count(b"\0") == 100 * MIB
+    assert r.stdout[:100 * MIB].count(b"\0") == 100 * MIB and r.stdout[100 * MIB:] == b"4194304\n"
+    assert not r.truncated and r.verdict == "ok"
+
+
+def test_100_mib_through_popen_communicate():
+    sb = rsandbox.Sandbox()
+    with sb.spawn(["sh", "-c", "head -c 104857600 /dev/zero >&2; cat"], stdin=rsandbox.PIPE,
+                  stdout=rsandbox.PIPE, stderr=rsandbox.PIPE) as p:
+        out, err = p.communicate(b"y" * (8 * MIB), timeout=120)
+    assert len(err) == 100 * MIB and out == b"y" * (8 * MIB) and p.returncode == 0
+
+
+def test_communicate_timeout_keeps_output_and_resumes():
+    sb = rsandbox.Sandbox()
+    with sb.spawn(["sh", "-c", "echo first; sleep 1; echo second"], stdout=rsandbox.PIPE, text=True) as p:
+        with pytest.raises(rsandbox.TimeoutExpired) as e:
+            p.communicate(timeout=0.3)
+        assert e.value.output == "first\n" and p.returncode is None
+        out, err = p.communicate(timeout=10)
+    assert out == "first\nsecond\n" and err is None and p.returncode == 0
+    assert p.result is not None and p.result.stdout == out and p.result.verdict == "ok"
+
+
+def test_popen_output_limit_truncates_without_blocking():
+    sb = rsandbox.Sandbox(output_limit="1K")
+    with sb.spawn(["head", "-c", "5000000", "/dev/zero"], stdout=rsandbox.PIPE) as p:
+        out, _ = p.communicate(timeout=30)
+    assert len(out) == 1024 and p.result is not None and p.result.truncated
+    assert p.result.verdict == "output-limit"
+
+
+def test_spec_timeout_enforced_during_popen_communicate():
+    sb = rsandbox.Sandbox(timeout=0.5)
+    with sb.spawn(["sh", "-c", "echo a; sleep 100"], stdout=rsandbox.PIPE) as p:
+        out, _ = p.communicate(timeout=20)
+    assert out == b"a\n" and p.result is not None and p.result.verdict == "wall-timeout"
+    assert p.result.wall_time < 5
+
+
+def test_popen_streams_as_files():
+    sb = rsandbox.Sandbox()
+    with sb.spawn(["sh", "-c", "while read l; do echo \"<$l>\"; done"], stdin=rsandbox.PIPE,
+                  stdout=rsandbox.PIPE, text=True) as p:
+        assert p.stdin is not None and p.stdout is not None
+        p.stdin.write("one\n")
+        assert p.stdout.readline() == "<one>\n"
+        p.stdin.write("two\n")
+        assert p.stdout.readline() == "<two>\n"
+        p.stdin.close()
+        assert p.wait(timeout=10) == 0
+        assert p.report["features"]
 
 
 def test_popen_like_process():
@@ -82,52 +139,6 @@ def test_popen_like_process():
             p.wait(timeout=0.1)
         p.kill()
         assert p.wait() == -9
-
-
-def test_spec_round_trip():
-    s = rsandbox.Spec(hostname="x", memory="64M", limits="best-effort", timeout=2)
-    again = rsandbox.Spec.from_json(s.to_json())
-    assert again.data == s.data and s.data["limits"]["memory"] == 64 << 20
-    with pytest.raises(rsandbox.ConfigError):
-        rsandbox.Spec.from_json('{"process": {"argz": []}}')
-
-
-@pytest.mark.parametrize("kwargs", [
-    {"memory": -1}, {"memory": "12Q"}, {"uid": "root"}, {"network": "sideways"}, {"timeout": -1},
-    {"pids": 0}, {"memory": True},
-])
-def test_bad_arguments_raise_config_error(kwargs):
-    with pytest.raises(rsandbox.ConfigError) as e:
-        rsandbox.run(["true"], **kwargs)
-    assert isinstance(e.value, ValueError)
-
-
-@pytest.mark.parametrize("args", [[], "echo hi", ["echo", 3], ["echo", "a\0b"]])
-def test_bad_argv(args):
-    with pytest.raises(rsandbox.ConfigError):
-        rsandbox.run(args)
-
-
-def test_os_errors_are_the_builtin_classes(tmp_path):
-    with pytest.raises(FileNotFoundError):
-        rsandbox.run(["no-such-command-rsbx"])
-    with pytest.raises(FileNotFoundError) as e:
-        rsandbox.run(["true"], rootfs="/nonexistent/rootfs")
-    assert e.value.path == "/nonexistent/rootfs" and e.value.errno == 2
-    f = tmp_path / "plain"
-    f.write_text("x")
-    f.chmod(0o644)
-    with pytest.raises(PermissionError):
-        rsandbox.run(["/d/plain"], binds=[(str(tmp_path), "/d")])
-
-
-def test_setup_and_unsupported_errors_carry_details():
-    with pytest.raises(rsandbox.SetupError) as e:
-        rsandbox.run(["true"], cwd="/does/not/exist")
-    assert e.value.step == "chdir" and e.value.errno == 2
-    with pytest.raises(rsandbox.UnsupportedError) as e:
-        rsandbox.run(["true"], memory="64M", cgroup_parent="/sys/fs/cgroup/rsandbox-no-such-parent")
-    assert e.value.remedy
 
 
 def test_threads_spawn_concurrently():
@@ -158,21 +169,43 @@ def _has_children():
 
 def test_doctor():
     d = rsandbox.doctor()
+    assert all({"name", "available", "detail", "remedy"} <= set(c) for c in d["checks"])
     assert {c["name"] for c in d["checks"]} >= {"user-namespaces", "seccomp", "landlock"}
 
 
-def test_ctrl_c_during_wait_kills_the_sandbox():
+def _interrupt_after(seconds):
     import signal
+
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_during_wait_kills_the_sandbox():
     import time
 
     with rsandbox.Sandbox().spawn(["sleep", "30"]) as p:
-        timer = threading.Timer(0.3, lambda: os.kill(os.getpid(), signal.SIGINT))
-        timer.start()
+        _interrupt_after(0.3)
         start = time.monotonic()
         with pytest.raises(KeyboardInterrupt):
             p.wait()
         assert time.monotonic() - start < 5
         assert p.poll() is not None, "the sandbox outlived the interrupt"
+
+
+def test_ctrl_c_during_run_kills_the_sandbox(tmp_path):
+    import time
+
+    marker = tmp_path / "alive"
+    start = time.monotonic()
+    _interrupt_after(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        rsandbox.run(["sh", "-c", f"while :; do echo x; sleep 0.05; touch {marker}; done"],
+                     capture_output=True, rw_binds=[tmp_path])
+    assert time.monotonic() - start < 5
+    marker.unlink()
+    time.sleep(0.3)
+    assert not marker.exists(), "the sandbox outlived the interrupt"
 
 
 def test_no_descriptor_leaks_into_the_sandbox():
@@ -185,10 +218,21 @@ def test_no_descriptor_leaks_into_the_sandbox():
 
 
 def test_python_m_rsandbox():
+    import json
     import subprocess
     import sys
 
     r = subprocess.run([sys.executable, "-m", "rsandbox", "run", "--", "sh", "-c", "exit 7"])
     assert r.returncode == 7
+    r = subprocess.run([sys.executable, "-m", "rsandbox", "run", "--json", "--hostname", "cli-h", "--env",
+                        "K=v", "--", "sh", "-c", "hostname; echo $K"], capture_output=True, text=True)
+    result = json.loads(r.stdout)
+    assert r.returncode == 0 and result["stdout"] == "cli-h\nv\n" and result["verdict"] == "ok", r
+    assert result["report"]["features"]
+    r = subprocess.run([sys.executable, "-m", "rsandbox", "run", "--", "no-such-command-rsbx"],
+                       capture_output=True, text=True)
+    assert r.returncode == 127 and "no-such-command-rsbx" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "rsandbox", "run", "--timeout", "0.2", "--", "sleep", "10"])
+    assert r.returncode == 124
     d = subprocess.run([sys.executable, "-m", "rsandbox", "doctor"], capture_output=True, text=True)
     assert d.returncode == 0 and '"checks"' in d.stdout

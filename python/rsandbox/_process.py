@@ -1,0 +1,483 @@
+"""Running sandboxes: `run`, `Sandbox`, `Process` and `Result`."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import selectors
+import signal as _signal
+import time
+from dataclasses import dataclass, field
+from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+
+from . import _rsandbox
+from ._errors import CalledProcessError, TimeoutExpired, config_error, raise_native
+from ._spec import PathArg, Spec
+
+__all__ = ["PIPE", "DEVNULL", "STDOUT", "Result", "Process", "Sandbox", "run", "doctor"]
+
+#: Like :data:`subprocess.PIPE`: a pipe to or from the caller.
+PIPE = -1
+#: Like :data:`subprocess.STDOUT`: stderr goes where stdout goes.
+STDOUT = -2
+#: Like :data:`subprocess.DEVNULL`: /dev/null.
+DEVNULL = -3
+
+_T = TypeVar("_T")
+
+
+def _call(f: Callable[..., _T], *args: Any) -> _T:
+    """Calls into the native module, mapping its error to this package's classes."""
+    try:
+        return f(*args)
+    except _rsandbox.NativeError as e:
+        raise_native(e)
+
+
+@dataclass
+class Result:
+    """A finished sandbox: :class:`subprocess.CompletedProcess` plus what a grader needs.
+
+    ``returncode`` is the exit status, or ``-N`` when signal N killed the command (``signal`` is
+    then N). ``verdict`` is one of ``ok``, ``exit-nonzero``, ``signaled``, ``wall-timeout``,
+    ``cpu-timeout``, ``memory-limit``, ``output-limit``. Times are seconds; ``memory_peak`` is
+    bytes (the cgroup's memory.peak when the sandbox had a cgroup, else the peak RSS; ``usage``
+    says which). ``truncated``: output went past ``output_limit`` and the rest was dropped.
+    ``report`` is the enforcement report: every feature asked for, enforced or skipped and why.
+    """
+
+    args: List[str]
+    returncode: int
+    stdout: Any
+    stderr: Any
+    signal: Optional[int]
+    verdict: str
+    wall_time: float
+    cpu_time: float
+    memory_peak: int
+    oom_killed: bool
+    timed_out: bool
+    truncated: bool
+    usage: Dict[str, Any] = field(repr=False)
+    report: Dict[str, Any] = field(repr=False)
+
+    def check_returncode(self) -> None:
+        """Raises :class:`CalledProcessError` when ``returncode`` is not 0."""
+        if self.returncode != 0:
+            raise CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
+
+
+def _result(args: List[str], raw: str, out: Optional[bytes], err: Optional[bytes],
+            decode: Callable[[Optional[bytes]], Any]) -> Result:
+    r = json.loads(raw)
+    status = r["status"]
+    sig = status.get("signaled")
+    code = status["exited"] if "exited" in status else -sig
+    u = r["usage"]
+    return Result(args=args, returncode=code, stdout=decode(out), stderr=decode(err), signal=sig,
+                  verdict=r["verdict"], wall_time=u["wall_time"], cpu_time=u["cpu_time"],
+                  memory_peak=u["memory_peak"], oom_killed=u["oom_kills"] > 0,
+                  timed_out=r["timed_out"], truncated=r["stdout_truncated"] or r["stderr_truncated"],
+                  usage=u, report=r["report"])
+
+
+def _decoder(text: bool, encoding: Optional[str], errors: Optional[str]) -> Callable[[Optional[bytes]], Any]:
+    if not (text or encoding or errors):
+        return lambda b: b
+    enc, errs = encoding or "utf-8", errors or "strict"
+    return lambda b: None if b is None else b.decode(enc, errs)
+
+
+def _stream(value: Any, name: str) -> Any:
+    """The spec's form of a stdin/stdout/stderr argument."""
+    if value is None:
+        return "inherit"
+    if isinstance(value, bool):
+        raise config_error(f"{name}: unsupported value {value!r}")
+    if value == PIPE:
+        return "pipe"
+    if value == DEVNULL:
+        return "null"
+    if value == STDOUT:
+        if name != "stderr":
+            raise config_error(f"{name}: STDOUT is only for stderr")
+        return "stdout"
+    if isinstance(value, int):
+        if value < 0:
+            raise config_error(f"{name}: not a file descriptor: {value}")
+        return {"fd": value}
+    if hasattr(value, "fileno"):
+        try:
+            return {"fd": value.fileno()}
+        except (OSError, ValueError, io.UnsupportedOperation) as e:
+            raise config_error(f"{name}: {value!r} has no file descriptor ({e})") from None
+    raise config_error(f"{name}: expected None, PIPE, DEVNULL, a file descriptor or a file, got {value!r}")
+
+
+def _argv(args: Any) -> List[str]:
+    if isinstance(args, (str, bytes)) or not isinstance(args, Sequence) or not args:
+        raise config_error("args: expected a non-empty sequence of str (no shell parsing is done)")
+    out = []
+    for a in args:
+        if not isinstance(a, (str, os.PathLike)):
+            raise config_error(f"args: expected str, got {type(a).__name__}")
+        s = os.fspath(a)
+        if not isinstance(s, str):
+            raise config_error("args: expected str, got bytes")
+        if "\0" in s:
+            raise config_error(f"args: NUL byte in {s!r}")
+        out.append(s)
+    return out
+
+
+def _spec_json(spec: Spec, argv: List[str], env: Optional[Mapping[str, str]], cwd: Optional[PathArg],
+               stdin: Any, stdout: Any, stderr: Any) -> str:
+    d = json.loads(json.dumps(spec.data))
+    p = d["process"]
+    p["args"] = argv
+    if env is not None:
+        if not isinstance(env, Mapping):
+            raise config_error(f"env: expected a mapping, got {type(env).__name__}")
+        for k, v in env.items():
+            if not isinstance(k, str) or not isinstance(v, str):
+                raise config_error(f"env: expected str -> str, got {k!r}: {v!r}")
+            if not k or "=" in k or "\0" in k or "\0" in v:
+                raise config_error(f"env: unusable variable {k!r}")
+            p["env"][k] = v
+    if cwd is not None:
+        c = os.fspath(cwd)
+        if not isinstance(c, str) or "\0" in c or not c:
+            raise config_error(f"cwd: not a usable path: {c!r}")
+        p["cwd"] = c
+    p["stdin"], p["stdout"], p["stderr"] = (_stream(stdin, "stdin"), _stream(stdout, "stdout"),
+                                             _stream(stderr, "stderr"))
+    return json.dumps(d)
+
+
+def _timeout(value: Any, name: str = "timeout") -> Optional[float]:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise config_error(f"{name}: expected a non-negative number of seconds, got {value!r}")
+    return float(value)
+
+
+class Process:
+    """A running sandbox, like :class:`subprocess.Popen`; made by :meth:`Sandbox.spawn`.
+
+    ``stdin``, ``stdout``, ``stderr`` are file objects for the streams spawned with ``PIPE``
+    (else None). ``returncode`` is None while it runs; ``result`` holds the :class:`Result`
+    once it has been waited for. As a context manager it closes the pipes, kills the sandbox if
+    it still runs, and reaps it.
+    """
+
+    stdin: Optional[IO[Any]]
+    stdout: Optional[IO[Any]]
+    stderr: Optional[IO[Any]]
+    returncode: Optional[int]
+    result: Optional[Result]
+
+    def __init__(self, native: "_rsandbox.NativeProcess", args: List[str], output_limit: Optional[int],
+                 text: bool = False, encoding: Optional[str] = None, errors: Optional[str] = None) -> None:
+        self._native = native
+        self.args = args
+        self.returncode = None
+        self.result = None
+        self._limit = output_limit
+        self._decode = _decoder(text, encoding, errors)
+        self._text = bool(text or encoding or errors)
+        self._encoding, self._errors = encoding or "utf-8", errors or "strict"
+        self._chunks: Dict[int, List[bytes]] = {}
+        self._sizes: Dict[int, int] = {}
+        self._truncated = False
+        self._input: Optional[memoryview] = None
+        self._started = False
+        self.stdin = self._file(0, "wb")
+        self.stdout = self._file(1, "rb")
+        self.stderr = self._file(2, "rb")
+
+    def _file(self, stream: int, mode: str) -> Optional[IO[Any]]:
+        fd = self._native.take_stream(stream)
+        if fd is None:
+            return None
+        f = os.fdopen(fd, mode)
+        if self._text:
+            return io.TextIOWrapper(f, encoding=self._encoding, errors=self._errors,
+                                    write_through=mode == "wb", line_buffering=mode == "wb")
+        return f
+
+    @property
+    def pid(self) -> int:
+        """Host pid of the sandbox's init process."""
+        return self._native.pid
+
+    @property
+    def report(self) -> Dict[str, Any]:
+        """The enforcement report (known from the moment the sandbox started)."""
+        report: Dict[str, Any] = json.loads(self._native.report_json())
+        return report
+
+    def _done(self, outcome: Tuple[str, Optional[bytes], Optional[bytes]]) -> None:
+        raw, _, _ = outcome
+        self.result = _result(self.args, raw, None, None, self._decode)
+        self.returncode = self.result.returncode
+
+    def poll(self) -> Optional[int]:
+        """The return code if the sandbox has exited (reaping it), else None."""
+        if self.returncode is None:
+            outcome = _call(self._native.wait, 0.0)
+            if outcome is not None:
+                self._done(outcome)
+        return self.returncode
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        """Waits for the sandbox to exit and returns the return code; raises
+        :class:`TimeoutExpired` after ``timeout`` seconds (the sandbox keeps running). Ctrl-C
+        while waiting kills the sandbox and raises KeyboardInterrupt."""
+        limit = _timeout(timeout)
+        if self.returncode is None:
+            outcome = _call(self._native.wait, limit)
+            if outcome is None:
+                raise TimeoutExpired(self.args, limit or 0.0)
+            self._done(outcome)
+        assert self.returncode is not None
+        return self.returncode
+
+    def communicate(self, input: Any = None, timeout: Optional[float] = None) -> Tuple[Any, Any]:
+        """Like :meth:`subprocess.Popen.communicate`: sends ``input``, reads stdout and stderr to
+        the end and waits. On :class:`TimeoutExpired` the sandbox keeps running and nothing read
+        is lost: call again to go on. Output past the spec's ``output_limit`` is dropped (the
+        command is not blocked) and ``result.truncated`` is set."""
+        limit = _timeout(timeout)
+        deadline = None if limit is None else time.monotonic() + limit
+        if self._started and input is not None:
+            raise ValueError("Cannot send input after starting communication")
+        if not self._started:
+            self._start(input)
+        with selectors.DefaultSelector() as sel:
+            if self.stdin is not None and not self.stdin.closed and self._input:
+                sel.register(self.stdin.fileno(), selectors.EVENT_WRITE)
+            for f in (self.stdout, self.stderr):
+                if f is not None and not f.closed:
+                    sel.register(f.fileno(), selectors.EVENT_READ)
+            while sel.get_map():
+                wait_for = 0.1
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutExpired(self.args, limit or 0.0, *self._collected())
+                    wait_for = min(wait_for, left)
+                ready = sel.select(wait_for)
+                # Keep the spec's wall-clock and CPU-time limits enforced while reading.
+                self.poll()
+                for key, _ in ready:
+                    self._transfer(sel, key.fd)
+        self._close_streams()
+        rest = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            self.wait(rest)
+        except TimeoutExpired:
+            raise TimeoutExpired(self.args, limit or 0.0, *self._collected()) from None
+        out, err = self._collected()
+        assert self.result is not None
+        self.result.stdout, self.result.stderr = out, err
+        if self._truncated:
+            self.result.truncated = True
+            if self.result.verdict == "ok":
+                self.result.verdict = "output-limit"
+        return out, err
+
+    def _start(self, input: Any) -> None:
+        self._started = True
+        if isinstance(input, str):
+            input = input.encode(self._encoding, self._errors)
+        if input is not None and not isinstance(input, (bytes, bytearray, memoryview)):
+            raise config_error(f"input: expected bytes or str, got {type(input).__name__}")
+        if input and self.stdin is None:
+            raise ValueError("input given but stdin is not a pipe (spawn with stdin=PIPE)")
+        for stream, f in ((1, self.stdout), (2, self.stderr)):
+            if f is not None:
+                self._chunks[stream] = []
+                self._sizes[stream] = 0
+        if self.stdin is not None:
+            try:
+                self.stdin.flush()
+            except BrokenPipeError:
+                pass
+            if input:
+                self._input = memoryview(bytes(input))
+                os.set_blocking(self.stdin.fileno(), False)
+            else:
+                self._close(self.stdin)
+                self.stdin = None
+
+    def _transfer(self, sel: selectors.BaseSelector, fd: int) -> None:
+        if self.stdin is not None and fd == self.stdin.fileno():
+            assert self._input is not None
+            try:
+                n = os.write(fd, self._input[:65536])
+                self._input = self._input[n:]
+            except BlockingIOError:
+                return
+            except BrokenPipeError:
+                # The command stopped reading; the rest of the input is dropped, as with a shell pipe.
+                self._input = memoryview(b"")
+            if not self._input:
+                sel.unregister(fd)
+                self._close(self.stdin)
+                self.stdin = None
+            return
+        stream = 1 if self.stdout is not None and fd == self.stdout.fileno() else 2
+        data = os.read(fd, 65536)
+        if not data:
+            sel.unregister(fd)
+            f = self.stdout if stream == 1 else self.stderr
+            if f is not None:
+                self._close(f)
+            return
+        room = len(data) if self._limit is None else max(0, self._limit - self._sizes[stream])
+        if room < len(data):
+            self._truncated = True
+            data = data[:room]
+        if data:
+            self._chunks[stream].append(data)
+            self._sizes[stream] += len(data)
+
+    def _collected(self) -> Tuple[Any, Any]:
+        joined = [b"".join(self._chunks[s]) if s in self._chunks else None for s in (1, 2)]
+        return self._decode(joined[0]), self._decode(joined[1])
+
+    @staticmethod
+    def _close(f: IO[Any]) -> None:
+        try:
+            f.close()
+        except OSError:
+            pass
+
+    def _close_streams(self) -> None:
+        for f in (self.stdin, self.stdout, self.stderr):
+            if f is not None:
+                self._close(f)
+
+    def send_signal(self, sig: int) -> None:
+        """Sends ``sig`` to every process in the sandbox (nothing once it has been reaped)."""
+        if isinstance(sig, bool) or not isinstance(sig, int) or not 0 < sig < 65:
+            raise config_error(f"send_signal: not a signal number: {sig!r}")
+        if self.returncode is None:
+            _call(self._native.kill, int(sig))
+
+    def terminate(self) -> None:
+        """SIGTERM to every process in the sandbox."""
+        self.send_signal(_signal.SIGTERM)
+
+    def kill(self) -> None:
+        """SIGKILL to every process in the sandbox."""
+        self.send_signal(_signal.SIGKILL)
+
+    def freeze(self) -> None:
+        """Stops every process in the sandbox (cgroup freezer; needs the sandbox's own cgroup)."""
+        _call(self._native.freeze, True)
+
+    def thaw(self) -> None:
+        """Resumes a frozen sandbox."""
+        _call(self._native.freeze, False)
+
+    def __enter__(self) -> "Process":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._close_streams()
+        if self.returncode is None:
+            self.kill()
+            self.wait()
+
+    def __repr__(self) -> str:
+        return f"<rsandbox.Process pid={self.pid} returncode={self.returncode} args={self.args!r}>"
+
+
+class Sandbox:
+    """A configuration that spawns sandboxes: ``Sandbox(spec, **options).spawn(args, ...)``.
+    Options are those of :class:`Spec`, applied over a copy of ``spec``."""
+
+    spec: Spec
+
+    def __init__(self, spec: Optional[Spec] = None, **options: Any) -> None:
+        if spec is not None and not isinstance(spec, Spec):
+            raise config_error(f"spec: expected rsandbox.Spec, got {type(spec).__name__}")
+        self.spec = spec.copy() if spec is not None else Spec()
+        self.spec.update(**options)
+
+    def spawn(self, args: Sequence[PathArg], *, stdin: Any = None, stdout: Any = None, stderr: Any = None,
+              env: Optional[Mapping[str, str]] = None, cwd: Optional[PathArg] = None, text: bool = False,
+              encoding: Optional[str] = None, errors: Optional[str] = None) -> Process:
+        """Starts ``args`` in a new sandbox and returns at once; streams as for
+        :class:`subprocess.Popen` (``PIPE``, ``DEVNULL``, ``STDOUT``, a descriptor or a file;
+        None inherits the caller's)."""
+        argv = _argv(args)
+        spec_json = _spec_json(self.spec, argv, env, cwd, stdin, stdout, stderr)
+        native = _call(_rsandbox.spawn, spec_json)
+        return Process(native, argv, self.spec.data.get("output_limit"), text, encoding, errors)
+
+    def run(self, args: Sequence[PathArg], **kwargs: Any) -> Result:
+        """:func:`rsandbox.run` with this sandbox's spec."""
+        return run(args, spec=self.spec, **kwargs)
+
+
+def run(args: Sequence[PathArg], *, stdin: Any = None, input: Any = None, capture_output: bool = False,
+        stdout: Any = None, stderr: Any = None, timeout: Optional[float] = None, check: bool = False,
+        env: Optional[Mapping[str, str]] = None, cwd: Optional[PathArg] = None, text: bool = False,
+        encoding: Optional[str] = None, errors: Optional[str] = None, spec: Optional[Spec] = None,
+        **options: Any) -> Result:
+    """Runs ``args`` in a new sandbox and waits, like :func:`subprocess.run`.
+
+    ``options`` are the isolation options of :class:`Spec`, applied over ``spec`` (default: the
+    library's defaults). ``timeout`` is a wall-clock limit enforced by the library: the whole
+    sandbox is killed and :class:`TimeoutExpired` raised with the output so far. ``check=True``
+    raises :class:`CalledProcessError` on a non-zero status. Without ``stdin`` or ``input`` the
+    command reads /dev/null. Ctrl-C kills the sandbox and raises KeyboardInterrupt.
+    """
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise config_error("stdout and stderr arguments may not be used with capture_output")
+        stdout = stderr = PIPE
+    if input is not None:
+        if stdin is not None:
+            raise config_error("stdin and input arguments may not both be used")
+        if isinstance(input, str):
+            input = input.encode(encoding or "utf-8", errors or "strict")
+        if not isinstance(input, (bytes, bytearray, memoryview)):
+            raise config_error(f"input: expected bytes or str, got {type(input).__name__}")
+        input = bytes(input)
+        stdin = PIPE
+    elif stdin is None:
+        stdin = DEVNULL
+    elif stdin == PIPE:
+        raise config_error("stdin=PIPE needs input= (or use Sandbox.spawn)")
+    limit = _timeout(timeout)
+    if limit is not None:
+        if limit <= 0:
+            raise config_error(f"timeout: must be positive, got {timeout!r}")
+        options["timeout"] = limit
+    if spec is not None and not isinstance(spec, Spec):
+        raise config_error(f"spec: expected rsandbox.Spec, got {type(spec).__name__}")
+    s = spec.copy() if spec is not None else Spec()
+    s.update(**options)
+    argv = _argv(args)
+    spec_json = _spec_json(s, argv, env, cwd, stdin, stdout, stderr)
+    raw, out, err = _call(_rsandbox.run, spec_json, input)
+    r = _result(argv, raw, out, err, _decoder(text, encoding, errors))
+    if r.timed_out:
+        raise TimeoutExpired(argv, limit if limit is not None else s.data["timeout"], r.stdout, r.stderr)
+    if check:
+        r.check_returncode()
+    return r
+
+
+def doctor() -> Dict[str, Any]:
+    """What this host and user can use: ``{"checks": [{"name", "status", "detail", "remedy"},
+    ...], ...}``, each missing feature with its remedy."""
+    checks: Dict[str, Any] = json.loads(_rsandbox.doctor_json())
+    return checks
+
+
