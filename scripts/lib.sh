@@ -152,3 +152,20 @@ rsbx_cgroup_cleanup() {
         rmdir "$d" 2>/dev/null || { sleep 0.2; rmdir "$d" 2>/dev/null; } || true
     done < <(find "$top" -mindepth 0 -type d | sort -r)
 }
+
+# rsbx_python_venv DIR: builds the Python module's abi3 wheel with maturin (in DIR/build) and
+# installs it into DIR/venv, a venv of Debian's /usr/bin/python3 outside /root, so that an
+# unprivileged user can import it. Extra arguments are more packages for the venv.
+rsbx_python_venv() {
+    local dir=$1
+    shift
+    mkdir -p "$dir"
+    if [ ! -x "$dir/build/bin/maturin" ]; then
+        /usr/bin/python3 -m venv "$dir/build" && "$dir/build/bin/pip" install -q "maturin==1.16.0" || return 1
+    fi
+    rm -rf "$dir/wheels" "$dir/venv"
+    (cd python && "$dir/build/bin/maturin" build -q --auditwheel skip --compatibility linux --out "$dir/wheels") || return 1
+    /usr/bin/python3 -m venv "$dir/venv" || return 1
+    "$dir/venv/bin/pip" install -q "$dir"/wheels/*.whl "$@" || return 1
+    chmod -R a+rX "$dir"
+}

@@ -1,0 +1,933 @@
+//! rsandbox-bench: start-up latency, throughput, memory per live sandbox and the cost of each
+//! option, for rsandbox side by side with bare fork+exec, the namespace floor, bubblewrap and
+//! crun, measured interleaved in one run (see scripts/bench, which builds and stages everything).
+//!
+//! Run it as the unprivileged user whose numbers you want. Every candidate runs the same payload
+//! (`/bin/true`, or busybox `true` in crun's bundle) to completion, stdio on /dev/null.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child as Proc, ChildStdin, ChildStdout, Command, Stdio as PStdio};
+use std::time::{Duration, Instant};
+
+use rsandbox::{Network, Overlay, OverlayDriver, Root, Seccomp, Spec, Stdio, Want};
+
+const USAGE: &str = "\
+usage: rsandbox-bench [OPTIONS]
+  --runs N          interleaved start-ups per candidate (default 400)
+  --warmup N        untimed start-ups per candidate first (default 20)
+  --throughput N    runs per candidate for the 2-worker throughput (default 2000, 0: skip)
+  --live N          sandboxes kept alive for the memory figure (default 100, 0: skip)
+  --options N       runs per variant of the option breakdown (default 200, 0: skip)
+  --rsandbox PATH   the CLI (default: rsandbox beside this binary)
+  --floor PATH      the namespace floor program (default: floor beside this binary)
+  --python PATH     a python with the rsandbox module (default: none, Python rows skipped)
+  --py-worker PATH  bench/py_worker.py (default: beside this binary)
+  --busybox PATH    static busybox for crun's bundle and the overlay lower (default /bin/busybox)
+  --work DIR        scratch directory (default: a new one in /tmp)
+";
+
+struct Args {
+    runs: usize,
+    warmup: usize,
+    throughput: usize,
+    live: usize,
+    options: usize,
+    rsandbox: PathBuf,
+    floor: PathBuf,
+    python: Option<PathBuf>,
+    py_worker: PathBuf,
+    busybox: PathBuf,
+    work: Option<PathBuf>,
+}
+
+fn parse_args() -> Args {
+    let here = std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(Path::to_path_buf))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let mut a = Args {
+        runs: 400,
+        warmup: 20,
+        throughput: 2000,
+        live: 100,
+        options: 200,
+        rsandbox: here.join("rsandbox"),
+        floor: here.join("floor"),
+        python: None,
+        py_worker: here.join("py_worker.py"),
+        busybox: PathBuf::from("/bin/busybox"),
+        work: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "-h" || flag == "--help" {
+            print!("{USAGE}");
+            std::process::exit(0);
+        }
+        let Some(value) = it.next() else {
+            eprintln!("rsandbox-bench: {flag} needs a value\n{USAGE}");
+            std::process::exit(2);
+        };
+        let number = || {
+            value.parse::<usize>().unwrap_or_else(|_| {
+                eprintln!("rsandbox-bench: {flag}: not a number: {value}");
+                std::process::exit(2)
+            })
+        };
+        match flag.as_str() {
+            "--runs" => a.runs = number().max(1),
+            "--warmup" => a.warmup = number(),
+            "--throughput" => a.throughput = number(),
+            "--live" => a.live = number(),
+            "--options" => a.options = number(),
+            "--rsandbox" => a.rsandbox = value.into(),
+            "--floor" => a.floor = value.into(),
+            "--python" => a.python = Some(value.into()),
+            "--py-worker" => a.py_worker = value.into(),
+            "--busybox" => a.busybox = value.into(),
+            "--work" => a.work = Some(value.into()),
+            _ => {
+                eprintln!("rsandbox-bench: unknown option {flag}\n{USAGE}");
+                std::process::exit(2);
+            }
+        }
+    }
+    a
+}
+
+// ------------------------------------------------------------------------------- candidates
+
+/// A long-lived Python process that runs one start-up per request and reports its own timing.
+struct PyWorker {
+    proc: Proc,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl PyWorker {
+    fn start(python: &Path, script: &Path) -> Result<PyWorker, String> {
+        let mut proc = Command::new(python)
+            .arg(script)
+            .stdin(PStdio::piped())
+            .stdout(PStdio::piped())
+            .spawn()
+            .map_err(|e| format!("{}: {e}", python.display()))?;
+        let stdin = proc.stdin.take().ok_or("no stdin")?;
+        let stdout = BufReader::new(proc.stdout.take().ok_or("no stdout")?);
+        let mut w = PyWorker {
+            proc,
+            stdin,
+            stdout,
+        };
+        w.run("rsandbox")?;
+        Ok(w)
+    }
+
+    fn run(&mut self, mode: &str) -> Result<Duration, String> {
+        writeln!(self.stdin, "{mode}").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let ns: i64 = line
+            .trim()
+            .parse()
+            .map_err(|_| format!("python worker said {line:?}"))?;
+        if ns < 0 {
+            return Err(format!("python {mode} run failed"));
+        }
+        Ok(Duration::from_nanos(ns as u64))
+    }
+}
+
+impl Drop for PyWorker {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+enum How {
+    /// Start a program and wait for it.
+    Exec(Vec<String>),
+    /// `rsandbox::spawn` + `wait` in this process.
+    Library(Box<Spec>),
+    /// One start-up in the Python worker (`rsandbox` or `subprocess`).
+    Python(&'static str),
+}
+
+struct Candidate {
+    name: String,
+    how: How,
+    samples: Vec<Duration>,
+    /// Why it is not measured.
+    missing: Option<String>,
+}
+
+impl Candidate {
+    fn new(name: &str, how: How) -> Candidate {
+        Candidate {
+            name: name.into(),
+            how,
+            samples: Vec::new(),
+            missing: None,
+        }
+    }
+
+    fn unavailable(name: &str, why: String) -> Candidate {
+        Candidate {
+            name: name.into(),
+            how: How::Exec(Vec::new()),
+            samples: Vec::new(),
+            missing: Some(why),
+        }
+    }
+}
+
+fn run_once(how: &How, py: Option<&mut PyWorker>) -> Result<Duration, String> {
+    match how {
+        How::Exec(argv) => {
+            let start = Instant::now();
+            let status = Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(PStdio::null())
+                .stdout(PStdio::null())
+                .stderr(PStdio::null())
+                .status()
+                .map_err(|e| format!("{}: {e}", argv[0]))?;
+            let took = start.elapsed();
+            if !status.success() {
+                return Err(format!("{} exited with {status}", argv.join(" ")));
+            }
+            Ok(took)
+        }
+        How::Library(spec) => {
+            let start = Instant::now();
+            let mut child = rsandbox::spawn(spec).map_err(|e| e.to_string())?;
+            let r = child.wait().map_err(|e| e.to_string())?;
+            let took = start.elapsed();
+            if !r.status.success() {
+                return Err(format!("library run ended {:?}", r.status));
+            }
+            Ok(took)
+        }
+        How::Python(mode) => py.ok_or("no python worker")?.run(mode),
+    }
+}
+
+fn payload_spec() -> Spec {
+    let mut spec = Spec::new(["/bin/true"]);
+    spec.process.stdin = Stdio::Null;
+    spec.process.stdout = Stdio::Null;
+    spec.process.stderr = Stdio::Null;
+    spec
+}
+
+// ------------------------------------------------------------------------------- statistics
+
+struct Stats {
+    median: Duration,
+    p99: Duration,
+    mean: Duration,
+}
+
+fn stats(samples: &[Duration]) -> Option<Stats> {
+    if samples.is_empty() {
+        return None;
+    }
+    let mut s = samples.to_vec();
+    s.sort();
+    let rank = |q: f64| s[((q * s.len() as f64).ceil() as usize).clamp(1, s.len()) - 1];
+    let median = if s.len() % 2 == 1 {
+        s[s.len() / 2]
+    } else {
+        (s[s.len() / 2 - 1] + s[s.len() / 2]) / 2
+    };
+    Some(Stats {
+        median,
+        p99: rank(0.99),
+        mean: s.iter().sum::<Duration>() / s.len() as u32,
+    })
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+fn ratio(a: Duration, b: Option<Duration>) -> String {
+    match b {
+        Some(b) if !b.is_zero() => format!("{:.2}x", a.as_secs_f64() / b.as_secs_f64()),
+        _ => "-".into(),
+    }
+}
+
+// ------------------------------------------------------------------------------- set-up
+
+fn busybox_root(busybox: &Path, dir: &Path) -> Result<PathBuf, String> {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "tmp", "etc", "work", "sys"] {
+        std::fs::create_dir_all(root.join(d)).map_err(|e| e.to_string())?;
+    }
+    std::fs::copy(busybox, root.join("bin/busybox"))
+        .map_err(|e| format!("{}: {e}", busybox.display()))?;
+    for tool in ["sh", "true", "sleep"] {
+        let link = root.join("bin").join(tool);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", &link).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(root)
+}
+
+/// A rootless crun bundle running busybox `true`, or why there is none.
+fn crun_bundle(work: &Path, rootfs: &Path) -> Result<Vec<String>, String> {
+    let crun = which("crun").ok_or("crun is not installed (apt-get install crun)")?;
+    let bundle = work.join("crun-bundle");
+    let _ = std::fs::remove_dir_all(&bundle);
+    std::fs::create_dir_all(&bundle).map_err(|e| e.to_string())?;
+    let out = Command::new(&crun)
+        .args(["spec", "--rootless"])
+        .current_dir(&bundle)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "crun spec --rootless: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    let path = bundle.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| e.to_string())?;
+    let mut config: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
+    config["process"]["args"] = serde_json::json!(["/bin/true"]);
+    config["process"]["terminal"] = serde_json::json!(false);
+    config["root"]["path"] = serde_json::json!(rootfs.display().to_string());
+    std::fs::write(&path, config.to_string()).map_err(|e| e.to_string())?;
+    let state = work.join("crun-state");
+    std::fs::create_dir_all(&state).map_err(|e| e.to_string())?;
+    let argv: Vec<String> = vec![
+        crun.display().to_string(),
+        "--root".into(),
+        state.display().to_string(),
+        "--cgroup-manager=disabled".into(),
+        "run".into(),
+        "--bundle".into(),
+        bundle.display().to_string(),
+    ];
+    // One trial run (with a container name) tells whether this host lets crun work at all.
+    let mut trial: Vec<String> = argv.clone();
+    trial.push("rsandbox-bench-trial".into());
+    let out = Command::new(&trial[0])
+        .args(&trial[1..])
+        .stdin(PStdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "crun run failed here: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(argv)
+}
+
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/bin:/bin".into())
+        .to_str()?
+        .split(':')
+        .map(|d| Path::new(d).join(name))
+        .find(|p| p.is_file())
+}
+
+// ------------------------------------------------------------------------------- sections
+
+fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
+    let true_bin = "/bin/true".to_string();
+    let mut cands = vec![
+        Candidate::new("fork+exec", How::Exec(vec![true_bin.clone()])),
+        if a.floor.is_file() {
+            Candidate::new(
+                "namespace floor (C)",
+                How::Exec(vec![a.floor.display().to_string(), true_bin.clone()]),
+            )
+        } else {
+            Candidate::unavailable(
+                "namespace floor (C)",
+                format!("{} missing", a.floor.display()),
+            )
+        },
+        Candidate::new("rsandbox library", How::Library(Box::new(payload_spec()))),
+        if a.rsandbox.is_file() {
+            Candidate::new(
+                "rsandbox run (CLI)",
+                How::Exec(vec![
+                    a.rsandbox.display().to_string(),
+                    "run".into(),
+                    "--".into(),
+                    true_bin.clone(),
+                ]),
+            )
+        } else {
+            Candidate::unavailable(
+                "rsandbox run (CLI)",
+                format!("{} missing", a.rsandbox.display()),
+            )
+        },
+    ];
+    if py.is_some() {
+        cands.push(Candidate::new(
+            "python rsandbox.run",
+            How::Python("rsandbox"),
+        ));
+        cands.push(Candidate::new(
+            "python subprocess.run",
+            How::Python("subprocess"),
+        ));
+    } else {
+        for name in ["python rsandbox.run", "python subprocess.run"] {
+            cands.push(Candidate::unavailable(name, "no --python given".into()));
+        }
+    }
+    cands.push(match which("bwrap") {
+        Some(b) => Candidate::new(
+            "bwrap",
+            How::Exec(
+                [
+                    b.display().to_string().as_str(),
+                    "--unshare-all",
+                    "--ro-bind",
+                    "/",
+                    "/",
+                    "--proc",
+                    "/proc",
+                    "--dev",
+                    "/dev",
+                    "--tmpfs",
+                    "/tmp",
+                    "--die-with-parent",
+                    "/bin/true",
+                ]
+                .map(String::from)
+                .to_vec(),
+            ),
+        ),
+        None => Candidate::unavailable("bwrap", "bubblewrap is not installed".into()),
+    });
+    cands.push(match crun_bundle(work, rootfs) {
+        Ok(argv) => Candidate::new("crun run (rootless)", How::Exec(argv)),
+        Err(why) => Candidate::unavailable("crun run (rootless)", why),
+    });
+    let crun_index = cands.len() - 1;
+
+    let total = a.warmup + a.runs;
+    eprintln!(
+        "start-up: {} candidates x {} runs (+{} warm-up), interleaved",
+        cands.iter().filter(|c| c.missing.is_none()).count(),
+        a.runs,
+        a.warmup
+    );
+    for round in 0..total {
+        // Rotate the order so that no candidate always follows the same one.
+        let n = cands.len();
+        for k in 0..n {
+            let i = (round + k) % n;
+            if cands[i].missing.is_some() {
+                continue;
+            }
+            let how = if i == crun_index {
+                // crun needs a fresh container name per run.
+                match &cands[i].how {
+                    How::Exec(argv) => {
+                        let mut v = argv.clone();
+                        v.push(format!("rsbx-bench-{round}"));
+                        How::Exec(v)
+                    }
+                    _ => unreachable!(),
+                }
+            } else {
+                match &cands[i].how {
+                    How::Exec(v) => How::Exec(v.clone()),
+                    How::Library(s) => How::Library(s.clone()),
+                    How::Python(m) => How::Python(m),
+                }
+            };
+            match run_once(&how, py.as_mut()) {
+                Ok(d) if round >= a.warmup => cands[i].samples.push(d),
+                Ok(_) => {}
+                Err(e) => {
+                    eprintln!("{}: {e}", cands[i].name);
+                    cands[i].missing = Some(e);
+                }
+            }
+        }
+    }
+    let median_of = |name: &str| {
+        cands
+            .iter()
+            .find(|c| c.name == name)
+            .and_then(|c| stats(&c.samples))
+            .map(|s| s.median)
+    };
+    let (bwrap, fork, floor) = (
+        median_of("bwrap"),
+        median_of("fork+exec"),
+        median_of("namespace floor (C)"),
+    );
+    println!(
+        "\n## Start-up of `/bin/true` ({} interleaved runs each; ms)\n",
+        a.runs
+    );
+    println!("| candidate | median | p99 | mean | vs bwrap | vs floor | vs fork+exec |");
+    println!("|---|---:|---:|---:|---:|---:|---:|");
+    for c in &cands {
+        match (stats(&c.samples), &c.missing) {
+            (Some(s), None) => println!(
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                c.name,
+                ms(s.median),
+                ms(s.p99),
+                ms(s.mean),
+                ratio(s.median, bwrap),
+                ratio(s.median, floor),
+                ratio(s.median, fork)
+            ),
+            (_, Some(why)) => println!("| {} | n/a: {} | | | | | |", c.name, one_line(why)),
+            (None, None) => println!("| {} | n/a | | | | | |", c.name),
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(100).collect()
+}
+
+fn throughput(a: &Args, work: &Path, rootfs: &Path) {
+    if a.throughput == 0 {
+        return;
+    }
+    let mut rows: Vec<(String, Result<f64, String>)> = Vec::new();
+    let each = a.throughput / 2;
+    let spec = payload_spec();
+    let lib = timed_workers(each, |_| {
+        run_once(&How::Library(Box::new(spec.clone())), None).map(|_| ())
+    });
+    rows.push(("rsandbox library".into(), lib));
+    let cli = vec![
+        a.rsandbox.display().to_string(),
+        "run".into(),
+        "--".into(),
+        "/bin/true".into(),
+    ];
+    rows.push((
+        "rsandbox run (CLI)".into(),
+        timed_workers(each, |_| {
+            run_once(&How::Exec(cli.clone()), None).map(|_| ())
+        }),
+    ));
+    if let Some(b) = which("bwrap") {
+        let argv: Vec<String> = [
+            b.display().to_string().as_str(),
+            "--unshare-all",
+            "--ro-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--die-with-parent",
+            "/bin/true",
+        ]
+        .map(String::from)
+        .to_vec();
+        rows.push((
+            "bwrap".into(),
+            timed_workers(each, |_| {
+                run_once(&How::Exec(argv.clone()), None).map(|_| ())
+            }),
+        ));
+    }
+    match crun_bundle(work, rootfs) {
+        Ok(argv) => {
+            let counter = std::sync::atomic::AtomicUsize::new(0);
+            rows.push((
+                "crun run (rootless)".into(),
+                timed_workers(each, |_| {
+                    let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let mut v = argv.clone();
+                    v.push(format!("rsbx-tp-{n}"));
+                    run_once(&How::Exec(v), None).map(|_| ())
+                }),
+            ))
+        }
+        Err(why) => rows.push(("crun run (rootless)".into(), Err(why))),
+    }
+    let bwrap = rows
+        .iter()
+        .find(|r| r.0 == "bwrap")
+        .and_then(|r| r.1.as_ref().ok().copied());
+    println!(
+        "\n## Throughput: 2 workers, {} runs each candidate (sandboxes/s)\n",
+        each * 2
+    );
+    println!("| candidate | per second | vs bwrap |");
+    println!("|---|---:|---:|");
+    for (name, r) in rows {
+        match r {
+            Ok(rate) => println!(
+                "| {name} | {rate:.0} | {} |",
+                bwrap.map_or("-".into(), |b| format!("{:.2}x", rate / b))
+            ),
+            Err(e) => println!("| {name} | n/a: {} | |", one_line(&e)),
+        }
+    }
+}
+
+/// Runs `job` `each` times on each of 2 threads; returns runs per second.
+fn timed_workers<F>(each: usize, job: F) -> Result<f64, String>
+where
+    F: Fn(usize) -> Result<(), String> + Sync,
+{
+    let start = Instant::now();
+    let results: Vec<Result<(), String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    for i in 0..each {
+                        job(i)?;
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("worker panicked".into())))
+            .collect()
+    });
+    let took = start.elapsed();
+    for r in results {
+        r?;
+    }
+    Ok((each * 2) as f64 / took.as_secs_f64())
+}
+
+/// Resident and proportional set size (KiB) of a process.
+fn rss_pss_kib(pid: u32) -> (Option<u64>, Option<u64>) {
+    let field = |path: String, key: &str| -> Option<u64> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let line = text.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    (
+        field(format!("/proc/{pid}/status"), "VmRSS:"),
+        field(format!("/proc/{pid}/smaps_rollup"), "Pss:"),
+    )
+}
+
+fn memory(a: &Args) {
+    if a.live == 0 {
+        return;
+    }
+    println!(
+        "\n## Memory while {} sandboxes run `sleep 60` (KiB per sandbox)\n",
+        a.live
+    );
+    println!("| what | RSS | PSS |");
+    println!("|---|---:|---:|");
+    // The library: this process is the supervisor of every sandbox.
+    let me = std::process::id();
+    let (before, _) = rss_pss_kib(me);
+    let mut spec = payload_spec();
+    spec.process.args = vec!["/bin/sleep".into(), "60".into()];
+    let mut children = Vec::new();
+    for _ in 0..a.live {
+        match rsandbox::spawn(&spec) {
+            Ok(c) => children.push(c),
+            Err(e) => {
+                println!("| library | n/a: {e} | |");
+                return;
+            }
+        }
+    }
+    let (after, _) = rss_pss_kib(me);
+    let per = |total: u64| format!("{:.0}", total as f64 / a.live as f64);
+    if let (Some(b), Some(x)) = (before, after) {
+        println!(
+            "| library: the caller's growth | {} | |",
+            per(x.saturating_sub(b))
+        );
+    }
+    let (mut rss, mut pss, mut seen) = (0, 0, 0);
+    for c in &children {
+        let (r, p) = rss_pss_kib(c.pid() as u32);
+        if let Some(r) = r {
+            rss += r;
+            pss += p.unwrap_or(0);
+            seen += 1;
+        }
+    }
+    if seen > 0 {
+        println!(
+            "| library: each sandbox's init process | {:.0} | {:.0} |",
+            rss as f64 / seen as f64,
+            pss as f64 / seen as f64
+        );
+    }
+    for mut c in children {
+        let _ = c.kill(libc::SIGKILL);
+        let _ = c.wait();
+    }
+    // Supervisor processes of the command-line tools.
+    let mut tools: Vec<(String, Vec<String>)> = vec![(
+        "rsandbox run: the CLI process".into(),
+        vec![
+            a.rsandbox.display().to_string(),
+            "run".into(),
+            "--".into(),
+            "/bin/sleep".into(),
+            "60".into(),
+        ],
+    )];
+    if let Some(b) = which("bwrap") {
+        tools.push((
+            "bwrap: the bwrap process".into(),
+            [
+                b.display().to_string().as_str(),
+                "--unshare-all",
+                "--ro-bind",
+                "/",
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "--tmpfs",
+                "/tmp",
+                "--die-with-parent",
+                "/bin/sleep",
+                "60",
+            ]
+            .map(String::from)
+            .to_vec(),
+        ));
+    }
+    for (name, argv) in tools {
+        let mut procs = Vec::new();
+        for _ in 0..a.live {
+            match Command::new(&argv[0])
+                .args(&argv[1..])
+                .stdin(PStdio::null())
+                .stdout(PStdio::null())
+                .stderr(PStdio::null())
+                .spawn()
+            {
+                Ok(p) => procs.push(p),
+                Err(e) => {
+                    println!("| {name} | n/a: {e} | |");
+                    break;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        let (mut rss, mut pss, mut seen) = (0, 0, 0);
+        for p in &procs {
+            if let (Some(r), p) = rss_pss_kib(p.id()) {
+                rss += r;
+                pss += p.unwrap_or(0);
+                seen += 1;
+            }
+        }
+        if seen > 0 {
+            println!(
+                "| {name} | {:.0} | {:.0} |",
+                rss as f64 / seen as f64,
+                pss as f64 / seen as f64
+            );
+        }
+        for mut p in procs {
+            // SAFETY: kill(2) on the pid of a child this function started and has not reaped.
+            unsafe { libc::kill(p.id() as i32, libc::SIGTERM) };
+            let _ = p.wait();
+        }
+    }
+}
+
+fn option_costs(a: &Args, rootfs: &Path) {
+    if a.options == 0 {
+        return;
+    }
+    let base = payload_spec();
+    let mut variants: Vec<(String, Result<Spec, String>)> =
+        vec![("full default".into(), Ok(base.clone()))];
+    let mut v = base.clone();
+    v.security.seccomp = Seccomp::None;
+    variants.push(("without seccomp".into(), Ok(v)));
+    let mut v = base.clone();
+    v.security.landlock.want = Want::Off;
+    variants.push(("without Landlock".into(), Ok(v)));
+    let mut v = base.clone();
+    v.network = Network::Host;
+    variants.push(("without a network namespace".into(), Ok(v)));
+    let mut v = base.clone();
+    v.security.seccomp = Seccomp::None;
+    v.security.landlock.want = Want::Off;
+    v.security.mask_proc = false;
+    variants.push((
+        "namespaces only (no seccomp, Landlock, /proc masks)".into(),
+        Ok(v),
+    ));
+    let cgroup_parent = std::env::var_os("RSANDBOX_CGROUP_PARENT")
+        .or_else(|| std::env::var_os("RSANDBOX_TEST_CGROUP"))
+        .map(PathBuf::from);
+    variants.push((
+        "with its own cgroup".into(),
+        match cgroup_parent {
+            Some(p) => {
+                let mut v = base.clone();
+                v.cgroup.parent = Some(p);
+                v.cgroup.want = Want::Required;
+                Ok(v)
+            }
+            None => Err("no delegated cgroup (set RSANDBOX_CGROUP_PARENT)".into()),
+        },
+    ));
+    for (name, driver) in [
+        ("overlay root, kernel overlayfs", OverlayDriver::Kernel),
+        ("overlay root, fuse-overlayfs", OverlayDriver::Fuse),
+    ] {
+        let mut v = base.clone();
+        v.process.args = vec!["/bin/true".into()];
+        v.filesystem.root = Root::Overlay(Overlay {
+            lowers: vec![rootfs.to_path_buf()],
+            driver,
+            ..Overlay::default()
+        });
+        variants.push((name.into(), Ok(v)));
+    }
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); variants.len()];
+    let mut missing: Vec<Option<String>> = variants
+        .iter()
+        .map(|(_, s)| s.as_ref().err().cloned())
+        .collect();
+    for round in 0..(a.options + a.warmup) {
+        for k in 0..variants.len() {
+            let i = (round + k) % variants.len();
+            let (Ok(spec), None) = (&variants[i].1, &missing[i]) else {
+                continue;
+            };
+            match run_once(&How::Library(Box::new(spec.clone())), None) {
+                Ok(d) if round >= a.warmup => samples[i].push(d),
+                Ok(_) => {}
+                Err(e) => missing[i] = Some(e),
+            }
+        }
+    }
+    let base_median = stats(&samples[0]).map(|s| s.median);
+    println!(
+        "\n## Cost of each option (library spawn + wait, {} interleaved runs each; ms)\n",
+        a.options
+    );
+    println!("| variant | median | p99 | vs full default |");
+    println!("|---|---:|---:|---:|");
+    for (i, (name, _)) in variants.iter().enumerate() {
+        match (stats(&samples[i]), &missing[i]) {
+            (Some(s), None) => {
+                let delta = base_median.map_or("-".into(), |b| {
+                    format!("{:+.3}", (s.median.as_secs_f64() - b.as_secs_f64()) * 1e3)
+                });
+                println!("| {name} | {} | {} | {delta} |", ms(s.median), ms(s.p99));
+            }
+            (_, Some(why)) => println!("| {name} | n/a: {} | | |", one_line(why)),
+            (None, None) => println!("| {name} | n/a | | |"),
+        }
+    }
+}
+
+/// Start-up from a caller with a large resident heap: the cost of copying the caller's page
+/// tables at clone shows here (fork+exec through std's vfork-based spawn does not pay it).
+fn big_caller(a: &Args) {
+    if a.options == 0 {
+        return;
+    }
+    const MIB: usize = 1 << 20;
+    let runs = a.options.min(100);
+    println!("\n## Start-up from a caller with a large resident heap ({runs} runs each; ms)\n");
+    println!("| caller's extra resident memory | rsandbox library | fork+exec |");
+    println!("|---|---:|---:|");
+    for size in [0, 256 * MIB, 1024 * MIB] {
+        let heap: Vec<u8> = (0..size).map(|i| (i / 4096) as u8).collect();
+        let lib = How::Library(Box::new(payload_spec()));
+        let exec = How::Exec(vec!["/bin/true".into()]);
+        let (mut l, mut e) = (Vec::new(), Vec::new());
+        for _ in 0..runs {
+            if let (Ok(x), Ok(y)) = (run_once(&lib, None), run_once(&exec, None)) {
+                l.push(x);
+                e.push(y);
+            }
+        }
+        std::hint::black_box(&heap);
+        let med = |v: &[Duration]| stats(v).map_or("n/a".into(), |s| ms(s.median));
+        println!("| {} MiB | {} | {} |", size / MIB, med(&l), med(&e));
+    }
+}
+
+fn machine() -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_string())
+        })
+        .unwrap_or_default();
+    // SAFETY: getuid cannot fail.
+    let uid = unsafe { libc::getuid() };
+    format!("kernel {}, {cpus} CPUs ({model}), uid {uid}", kernel.trim())
+}
+
+fn main() {
+    let a = parse_args();
+    let work = match &a.work {
+        Some(w) => w.clone(),
+        None => std::env::temp_dir().join(format!("rsandbox-bench-{}", std::process::id())),
+    };
+    if let Err(e) = std::fs::create_dir_all(&work) {
+        eprintln!("rsandbox-bench: {}: {e}", work.display());
+        std::process::exit(1);
+    }
+    let rootfs = match busybox_root(&a.busybox, &work) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("rsandbox-bench: cannot make the busybox rootfs: {e}");
+            std::process::exit(1);
+        }
+    };
+    let mut py = match &a.python {
+        Some(p) => match PyWorker::start(p, &a.py_worker) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("rsandbox-bench: python worker: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    println!("# rsandbox-bench: {}", machine());
+    startup(&a, &work, &rootfs, &mut py);
+    drop(py);
+    throughput(&a, &work, &rootfs);
+    memory(&a);
+    option_costs(&a, &rootfs);
+    big_caller(&a);
+    if a.work.is_none() {
+        let _ = std::fs::remove_dir_all(&work);
+    }
+}
