@@ -86,11 +86,13 @@ pub enum Step {
     Landlock,
     /// Loading the seccomp filter.
     Seccomp,
+    /// Executing the sandbox's init after setup.
+    ExecInit,
 }
 
 impl Step {
     /// All steps, for decoding the number that crosses the pipe.
-    const ALL: [Step; 35] = [
+    const ALL: [Step; 36] = [
         Step::Clone,
         Step::CloseFds,
         Step::DenySetgroups,
@@ -126,6 +128,7 @@ impl Step {
         Step::Capabilities,
         Step::Landlock,
         Step::Seccomp,
+        Step::ExecInit,
     ];
 
     pub(crate) fn from_u32(n: u32) -> Option<Step> {
@@ -170,6 +173,7 @@ impl Step {
             Step::Capabilities => "capabilities",
             Step::Landlock => "landlock",
             Step::Seccomp => "seccomp",
+            Step::ExecInit => "exec-init",
         }
     }
 }

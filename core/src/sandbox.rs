@@ -248,6 +248,10 @@ struct Prepared {
     scratch: Vec<c_int>,
     cgroup: Option<Cgroup>,
     cpu_limit_usec: Option<u64>,
+    /// Stacks of a small-init start (setup process, command process), None for a forking start.
+    stacks: Option<small::Stacks>,
+    /// Why the start copies the caller, when it does.
+    start_skipped: Option<String>,
 }
 
 fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &str) -> Result<u64> {
@@ -661,8 +665,27 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
     let (err_r, err_w) = pipe()?;
     let (ctl_r, ctl_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
+    // A start that does not copy the caller (and so costs the same from a large process) is
+    // used whenever nothing needs the caller's help during setup: not for subordinate-range id
+    // maps (the caller writes them) nor where fuse-overlayfs may be asked for.
+    let fuse_possible = mounts
+        .as_ref()
+        .and_then(MountPlan::overlay)
+        .is_some_and(|ov| ov.fuse_binary.is_some());
+    let small = if wait_for_maps {
+        Err("subordinate-range id maps are written by the caller during setup")
+    } else if fuse_possible {
+        Err("fuse-overlayfs may have to be started by the caller during setup")
+    } else {
+        small::prepare()
+    };
+    let start_skipped = small.as_ref().err().map(|why| why.to_string());
+    let small = small.ok();
     let mut keep_fds: Vec<c_int> = stdio.to_vec();
     keep_fds.extend([err_w.as_raw_fd(), ctl_r.as_raw_fd(), status_w.as_raw_fd()]);
+    if let Some((fd, _)) = &small {
+        keep_fds.push(*fd);
+    }
     let close_ranges = gaps(&keep_fds);
     let mut mounts = mounts;
     if let Some(ov) = mounts.as_mut().and_then(MountPlan::overlay_mut) {
@@ -741,6 +764,10 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
         err_w: err_w.as_raw_fd(),
         ctl_r: ctl_r.as_raw_fd(),
         status_w: status_w.as_raw_fd(),
+        small_init: small.as_ref().map(|(fd, stacks)| child::SmallInit {
+            init_fd: *fd,
+            cmd_stack: stacks.command(),
+        }),
     };
     Ok(Prepared {
         plan,
@@ -756,6 +783,8 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
         scratch,
         cgroup: cg.cgroup,
         cpu_limit_usec: spec.limits.cpu_time.map(|t| (t * 1e6) as u64),
+        stacks: small.map(|(_, stacks)| stacks),
+        start_skipped,
     })
 }
 
@@ -996,10 +1025,48 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         args.flags |= sys::CLONE_INTO_CGROUP;
         args.cgroup = cg.dir_fd() as u64;
     }
-    // SAFETY: in the child, child::run makes only raw syscalls on memory prepared above and ends
-    // in execve or _exit; it never returns into this function.
-    let pid = match unsafe { sys::clone3(&mut args) } {
-        Ok(0) => child::run(&prep.plan, &mut prep.scratch),
+    let mut start_refused = None;
+    let cloned = match prep.stacks.take() {
+        Some(stacks) => {
+            args.flags |= (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
+            (args.stack, args.stack_size) = stacks.setup();
+            let mut target: (&Plan, &mut [c_int]) = (&prep.plan, &mut prep.scratch);
+            // SAFETY: the child runs child::entry on its own stack in our memory, makes only raw
+            // syscalls on the plan prepared above, and ends in execve or _exit; this thread is
+            // suspended until then (CLONE_VFORK), so `target` and the stacks outlive its use.
+            let r = unsafe {
+                small::clone(
+                    &mut args,
+                    &mut target as *mut (&Plan, &mut [c_int]) as usize,
+                )
+            };
+            let r = match r {
+                // Refused here (an emulator such as valgrind, or a seccomp policy of the caller's):
+                // the forking start, which still ends in the small init.
+                Err(e @ (Errno::ENOSYS | Errno::EINVAL | Errno::EPERM)) => {
+                    start_refused = Some(e);
+                    args.flags &= !((libc::CLONE_VM | libc::CLONE_VFORK) as u64);
+                    (args.stack, args.stack_size) = (0, 0);
+                    // SAFETY: as for the forking start below.
+                    match unsafe { sys::clone3(&mut args) } {
+                        Ok(0) => child::run(&prep.plan, &mut prep.scratch),
+                        other => other,
+                    }
+                }
+                other => other,
+            };
+            // Both processes have executed or exited: the stacks are free.
+            drop(stacks);
+            r
+        }
+        // SAFETY: in the child, child::run makes only raw syscalls on memory prepared above and
+        // ends in execve or _exit; it never returns into this function.
+        None => match unsafe { sys::clone3(&mut args) } {
+            Ok(0) => child::run(&prep.plan, &mut prep.scratch),
+            other => other,
+        },
+    };
+    let pid = match cloned {
         Ok(pid) => pid,
         Err(e) => return Err(clone_error(e, prep.clone_flags)),
     };
@@ -1017,6 +1084,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         _pipe_child_ends,
         cgroup,
         cpu_limit_usec,
+        start_skipped,
         ..
     } = prep;
     drop(_child_ends);
@@ -1047,6 +1115,21 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     // The error pipe closes without a record once the command has been executed. Before that it
     // may carry one request: start fuse-overlayfs.
     let mut report = report;
+    let (status, detail) = match (&start_skipped, start_refused) {
+        (None, None) => (
+            Status::Enforced,
+            "the caller's memory is not copied: setup runs in it (CLONE_VM|CLONE_VFORK) and the init is rsandbox-init, a few KiB, executed from a sealed memfd".to_string(),
+        ),
+        (None, Some(e)) => (
+            Status::Skipped,
+            format!("clone3 with CLONE_VM refused ({e}): setup ran in a copy of the caller, then executed rsandbox-init"),
+        ),
+        (Some(why), _) => (
+            Status::Skipped,
+            format!("{why}: setup runs in a copy of the caller, which stays on as the init"),
+        ),
+    };
+    report.push("start-without-copy", Want::BestEffort, status, detail);
     let mut fuse_helper: Option<crate::overlay::FuseHelper> = None;
     let stop_helper = |helper: &mut Option<crate::overlay::FuseHelper>| {
         if let Some(mut h) = helper.take() {
@@ -1622,6 +1705,149 @@ fn wait_fuse_or_sandbox(
             Ok(None) => {}
             Err(e) => return Err(Error::io("wait for fuse-overlayfs", None, e)),
         }
+    }
+}
+
+/// The start that does not copy the caller's address space (see child::SmallInit).
+mod small {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    use std::os::raw::c_int;
+    use std::sync::OnceLock;
+
+    use crate::sys;
+
+    /// Bytes of each stack; the setup process builds mount plans on it.
+    const STACK: usize = 256 * 1024;
+    const PAGE: usize = 4096;
+
+    /// Two stacks, each above a guard page, unmapped on drop.
+    pub(crate) struct Stacks {
+        base: *mut libc::c_void,
+        len: usize,
+    }
+
+    // SAFETY: the mapping is owned by this value alone; nothing else refers to it.
+    unsafe impl Send for Stacks {}
+
+    impl Stacks {
+        fn new() -> Option<Stacks> {
+            let len = 2 * (PAGE + STACK);
+            // SAFETY: a fresh anonymous private mapping; nothing else uses the range.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                return None;
+            }
+            let stacks = Stacks { base, len };
+            for guard in [0, PAGE + STACK] {
+                // SAFETY: the page lies inside the mapping made above.
+                if unsafe {
+                    libc::mprotect(base.cast::<u8>().add(guard).cast(), PAGE, libc::PROT_NONE)
+                } != 0
+                {
+                    return None;
+                }
+            }
+            Some(stacks)
+        }
+
+        fn stack(&self, i: usize) -> (u64, u64) {
+            let low = self.base as u64 + (i * (PAGE + STACK) + PAGE) as u64;
+            (low, STACK as u64)
+        }
+
+        /// The setup process's stack (lowest address, size).
+        pub fn setup(&self) -> (u64, u64) {
+            self.stack(0)
+        }
+
+        /// The command process's stack.
+        pub fn command(&self) -> (u64, u64) {
+            self.stack(1)
+        }
+    }
+
+    impl Drop for Stacks {
+        fn drop(&mut self) {
+            // SAFETY: the mapping made in new(), no longer used by any process.
+            unsafe { libc::munmap(self.base, self.len) };
+        }
+    }
+
+    #[cfg(all(target_arch = "x86_64", rsandbox_small_init))]
+    static INIT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/rsandbox-init"));
+
+    /// A sealed memfd holding the tiny init, made once per process; None where there is none.
+    #[cfg(all(target_arch = "x86_64", rsandbox_small_init))]
+    fn init_fd() -> Option<c_int> {
+        static FD: OnceLock<Option<OwnedFd>> = OnceLock::new();
+        FD.get_or_init(|| {
+            const MFD_EXEC: libc::c_uint = 0x10;
+            let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+            // SAFETY: memfd_create with a NUL-terminated name; the result is checked.
+            let mut fd = unsafe { libc::memfd_create(c"rsandbox-init".as_ptr(), flags | MFD_EXEC) };
+            if fd < 0 {
+                // Kernels before 6.3 do not know MFD_EXEC (and need it not).
+                // SAFETY: as above.
+                fd = unsafe { libc::memfd_create(c"rsandbox-init".as_ptr(), flags) };
+            }
+            if fd < 0 {
+                return None;
+            }
+            // SAFETY: a descriptor just created and owned by nothing else.
+            let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            sys::write_all(owned.as_raw_fd(), INIT).ok()?;
+            let seals =
+                libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
+            // SAFETY: F_ADD_SEALS with an integer argument.
+            if unsafe { libc::fcntl(owned.as_raw_fd(), libc::F_ADD_SEALS, seals) } != 0 {
+                return None;
+            }
+            Some(owned)
+        })
+        .as_ref()
+        .map(AsRawFd::as_raw_fd)
+    }
+
+    /// The init's descriptor and fresh stacks, or None when this build or host has no small init.
+    #[cfg(all(target_arch = "x86_64", rsandbox_small_init))]
+    pub(crate) fn prepare() -> Result<(c_int, Stacks), &'static str> {
+        if std::env::var_os("RSANDBOX_FORK_START").is_some() {
+            return Err("RSANDBOX_FORK_START is set");
+        }
+        let fd = init_fd().ok_or("no memfd for rsandbox-init")?;
+        Ok((fd, Stacks::new().ok_or("cannot map the setup stacks")?))
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", rsandbox_small_init)))]
+    pub(crate) fn prepare() -> Result<(c_int, Stacks), &'static str> {
+        Err("this build has no rsandbox-init (x86_64 and a C compiler at build time)")
+    }
+
+    /// clone3 into child::entry on the setup stack.
+    ///
+    /// # Safety
+    /// See `sys::clone3_on_stack`; `target` is the address of a live `(&Plan, &mut [c_int])`.
+    #[cfg(all(target_arch = "x86_64", rsandbox_small_init))]
+    pub(crate) unsafe fn clone(
+        args: &mut sys::CloneArgs,
+        target: usize,
+    ) -> sys::SysResult<libc::pid_t> {
+        // SAFETY: forwarded from the caller.
+        unsafe { sys::clone3_on_stack(args, crate::child::entry, target) }
+    }
+
+    #[cfg(not(all(target_arch = "x86_64", rsandbox_small_init)))]
+    pub(crate) unsafe fn clone(_: &mut sys::CloneArgs, _: usize) -> sys::SysResult<libc::pid_t> {
+        Err(nix::errno::Errno::ENOSYS)
     }
 }
 

@@ -192,6 +192,78 @@ pub unsafe fn clone3(args: &mut CloneArgs) -> SysResult<libc::pid_t> {
     check(ret).map(|p| p as libc::pid_t)
 }
 
+/// clone3 onto a stack of its own: the child calls `entry(arg)` there (it must never return)
+/// and the caller gets the child's pid. Made for `CLONE_VM | CLONE_VFORK` starts, where the child
+/// runs in the caller's memory while the calling thread waits for it to exec or exit; the
+/// caller's page tables are not copied, so the cost does not grow with the caller's size.
+///
+/// # Safety
+/// `args.stack`/`args.stack_size` must describe writable memory that outlives the child's use of
+/// it, 16-byte aligned at its top. With `CLONE_VM` the child shares the caller's memory (and the
+/// calling thread's thread-local storage): it may only make raw syscalls and
+/// async-signal-safe calls on memory prepared before, and must end in execve or _exit.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn clone3_on_stack(
+    args: &mut CloneArgs,
+    entry: unsafe extern "C" fn(usize) -> !,
+    arg: usize,
+) -> SysResult<libc::pid_t> {
+    let ret: isize;
+    // SAFETY: the caller vouches for the stack and for what the child does. In the child the
+    // kernel has switched to the new stack: clear the frame pointer and call entry(arg), which
+    // never returns (ud2 guards the impossible). r12/r13 are callee-saved, so they reach the
+    // child unchanged; syscall clobbers rcx and r11.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") libc::SYS_clone3 as isize => ret,
+            in("rdi") args as *mut CloneArgs,
+            in("rsi") std::mem::size_of::<CloneArgs>(),
+            in("r12") arg,
+            in("r13") entry as usize,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    if ret < 0 {
+        Err(Errno::from_raw(-ret as i32))
+    } else {
+        Ok(ret as libc::pid_t)
+    }
+}
+
+/// execveat(fd, "", argv, envp, AT_EMPTY_PATH): executes the file `fd` refers to. Returns only on
+/// failure.
+pub fn execve_fd(fd: c_int, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
+    // SAFETY: argv and envp are NULL-terminated arrays of pointers to NUL-terminated strings that
+    // outlive the call; the path is the empty C string.
+    unsafe {
+        libc::syscall(
+            libc::SYS_execveat,
+            fd as c_long,
+            c"".as_ptr(),
+            argv.as_ptr(),
+            envp.as_ptr(),
+            libc::AT_EMPTY_PATH as c_long,
+        )
+    };
+    Errno::last()
+}
+
+/// Clears FD_CLOEXEC, so `fd` survives an exec.
+pub fn keep_on_exec(fd: c_int) -> SysResult<()> {
+    // SAFETY: F_SETFD with an integer argument.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) }).map(drop)
+}
+
 /// A plain fork through the raw clone syscall: unlike libc's fork(), it runs no atfork handlers and
 /// takes no libc locks, so it is safe in a child of a multi-threaded process.
 ///

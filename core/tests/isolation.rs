@@ -497,3 +497,81 @@ fn report_lists_every_namespace_and_mount() {
                 .all(|s| !s.starts_with("namespace"))
     );
 }
+
+fn start_feature(r: &rsandbox::RunResult) -> rsandbox::Feature {
+    r.report
+        .features
+        .iter()
+        .find(|f| f.name == "start-without-copy")
+        .cloned()
+        .expect("the report has a start-without-copy entry")
+}
+
+#[test]
+fn init_is_the_small_program_and_the_caller_is_not_copied() {
+    let r = run(&sh(
+        "tr '\\0' ' ' </proc/1/cmdline; echo; grep -E '^(VmRSS|Name):' /proc/1/status",
+    ));
+    let start = start_feature(&r);
+    if std::env::var_os("RSANDBOX_FORK_START").is_some() {
+        // The lane that runs the suite with the forking start.
+        assert_eq!(start.status, rsandbox::Status::Skipped, "{start:?}");
+        assert!(
+            start.detail.contains("RSANDBOX_FORK_START"),
+            "{}",
+            start.detail
+        );
+        assert!(!out(&r).starts_with("rsandbox-init"), "{}", out(&r));
+        return;
+    }
+    if start.status != rsandbox::Status::Enforced {
+        return skip(&format!(
+            "the start copies the caller here: {}",
+            start.detail
+        ));
+    }
+    let text = out(&r);
+    let mut lines = text.lines();
+    let cmdline = lines.next().unwrap_or_default();
+    assert!(
+        cmdline.starts_with("rsandbox-init "),
+        "pid 1 runs {cmdline:?}"
+    );
+    // A copy of this (multi-megabyte) test process would be resident in megabytes; the small init
+    // is resident in a few pages.
+    let rss_kib: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(u64::MAX);
+    assert!(rss_kib < 512, "pid 1 is resident in {rss_kib} KiB: {text}");
+    // The small init relays signals and reports statuses like the other: a signal sent to the
+    // init reaches the command, and the command's status is the sandbox's.
+    let r = run(&sh("kill -TERM 1; sleep 5; exit 0"));
+    assert_eq!(r.status.signal(), Some(libc::SIGTERM), "{:?}", r.status);
+    let r = run(&sh("exit 42"));
+    assert_eq!(r.status.code(), Some(42));
+}
+
+#[test]
+fn a_range_mapping_uses_the_forking_start_and_says_so() {
+    // Negative control of the test above: the caller writes range maps during setup, so this start
+    // must fork, and pid 1 is then a copy of this test process.
+    let name = nix_user_name();
+    let has_range = |file: &str| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l.split(':').next() == Some(name.as_str()))
+    };
+    if !(has_range("/etc/subuid") && has_range("/etc/subgid")) {
+        return skip(&format!("no /etc/subuid and /etc/subgid entry for {name}"));
+    }
+    let mut spec = sh("tr '\\0' ' ' </proc/1/cmdline");
+    spec.user.mapping = IdMapping::SubordinateRange;
+    let r = run(&spec);
+    let start = start_feature(&r);
+    assert_eq!(start.status, rsandbox::Status::Skipped, "{start:?}");
+    assert!(start.detail.contains("range"), "{}", start.detail);
+    assert!(!out(&r).starts_with("rsandbox-init"), "{}", out(&r));
+}

@@ -75,6 +75,15 @@ pub(crate) struct Exec {
     pub envp_ptrs: Vec<*const c_char>,
 }
 
+/// How a sandbox started without copying the caller (`CLONE_VM | CLONE_VFORK`) goes on after
+/// setup: it starts the command the same way on `cmd_stack`, then executes the tiny init
+/// (init.c, embedded) from `init_fd` in its own place, which gives up the caller's memory.
+pub(crate) struct SmallInit {
+    pub init_fd: c_int,
+    /// Lowest address and size of the command process's stack until its execve.
+    pub cmd_stack: (u64, u64),
+}
+
 /// Everything the sandbox needs, prepared before clone.
 pub(crate) struct Plan {
     /// Write these maps from inside (single-id mapping).
@@ -109,6 +118,27 @@ pub(crate) struct Plan {
     pub err_w: c_int,
     pub ctl_r: c_int,
     pub status_w: c_int,
+    /// Set for a start without copying the caller; None: fork the command and stay its init.
+    pub small_init: Option<SmallInit>,
+}
+
+/// Entry of a sandbox started with `sys::clone3_on_stack`: `arg` is the address of the caller's
+/// `(&Plan, &mut [c_int])`, valid until this process execs or exits (the caller waits).
+///
+/// # Safety
+/// Only as the entry of such a start.
+pub(crate) unsafe extern "C" fn entry(arg: usize) -> ! {
+    // SAFETY: the caller passed the address of a live (&Plan, &mut [c_int]) and is suspended
+    // (CLONE_VFORK) until this process execs or exits.
+    let (plan, scratch) = unsafe { &mut *(arg as *mut (&Plan, &mut [c_int])) };
+    run(plan, scratch)
+}
+
+/// Entry of the command process of a small-init start; `arg` is the address of the Plan.
+unsafe extern "C" fn command_entry(arg: usize) -> ! {
+    // SAFETY: the setup process passed its Plan and waits (CLONE_VFORK) until we exec or exit.
+    let plan = unsafe { &*(arg as *const Plan) };
+    exec_command(plan)
 }
 
 /// The sandbox's first process. Never returns.
@@ -116,6 +146,9 @@ pub(crate) fn run(plan: &Plan, scratch: &mut [c_int]) -> ! {
     match setup(plan, scratch) {
         Ok(()) => {}
         Err(f) => fail(plan.err_w, f, EXIT_SETUP_FAILED),
+    }
+    if let Some(small) = &plan.small_init {
+        start_small(plan, small);
     }
     // The command is a child of this process, which stays behind as its init.
     // SAFETY: we are single-threaded (a fresh clone) and the child only makes raw syscalls.
@@ -127,6 +160,83 @@ pub(crate) fn run(plan: &Plan, scratch: &mut [c_int]) -> ! {
         }
         Err(e) => fail(plan.err_w, failure(Step::ForkCommand, e), EXIT_SETUP_FAILED),
     }
+}
+
+/// The small-init start after setup: the command starts on its own stack in this process's memory
+/// (we wait until it has executed), then this process becomes the tiny init by executing it.
+#[cfg(all(target_arch = "x86_64", rsandbox_small_init))]
+fn start_small(plan: &Plan, small: &SmallInit) -> ! {
+    let mut args = sys::CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: small.cmd_stack.0,
+        stack_size: small.cmd_stack.1,
+        ..Default::default()
+    };
+    // SAFETY: cmd_stack was mapped by the caller for this; command_entry only makes raw syscalls
+    // on the Plan and ends in execve or _exit, and we wait for that (CLONE_VFORK).
+    let pid = match unsafe {
+        sys::clone3_on_stack(&mut args, command_entry, plan as *const Plan as usize)
+    } {
+        Ok(pid) => pid,
+        Err(e) => fail(plan.err_w, failure(Step::ForkCommand, e), EXIT_SETUP_FAILED),
+    };
+    // The command has executed, or failed and said why on the error pipe; the init reaps it.
+    let _ = sys::write_all(plan.status_w, &pid.to_ne_bytes());
+    let ctl = if plan.die_with_parent { plan.ctl_r } else { -1 };
+    let kept = sys::keep_on_exec(plan.status_w).and_then(|()| match ctl {
+        -1 => Ok(()),
+        fd => sys::keep_on_exec(fd),
+    });
+    if let Err(e) = kept {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        fail(plan.err_w, failure(Step::ExecInit, e), EXIT_SETUP_FAILED);
+    }
+    // rsandbox-init STATUS_FD CTL_FD MAIN_PID PID_NS, formatted without allocating.
+    let mut text = [[0u8; 16]; 4];
+    let values = [plan.status_w, ctl, pid, plan.pid_ns as c_int];
+    for (buf, value) in text.iter_mut().zip(values) {
+        decimal(value, buf);
+    }
+    let argv = [
+        c"rsandbox-init".as_ptr(),
+        text[0].as_ptr().cast(),
+        text[1].as_ptr().cast(),
+        text[2].as_ptr().cast(),
+        text[3].as_ptr().cast(),
+        std::ptr::null(),
+    ];
+    let envp = [std::ptr::null()];
+    let e = sys::execve_fd(small.init_fd, &argv, &envp);
+    let _ = sys::kill(pid, libc::SIGKILL);
+    fail(plan.err_w, failure(Step::ExecInit, e), EXIT_SETUP_FAILED)
+}
+
+#[cfg(not(all(target_arch = "x86_64", rsandbox_small_init)))]
+fn start_small(_plan: &Plan, _small: &SmallInit) {}
+
+/// Writes `value` in decimal, NUL-terminated, into `buf`.
+fn decimal(value: c_int, buf: &mut [u8; 16]) {
+    let mut digits = [0u8; 12];
+    let mut n = (value as i64).unsigned_abs();
+    let mut len = 0;
+    loop {
+        digits[len] = b'0' + (n % 10) as u8;
+        len += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    let mut at = 0;
+    if value < 0 {
+        buf[0] = b'-';
+        at = 1;
+    }
+    for i in 0..len {
+        buf[at + i] = digits[len - 1 - i];
+    }
+    buf[at + len] = 0;
 }
 
 fn failure(step: Step, errno: Errno) -> Failure {
