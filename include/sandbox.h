@@ -77,6 +77,12 @@ typedef struct sbx_child sbx_child;
 typedef struct sbx_config sbx_config;
 
 /*
+ Sandboxes of one configuration started ahead of their jobs (see `sbx_pool_new`). May be used
+ from several threads at once.
+ */
+typedef struct sbx_pool sbx_pool;
+
+/*
  The result of a finished sandbox. Immutable; may be read from any thread.
  */
 typedef struct sbx_run_result sbx_run_result;
@@ -185,6 +191,41 @@ sbx_result sbx_run(const sbx_config *cfg,
  command's standard streams follow the configuration (inherited by default).
  */
 sbx_result sbx_spawn(const sbx_config *cfg, sbx_child **out);
+
+/*
+ Starts a pool of `size` sandboxes of `cfg` (its argv is ignored: jobs bring theirs), started
+ ahead of their jobs. Each job runs in a sandbox of its own that served no job before, with
+ the protections of a cold start; a job costs about one execve. The first sandbox starts
+ before this returns (so a configuration that cannot work fails here), the others in a
+ background thread that keeps the pool full. Free it with `sbx_pool_free`.
+ */
+sbx_result sbx_pool_new(const sbx_config *cfg, uintptr_t size, sbx_pool **out);
+
+/*
+ Runs the process of `job` (its argv, environment, working directory and streams; every other
+ setting is the pool's) in a pooled sandbox, feeding it `input` (may be NULL) and capturing
+ its output, like `sbx_run`. The result's report has a "pool" entry.
+ */
+sbx_result sbx_pool_run(const sbx_pool *pool,
+                        const sbx_config *job,
+                        const uint8_t *input,
+                        uintptr_t input_len,
+                        sbx_run_result **out);
+
+/*
+ Starts the process of `job` in a pooled sandbox, like `sbx_spawn`.
+ */
+sbx_result sbx_pool_spawn(const sbx_pool *pool, const sbx_config *job, sbx_child **out);
+
+/*
+ How many sandboxes of the pool are ready now (0 for NULL).
+ */
+uintptr_t sbx_pool_ready(const sbx_pool *pool);
+
+/*
+ Frees a pool: its sandboxes still waiting for a job are killed and reaped. NULL is a no-op.
+ */
+void sbx_pool_free(sbx_pool *pool);
 
 /*
  The host pid of the sandbox's init (-1 for NULL).

@@ -153,8 +153,10 @@ enum How {
     Exec(Vec<String>),
     /// `rsandbox::spawn` + `wait` in this process.
     Library(Box<Spec>),
-    /// One start-up in the Python worker (`rsandbox` or `subprocess`).
+    /// One start-up in the Python worker (`rsandbox`, `pool` or `subprocess`).
     Python(&'static str),
+    /// A job in a warm pool of this process.
+    Pool(std::sync::Arc<rsandbox::Pool>),
 }
 
 struct Candidate {
@@ -213,6 +215,23 @@ fn run_once(how: &How, py: Option<&mut PyWorker>) -> Result<Duration, String> {
             Ok(took)
         }
         How::Python(mode) => py.ok_or("no python worker")?.run(mode),
+        How::Pool(pool) => {
+            let process = rsandbox::Process {
+                args: vec!["/bin/true".into()],
+                stdin: Stdio::Null,
+                stdout: Stdio::Null,
+                stderr: Stdio::Null,
+                ..Default::default()
+            };
+            let start = Instant::now();
+            let mut child = pool.spawn(&process).map_err(|e| e.to_string())?;
+            let r = child.wait().map_err(|e| e.to_string())?;
+            let took = start.elapsed();
+            if !r.status.success() {
+                return Err(format!("pooled run ended {:?}", r.status));
+            }
+            Ok(took)
+        }
     }
 }
 
@@ -376,17 +395,29 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
             )
         },
     ];
+    cands.push(match rsandbox::Pool::new(&payload_spec(), 2) {
+        Ok(pool) => Candidate::new(
+            "rsandbox library, warm pool",
+            How::Pool(std::sync::Arc::new(pool)),
+        ),
+        Err(e) => Candidate::unavailable("rsandbox library, warm pool", e.to_string()),
+    });
     if py.is_some() {
         cands.push(Candidate::new(
             "python rsandbox.run",
             How::Python("rsandbox"),
         ));
+        cands.push(Candidate::new("python Pool.run", How::Python("pool")));
         cands.push(Candidate::new(
             "python subprocess.run",
             How::Python("subprocess"),
         ));
     } else {
-        for name in ["python rsandbox.run", "python subprocess.run"] {
+        for name in [
+            "python rsandbox.run",
+            "python Pool.run",
+            "python subprocess.run",
+        ] {
             cands.push(Candidate::unavailable(name, "no --python given".into()));
         }
     }
@@ -451,6 +482,7 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
                     How::Exec(v) => How::Exec(v.clone()),
                     How::Library(s) => How::Library(s.clone()),
                     How::Python(m) => How::Python(m),
+                    How::Pool(p) => How::Pool(p.clone()),
                 }
             };
             match run_once(&how, py.as_mut()) {
@@ -514,6 +546,16 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
         run_once(&How::Library(Box::new(spec.clone())), None).map(|_| ())
     });
     rows.push(("rsandbox library".into(), lib));
+    if let Ok(pool) = rsandbox::Pool::new(&payload_spec(), 4) {
+        let pool = std::sync::Arc::new(pool);
+        pool.wait_full(Duration::from_secs(30));
+        rows.push((
+            "rsandbox library, warm pool of 4".into(),
+            timed_workers(each, |_| {
+                run_once(&How::Pool(pool.clone()), None).map(|_| ())
+            }),
+        ));
+    }
     let cli = vec![
         a.rsandbox.display().to_string(),
         "run".into(),

@@ -31,6 +31,7 @@ pub mod image;
 mod landlock;
 mod mounts;
 mod overlay;
+mod pool;
 pub mod report;
 mod sandbox;
 mod seccomp;
@@ -43,6 +44,7 @@ pub use error::{Errno, Error, ErrorKind, Result, Step};
 pub use image::{ImageConfig, UnpackedImage};
 pub use mounts::HOST_VIEW_DIRS;
 pub use overlay::{diff, Diff};
+pub use pool::Pool;
 pub use report::{Feature, IdRange, MountEntry, Report, Status};
 pub use sandbox::{
     run, run_with_input, spawn, Child, ExitStatus, RunResult, Usage, Verdict, DEFAULT_PATH,

@@ -180,11 +180,13 @@ pub struct Child {
     // Held open for the sandbox's life: the init kills everything when it closes.
     ctl: Option<OwnedFd>,
     status_r: OwnedFd,
-    started: Instant,
-    deadline: Option<Instant>,
+    pub(crate) started: Instant,
+    pub(crate) deadline: Option<Instant>,
     finished: Option<RunResult>,
     timed_out: bool,
-    report: Report,
+    pub(crate) report: Report,
+    /// The command's default HOME.
+    pub(crate) home: String,
     /// The write end of the command's stdin, when it is a pipe.
     pub stdin: Option<File>,
     /// The read end of the command's stdout, when it is a pipe.
@@ -204,7 +206,14 @@ pub struct Child {
 /// # Ok::<(), rsandbox::Error>(())
 /// ```
 pub fn spawn(spec: &Spec) -> Result<Child> {
-    let prepared = prepare(spec)?;
+    let prepared = prepare(spec, false)?;
+    launch(spec, prepared)
+}
+
+/// Starts a sandbox whose command is the pool's agent (see pool.rs): `spec.process` must name
+/// the agent's streams (stdin: the job socket).
+pub(crate) fn spawn_agent(spec: &Spec) -> Result<Child> {
+    let prepared = prepare(spec, true)?;
     launch(spec, prepared)
 }
 
@@ -252,6 +261,8 @@ struct Prepared {
     stacks: Option<small::Stacks>,
     /// Why the start copies the caller, when it does.
     start_skipped: Option<String>,
+    /// The command's default HOME (and working directory).
+    home: String,
 }
 
 fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &str) -> Result<u64> {
@@ -362,7 +373,7 @@ fn image_user(user: &str, layers: &[std::path::PathBuf]) -> Result<(u32, Option<
     Ok((uid, gid))
 }
 
-fn prepare(spec: &Spec) -> Result<Prepared> {
+fn prepare(spec: &Spec, agent: bool) -> Result<Prepared> {
     let image = resolve_image(spec)?;
     let spec = image.as_ref().map_or(spec, |(s, _)| s);
     let p = &spec.process;
@@ -582,29 +593,11 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
     }
 
     // Environment.
-    let mut env: BTreeMap<String, String> = BTreeMap::new();
-    env.insert("PATH".into(), DEFAULT_PATH.into());
-    env.insert(
-        "HOME".into(),
-        workdir
-            .clone()
-            .or_else(|| cwd.clone())
-            .unwrap_or_else(|| "/".into()),
-    );
-    for name in &p.pass_env {
-        if let Some(v) = std::env::var_os(name) {
-            env.insert(name.clone(), v.to_string_lossy().into_owned());
-        }
-    }
-    for (k, v) in &p.env {
-        if k.is_empty() || k.contains('=') {
-            return Err(Error::invalid(
-                format!("process.env[{k:?}]"),
-                "a variable name must be non-empty and contain no '='",
-            ));
-        }
-        env.insert(k.clone(), v.clone());
-    }
+    let home = workdir
+        .clone()
+        .or_else(|| cwd.clone())
+        .unwrap_or_else(|| "/".into());
+    let env = command_env(p, &home)?;
     let env_list: Vec<String> = env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let envp = to_cstrings("process.env", &env_list)?;
     let candidates = exec_candidates(
@@ -626,42 +619,11 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
     };
 
     // Standard streams and pipes.
-    let mut child_ends = Vec::new();
-    let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
-    let mut stdio = [0, 1, 2];
-    for (i, s) in [&p.stdin, &p.stdout, &p.stderr].into_iter().enumerate() {
-        let fd = match s {
-            Stdio::Inherit => i as RawFd,
-            Stdio::Null => keep(
-                &mut child_ends,
-                open_file(Path::new("/dev/null"), i, false)?,
-            ),
-            Stdio::File { path, append } => keep(&mut child_ends, open_file(path, i, *append)?),
-            Stdio::Fd(fd) => {
-                if nix::fcntl::fcntl(unsafe_borrow(*fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
-                    return Err(Error::invalid(
-                        stdio_name(i),
-                        format!("fd {fd} is not open"),
-                    ));
-                }
-                *fd
-            }
-            Stdio::Stdout if i == 2 => stdio[1],
-            Stdio::Stdout => {
-                return Err(Error::invalid(
-                    stdio_name(i),
-                    "\"stdout\" is only for stderr",
-                ))
-            }
-            Stdio::Pipe => {
-                let (r, w) = pipe()?;
-                let (ours, theirs) = if i == 0 { (w, r) } else { (r, w) };
-                parent_ends[i] = Some(ours);
-                keep(&mut child_ends, theirs)
-            }
-        };
-        stdio[i] = fd;
-    }
+    let StdioPlan {
+        sources: stdio,
+        parent_ends,
+        child_ends,
+    } = open_stdio(p)?;
     let (err_r, err_w) = pipe()?;
     let (ctl_r, ctl_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
@@ -680,6 +642,15 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
         small::prepare()
     };
     let start_skipped = small.as_ref().err().map(|why| why.to_string());
+    if agent {
+        if let Err(why) = &small {
+            return Err(Error::Unsupported {
+                feature: "sandbox pool".into(),
+                reason: format!("pooled sandboxes need the start without copying the caller, and here {why}"),
+                remedy: Some("use the kernel overlay driver and a single-id mapping, or spawn without a pool".into()),
+            });
+        }
+    }
     let small = small.ok();
     let mut keep_fds: Vec<c_int> = stdio.to_vec();
     keep_fds.extend([err_w.as_raw_fd(), ctl_r.as_raw_fd(), status_w.as_raw_fd()]);
@@ -764,6 +735,11 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
         err_w: err_w.as_raw_fd(),
         ctl_r: ctl_r.as_raw_fd(),
         status_w: status_w.as_raw_fd(),
+        exec_fd: if agent {
+            small.as_ref().map(|(fd, _)| *fd)
+        } else {
+            None
+        },
         small_init: small.as_ref().map(|(fd, stacks)| child::SmallInit {
             init_fd: *fd,
             cmd_stack: stacks.command(),
@@ -785,6 +761,7 @@ fn prepare(spec: &Spec) -> Result<Prepared> {
         cpu_limit_usec: spec.limits.cpu_time.map(|t| (t * 1e6) as u64),
         stacks: small.map(|(_, stacks)| stacks),
         start_skipped,
+        home,
     })
 }
 
@@ -1085,6 +1062,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         cgroup,
         cpu_limit_usec,
         start_skipped,
+        home,
         ..
     } = prep;
     drop(_child_ends);
@@ -1221,6 +1199,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         status_r,
         started,
         deadline: spec.timeout.map(|t| started + Duration::from_secs_f64(t)),
+        home,
         finished: None,
         timed_out: false,
         report,
@@ -1312,6 +1291,32 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
         detail,
         errno,
         remedy,
+    }
+}
+
+/// The error for a failure record of a pool's agent (steps stdio, chdir and exec only).
+pub(crate) fn decode_job_failure(f: Failure, spec: &Spec) -> Error {
+    let errno = Errno::from_raw(f.errno);
+    let step = Step::from_u32(f.step).unwrap_or(Step::Exec);
+    let name = spec.process.args[0].clone();
+    match step {
+        Step::Exec if errno != Errno::EINVAL || f.detail != 0 => {
+            if f.detail == 0 {
+                Error::ExecutableNotFound { name }
+            } else {
+                Error::NotExecutable { name, errno }
+            }
+        }
+        _ => Error::Setup {
+            step,
+            detail: match step {
+                Step::Chdir => format!("chdir({:?})", spec.process.cwd.clone().unwrap_or_default()),
+                Step::Stdio => "install the job's standard streams".to_string(),
+                _ => "the pooled sandbox's agent refused the job".to_string(),
+            },
+            errno,
+            remedy: None,
+        },
     }
 }
 
@@ -1641,6 +1646,84 @@ fn zeroed<T: Copy>() -> T {
     unsafe { std::mem::zeroed() }
 }
 
+/// The command's environment: `PATH` and `HOME` by default, the host variables named in
+/// `pass_env`, then the spec's own.
+pub(crate) fn command_env(
+    p: &crate::spec::Process,
+    home: &str,
+) -> Result<BTreeMap<String, String>> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert("PATH".into(), DEFAULT_PATH.into());
+    env.insert("HOME".into(), home.to_string());
+    for name in &p.pass_env {
+        if let Some(v) = std::env::var_os(name) {
+            env.insert(name.clone(), v.to_string_lossy().into_owned());
+        }
+    }
+    for (k, v) in &p.env {
+        if k.is_empty() || k.contains('=') {
+            return Err(Error::invalid(
+                format!("process.env[{k:?}]"),
+                "a variable name must be non-empty and contain no '='",
+            ));
+        }
+        env.insert(k.clone(), v.clone());
+    }
+    Ok(env)
+}
+
+/// The command's standard streams: the descriptors (in this process) it gets as 0, 1 and 2, our
+/// ends of its pipes, and the descriptors opened for it (kept open until it has them).
+pub(crate) struct StdioPlan {
+    pub sources: [RawFd; 3],
+    pub parent_ends: [Option<OwnedFd>; 3],
+    pub child_ends: Vec<OwnedFd>,
+}
+
+pub(crate) fn open_stdio(p: &crate::spec::Process) -> Result<StdioPlan> {
+    let mut child_ends = Vec::new();
+    let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut stdio = [0, 1, 2];
+    for (i, s) in [&p.stdin, &p.stdout, &p.stderr].into_iter().enumerate() {
+        let fd = match s {
+            Stdio::Inherit => i as RawFd,
+            Stdio::Null => keep(
+                &mut child_ends,
+                open_file(Path::new("/dev/null"), i, false)?,
+            ),
+            Stdio::File { path, append } => keep(&mut child_ends, open_file(path, i, *append)?),
+            Stdio::Fd(fd) => {
+                if nix::fcntl::fcntl(unsafe_borrow(*fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
+                    return Err(Error::invalid(
+                        stdio_name(i),
+                        format!("fd {fd} is not open"),
+                    ));
+                }
+                *fd
+            }
+            Stdio::Stdout if i == 2 => stdio[1],
+            Stdio::Stdout => {
+                return Err(Error::invalid(
+                    stdio_name(i),
+                    "\"stdout\" is only for stderr",
+                ))
+            }
+            Stdio::Pipe => {
+                let (r, w) = pipe()?;
+                let (ours, theirs) = if i == 0 { (w, r) } else { (r, w) };
+                parent_ends[i] = Some(ours);
+                keep(&mut child_ends, theirs)
+            }
+        };
+        stdio[i] = fd;
+    }
+    Ok(StdioPlan {
+        sources: stdio,
+        parent_ends,
+        child_ends,
+    })
+}
+
 fn keep(list: &mut Vec<OwnedFd>, fd: OwnedFd) -> RawFd {
     let raw = fd.as_raw_fd();
     list.push(fd);
@@ -1875,7 +1958,7 @@ fn null_terminated(items: &[CString]) -> Vec<*const libc::c_char> {
 }
 
 /// Paths to try for argv\[0\]: itself when it has a `/`, otherwise each `PATH` entry.
-fn exec_candidates(name: &str, path: &str) -> Result<Vec<CString>> {
+pub(crate) fn exec_candidates(name: &str, path: &str) -> Result<Vec<CString>> {
     let mk = |s: String| {
         CString::new(s).map_err(|_| Error::invalid("process.args[0]", "contains a NUL byte"))
     };
@@ -1947,11 +2030,11 @@ mod tests {
     #[test]
     fn empty_argv_and_nul_are_invalid() {
         assert_eq!(
-            prepare(&Spec::default()).err().unwrap().kind(),
+            prepare(&Spec::default(), false).err().unwrap().kind(),
             crate::ErrorKind::InvalidSpec
         );
         let spec = Spec::new(["echo", "a\0b"]);
-        let err = prepare(&spec).err().unwrap();
+        let err = prepare(&spec, false).err().unwrap();
         assert!(err.to_string().contains("process.args[1]"), "{err}");
     }
 }

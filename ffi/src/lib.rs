@@ -62,6 +62,12 @@ pub struct sbx_child {
     child: Child,
 }
 
+/// Sandboxes of one configuration started ahead of their jobs (see `sbx_pool_new`). May be used
+/// from several threads at once.
+pub struct sbx_pool {
+    pool: rsandbox::Pool,
+}
+
 /// The result of a finished sandbox. Immutable; may be read from any thread.
 pub struct sbx_run_result {
     result: RunResult,
@@ -655,6 +661,111 @@ pub unsafe extern "C" fn sbx_spawn(cfg: *const sbx_config, out: *mut *mut sbx_ch
             Err(e) => fail(e),
         }
     })
+}
+
+/// Starts a pool of `size` sandboxes of `cfg` (its argv is ignored: jobs bring theirs), started
+/// ahead of their jobs. Each job runs in a sandbox of its own that served no job before, with
+/// the protections of a cold start; a job costs about one execve. The first sandbox starts
+/// before this returns (so a configuration that cannot work fails here), the others in a
+/// background thread that keeps the pool full. Free it with `sbx_pool_free`.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_pool_new(
+    cfg: *const sbx_config,
+    size: usize,
+    out: *mut *mut sbx_pool,
+) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        // SAFETY: config_ref checks for NULL.
+        let cfg = try_ffi!(unsafe { config_ref(cfg) });
+        match rsandbox::Pool::new(&cfg.spec, size) {
+            Ok(pool) => {
+                // SAFETY: out was checked non-NULL.
+                unsafe { *out = Box::into_raw(Box::new(sbx_pool { pool })) };
+                sbx_result::SBX_OK
+            }
+            Err(e) => fail(e),
+        }
+    })
+}
+
+unsafe fn pool_ref<'a>(pool: *const sbx_pool) -> Result<&'a sbx_pool, sbx_result> {
+    // SAFETY: a non-NULL pointer must come from sbx_pool_new and not be freed.
+    unsafe { pool.as_ref() }.ok_or_else(|| fail_with(sbx_result::SBX_ERR_NULL, "pool is NULL"))
+}
+
+/// Runs the process of `job` (its argv, environment, working directory and streams; every other
+/// setting is the pool's) in a pooled sandbox, feeding it `input` (may be NULL) and capturing
+/// its output, like `sbx_run`. The result's report has a "pool" entry.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_pool_run(
+    pool: *const sbx_pool,
+    job: *const sbx_config,
+    input: *const u8,
+    input_len: usize,
+    out: *mut *mut sbx_run_result,
+) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        // SAFETY: pool_ref and config_ref check for NULL.
+        let pool = try_ffi!(unsafe { pool_ref(pool) });
+        // SAFETY: as above.
+        let job = try_ffi!(unsafe { config_ref(job) });
+        let input = if input.is_null() {
+            None
+        } else {
+            // SAFETY: input points to input_len readable bytes.
+            Some(unsafe { std::slice::from_raw_parts(input, input_len) })
+        };
+        match pool.pool.run(&job.spec.process, input) {
+            // SAFETY: out was checked non-NULL.
+            Ok(r) => unsafe { deliver(r, out) },
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// Starts the process of `job` in a pooled sandbox, like `sbx_spawn`.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_pool_spawn(
+    pool: *const sbx_pool,
+    job: *const sbx_config,
+    out: *mut *mut sbx_child,
+) -> sbx_result {
+    guard(|| {
+        try_ffi!(out_ptr(out));
+        // SAFETY: pool_ref and config_ref check for NULL.
+        let pool = try_ffi!(unsafe { pool_ref(pool) });
+        // SAFETY: as above.
+        let job = try_ffi!(unsafe { config_ref(job) });
+        match pool.pool.spawn(&job.spec.process) {
+            Ok(child) => {
+                // SAFETY: out was checked non-NULL.
+                unsafe { *out = Box::into_raw(Box::new(sbx_child { child })) };
+                sbx_result::SBX_OK
+            }
+            Err(e) => fail(e),
+        }
+    })
+}
+
+/// How many sandboxes of the pool are ready now (0 for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn sbx_pool_ready(pool: *const sbx_pool) -> usize {
+    catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: a non-NULL pointer comes from sbx_pool_new.
+        unsafe { pool.as_ref() }.map_or(0, |p| p.pool.ready())
+    }))
+    .unwrap_or(0)
+}
+
+/// Frees a pool: its sandboxes still waiting for a job are killed and reaped. NULL is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_pool_free(pool: *mut sbx_pool) {
+    if !pool.is_null() {
+        // SAFETY: pool was produced by Box::into_raw in sbx_pool_new and is not used afterwards.
+        let _ = catch_unwind(AssertUnwindSafe(|| drop(unsafe { Box::from_raw(pool) })));
+    }
 }
 
 /// The host pid of the sandbox's init (-1 for NULL).

@@ -13,6 +13,8 @@ enforced and what was skipped and why.
   :class:`Result`: return code, signal, verdict, wall and CPU time, memory peak, OOM kills,
   truncation and the enforcement report.
 - :class:`Sandbox` spawns :class:`Process` objects (like :class:`subprocess.Popen`).
+- :class:`Pool` keeps sandboxes started ahead of their jobs: a pooled ``run`` costs about one
+  ``execve``, with the protections of a cold start and a fresh sandbox for every job.
 - :class:`Spec` builds and reuses a configuration; :func:`doctor` says what this host can do.
 - Errors: :class:`SandboxError` and its subclasses; missing paths are also
   :class:`FileNotFoundError`, bad arguments also :class:`ValueError`.
@@ -28,12 +30,12 @@ from ._errors import (
     TimeoutExpired,
     UnsupportedError,
 )
-from ._process import DEVNULL, PIPE, STDOUT, Process, Result, Sandbox, doctor, run
+from ._process import DEVNULL, PIPE, STDOUT, Pool, Process, Result, Sandbox, doctor, run
 from ._rsandbox import __version__
 from ._spec import Spec
 
 __all__ = [
-    "PIPE", "DEVNULL", "STDOUT", "Spec", "Result", "Sandbox", "Process", "run", "doctor",
+    "PIPE", "DEVNULL", "STDOUT", "Spec", "Result", "Sandbox", "Process", "Pool", "run", "doctor",
     "SandboxError", "ConfigError", "SetupError", "UnsupportedError", "SandboxFileNotFoundError",
     "SandboxPermissionError", "TimeoutExpired", "CalledProcessError", "__version__",
 ]

@@ -15,7 +15,7 @@ from . import _rsandbox
 from ._errors import CalledProcessError, TimeoutExpired, config_error, raise_native
 from ._spec import PathArg, Spec
 
-__all__ = ["PIPE", "DEVNULL", "STDOUT", "Result", "Process", "Sandbox", "run", "doctor"]
+__all__ = ["PIPE", "DEVNULL", "STDOUT", "Result", "Process", "Sandbox", "Pool", "run", "doctor"]
 
 #: Like :data:`subprocess.PIPE`: a pipe to or from the caller.
 PIPE = -1
@@ -192,6 +192,7 @@ class Process:
         self._sizes: Dict[int, int] = {}
         self._truncated = False
         self._input: Optional[memoryview] = None
+        self._streams: Dict[int, int] = {}
         self._started = False
         self.stdin = self._file(0, "wb")
         self.stdout = self._file(1, "rb")
@@ -258,9 +259,11 @@ class Process:
         with selectors.DefaultSelector() as sel:
             if self.stdin is not None and not self.stdin.closed and self._input:
                 sel.register(self.stdin.fileno(), selectors.EVENT_WRITE)
-            for f in (self.stdout, self.stderr):
+            self._streams = {}
+            for stream, f in ((1, self.stdout), (2, self.stderr)):
                 if f is not None and not f.closed:
                     sel.register(f.fileno(), selectors.EVENT_READ)
+                    self._streams[f.fileno()] = stream
             while sel.get_map():
                 wait_for = 0.1
                 if deadline is not None:
@@ -328,13 +331,16 @@ class Process:
                 self._close(self.stdin)
                 self.stdin = None
             return
-        stream = 1 if self.stdout is not None and fd == self.stdout.fileno() else 2
+        stream = self._streams[fd]
         data = os.read(fd, 65536)
         if not data:
             sel.unregister(fd)
-            f = self.stdout if stream == 1 else self.stderr
-            if f is not None:
-                self._close(f)
+            if stream == 1 and self.stdout is not None:
+                self._close(self.stdout)
+                self.stdout = None
+            elif stream == 2 and self.stderr is not None:
+                self._close(self.stderr)
+                self.stderr = None
             return
         room = len(data) if self._limit is None else max(0, self._limit - self._sizes[stream])
         if room < len(data):
@@ -424,6 +430,117 @@ class Sandbox:
         return run(args, spec=self.spec, **kwargs)
 
 
+class Pool:
+    """Sandboxes of one configuration started ahead of their jobs: ``Pool(size, spec,
+    **options)``. Each job runs in a sandbox of its own that nobody used before (no state passes
+    from one job to the next) with the protections of a cold start; a job costs about one
+    ``execve``. The pool starts replacements in the background. ``Result.report`` has a ``pool``
+    entry saying whether the job's sandbox came ready from the pool.
+
+    Use it as a context manager or call :meth:`close`; jobs take ``run``'s arguments (the
+    isolation options are the pool's).
+    """
+
+    def __init__(self, size: int = 4, spec: Optional[Spec] = None, **options: Any) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise config_error(f"size: expected a positive int, got {size!r}")
+        if spec is not None and not isinstance(spec, Spec):
+            raise config_error(f"spec: expected rsandbox.Spec, got {type(spec).__name__}")
+        self.spec = spec.copy() if spec is not None else Spec()
+        self.spec.update(**options)
+        self._native: Optional[_rsandbox.NativePool] = _call(_rsandbox.NativePool, self.spec.to_json(), size)
+
+    def _pool(self) -> "_rsandbox.NativePool":
+        if self._native is None:
+            raise ValueError("the pool is closed")
+        return self._native
+
+    @property
+    def ready(self) -> int:
+        """Sandboxes ready now."""
+        return self._pool().ready()
+
+    def wait_full(self, timeout: float = 30.0) -> bool:
+        """Waits until every sandbox of the pool is ready; False after ``timeout`` seconds."""
+        return self._pool().wait_full(float(timeout))
+
+    def run(self, args: Sequence[PathArg], *, stdin: Any = None, input: Any = None,
+            capture_output: bool = False, stdout: Any = None, stderr: Any = None,
+            timeout: Optional[float] = None, check: bool = False,
+            env: Optional[Mapping[str, str]] = None, cwd: Optional[PathArg] = None,
+            text: bool = False, encoding: Optional[str] = None,
+            errors: Optional[str] = None) -> Result:
+        """:func:`run` in a pooled sandbox: the same arguments but the isolation options."""
+        argv, data, streams, limit = _run_args(args, stdin, input, capture_output, stdout, stderr,
+                                               timeout, encoding, errors)
+        process = json.loads(_spec_json(self.spec, argv, env, cwd, *streams))["process"]
+        if limit is None:
+            limit = self.spec.data.get("timeout")
+        raw, out, err = _call(self._pool().run, json.dumps(process), data, limit)
+        return _finish(argv, raw, out, err, text, encoding, errors, limit, check)
+
+    def spawn(self, args: Sequence[PathArg], *, stdin: Any = None, stdout: Any = None,
+              stderr: Any = None, env: Optional[Mapping[str, str]] = None,
+              cwd: Optional[PathArg] = None, text: bool = False, encoding: Optional[str] = None,
+              errors: Optional[str] = None, timeout: Optional[float] = None) -> Process:
+        """:meth:`Sandbox.spawn` in a pooled sandbox; ``timeout`` is the job's wall-clock limit."""
+        argv = _argv(args)
+        limit = _timeout(timeout)
+        process = json.loads(_spec_json(self.spec, argv, env, cwd, stdin, stdout, stderr))["process"]
+        native = _call(self._pool().spawn, json.dumps(process),
+                       limit if limit is not None else self.spec.data.get("timeout"))
+        return Process(native, argv, self.spec.data.get("output_limit"), text, encoding, errors)
+
+    def close(self) -> None:
+        """Kills the sandboxes still waiting for a job and stops the refill."""
+        self._native = None
+
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _run_args(args: Any, stdin: Any, input: Any, capture_output: bool, stdout: Any, stderr: Any,
+              timeout: Any, encoding: Optional[str], errors: Optional[str]
+              ) -> Tuple[List[str], Optional[bytes], Tuple[Any, Any, Any], Optional[float]]:
+    """The checks and defaults :func:`run` and :meth:`Pool.run` share."""
+    if capture_output:
+        if stdout is not None or stderr is not None:
+            raise config_error("stdout and stderr arguments may not be used with capture_output")
+        stdout = stderr = PIPE
+    data: Optional[bytes] = None
+    if input is not None:
+        if stdin is not None:
+            raise config_error("stdin and input arguments may not both be used")
+        if isinstance(input, str):
+            input = input.encode(encoding or "utf-8", errors or "strict")
+        if not isinstance(input, (bytes, bytearray, memoryview)):
+            raise config_error(f"input: expected bytes or str, got {type(input).__name__}")
+        data = bytes(input)
+        stdin = PIPE
+    elif stdin is None:
+        stdin = DEVNULL
+    elif stdin == PIPE:
+        raise config_error("stdin=PIPE needs input= (or use Sandbox.spawn)")
+    limit = _timeout(timeout)
+    if limit is not None and limit <= 0:
+        raise config_error(f"timeout: must be positive, got {timeout!r}")
+    return _argv(args), data, (stdin, stdout, stderr), limit
+
+
+def _finish(argv: List[str], raw: str, out: Optional[bytes], err: Optional[bytes], text: bool,
+            encoding: Optional[str], errors: Optional[str], limit: Optional[float],
+            check: bool) -> Result:
+    r = _result(argv, raw, out, err, _decoder(text, encoding, errors))
+    if r.timed_out:
+        raise TimeoutExpired(argv, limit or 0.0, r.stdout, r.stderr)
+    if check:
+        r.check_returncode()
+    return r
+
+
 def run(args: Sequence[PathArg], *, stdin: Any = None, input: Any = None, capture_output: bool = False,
         stdout: Any = None, stderr: Any = None, timeout: Optional[float] = None, check: bool = False,
         env: Optional[Mapping[str, str]] = None, cwd: Optional[PathArg] = None, text: bool = False,
@@ -437,41 +554,18 @@ def run(args: Sequence[PathArg], *, stdin: Any = None, input: Any = None, captur
     raises :class:`CalledProcessError` on a non-zero status. Without ``stdin`` or ``input`` the
     command reads /dev/null. Ctrl-C kills the sandbox and raises KeyboardInterrupt.
     """
-    if capture_output:
-        if stdout is not None or stderr is not None:
-            raise config_error("stdout and stderr arguments may not be used with capture_output")
-        stdout = stderr = PIPE
-    if input is not None:
-        if stdin is not None:
-            raise config_error("stdin and input arguments may not both be used")
-        if isinstance(input, str):
-            input = input.encode(encoding or "utf-8", errors or "strict")
-        if not isinstance(input, (bytes, bytearray, memoryview)):
-            raise config_error(f"input: expected bytes or str, got {type(input).__name__}")
-        input = bytes(input)
-        stdin = PIPE
-    elif stdin is None:
-        stdin = DEVNULL
-    elif stdin == PIPE:
-        raise config_error("stdin=PIPE needs input= (or use Sandbox.spawn)")
-    limit = _timeout(timeout)
+    argv, data, streams, limit = _run_args(args, stdin, input, capture_output, stdout, stderr,
+                                           timeout, encoding, errors)
     if limit is not None:
-        if limit <= 0:
-            raise config_error(f"timeout: must be positive, got {timeout!r}")
         options["timeout"] = limit
     if spec is not None and not isinstance(spec, Spec):
         raise config_error(f"spec: expected rsandbox.Spec, got {type(spec).__name__}")
     s = spec.copy() if spec is not None else Spec()
     s.update(**options)
-    argv = _argv(args)
-    spec_json = _spec_json(s, argv, env, cwd, stdin, stdout, stderr)
-    raw, out, err = _call(_rsandbox.run, spec_json, input)
-    r = _result(argv, raw, out, err, _decoder(text, encoding, errors))
-    if r.timed_out:
-        raise TimeoutExpired(argv, limit if limit is not None else s.data["timeout"], r.stdout, r.stderr)
-    if check:
-        r.check_returncode()
-    return r
+    spec_json = _spec_json(s, argv, env, cwd, *streams)
+    raw, out, err = _call(_rsandbox.run, spec_json, data)
+    return _finish(argv, raw, out, err, text, encoding, errors,
+                   limit if limit is not None else s.data["timeout"], check)
 
 
 def doctor() -> Dict[str, Any]:

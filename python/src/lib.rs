@@ -209,6 +209,98 @@ fn spawn_spec(py: Python<'_>, spec: &Spec) -> PyResult<Child> {
     py.detach(|| rsandbox::spawn(spec)).map_err(native)
 }
 
+/// A pool of sandboxes started ahead of their jobs (rsandbox::Pool).
+#[pyclass(module = "rsandbox._rsandbox")]
+struct NativePool {
+    pool: rsandbox::Pool,
+}
+
+fn process_from(json: &str) -> PyResult<rsandbox::Process> {
+    serde_json::from_str(json).map_err(|e| {
+        native(Error::InvalidSpec {
+            field: "process".into(),
+            reason: format!("invalid JSON: {e}"),
+        })
+    })
+}
+
+#[pymethods]
+impl NativePool {
+    /// Starts `size` sandboxes of the spec (the first before returning).
+    #[new]
+    fn new(py: Python<'_>, spec_json: &str, size: usize) -> PyResult<NativePool> {
+        let spec = spec_from(spec_json)?;
+        let pool = py
+            .detach(|| rsandbox::Pool::new(&spec, size))
+            .map_err(native)?;
+        Ok(NativePool { pool })
+    }
+
+    /// Sandboxes ready now.
+    fn ready(&self) -> usize {
+        self.pool.ready()
+    }
+
+    /// Waits up to `timeout` seconds for the pool to be full.
+    fn wait_full(&self, py: Python<'_>, timeout: f64) -> bool {
+        let t = Duration::from_secs_f64(timeout.max(0.0));
+        py.detach(|| self.pool.wait_full(t))
+    }
+
+    /// Runs a process (JSON of the spec's `process`) in a pooled sandbox; Ctrl-C kills it.
+    #[pyo3(signature = (process_json, input=None, timeout=None))]
+    fn run(
+        &self,
+        py: Python<'_>,
+        process_json: &str,
+        input: Option<Vec<u8>>,
+        timeout: Option<f64>,
+    ) -> PyResult<Outcome> {
+        let process = process_from(process_json)?;
+        let mut raised: Option<PyErr> = None;
+        let r = py
+            .detach(|| {
+                let mut interrupt = || match Python::attach(|py| py.check_signals()) {
+                    Ok(()) => false,
+                    Err(e) => {
+                        raised = Some(e);
+                        true
+                    }
+                };
+                self.pool.run_with(
+                    &process,
+                    input.as_deref(),
+                    timeout,
+                    SIGNAL_CHECK,
+                    &mut interrupt,
+                )
+            })
+            .map_err(native)?;
+        if let Some(e) = raised {
+            return Err(e);
+        }
+        Ok(outcome(py, r))
+    }
+
+    /// Starts a process in a pooled sandbox; returns a NativeProcess.
+    #[pyo3(signature = (process_json, timeout=None))]
+    fn spawn(
+        &self,
+        py: Python<'_>,
+        process_json: &str,
+        timeout: Option<f64>,
+    ) -> PyResult<NativeProcess> {
+        let process = process_from(process_json)?;
+        let child = py
+            .detach(|| self.pool.spawn_with_timeout(&process, timeout))
+            .map_err(native)?;
+        Ok(NativeProcess {
+            pid: child.pid(),
+            state: Mutex::new(State::Running(Box::new(child))),
+        })
+    }
+}
+
 /// Starts a spec; returns a NativeProcess.
 #[pyfunction]
 fn spawn(py: Python<'_>, spec_json: &str) -> PyResult<NativeProcess> {
@@ -236,6 +328,7 @@ fn default_spec_json() -> String {
 fn _rsandbox(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("NativeError", m.py().get_type::<NativeError>())?;
     m.add_class::<NativeProcess>()?;
+    m.add_class::<NativePool>()?;
     m.add_function(wrap_pyfunction!(check_spec, m)?)?;
     m.add_function(wrap_pyfunction!(run, m)?)?;
     m.add_function(wrap_pyfunction!(spawn, m)?)?;

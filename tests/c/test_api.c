@@ -214,6 +214,53 @@ static void test_errors_spawn(void) {
     sbx_config_free(cfg);
 }
 
+static void test_pool(void) {
+    sbx_config *cfg = NULL;
+    CHECK(sbx_config_new(&cfg) == SBX_OK);
+    CHECK(sbx_config_set_str(cfg, "hostname", "c-pool") == SBX_OK);
+    sbx_pool *pool = NULL;
+    CHECK(sbx_pool_new(cfg, 2, &pool) == SBX_OK);
+    sbx_config_free(cfg);
+    if (pool == NULL)
+        return;
+    for (int i = 0; i < 5; i++) {
+        sbx_config *job = config_for("cat; hostname; echo $$; exit 4");
+        sbx_run_result *res = NULL;
+        CHECK(sbx_pool_run(pool, job, (const uint8_t *)"in\n", 3, &res) == SBX_OK);
+        if (res != NULL) {
+            size_t len = 0;
+            const uint8_t *out = sbx_result_stdout(res, &len);
+            /* The pool's hostname, and the command is pid 2 of a fresh PID namespace each time. */
+            CHECK(len == strlen("in\nc-pool\n2\n") && memcmp(out, "in\nc-pool\n2\n", len) == 0);
+            CHECK(sbx_result_exit_code(res) == 4);
+            CHECK(sbx_result_feature_status(res, "pool") >= 0);
+            sbx_result_free(res);
+        }
+        sbx_config_free(job);
+    }
+    sbx_config *missing = NULL;
+    const char *argv[] = {"no-such-command-rsbx"};
+    CHECK(sbx_config_new(&missing) == SBX_OK);
+    CHECK(sbx_config_set_argv(missing, argv, 1) == SBX_OK);
+    sbx_run_result *res = NULL;
+    CHECK(sbx_pool_run(pool, missing, NULL, 0, &res) == SBX_ERR_EXECUTABLE_NOT_FOUND && res == NULL);
+    sbx_child *child = NULL;
+    sbx_config *job = config_for("exit 9");
+    CHECK(sbx_pool_spawn(pool, job, &child) == SBX_OK);
+    if (child != NULL) {
+        CHECK(sbx_child_wait(child, -1, &res) == SBX_OK);
+        CHECK(res != NULL && sbx_result_exit_code(res) == 9);
+        sbx_result_free(res);
+        sbx_child_free(child);
+    }
+    sbx_config_free(job);
+    sbx_config_free(missing);
+    CHECK(sbx_pool_run(NULL, job, NULL, 0, &res) == SBX_ERR_NULL);
+    CHECK(sbx_pool_ready(NULL) == 0);
+    sbx_pool_free(pool);
+    sbx_pool_free(NULL);
+}
+
 int main(void) {
     /* Under valgrind nothing can be spawned (it emulates neither clone3 with namespace flags nor
      * seccomp): SBX_TEST_NO_SPAWN=1 keeps to the calls that build, convert and refuse. */
@@ -224,6 +271,7 @@ int main(void) {
         test_timeout_verdict();
         test_pipes_pidfd_and_namespaces();
         test_errors_spawn();
+        test_pool();
     }
     test_errors();
     printf("%d passed, %d failed\n", passed, failed);

@@ -12,6 +12,16 @@
  * MAIN_PID (the command) exits, its wait status goes to STATUS_FD and init exits, which ends
  * the PID namespace.
  *
+ * The same program is the pool's agent when argv[0] is "rsandbox-agent" (see pool.rs): the
+ * command of a sandbox started ahead of its job. It runs with every restriction of the command
+ * already applied (seccomp, Landlock, capabilities, ids, no_new_privs, rlimits, its own session),
+ * receives one job on fd 0 (a SOCK_SEQPACKET socket: one message with the working directory, the
+ * candidate paths, argv and envp, and the job's three standard streams as SCM_RIGHTS), installs
+ * the streams and executes the job, which inherits all of the restrictions. If no candidate can be
+ * executed, it sends a failure record (step, errno, index, detail: as child/mod.rs's Failure)
+ * back on the socket and exits 127 (not found) or 126 (not executable). A successful exec closes
+ * its last reference to the socket, which the caller sees as end of file.
+ *
  * No libc: raw system calls only (x86_64), so the program is a few kilobytes, static, and starts
  * without a dynamic loader.
  */
@@ -24,10 +34,17 @@ enum {
     NR_write = 1,
     NR_poll = 7,
     NR_rt_sigprocmask = 14,
+    NR_dup2 = 33,
+    NR_sendto = 44,
+    NR_recvmsg = 47,
+    NR_execve = 59,
     NR_wait4 = 61,
+    NR_fcntl = 72,
+    NR_chdir = 80,
     NR_kill = 62,
     NR_exit_group = 231,
     NR_signalfd4 = 289,
+    NR_close = 3,
 };
 
 #define SIGCHLD 17
@@ -108,10 +125,153 @@ static void reap(void)
     }
 }
 
+/* ---------------------------------------------------------------------------------------- agent */
+
+struct iovec {
+    void *base;
+    u64 len;
+};
+
+struct msghdr {
+    void *name;
+    unsigned namelen;
+    struct iovec *iov;
+    u64 iovlen;
+    void *control;
+    u64 controllen;
+    int flags;
+};
+
+struct cmsghdr {
+    u64 len;
+    int level;
+    int type;
+};
+
+#define SOL_SOCKET 1
+#define SCM_RIGHTS 1
+#define F_DUPFD_CLOEXEC 1030
+#define JOB_MAGIC 0x52534a42u /* "RSJB" */
+#define MAX_JOB (1 << 20)
+#define MAX_PTRS 16384
+/* Step numbers of core/src/error.rs (Step as u32). */
+#define STEP_STDIO 23
+#define STEP_CHDIR 24
+#define STEP_EXEC 29
+
+static char job[MAX_JOB];
+static char *ptrs[MAX_PTRS];
+
+struct failure {
+    unsigned step;
+    int err;
+    unsigned index;
+    unsigned detail;
+};
+
+static __attribute__((noreturn)) void agent_fail(int report_fd, unsigned step, i64 err,
+                                                  unsigned detail, int code)
+{
+    struct failure f = {step, (int)-err, 0xffffffffu, detail};
+    SYS(NR_sendto, report_fd, &f, sizeof f, 0);
+    quit(code);
+}
+
+static __attribute__((noreturn)) void agent_main(void)
+{
+    union {
+        struct cmsghdr h;
+        char space[64];
+    } control;
+    struct iovec iov = {job, sizeof job - 1};
+    struct msghdr msg = {0, 0, &iov, 1, &control, sizeof control, 0};
+    i64 n;
+    do
+        n = SYS(NR_recvmsg, 0, &msg, 0, 0);
+    while (n == -EINTR);
+    if (n < 16)
+        quit(125); /* the pool went away before a job came */
+    job[n] = 0;
+    /* Reports go back on the socket, through a copy that closes at a successful exec. */
+    i64 report_fd = SYS(NR_fcntl, 0, F_DUPFD_CLOEXEC, 3, 0);
+    if (report_fd < 0)
+        quit(125);
+    unsigned *head = (unsigned *)job;
+    unsigned ncand = head[1], argc = head[2], envc = head[3];
+    if (head[0] != JOB_MAGIC || ncand == 0 || argc == 0 || ncand + argc + envc + 3 > MAX_PTRS)
+        agent_fail((int)report_fd, STEP_EXEC, -22 /* EINVAL */, 0, 125);
+    if (control.h.level != SOL_SOCKET || control.h.type != SCM_RIGHTS || control.h.len < 16 + 3 * 4)
+        agent_fail((int)report_fd, STEP_STDIO, -22, 0, 125);
+    int *fds = (int *)(control.space + 16);
+    /* The NUL-separated strings: cwd, the candidates, argv, envp. */
+    char *p = job + 16, *end = job + n;
+    char *cwd = p;
+    unsigned total = ncand + argc + envc;
+    for (unsigned i = 0; i <= total; i++) {
+        if (i > 0)
+            ptrs[i - 1 + (i > ncand) + (i > ncand + argc)] = p;
+        while (p < end && *p)
+            p++;
+        if (p >= end)
+            agent_fail((int)report_fd, STEP_EXEC, -22, 0, 125);
+        p++;
+    }
+    char **cands = ptrs;
+    char **av = ptrs + ncand + 1;
+    char **ev = ptrs + ncand + argc + 2;
+    ptrs[ncand] = 0;
+    ptrs[ncand + argc + 1] = 0;
+    ptrs[ncand + argc + envc + 2] = 0;
+    /* The received descriptors are all above 2 (0 is the socket, 1 and 2 are /dev/null). */
+    for (int i = 0; i < 3; i++) {
+        i64 r = SYS(NR_dup2, fds[i], i, 0, 0);
+        if (r < 0)
+            agent_fail((int)report_fd, STEP_STDIO, r, 0, 125);
+    }
+    for (int i = 0; i < 3; i++)
+        SYS(NR_close, fds[i], 0, 0, 0);
+    if (*cwd) {
+        i64 r = SYS(NR_chdir, cwd, 0, 0, 0);
+        if (r < 0)
+            agent_fail((int)report_fd, STEP_CHDIR, r, 0, 125);
+    }
+    /* PATH search as the other start does it: past missing entries, remembering refusals. */
+    i64 refused = 0, last = -2 /* ENOENT */;
+    for (unsigned i = 0; i < ncand; i++) {
+        i64 e = SYS(NR_execve, cands[i], av, ev, 0);
+        if (e == -2 || e == -20 /* ENOTDIR */ || e == -40 /* ELOOP */ || e == -36 /* ENAMETOOLONG */)
+            last = e;
+        else if (e == -13 /* EACCES */ || e == -1 /* EPERM */ || e == -21 /* EISDIR */) {
+            if (!refused)
+                refused = e;
+        } else {
+            refused = e;
+            break;
+        }
+    }
+    if (refused)
+        agent_fail((int)report_fd, STEP_EXEC, refused, 1, 126);
+    agent_fail((int)report_fd, STEP_EXEC, last, 0, 127);
+}
+
+/* ----------------------------------------------------------------------------------------- main */
+
+static int is_agent(const char *name)
+{
+    const char *want = "rsandbox-agent";
+    while (*want && *name == *want) {
+        name++;
+        want++;
+    }
+    return !*want && !*name;
+}
+
 __attribute__((used)) void init_main(i64 *sp)
 {
     int argc = (int)sp[0];
     char **argv = (char **)(sp + 1);
+    if (argc >= 1 && is_agent(argv[0]))
+        agent_main();
     if (argc < 5)
         quit(125);
     status_fd = parse(argv[1]);

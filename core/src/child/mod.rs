@@ -120,6 +120,8 @@ pub(crate) struct Plan {
     pub status_w: c_int,
     /// Set for a start without copying the caller; None: fork the command and stay its init.
     pub small_init: Option<SmallInit>,
+    /// Execute this file (the pool's agent) instead of looking up argv\[0\].
+    pub exec_fd: Option<c_int>,
 }
 
 /// Entry of a sandbox started with `sys::clone3_on_stack`: `arg` is the address of the caller's
@@ -425,7 +427,19 @@ fn exec_command(plan: &Plan) -> ! {
     // PATH search, execvp-style: keep going past missing entries, remember refusals.
     let mut refused: Option<Errno> = None;
     let mut last = Errno::ENOENT;
-    for path in &plan.exec.candidates {
+    if let Some(fd) = plan.exec_fd {
+        refused = Some(sys::execve_fd(
+            fd,
+            &plan.exec.argv_ptrs,
+            &plan.exec.envp_ptrs,
+        ));
+    }
+    for path in plan
+        .exec
+        .candidates
+        .iter()
+        .filter(|_| plan.exec_fd.is_none())
+    {
         let e = sys::execve(path, &plan.exec.argv_ptrs, &plan.exec.envp_ptrs);
         match e {
             Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG => last = e,

@@ -1,0 +1,470 @@
+//! Warm pools: sandboxes started ahead of their jobs, one job each.
+//!
+//! A pooled sandbox is a complete sandbox of the pool's spec (namespaces, mounts, cgroup, and every
+//! restriction of the command: seccomp, Landlock, capabilities, ids, no_new_privs, rlimits, its own
+//! session) whose command is the agent (child/init.c, "rsandbox-agent"). The agent waits on a
+//! socket for one job: the working directory, candidate paths, argv, envp, and the job's three
+//! standard streams. It installs the streams and executes the job, which inherits every
+//! restriction (they all survive execve), in a sandbox nobody has used before: no state passes
+//! from one job to the next, since each sandbox serves one job and is then gone. A job costs one
+//! message and one execve; the pool starts a replacement in the background.
+
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::child::Failure;
+use crate::error::{Error, Result};
+use crate::report::Status;
+use crate::sandbox::{command_env, open_stdio, spawn_agent, Child, RunResult, StdioPlan};
+use crate::spec::{Process, Spec, Stdio, Want};
+use crate::sys;
+
+/// Must match JOB_MAGIC in child/init.c.
+const JOB_MAGIC: u32 = 0x5253_4a42;
+/// The agent's receive buffer (MAX_JOB in child/init.c) less the terminating NUL.
+const MAX_JOB: usize = (1 << 20) - 1;
+
+/// A pool of sandboxes of one spec, started ahead of their jobs.
+///
+/// ```no_run
+/// let spec = rsandbox::Spec::default();
+/// let pool = rsandbox::Pool::new(&spec, 4)?;
+/// let r = pool.run(&rsandbox::Process { args: vec!["true".into()], ..Default::default() }, None)?;
+/// assert!(r.status.success());
+/// # Ok::<(), rsandbox::Error>(())
+/// ```
+pub struct Pool {
+    shared: Arc<Shared>,
+    refill: Option<std::thread::JoinHandle<()>>,
+}
+
+struct Shared {
+    spec: Spec,
+    size: usize,
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+struct State {
+    ready: VecDeque<Ready>,
+    closing: bool,
+    /// The last error of the background refill (a later start that succeeds clears it).
+    failure: Option<String>,
+}
+
+/// A started sandbox whose agent waits for its job.
+struct Ready {
+    child: Child,
+    socket: OwnedFd,
+    since: Instant,
+}
+
+impl Pool {
+    /// Starts `size` sandboxes of `spec` (its `process` is ignored: jobs bring theirs). The first
+    /// starts before this returns, so a spec that cannot work fails here; the others start in a
+    /// background thread, which keeps `size` sandboxes ready.
+    pub fn new(spec: &Spec, size: usize) -> Result<Pool> {
+        if size == 0 {
+            return Err(Error::invalid("pool size", "must be at least 1"));
+        }
+        let first = start(spec)?;
+        let shared = Arc::new(Shared {
+            spec: spec.clone(),
+            size,
+            state: Mutex::new(State {
+                ready: VecDeque::from([first]),
+                closing: false,
+                failure: None,
+            }),
+            changed: Condvar::new(),
+        });
+        let worker = Arc::clone(&shared);
+        let refill = std::thread::Builder::new()
+            .name("rsandbox-pool".into())
+            .spawn(move || refill(&worker))
+            .map_err(|e| Error::io("start the pool's refill thread", None, e))?;
+        Ok(Pool {
+            shared,
+            refill: Some(refill),
+        })
+    }
+
+    /// How many sandboxes are ready now.
+    pub fn ready(&self) -> usize {
+        self.shared.lock().ready.len()
+    }
+
+    /// Waits up to `timeout` until the pool is full; true if it is.
+    pub fn wait_full(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut state = self.shared.lock();
+        while state.ready.len() < self.shared.size {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            state = match self.shared.changed.wait_timeout(state, left) {
+                Ok((s, _)) => s,
+                Err(p) => p.into_inner().0,
+            };
+        }
+        true
+    }
+
+    /// Runs `process` in a pooled sandbox (a fresh one started on the spot when none is ready)
+    /// and returns as [`crate::spawn`] does: once the command has been executed. The pool's spec
+    /// decides everything but the process; its `timeout` counts from now.
+    pub fn spawn(&self, process: &Process) -> Result<Child> {
+        self.spawn_with_timeout(process, self.shared.spec.timeout)
+    }
+
+    /// [`spawn`](Self::spawn) with this job's own wall-clock limit (seconds from its start)
+    /// instead of the spec's.
+    pub fn spawn_with_timeout(&self, process: &Process, timeout: Option<f64>) -> Result<Child> {
+        if process.args.is_empty() {
+            return Err(Error::invalid("process.args", "must name a command"));
+        }
+        let taken = {
+            let mut state = self.shared.lock();
+            let taken = state.ready.pop_front();
+            self.shared.changed.notify_all();
+            taken
+        };
+        let (ready, waited) = match taken {
+            Some(r) => (r, None),
+            None => {
+                let begun = Instant::now();
+                (start(&self.shared.spec)?, Some(begun.elapsed()))
+            }
+        };
+        dispatch(&self.shared, ready, process, timeout, waited)
+    }
+
+    /// [`spawn`](Self::spawn), then feeds `input` and collects the output as
+    /// [`crate::run_with_input`] does (stdout/stderr left to inherit are captured).
+    pub fn run(&self, process: &Process, input: Option<&[u8]>) -> Result<RunResult> {
+        self.run_with(
+            process,
+            input,
+            self.shared.spec.timeout,
+            Duration::MAX,
+            &mut || false,
+        )
+    }
+
+    /// [`run`](Self::run) with this job's own timeout, calling `interrupt` at least every
+    /// `every` as [`Child::communicate_with`] does (embedders use it for Ctrl-C).
+    pub fn run_with(
+        &self,
+        process: &Process,
+        input: Option<&[u8]>,
+        timeout: Option<f64>,
+        every: Duration,
+        interrupt: &mut dyn FnMut() -> bool,
+    ) -> Result<RunResult> {
+        let mut process = process.clone();
+        if process.stdout == Stdio::Inherit {
+            process.stdout = Stdio::Pipe;
+        }
+        if process.stderr == Stdio::Inherit {
+            process.stderr = Stdio::Pipe;
+        }
+        process.stdin = match input {
+            Some(_) => Stdio::Pipe,
+            None if process.stdin == Stdio::Inherit => Stdio::Null,
+            None => process.stdin.clone(),
+        };
+        let mut child = self.spawn_with_timeout(&process, timeout)?;
+        child.communicate_with(input, self.shared.spec.output_limit, every, interrupt)
+    }
+}
+
+impl Drop for Pool {
+    /// Stops the refill thread and kills every sandbox still waiting for a job.
+    fn drop(&mut self) {
+        self.shared.lock().closing = true;
+        self.shared.changed.notify_all();
+        if let Some(t) = self.refill.take() {
+            let _ = t.join();
+        }
+        self.shared.lock().ready.clear();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The background thread: keeps `size` sandboxes ready until the pool is dropped.
+fn refill(shared: &Shared) {
+    let mut backoff = Duration::from_millis(10);
+    loop {
+        {
+            let mut state = shared.lock();
+            while !state.closing && state.ready.len() >= shared.size {
+                state = match shared.changed.wait(state) {
+                    Ok(s) => s,
+                    Err(p) => p.into_inner(),
+                };
+            }
+            if state.closing {
+                return;
+            }
+        }
+        match start(&shared.spec) {
+            Ok(r) => {
+                backoff = Duration::from_millis(10);
+                let mut state = shared.lock();
+                state.failure = None;
+                if state.closing {
+                    return;
+                }
+                state.ready.push_back(r);
+                shared.changed.notify_all();
+            }
+            Err(e) => {
+                // Jobs still run (started on the spot, which reports the error); retry later.
+                shared.lock().failure = Some(e.to_string());
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
+}
+
+/// Starts one sandbox of `spec` running the agent.
+fn start(spec: &Spec) -> Result<Ready> {
+    let (ours, theirs) = seqpacket_pair()?;
+    let mut spec = spec.clone();
+    spec.process.args = vec!["rsandbox-agent".into()];
+    spec.process.stdin = Stdio::Fd(theirs.as_raw_fd());
+    spec.process.stdout = Stdio::Null;
+    spec.process.stderr = Stdio::Null;
+    // The job's timeout counts from dispatch (see `dispatch`), not from here.
+    spec.timeout = None;
+    let child = spawn_agent(&spec)?;
+    drop(theirs);
+    Ok(Ready {
+        child,
+        socket: ours,
+        since: Instant::now(),
+    })
+}
+
+fn seqpacket_pair() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [-1; 2];
+    // SAFETY: socketpair writes two descriptors into the array on success.
+    let r = unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    };
+    if r < 0 {
+        return Err(Error::os("socketpair", crate::Errno::last()));
+    }
+    // SAFETY: both descriptors were just created and are owned by nothing else.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Sends the job to a ready sandbox and waits until it has been executed there.
+fn dispatch(
+    shared: &Shared,
+    ready: Ready,
+    process: &Process,
+    timeout: Option<f64>,
+    cold: Option<Duration>,
+) -> Result<Child> {
+    let Ready {
+        mut child,
+        socket,
+        since,
+    } = ready;
+    let mut spec = shared.spec.clone();
+    spec.process = process.clone();
+    spec.timeout = timeout;
+    if let Some(t) = timeout {
+        if !(t.is_finite() && t > 0.0) {
+            return Err(Error::invalid(
+                "timeout",
+                "must be a positive number of seconds",
+            ));
+        }
+    }
+    let env = command_env(process, &child.home)?;
+    let candidates = crate::sandbox::exec_candidates(
+        &process.args[0],
+        env.get("PATH").map(String::as_str).unwrap_or(""),
+    )?;
+    let cwd = match &process.cwd {
+        Some(c) if !c.starts_with('/') => {
+            return Err(Error::invalid(
+                "process.cwd",
+                format!("must be absolute: {c:?}"),
+            ))
+        }
+        Some(c) => c.clone(),
+        None => String::new(),
+    };
+    let mut message = Vec::with_capacity(4096);
+    let counts = [
+        JOB_MAGIC,
+        candidates.len() as u32,
+        process.args.len() as u32,
+        env.len() as u32,
+    ];
+    for n in counts {
+        message.extend_from_slice(&n.to_ne_bytes());
+    }
+    let mut push = |field: &str, text: &[u8]| -> Result<()> {
+        if text.contains(&0) {
+            return Err(Error::invalid(field, "contains a NUL byte"));
+        }
+        message.extend_from_slice(text);
+        message.push(0);
+        Ok(())
+    };
+    push("process.cwd", cwd.as_bytes())?;
+    for c in &candidates {
+        push("process.args[0]", c.as_bytes())?;
+    }
+    for a in &process.args {
+        push("process.args", a.as_bytes())?;
+    }
+    for (k, v) in &env {
+        push("process.env", format!("{k}={v}").as_bytes())?;
+    }
+    if message.len() > MAX_JOB {
+        return Err(Error::invalid(
+            "process",
+            format!(
+                "argv and environment take {} bytes; a pooled job takes at most {MAX_JOB}",
+                message.len()
+            ),
+        ));
+    }
+    let StdioPlan {
+        sources,
+        parent_ends,
+        child_ends,
+    } = open_stdio(process)?;
+    let dispatched = Instant::now();
+    send_job(socket.as_raw_fd(), &message, &sources)
+        .map_err(|e| Error::os("send the job to a pooled sandbox", e))?;
+    drop(child_ends);
+    // End of file: the job was executed (the agent's last reference closed). A record: it failed.
+    let mut buf = [0u8; Failure::SIZE];
+    let n = sys::retry(|| sys::read_full(socket.as_raw_fd(), &mut buf))
+        .map_err(|e| Error::os("read a pooled sandbox's answer", e))?;
+    if n == Failure::SIZE {
+        let failure = Failure::from_bytes(&buf);
+        let _ = child.kill(libc::SIGKILL);
+        let _ = child.wait();
+        return Err(crate::sandbox::decode_job_failure(failure, &spec));
+    }
+    let [stdin, stdout, stderr] = parent_ends.map(|fd| fd.map(std::fs::File::from));
+    child.stdin = stdin;
+    child.stdout = stdout;
+    child.stderr = stderr;
+    child.started = dispatched;
+    child.deadline = spec
+        .timeout
+        .map(|t| dispatched + Duration::from_secs_f64(t));
+    let detail = match cold {
+        None => format!(
+            "started {:.1} ms ahead of this job in a pool of {}; one job per sandbox: namespaces, mounts, cgroup and init are this job's alone",
+            dispatched.duration_since(since).as_secs_f64() * 1e3,
+            shared.size
+        ),
+        Some(took) => format!(
+            "the pool of {} had none ready: started for this job ({:.1} ms){}",
+            shared.size,
+            took.as_secs_f64() * 1e3,
+            shared
+                .lock()
+                .failure
+                .as_ref()
+                .map(|f| format!("; the pool's last start failed: {f}"))
+                .unwrap_or_default()
+        ),
+    };
+    child.report.push(
+        "pool",
+        Want::BestEffort,
+        if cold.is_none() {
+            Status::Enforced
+        } else {
+            Status::Skipped
+        },
+        detail,
+    );
+    if let Some(t) = spec.timeout {
+        child.report.push(
+            "wall-timeout",
+            Want::Required,
+            Status::Enforced,
+            format!("{t} s from the job's start, then the whole sandbox is killed"),
+        );
+    }
+    Ok(child)
+}
+
+/// sendmsg of `message` with the three descriptors as SCM_RIGHTS.
+fn send_job(
+    socket: RawFd,
+    message: &[u8],
+    fds: &[RawFd; 3],
+) -> std::result::Result<(), crate::Errno> {
+    const FDS_LEN: usize = 3 * std::mem::size_of::<RawFd>();
+    // SAFETY: CMSG_SPACE is a pure size computation.
+    let space = unsafe { libc::CMSG_SPACE(FDS_LEN as u32) } as usize;
+    let mut control = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec {
+        iov_base: message.as_ptr() as *mut libc::c_void,
+        iov_len: message.len(),
+    };
+    // SAFETY: msghdr is plain data; every pointer set below outlives the sendmsg call.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = space;
+    // SAFETY: the control buffer holds CMSG_SPACE(12) bytes, so the first header and its data fit.
+    unsafe {
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(FDS_LEN as u32) as usize;
+        std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), FDS_LEN);
+    }
+    loop {
+        // SAFETY: msg describes valid buffers (see above).
+        let n = unsafe { libc::sendmsg(socket, &msg, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        match crate::Errno::last() {
+            crate::Errno::EINTR => continue,
+            e => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::error::Step;
+
+    #[test]
+    fn job_failure_steps_match_the_agent() {
+        // child/init.c reports these numbers.
+        assert_eq!(Step::Stdio as u32, 23);
+        assert_eq!(Step::Chdir as u32, 24);
+        assert_eq!(Step::Exec as u32, 29);
+    }
+}

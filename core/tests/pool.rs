@@ -1,0 +1,227 @@
+//! Warm pools: a pooled job gets the same isolation as a cold start, its own sandbox, and the
+//! results of a normal run; nothing passes from one job to the next.
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::*;
+use rsandbox::{Pool, Process, Spec, Status, Stdio};
+
+fn job(script: &str) -> Process {
+    Process {
+        args: vec!["/bin/sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+/// The tests of this file run one at a time: one of them counts agent processes.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn pool(spec: &Spec, size: usize) -> Option<Pool> {
+    match Pool::new(spec, size) {
+        Ok(p) => Some(p),
+        Err(e) => {
+            skip(&format!("no pool here: {e}"));
+            None
+        }
+    }
+}
+
+fn feature(r: &rsandbox::RunResult, name: &str) -> Option<rsandbox::Feature> {
+    r.report.features.iter().find(|f| f.name == name).cloned()
+}
+
+#[test]
+fn a_pooled_job_runs_with_the_cold_start_protections() {
+    let _serial = serial();
+    let Some(pool) = pool(&Spec::default(), 2) else {
+        return;
+    };
+    assert!(pool.wait_full(Duration::from_secs(30)));
+    let script =
+        "grep -E '^(Seccomp|NoNewPrivs|CapEff|CapBnd):' /proc/self/status; id -u; hostname; \
+                  ls /proc | grep -cE '^[0-9]+$'; echo $$";
+    let pooled = pool.run(&job(script), None).unwrap();
+    let cold = run(&sh(script));
+    assert!(
+        pooled.status.success(),
+        "{:?} {}",
+        pooled.status,
+        err(&pooled)
+    );
+    // Same protections, same view; the PID namespace holds init, the job's shell and its grep/ls.
+    assert_eq!(out(&pooled), out(&cold), "pooled vs cold");
+    let p = feature(&pooled, "pool").expect("the report says where the sandbox came from");
+    assert_eq!(p.status, Status::Enforced, "{p:?}");
+    assert!(p.detail.contains("one job per sandbox"), "{}", p.detail);
+    assert!(feature(&cold, "pool").is_none());
+}
+
+#[test]
+fn nothing_passes_from_one_job_to_the_next() {
+    let _serial = serial();
+    let mut spec = Spec::default();
+    spec.filesystem.mounts.push(rsandbox::Mount::Tmpfs {
+        destination: "/scratch".into(),
+        size: None,
+        mode: None,
+    });
+    let Some(pool) = pool(&spec, 1) else {
+        return;
+    };
+    // The first job leaves a file, a background process and a SysV semaphore behind.
+    let first = pool
+        .run(
+            &job("echo secret >/scratch/left; (sleep 30 &) ; ipcmk -S 1 >/dev/null 2>&1; echo $$"),
+            None,
+        )
+        .unwrap();
+    assert!(first.status.success(), "{}", err(&first));
+    for _ in 0..3 {
+        let next = pool
+            .run(
+                &job("cat /scratch/left 2>/dev/null || echo clean; ps -e -o comm= | grep -c sleep; ipcs -s | grep -c '^0x' || true"),
+                None,
+            )
+            .unwrap();
+        assert_eq!(out(&next), "clean\n0\n0\n", "stderr: {}", err(&next));
+    }
+}
+
+#[test]
+fn pooled_jobs_get_their_own_streams_env_cwd_and_status() {
+    let _serial = serial();
+    let Some(pool) = pool(&Spec::default(), 2) else {
+        return;
+    };
+    let mut p = job("cat; echo \"$GREETING\" >&2; pwd; exit 7");
+    p.env.insert("GREETING".into(), "hello".into());
+    p.cwd = Some("/tmp".into());
+    let r = pool.run(&p, Some(b"from stdin\n")).unwrap();
+    assert_eq!(r.status.code(), Some(7));
+    assert_eq!(out(&r), "from stdin\n/tmp\n");
+    assert_eq!(err(&r), "hello\n");
+    // PATH lookup and the errors of a cold start.
+    let r = pool
+        .run(
+            &Process {
+                args: vec!["echo".into(), "looked up".into()],
+                ..Default::default()
+            },
+            None,
+        )
+        .unwrap();
+    assert_eq!(out(&r), "looked up\n");
+    let missing = pool.run(
+        &Process {
+            args: vec!["no-such-command-rsbx".into()],
+            ..Default::default()
+        },
+        None,
+    );
+    assert!(
+        matches!(missing, Err(rsandbox::Error::ExecutableNotFound { .. })),
+        "{missing:?}"
+    );
+    let bad_cwd = pool.run(
+        &Process {
+            args: vec!["true".into()],
+            cwd: Some("/no/such/dir".into()),
+            ..Default::default()
+        },
+        None,
+    );
+    assert_eq!(bad_cwd.unwrap_err().step(), Some(rsandbox::Step::Chdir));
+    // Signals and the job's own timeout, counted from the job's start.
+    let r = pool.run(&job("kill -TERM $$"), None).unwrap();
+    assert_eq!(r.status.signal(), Some(libc::SIGTERM));
+    let spec = Spec {
+        timeout: Some(0.5),
+        ..Default::default()
+    };
+    let Some(timed) = self::pool(&spec, 1) else {
+        return;
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let r = timed.run(&job("sleep 0.2; echo done"), None).unwrap();
+    assert_eq!(
+        out(&r),
+        "done\n",
+        "the timeout counted from the pool's start"
+    );
+    let r = timed.run(&job("sleep 10"), None).unwrap();
+    assert!(r.timed_out && r.usage.wall_time < 5.0, "{r:?}");
+}
+
+#[test]
+fn an_empty_pool_starts_on_the_spot_and_says_so() {
+    let _serial = serial();
+    let Some(pool) = pool(&Spec::default(), 1) else {
+        return;
+    };
+    assert!(pool.wait_full(Duration::from_secs(30)));
+    // Take the ready one and, at once, another: the second cannot have been refilled yet... or
+    // may have; either way both run, and the report says which.
+    let mut kinds = Vec::new();
+    for _ in 0..2 {
+        let mut c = pool
+            .spawn(&Process {
+                args: vec!["true".into()],
+                stdout: Stdio::Null,
+                stderr: Stdio::Null,
+                ..Default::default()
+            })
+            .unwrap();
+        let status = c
+            .report()
+            .features
+            .iter()
+            .find(|f| f.name == "pool")
+            .unwrap()
+            .status;
+        kinds.push(status);
+        assert!(c.wait().unwrap().status.success());
+    }
+    assert_eq!(kinds[0], Status::Enforced);
+}
+
+#[test]
+fn dropping_a_pool_leaves_no_process() {
+    let _serial = serial();
+    let Some(pool) = pool(&Spec::default(), 3) else {
+        return;
+    };
+    assert!(pool.wait_full(Duration::from_secs(30)));
+    let agents = pids_with("rsandbox-agent").len();
+    assert!(agents >= 3, "{agents} agents running");
+    drop(pool);
+    assert!(
+        gone_within("rsandbox-agent", Duration::from_secs(10)),
+        "agents outlived their pool"
+    );
+}
+
+#[test]
+fn many_threads_share_a_pool() {
+    let _serial = serial();
+    let Some(pool) = pool(&Spec::default(), 4) else {
+        return;
+    };
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let pool = &pool;
+            s.spawn(move || {
+                for i in 0..25 {
+                    let r = pool.run(&job(&format!("echo {t}-{i}")), None).unwrap();
+                    assert_eq!(out(&r), format!("{t}-{i}\n"));
+                }
+            });
+        }
+    });
+}
