@@ -373,6 +373,8 @@ fn dispatch(
     child.stdout = stdout;
     child.stderr = stderr;
     child.started = dispatched;
+    // The job's result is its command's; the sandbox's teardown is not the job's time.
+    child.early_exit = true;
     child.deadline = spec
         .timeout
         .map(|t| dispatched + Duration::from_secs_f64(t));

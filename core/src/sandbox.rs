@@ -187,6 +187,11 @@ pub struct Child {
     pub(crate) report: Report,
     /// The command's default HOME.
     pub(crate) home: String,
+    /// Take the result from the init's status record (status and usage), without waiting for
+    /// the init's exit and the namespaces' teardown, which a background thread then reaps.
+    pub(crate) early_exit: bool,
+    /// The result came early: the init is still to be reaped (and the cgroup removed).
+    reap_later: bool,
     /// The write end of the command's stdin, when it is a pipe.
     pub stdin: Option<File>,
     /// The read end of the command's stdout, when it is a pipe.
@@ -1200,6 +1205,8 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         started,
         deadline: spec.timeout.map(|t| started + Duration::from_secs_f64(t)),
         home,
+        early_exit: false,
+        reap_later: false,
         finished: None,
         timed_out: false,
         report,
@@ -1406,11 +1413,22 @@ impl Child {
                 // The CPU-time limit is checked from cpu.stat every 20 ms.
                 ms = ms.min(20);
             }
-            let mut fds = [libc::pollfd {
-                fd: self.pidfd.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
+            let mut fds = [
+                libc::pollfd {
+                    fd: self.pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+                libc::pollfd {
+                    fd: if self.early_exit {
+                        self.status_r.as_raw_fd()
+                    } else {
+                        -1
+                    },
+                    events: libc::POLLIN,
+                    revents: 0,
+                },
+            ];
             sys::retry(|| sys::poll(&mut fds, ms)).map_err(|e| Error::os("poll pidfd", e))?;
         }
     }
@@ -1421,6 +1439,15 @@ impl Child {
             return Ok(Some(r.clone()));
         }
         self.watch()?;
+        if self.early_exit {
+            if let Some((word, usage)) = self.status_record()? {
+                return Ok(Some(self.conclude(
+                    ExitStatus::from_wait_status(word),
+                    usage,
+                    true,
+                )));
+            }
+        }
         let mut info: libc::siginfo_t = zeroed();
         let mut usage: libc::rusage = zeroed();
         let res = sys::retry(|| {
@@ -1437,7 +1464,6 @@ impl Child {
         if pid == 0 {
             return Ok(None);
         }
-        let wall = self.started.elapsed();
         let mut buf = [0u8; 4];
         let status = match sys::read_full(self.status_r.as_raw_fd(), &mut buf) {
             Ok(4) => ExitStatus::from_wait_status(i32::from_ne_bytes(buf)),
@@ -1445,13 +1471,60 @@ impl Child {
             _ if code == libc::CLD_EXITED => ExitStatus::Exited(status),
             _ => ExitStatus::Signaled(status),
         };
+        Ok(Some(self.conclude(status, usage, false)))
+    }
+
+    /// The small init's status record (wait status and the usage of its reaped children) when it
+    /// has been written; None while the command runs, or when the init ended without one.
+    fn status_record(&mut self) -> Result<Option<(i32, libc::rusage)>> {
+        const SIZE: usize = 4 + std::mem::size_of::<libc::rusage>();
+        let mut fds = [libc::pollfd {
+            fd: self.status_r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        sys::retry(|| sys::poll(&mut fds, 0)).map_err(|e| Error::os("poll status pipe", e))?;
+        if fds[0].revents == 0 {
+            return Ok(None);
+        }
+        let mut buf = [0u8; SIZE];
+        match sys::read_full(self.status_r.as_raw_fd(), &mut buf) {
+            Ok(SIZE) => {
+                let word = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+                let mut usage: libc::rusage = zeroed();
+                // SAFETY: rusage is plain data of exactly SIZE - 4 bytes, written by the kernel
+                // (getrusage in the init) into the record.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        buf[4..].as_ptr(),
+                        (&mut usage as *mut libc::rusage).cast::<u8>(),
+                        SIZE - 4,
+                    )
+                };
+                Ok(Some((word, usage)))
+            }
+            // No record: the init was killed; its exit says how (the waitid path).
+            _ => {
+                self.early_exit = false;
+                Ok(None)
+            }
+        }
+    }
+
+    /// The result, from the command's status and the usage of the sandbox's processes.
+    /// `init_alive`: the init is still exiting (its reaping and the cgroup's removal are left to
+    /// the background reaper).
+    fn conclude(&mut self, status: ExitStatus, usage: libc::rusage, init_alive: bool) -> RunResult {
+        let wall = self.started.elapsed();
         // Accounting outlives the processes; read it, then remove the cgroup.
         let acct = self
             .cgroup
             .as_ref()
             .map(Cgroup::accounting)
             .unwrap_or_default();
-        if let Some(cg) = self.cgroup.take() {
+        if init_alive {
+            self.reap_later = true;
+        } else if let Some(cg) = self.cgroup.take() {
             // A cgroup that will not go away must not cost the caller the result; the next
             // attempt is its drop.
             let _ = cg.remove();
@@ -1515,10 +1588,12 @@ impl Child {
             stderr_truncated: false,
             report: self.report.clone(),
         };
-        self.ctl = None;
+        if !init_alive {
+            self.ctl = None;
+        }
         self.stop_fuse();
         self.finished = Some(result.clone());
-        Ok(Some(result))
+        result
     }
 
     /// Whether the CPU-time limit is watched through the cgroup.
@@ -1625,6 +1700,15 @@ impl Child {
 
 impl Drop for Child {
     fn drop(&mut self) {
+        if self.reap_later {
+            // The command is done; the init is exiting. Reap it (and remove the cgroup) off the
+            // caller's path.
+            let pidfd = self.pidfd.try_clone();
+            if let Ok(pidfd) = pidfd {
+                reaper::hand_over(pidfd, self.cgroup.take(), self.ctl.take());
+            }
+            return;
+        }
         if self.finished.is_none() && self.die_with_parent {
             // Closing the control pipe makes the init kill the sandbox; SIGKILL makes it certain.
             self.ctl = None;
@@ -1637,6 +1721,58 @@ impl Drop for Child {
             self.stop_fuse();
         } else if let Some(cg) = self.cgroup.take() {
             cg.release();
+        }
+    }
+}
+
+/// The background reaper of sandboxes whose result was taken before their init had exited.
+mod reaper {
+    use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::mpsc::{channel, Sender};
+    use std::sync::{Mutex, OnceLock};
+
+    use crate::cgroup::Cgroup;
+    use crate::sys;
+
+    type Job = (OwnedFd, Option<Cgroup>, Option<OwnedFd>);
+
+    static QUEUE: OnceLock<Mutex<Option<Sender<Job>>>> = OnceLock::new();
+
+    /// Waits for the init behind `pidfd` to exit, then drops the cgroup (removing it) and the
+    /// control pipe. Done in this thread when the reaper cannot be started.
+    pub(super) fn hand_over(pidfd: OwnedFd, cgroup: Option<Cgroup>, ctl: Option<OwnedFd>) {
+        let queue = QUEUE.get_or_init(|| {
+            let (tx, rx) = channel::<Job>();
+            let started = std::thread::Builder::new()
+                .name("rsandbox-reaper".into())
+                .spawn(move || {
+                    for job in rx {
+                        reap(job);
+                    }
+                });
+            Mutex::new(started.ok().map(|_| tx))
+        });
+        let job = (pidfd, cgroup, ctl);
+        let sender = queue.lock().ok().and_then(|q| q.clone());
+        match sender {
+            Some(tx) => {
+                if let Err(e) = tx.send(job) {
+                    reap(e.0);
+                }
+            }
+            None => reap(job),
+        }
+    }
+
+    fn reap((pidfd, cgroup, ctl): Job) {
+        let mut info: libc::siginfo_t = super::zeroed();
+        let mut usage: libc::rusage = super::zeroed();
+        let _ = sys::retry(|| {
+            sys::waitid_pidfd(pidfd.as_raw_fd(), libc::WEXITED, &mut info, &mut usage)
+        });
+        drop(ctl);
+        if let Some(cg) = cgroup {
+            let _ = cg.remove();
         }
     }
 }

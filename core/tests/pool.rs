@@ -225,3 +225,73 @@ fn many_threads_share_a_pool() {
         }
     });
 }
+
+/// Children of this process that are zombies.
+fn zombie_children() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|stat| {
+                    // pid (comm) state ppid ...
+                    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                    let mut f = rest.split_whitespace();
+                    f.next() == Some("Z") && f.next() == Some(me.as_str())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn results_come_before_teardown_and_every_init_is_reaped() {
+    let _serial = serial();
+    let cgroup_parent = std::env::var_os("RSANDBOX_TEST_CGROUP").map(std::path::PathBuf::from);
+    let mut spec = Spec::default();
+    if let Some(p) = &cgroup_parent {
+        spec.cgroup.parent = Some(p.clone());
+        spec.cgroup.want = rsandbox::Want::Required;
+    }
+    let Some(pool) = pool(&spec, 2) else {
+        return;
+    };
+    for _ in 0..20 {
+        let r = pool.run(&job("echo hi"), None).unwrap();
+        assert_eq!(out(&r), "hi\n");
+        // The usage came with the status record.
+        assert!(
+            r.usage.wall_time > 0.0 && r.usage.max_rss > 0,
+            "{:?}",
+            r.usage
+        );
+    }
+    drop(pool);
+    let until = std::time::Instant::now() + Duration::from_secs(10);
+    while zombie_children() > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(zombie_children(), 0, "inits left unreaped");
+    if let Some(parent) = cgroup_parent {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        let left = || {
+            std::fs::read_dir(&parent)
+                .map(|d| {
+                    d.flatten()
+                        .filter(|e| {
+                            e.file_name()
+                                .to_string_lossy()
+                                .starts_with(&format!("rsandbox-{}-", std::process::id()))
+                        })
+                        .count()
+                })
+                .unwrap_or(0)
+        };
+        while left() > 0 && std::time::Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(left(), 0, "pooled sandboxes' cgroups were not removed");
+    } else {
+        skip("no delegated cgroup (RSANDBOX_TEST_CGROUP): cgroup removal after an early result not checked");
+    }
+}
