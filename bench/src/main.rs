@@ -918,6 +918,51 @@ fn big_caller(a: &Args) {
     }
 }
 
+/// A warm pool given time to refill before each job (no other candidate running), side by side
+/// with fork+exec: the latency a caller sees when jobs arrive slower than the pool refills.
+fn pool_alone(a: &Args) {
+    if a.options == 0 {
+        return;
+    }
+    let pool = match rsandbox::Pool::new(&payload_spec(), 2) {
+        Ok(p) => std::sync::Arc::new(p),
+        Err(e) => {
+            println!("\n## Warm pool, one job at a time: n/a: {e}");
+            return;
+        }
+    };
+    let (mut pooled, mut exec) = (Vec::new(), Vec::new());
+    let fork = How::Exec(vec!["/bin/true".into()]);
+    for i in 0..(a.options + a.warmup) {
+        pool.wait_full(Duration::from_secs(30));
+        if let (Ok(p), Ok(e)) = (
+            run_once(&How::Pool(pool.clone()), None),
+            run_once(&fork, None),
+        ) {
+            if i >= a.warmup {
+                pooled.push(p);
+                exec.push(e);
+            }
+        }
+    }
+    let (Some(p), Some(e)) = (stats(&pooled), stats(&exec)) else {
+        return;
+    };
+    println!(
+        "\n## Warm pool, one job at a time ({} runs; the pool refilled before each; ms)\n",
+        pooled.len()
+    );
+    println!("| candidate | median | p99 | vs fork+exec |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| rsandbox library, warm pool | {} | {} | {} |",
+        ms(p.median),
+        ms(p.p99),
+        ratio(p.median, Some(e.median))
+    );
+    println!("| fork+exec | {} | {} | 1.00x |", ms(e.median), ms(e.p99));
+}
+
 fn machine() -> String {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
@@ -969,6 +1014,7 @@ fn main() {
     memory(&a);
     option_costs(&a, &rootfs);
     big_caller(&a);
+    pool_alone(&a);
     if a.work.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
