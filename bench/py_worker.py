@@ -1,6 +1,6 @@
 """The benchmark's Python worker: one start-up of /bin/true per line read ("rsandbox",
 "pool": a warm rsandbox.Pool of 2, or "subprocess"); prints the nanoseconds it took (-1 when the
-run failed)."""
+run failed). "settle" waits until the pool is full again."""
 
 import subprocess
 import sys
@@ -18,6 +18,8 @@ for line in sys.stdin:
         ok = rsandbox.run(["/bin/true"]).returncode == 0
     elif mode == "pool":
         ok = pool.run(["/bin/true"]).returncode == 0
+    elif mode == "settle":
+        ok = pool.wait_full(30)
     else:
         ok = subprocess.run(["/bin/true"]).returncode == 0
     took = time.perf_counter_ns() - start

@@ -351,6 +351,29 @@ fn crun_bundle(work: &Path, rootfs: &Path) -> Result<Vec<String>, String> {
     Ok(argv)
 }
 
+/// bwrap with the isolation the issue compares against, running `payload`.
+fn bwrap_argv(bwrap: &Path, payload: &[&str]) -> Vec<String> {
+    let mut argv = vec![bwrap.display().to_string()];
+    argv.extend(
+        [
+            "--unshare-all",
+            "--ro-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--tmpfs",
+            "/tmp",
+            "--die-with-parent",
+        ]
+        .map(String::from),
+    );
+    argv.extend(payload.iter().map(|s| s.to_string()));
+    argv
+}
+
 fn which(name: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .unwrap_or_else(|| "/usr/bin:/bin".into())
@@ -422,28 +445,7 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
         }
     }
     cands.push(match which("bwrap") {
-        Some(b) => Candidate::new(
-            "bwrap",
-            How::Exec(
-                [
-                    b.display().to_string().as_str(),
-                    "--unshare-all",
-                    "--ro-bind",
-                    "/",
-                    "/",
-                    "--proc",
-                    "/proc",
-                    "--dev",
-                    "/dev",
-                    "--tmpfs",
-                    "/tmp",
-                    "--die-with-parent",
-                    "/bin/true",
-                ]
-                .map(String::from)
-                .to_vec(),
-            ),
-        ),
+        Some(b) => Candidate::new("bwrap", How::Exec(bwrap_argv(&b, &["/bin/true"]))),
         None => Candidate::unavailable("bwrap", "bubblewrap is not installed".into()),
     });
     cands.push(match crun_bundle(work, rootfs) {
@@ -459,6 +461,16 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
         a.runs,
         a.warmup
     );
+    // The pools refill in the background after each pooled job; every measurement starts once
+    // they are full again, so that no candidate is timed while a refill competes with it (the
+    // refill's cost shows in the throughput section instead).
+    let pools: Vec<std::sync::Arc<rsandbox::Pool>> = cands
+        .iter()
+        .filter_map(|c| match &c.how {
+            How::Pool(p) if c.missing.is_none() => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
     for round in 0..total {
         // Rotate the order so that no candidate always follows the same one.
         let n = cands.len();
@@ -466,6 +478,12 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
             let i = (round + k) % n;
             if cands[i].missing.is_some() {
                 continue;
+            }
+            for p in &pools {
+                p.wait_full(Duration::from_secs(30));
+            }
+            if let Some(w) = py.as_mut() {
+                let _ = w.run("settle");
             }
             let how = if i == crun_index {
                 // crun needs a fresh container name per run.
@@ -569,23 +587,7 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
         }),
     ));
     if let Some(b) = which("bwrap") {
-        let argv: Vec<String> = [
-            b.display().to_string().as_str(),
-            "--unshare-all",
-            "--ro-bind",
-            "/",
-            "/",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "--tmpfs",
-            "/tmp",
-            "--die-with-parent",
-            "/bin/true",
-        ]
-        .map(String::from)
-        .to_vec();
+        let argv: Vec<String> = bwrap_argv(&b, &["/bin/true"]);
         rows.push((
             "bwrap".into(),
             timed_workers(each, |_| {
@@ -738,24 +740,7 @@ fn memory(a: &Args) {
     if let Some(b) = which("bwrap") {
         tools.push((
             "bwrap: the bwrap process".into(),
-            [
-                b.display().to_string().as_str(),
-                "--unshare-all",
-                "--ro-bind",
-                "/",
-                "/",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "--tmpfs",
-                "/tmp",
-                "--die-with-parent",
-                "/bin/sleep",
-                "60",
-            ]
-            .map(String::from)
-            .to_vec(),
+            bwrap_argv(&b, &["/bin/sleep", "60"]),
         ));
     }
     for (name, argv) in tools {

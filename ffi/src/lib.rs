@@ -616,18 +616,23 @@ pub unsafe extern "C" fn sbx_run(
         try_ffi!(out_ptr(out));
         // SAFETY: config_ref checks for NULL.
         let cfg = try_ffi!(unsafe { config_ref(cfg) });
-        let input = if input.is_null() {
-            None
-        } else {
-            // SAFETY: input points to input_len readable bytes.
-            Some(unsafe { std::slice::from_raw_parts(input, input_len) })
-        };
+        // SAFETY: input is NULL or points to input_len readable bytes.
+        let input = unsafe { input_slice(input, input_len) };
         match rsandbox::run_with_input(&cfg.spec, input) {
             // SAFETY: out was checked non-NULL.
             Ok(r) => unsafe { deliver(r, out) },
             Err(e) => fail(e),
         }
     })
+}
+
+/// The caller's input bytes, or None for NULL.
+///
+/// # Safety
+/// `input` is NULL or points to `len` readable bytes that outlive the returned slice's use.
+unsafe fn input_slice<'a>(input: *const u8, len: usize) -> Option<&'a [u8]> {
+    // SAFETY: forwarded from the caller.
+    (!input.is_null()).then(|| unsafe { std::slice::from_raw_parts(input, len) })
 }
 
 unsafe fn deliver(result: RunResult, out: *mut *mut sbx_run_result) -> sbx_result {
@@ -711,12 +716,8 @@ pub unsafe extern "C" fn sbx_pool_run(
         let pool = try_ffi!(unsafe { pool_ref(pool) });
         // SAFETY: as above.
         let job = try_ffi!(unsafe { config_ref(job) });
-        let input = if input.is_null() {
-            None
-        } else {
-            // SAFETY: input points to input_len readable bytes.
-            Some(unsafe { std::slice::from_raw_parts(input, input_len) })
-        };
+        // SAFETY: input is NULL or points to input_len readable bytes.
+        let input = unsafe { input_slice(input, input_len) };
         match pool.pool.run(&job.spec.process, input) {
             // SAFETY: out was checked non-NULL.
             Ok(r) => unsafe { deliver(r, out) },

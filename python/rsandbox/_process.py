@@ -527,6 +527,11 @@ def _run_args(args: Any, stdin: Any, input: Any, capture_output: bool, stdout: A
     limit = _timeout(timeout)
     if limit is not None and limit <= 0:
         raise config_error(f"timeout: must be positive, got {timeout!r}")
+    # As with subprocess, output not asked for goes where the caller's own goes.
+    if stdout is None:
+        stdout = 1
+    if stderr is None:
+        stderr = 2
     return _argv(args), data, (stdin, stdout, stderr), limit
 
 

@@ -183,6 +183,17 @@ fn run(py: Python<'_>, spec_json: &str, input: Option<Vec<u8>>) -> PyResult<Outc
     let spec = spec_from(spec_json)?;
     let mut child = spawn_spec(py, &spec)?;
     let limit = spec.output_limit;
+    interruptible(py, |interrupt| {
+        child.communicate_with(input.as_deref(), limit, SIGNAL_CHECK, interrupt)
+    })
+}
+
+/// Runs `work` without the GIL, giving it an interrupt callback that takes the GIL back to
+/// let Python handle its signals: a raised exception (Ctrl-C) stops the work and is re-raised.
+fn interruptible(
+    py: Python<'_>,
+    work: impl Send + FnOnce(&mut dyn FnMut() -> bool) -> rsandbox::Result<RunResult>,
+) -> PyResult<Outcome> {
     let mut raised: Option<PyErr> = None;
     let r = py
         .detach(|| {
@@ -193,7 +204,7 @@ fn run(py: Python<'_>, spec_json: &str, input: Option<Vec<u8>>) -> PyResult<Outc
                     true
                 }
             };
-            child.communicate_with(input.as_deref(), limit, SIGNAL_CHECK, &mut interrupt)
+            work(&mut interrupt)
         })
         .map_err(native)?;
     if let Some(e) = raised {
@@ -257,29 +268,10 @@ impl NativePool {
         timeout: Option<f64>,
     ) -> PyResult<Outcome> {
         let process = process_from(process_json)?;
-        let mut raised: Option<PyErr> = None;
-        let r = py
-            .detach(|| {
-                let mut interrupt = || match Python::attach(|py| py.check_signals()) {
-                    Ok(()) => false,
-                    Err(e) => {
-                        raised = Some(e);
-                        true
-                    }
-                };
-                self.pool.run_with(
-                    &process,
-                    input.as_deref(),
-                    timeout,
-                    SIGNAL_CHECK,
-                    &mut interrupt,
-                )
-            })
-            .map_err(native)?;
-        if let Some(e) = raised {
-            return Err(e);
-        }
-        Ok(outcome(py, r))
+        interruptible(py, |interrupt| {
+            self.pool
+                .run_with(&process, input.as_deref(), timeout, SIGNAL_CHECK, interrupt)
+        })
     }
 
     /// Starts a process in a pooled sandbox; returns a NativeProcess.

@@ -15,6 +15,16 @@ def test_run_like_subprocess():
     assert not r.timed_out and not r.oom_killed and not r.truncated
 
 
+def test_output_not_captured_goes_to_the_callers_streams(capfd):
+    r = rsandbox.run(["sh", "-c", "echo to-out; echo to-err >&2"])
+    assert r.stdout is None and r.stderr is None and r.returncode == 0
+    out, err = capfd.readouterr()
+    assert out == "to-out\n" and err == "to-err\n"
+    r = rsandbox.run(["sh", "-c", "echo kept; echo shown >&2"], stdout=rsandbox.PIPE)
+    assert r.stdout == b"kept\n" and r.stderr is None
+    assert capfd.readouterr().err == "shown\n"
+
+
 def test_input_bytes_and_text():
     assert rsandbox.run(["cat"], input=b"\x00\x01", capture_output=True).stdout == b"\x00\x01"
     assert rsandbox.run(["cat"], input="héllo", capture_output=True, text=True).stdout == "héllo"
