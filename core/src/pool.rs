@@ -126,20 +126,34 @@ impl Pool {
         if process.args.is_empty() {
             return Err(Error::invalid("process.args", "must name a command"));
         }
-        let taken = {
-            let mut state = self.shared.lock();
-            let taken = state.ready.pop_front();
-            self.shared.changed.notify_all();
-            taken
-        };
-        let (ready, waited) = match taken {
-            Some(r) => (r, None),
-            None => {
-                let begun = Instant::now();
-                (start(&self.shared.spec)?, Some(begun.elapsed()))
+        // A ready sandbox may have died while it waited (killed from outside, or by its
+        // cgroup): it is dropped and the next one taken; a fresh start is the last resort.
+        loop {
+            let taken = {
+                let mut state = self.shared.lock();
+                let taken = state.ready.pop_front();
+                self.shared.changed.notify_all();
+                taken
+            };
+            let (ready, waited) = match taken {
+                Some(r) => (r, None),
+                None => {
+                    let begun = Instant::now();
+                    (start(&self.shared.spec)?, Some(begun.elapsed()))
+                }
+            };
+            let fresh = waited.is_some();
+            match dispatch(&self.shared, ready, process, timeout, waited)? {
+                Some(child) => return Ok(child),
+                None if fresh => {
+                    return Err(Error::os(
+                        "send the job to a new sandbox",
+                        crate::Errno::EPIPE,
+                    ))
+                }
+                None => continue,
             }
-        };
-        dispatch(&self.shared, ready, process, timeout, waited)
+        }
     }
 
     /// [`spawn`](Self::spawn), then feeds `input` and collects the output as
@@ -280,7 +294,7 @@ fn dispatch(
     process: &Process,
     timeout: Option<f64>,
     cold: Option<Duration>,
-) -> Result<Child> {
+) -> Result<Option<Child>> {
     let Ready {
         mut child,
         socket,
@@ -355,8 +369,14 @@ fn dispatch(
         child_ends,
     } = open_stdio(process)?;
     let dispatched = Instant::now();
-    send_job(socket.as_raw_fd(), &message, &sources)
-        .map_err(|e| Error::os("send the job to a pooled sandbox", e))?;
+    match send_job(socket.as_raw_fd(), &message, &sources) {
+        Ok(()) => {}
+        // The agent is gone: this sandbox died while it waited.
+        Err(crate::Errno::EPIPE | crate::Errno::ECONNRESET | crate::Errno::ECONNREFUSED) => {
+            return Ok(None)
+        }
+        Err(e) => return Err(Error::os("send the job to a pooled sandbox", e)),
+    }
     drop(child_ends);
     // End of file: the job was executed (the agent's last reference closed). A record: it failed.
     let mut buf = [0u8; Failure::SIZE];
@@ -414,7 +434,7 @@ fn dispatch(
             format!("{t} s from the job's start, then the whole sandbox is killed"),
         );
     }
-    Ok(child)
+    Ok(Some(child))
 }
 
 /// sendmsg of `message` with the three descriptors as SCM_RIGHTS.

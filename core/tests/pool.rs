@@ -295,3 +295,22 @@ fn results_come_before_teardown_and_every_init_is_reaped() {
         skip("no delegated cgroup (RSANDBOX_TEST_CGROUP): cgroup removal after an early result not checked");
     }
 }
+
+#[test]
+fn a_ready_sandbox_that_died_is_replaced() {
+    let _serial = serial();
+    let Some(pool) = pool(&Spec::default(), 2) else {
+        return;
+    };
+    assert!(pool.wait_full(Duration::from_secs(30)));
+    // Kill every waiting agent from outside: the pool must notice at dispatch and still run jobs.
+    for pid in pids_with("rsandbox-agent") {
+        // SAFETY: kill(2) with a pid and a signal; the agents are this test's own sandboxes.
+        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    for _ in 0..3 {
+        let r = pool.run(&job("echo alive"), None).unwrap();
+        assert_eq!(out(&r), "alive\n", "{}", err(&r));
+    }
+}
