@@ -643,6 +643,11 @@ fn prepare(spec: &Spec, agent: bool) -> Result<Prepared> {
         Err("subordinate-range id maps are written by the caller during setup")
     } else if fuse_possible {
         Err("fuse-overlayfs may have to be started by the caller during setup")
+    } else if could_reach_setup(&spec.security.capabilities) {
+        // Until it has executed the init, the setup process (pid 1) shares the caller's memory;
+        // the command starts in that moment. Without CAP_SYS_PTRACE, and with fewer capabilities
+        // than pid 1, the command cannot open pid 1's memory (nor can it under Landlock).
+        Err("the command keeps CAP_SYS_PTRACE or every capability, and could reach the setup process while it shares the caller's memory")
     } else {
         small::prepare()
     };
@@ -1190,6 +1195,10 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         }
     };
     let [stdin, stdout, stderr] = parent_ends.map(|fd| fd.map(File::from));
+    // With rsandbox-init and no cgroup to remove, the result is the command's status record: the
+    // kernel's teardown of the namespaces (about a millisecond) goes on after it, and the
+    // library's reaper collects the init. With a cgroup, wait returns once it is removed.
+    let early_exit = start_skipped.is_none() && cgroup.is_none();
     Ok(Child {
         pid,
         command_pid,
@@ -1205,7 +1214,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         started,
         deadline: spec.timeout.map(|t| started + Duration::from_secs_f64(t)),
         home,
-        early_exit: false,
+        early_exit,
         reap_later: false,
         finished: None,
         timed_out: false,
@@ -1299,6 +1308,21 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
         errno,
         remedy,
     }
+}
+
+/// Whether a command keeping `kept` could pass the kernel's ptrace access check against the
+/// sandbox's pid 1 (which holds every capability of the user namespace): with CAP_SYS_PTRACE, or
+/// with a permitted set as large as pid 1's.
+fn could_reach_setup(kept: &[String]) -> bool {
+    let names: Vec<String> = kept
+        .iter()
+        .map(|n| {
+            n.to_ascii_uppercase()
+                .trim_start_matches("CAP_")
+                .to_string()
+        })
+        .collect();
+    names.iter().any(|n| n == "SYS_PTRACE") || names.len() >= caps::all().len()
 }
 
 /// The error for a failure record of a pool's agent (steps stdio, chdir and exec only).

@@ -4,6 +4,7 @@ mod common;
 
 use common::*;
 use rsandbox::{IdMapping, Mount, Network, Root, Spec, Status, Want};
+use std::time::Duration;
 
 #[test]
 fn default_uid_and_gid_are_the_callers() {
@@ -510,7 +511,8 @@ fn start_feature(r: &rsandbox::RunResult) -> rsandbox::Feature {
 #[test]
 fn init_is_the_small_program_and_the_caller_is_not_copied() {
     let r = run(&sh(
-        "tr '\\0' ' ' </proc/1/cmdline; echo; grep -E '^(VmRSS|Name):' /proc/1/status",
+        // pid 1 executes rsandbox-init right after the command has started: give it that moment.
+        "sleep 0.2; tr '\\0' ' ' </proc/1/cmdline; echo; grep -E '^(VmRSS|Name):' /proc/1/status",
     ));
     let start = start_feature(&r);
     if std::env::var_os("RSANDBOX_FORK_START").is_some() {
@@ -554,6 +556,23 @@ fn init_is_the_small_program_and_the_caller_is_not_copied() {
 }
 
 #[test]
+fn a_command_keeping_cap_sys_ptrace_uses_the_forking_start() {
+    // Negative control: the start without copying is used when the command could not reach
+    // pid 1 while that shares the caller's memory; with CAP_SYS_PTRACE it could, so it forks.
+    let mut spec = sh("true");
+    spec.security.capabilities = vec!["CAP_SYS_PTRACE".into()];
+    let start = start_feature(&run(&spec));
+    assert_eq!(start.status, rsandbox::Status::Skipped, "{start:?}");
+    assert!(start.detail.contains("CAP_SYS_PTRACE"), "{}", start.detail);
+    let mut spec = sh("true");
+    spec.security.capabilities = vec!["CAP_NET_RAW".into()];
+    let start = start_feature(&run(&spec));
+    if std::env::var_os("RSANDBOX_FORK_START").is_none() {
+        assert_eq!(start.status, rsandbox::Status::Enforced, "{start:?}");
+    }
+}
+
+#[test]
 fn a_range_mapping_uses_the_forking_start_and_says_so() {
     // Negative control of the test above: the caller writes range maps during setup, so this start
     // must fork, and pid 1 is then a copy of this test process.
@@ -574,4 +593,20 @@ fn a_range_mapping_uses_the_forking_start_and_says_so() {
     assert_eq!(start.status, rsandbox::Status::Skipped, "{start:?}");
     assert!(start.detail.contains("range"), "{}", start.detail);
     assert!(!out(&r).starts_with("rsandbox-init"), "{}", out(&r));
+}
+
+#[test]
+fn without_a_cgroup_the_result_comes_first_and_the_rest_is_gone_soon_after() {
+    let m = marker();
+    let mut spec = sh(&format!("sleep 100{m} & (sleep 101{m} &); echo started"));
+    spec.cgroup.want = Want::Off;
+    let r = run(&spec);
+    assert_eq!(out(&r), "started\n");
+    assert!(r.status.success() && r.usage.max_rss > 0, "{r:?}");
+    // The orphans die with the PID namespace, torn down right after the status came.
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors: {:?}",
+        pids_with(&m)
+    );
 }
