@@ -126,6 +126,12 @@ impl Pool {
         if process.args.is_empty() {
             return Err(Error::invalid("process.args", "must name a command"));
         }
+        if timeout.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
+            return Err(Error::invalid(
+                "timeout",
+                "must be a positive number of seconds",
+            ));
+        }
         // A ready sandbox may have died while it waited (killed from outside, or by its
         // cgroup): it is dropped and the next one taken; a fresh start is the last resort.
         loop {
@@ -300,17 +306,6 @@ fn dispatch(
         socket,
         since,
     } = ready;
-    let mut spec = shared.spec.clone();
-    spec.process = process.clone();
-    spec.timeout = timeout;
-    if let Some(t) = timeout {
-        if !(t.is_finite() && t > 0.0) {
-            return Err(Error::invalid(
-                "timeout",
-                "must be a positive number of seconds",
-            ));
-        }
-    }
     let env = command_env(process, &child.home)?;
     let candidates = crate::sandbox::exec_candidates(
         &process.args[0],
@@ -386,7 +381,7 @@ fn dispatch(
         let failure = Failure::from_bytes(&buf);
         let _ = child.kill(libc::SIGKILL);
         let _ = child.wait();
-        return Err(crate::sandbox::decode_job_failure(failure, &spec));
+        return Err(crate::sandbox::decode_job_failure(failure, process));
     }
     let [stdin, stdout, stderr] = parent_ends.map(|fd| fd.map(std::fs::File::from));
     child.stdin = stdin;
@@ -395,9 +390,7 @@ fn dispatch(
     child.started = dispatched;
     // The job's result is its command's; the sandbox's teardown is not the job's time.
     child.early_exit = true;
-    child.deadline = spec
-        .timeout
-        .map(|t| dispatched + Duration::from_secs_f64(t));
+    child.deadline = timeout.map(|t| dispatched + Duration::from_secs_f64(t));
     let detail = match cold {
         None => format!(
             "started {:.1} ms ahead of this job in a pool of {}; one job per sandbox: namespaces, mounts, cgroup and init are this job's alone",
@@ -426,7 +419,7 @@ fn dispatch(
         },
         detail,
     );
-    if let Some(t) = spec.timeout {
+    if let Some(t) = timeout {
         child.report.push(
             "wall-timeout",
             Want::Required,

@@ -1314,6 +1314,9 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
 /// sandbox's pid 1 (which holds every capability of the user namespace): with CAP_SYS_PTRACE, or
 /// with a permitted set as large as pid 1's.
 fn could_reach_setup(kept: &[String]) -> bool {
+    if kept.is_empty() {
+        return false;
+    }
     let names: Vec<String> = kept
         .iter()
         .map(|n| {
@@ -1326,10 +1329,10 @@ fn could_reach_setup(kept: &[String]) -> bool {
 }
 
 /// The error for a failure record of a pool's agent (steps stdio, chdir and exec only).
-pub(crate) fn decode_job_failure(f: Failure, spec: &Spec) -> Error {
+pub(crate) fn decode_job_failure(f: Failure, process: &crate::spec::Process) -> Error {
     let errno = Errno::from_raw(f.errno);
     let step = Step::from_u32(f.step).unwrap_or(Step::Exec);
-    let name = spec.process.args[0].clone();
+    let name = process.args[0].clone();
     match step {
         Step::Exec if errno != Errno::EINVAL || f.detail != 0 => {
             if f.detail == 0 {
@@ -1341,7 +1344,7 @@ pub(crate) fn decode_job_failure(f: Failure, spec: &Spec) -> Error {
         _ => Error::Setup {
             step,
             detail: match step {
-                Step::Chdir => format!("chdir({:?})", spec.process.cwd.clone().unwrap_or_default()),
+                Step::Chdir => format!("chdir({:?})", process.cwd.clone().unwrap_or_default()),
                 Step::Stdio => "install the job's standard streams".to_string(),
                 _ => "the pooled sandbox's agent refused the job".to_string(),
             },

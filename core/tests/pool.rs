@@ -226,24 +226,6 @@ fn many_threads_share_a_pool() {
     });
 }
 
-/// Children of this process that are zombies.
-fn zombie_children() -> usize {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-                .filter(|stat| {
-                    // pid (comm) state ppid ...
-                    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-                    let mut f = rest.split_whitespace();
-                    f.next() == Some("Z") && f.next() == Some(me.as_str())
-                })
-                .count()
-        })
-        .unwrap_or(0)
-}
-
 #[test]
 fn results_come_before_teardown_and_every_init_is_reaped() {
     let _serial = serial();
@@ -268,10 +250,10 @@ fn results_come_before_teardown_and_every_init_is_reaped() {
     }
     drop(pool);
     let until = std::time::Instant::now() + Duration::from_secs(10);
-    while zombie_children() > 0 && std::time::Instant::now() < until {
+    while children_of_this_process(true) > 0 && std::time::Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(zombie_children(), 0, "inits left unreaped");
+    assert_eq!(children_of_this_process(true), 0, "inits left unreaped");
     if let Some(parent) = cgroup_parent {
         let until = std::time::Instant::now() + Duration::from_secs(10);
         let left = || {

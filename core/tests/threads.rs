@@ -87,24 +87,12 @@ fn concurrent_spawns_while_other_threads_allocate() {
     // No zombies or leaked sandboxes: this process has no children left once the library's
     // reaper has collected the inits still tearing their namespaces down.
     let until = Instant::now() + Duration::from_secs(10);
-    while children() > 0 && Instant::now() < until {
+    while common::children_of_this_process(false) > 0 && Instant::now() < until {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert_eq!(children(), 0, "a child was left behind");
-}
-
-/// Processes (zombies included) whose parent is this process.
-fn children() -> usize {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
-                .filter(|stat| {
-                    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-                    rest.split_whitespace().nth(1) == Some(me.as_str())
-                })
-                .count()
-        })
-        .unwrap_or(0)
+    assert_eq!(
+        common::children_of_this_process(false),
+        0,
+        "a child was left behind"
+    );
 }

@@ -163,3 +163,22 @@ pub fn my_gid() -> u32 {
     // SAFETY: getgid cannot fail.
     unsafe { libc::getgid() }
 }
+
+/// Processes whose parent is this process (only zombies with `zombies_only`).
+pub fn children_of_this_process(zombies_only: bool) -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| std::fs::read_to_string(e.path().join("stat")).ok())
+                .filter(|stat| {
+                    // pid (comm) state ppid ...
+                    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+                    let mut f = rest.split_whitespace();
+                    let state = f.next();
+                    (!zombies_only || state == Some("Z")) && f.next() == Some(me.as_str())
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
