@@ -1424,12 +1424,13 @@ impl Child {
                 return Ok(Some(r));
             }
             let now = Instant::now();
+            // Once expired, the deadline has done its work: wait for the exit without spinning.
             let stop = match self.deadline {
-                Some(d) if d < until => d,
+                Some(d) if d < until && !self.timed_out => d,
                 _ => until,
             };
             if now >= stop {
-                if self.deadline.is_some_and(|d| now >= d) {
+                if !self.timed_out && self.deadline.is_some_and(|d| now >= d) {
                     self.expire()?;
                     continue;
                 }
@@ -1646,6 +1647,7 @@ impl Child {
     pub(crate) fn watch_interval(&self) -> Option<Duration> {
         let until_deadline = self
             .deadline
+            .filter(|_| !self.timed_out)
             .map(|d| d.saturating_duration_since(Instant::now()));
         // The CPU-time limit is checked from cpu.stat every 20 ms.
         let cpu = self.cpu_watch().then_some(Duration::from_millis(20));
