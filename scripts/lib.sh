@@ -65,6 +65,25 @@ rsbx_ensure_cargo() {
     rsbx_info "$(cargo --version)"
 }
 
+# rsbx_build_cli DEST: builds the release CLI as a static executable (glibc and libseccomp linked
+# in: no dynamic loader, no libraries to map and no symbols to bind at each start, which is about
+# half a millisecond of every `rsandbox run` on a small VM) and installs it as DEST. The static
+# build has its own target directory (target/static), so it never invalidates the ordinary one.
+rsbx_build_cli() {
+    local dest=$1 target_dir libseccomp
+    target_dir=$(cargo metadata --format-version 1 --no-deps \
+        | rsbx_python -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+    libseccomp=$(gcc -print-file-name=libseccomp.a 2>/dev/null || true)
+    [ -f "$libseccomp" ] || rsbx_die "libseccomp.a not found (apt-get install libseccomp-dev gcc)"
+    LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(dirname "$libseccomp") \
+        cargo rustc --release -p rsandbox-cli --bin rsandbox --target-dir "$target_dir/static" \
+        -- -C target-feature=+crt-static
+    install -m 0755 "$target_dir/static/release/rsandbox" "$dest"
+    if ldd "$dest" 2>&1 | grep -q '=>'; then
+        rsbx_die "$dest is not static: $(ldd "$dest" 2>&1 | tr '\n' ' ')"
+    fi
+}
+
 # A python3 for parsing cargo's JSON output.
 rsbx_python() {
     if command -v python3 >/dev/null 2>&1; then

@@ -24,6 +24,15 @@ fn cgroup2_mount() -> Option<&'static Path> {
     static MOUNT: OnceLock<Option<PathBuf>> = OnceLock::new();
     MOUNT
         .get_or_init(|| {
+            // The conventional places first (one statfs each), the mount table only if neither
+            // holds cgroup2.
+            for place in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+                if nix::sys::statfs::statfs(place)
+                    .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC)
+                {
+                    return Some(PathBuf::from(place));
+                }
+            }
             let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
             let mut found: Option<PathBuf> = None;
             for line in info.lines() {

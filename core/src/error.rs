@@ -88,11 +88,13 @@ pub enum Step {
     Seccomp,
     /// Executing the sandbox's init after setup.
     ExecInit,
+    /// Creating the network namespace (beside the rest of setup) and entering it.
+    NetworkNamespace,
 }
 
 impl Step {
     /// All steps, for decoding the number that crosses the pipe.
-    const ALL: [Step; 36] = [
+    const ALL: [Step; 37] = [
         Step::Clone,
         Step::CloseFds,
         Step::DenySetgroups,
@@ -129,6 +131,7 @@ impl Step {
         Step::Landlock,
         Step::Seccomp,
         Step::ExecInit,
+        Step::NetworkNamespace,
     ];
 
     pub(crate) fn from_u32(n: u32) -> Option<Step> {
@@ -174,6 +177,7 @@ impl Step {
             Step::Landlock => "landlock",
             Step::Seccomp => "seccomp",
             Step::ExecInit => "exec-init",
+            Step::NetworkNamespace => "network-namespace",
         }
     }
 }

@@ -109,6 +109,7 @@ enum Op {
 }
 
 /// How a path is masked.
+#[derive(Clone, Copy)]
 enum Mask {
     /// A file: cover it with a fresh clone of the host's /dev/null.
     File,
@@ -138,6 +139,73 @@ const READ_ONLY: [&str; 5] = [
     "/proc/sys",
     "/proc/sysrq-trigger",
 ];
+
+/// A host directory of the default view, as found on this host.
+enum HostDir {
+    Dir,
+    Symlink(String),
+    Absent,
+}
+
+/// What the default host view, the /proc masks and /dev are made of on this host. Looked up once
+/// per process (a dozen stat calls that would otherwise be paid by every spawn): system
+/// directories, the kernel's /proc entries and device nodes do not come and go under a program.
+struct HostFacts {
+    /// One per entry of [`HOST_VIEW_DIRS`].
+    view: Vec<HostDir>,
+    /// The masked and read-only /proc paths this kernel has, with how each is covered.
+    proc: Vec<(&'static str, Mask)>,
+    /// One per entry of [`DEVICES`]: whether the host has it as a character device.
+    devices: [bool; DEVICES.len()],
+    /// Where to attach a root with no layers to avoid.
+    staging: CString,
+}
+
+impl HostFacts {
+    fn get() -> &'static HostFacts {
+        static FACTS: std::sync::OnceLock<HostFacts> = std::sync::OnceLock::new();
+        FACTS.get_or_init(HostFacts::probe)
+    }
+
+    fn probe() -> HostFacts {
+        let view = HOST_VIEW_DIRS
+            .iter()
+            .map(|dir| match std::fs::symlink_metadata(dir) {
+                Ok(meta) if meta.file_type().is_symlink() => match std::fs::read_link(dir) {
+                    Ok(target) => HostDir::Symlink(target.to_string_lossy().into_owned()),
+                    Err(_) => HostDir::Absent,
+                },
+                Ok(meta) if meta.is_dir() => HostDir::Dir,
+                _ => HostDir::Absent,
+            })
+            .collect();
+        let mut proc = Vec::new();
+        for path in MASKED.iter().chain(&READ_ONLY) {
+            let Ok(meta) = std::fs::symlink_metadata(path) else {
+                continue;
+            };
+            let how = if READ_ONLY.contains(path) {
+                Mask::ReadOnly
+            } else if meta.is_dir() {
+                Mask::Dir
+            } else {
+                Mask::File
+            };
+            proc.push((*path, how));
+        }
+        let devices = DEVICES.map(|dev| {
+            std::fs::metadata(format!("/dev/{dev}"))
+                .map(|m| m.file_type().is_char_device())
+                .unwrap_or(false)
+        });
+        HostFacts {
+            view,
+            proc,
+            devices,
+            staging: staging_dir(&[]),
+        }
+    }
+}
 
 /// Everything needed to build the sandbox's root, prepared before clone.
 pub(crate) struct MountPlan {
@@ -173,7 +241,7 @@ impl MountPlan {
             root: RootFs::Tmpfs,
             root_readonly: true,
             ops: Vec::new(),
-            staging: staging_dir(&[]),
+            staging: HostFacts::get().staging.clone(),
             source_descriptions: Vec::new(),
             descriptions: Vec::new(),
             entries: Vec::new(),
@@ -287,21 +355,19 @@ impl MountPlan {
 
     /// The mounts of the default host view.
     fn host_view(&mut self) -> Result<()> {
-        for dir in HOST_VIEW_DIRS {
-            match std::fs::symlink_metadata(dir) {
-                Ok(meta) if meta.file_type().is_symlink() => {
-                    let target = std::fs::read_link(dir)
-                        .map_err(|e| not_found("host dir", Path::new(dir), e))?;
-                    self.push_symlink(dir, &target.to_string_lossy())?;
-                    let mut e = entry(dir, &target.to_string_lossy(), "symlink", &[]);
+        for (dir, found) in HOST_VIEW_DIRS.iter().zip(&HostFacts::get().view) {
+            match found {
+                HostDir::Symlink(target) => {
+                    self.push_symlink(dir, target)?;
+                    let mut e = entry(dir, target, "symlink", &[]);
                     e.detail = "kept as a symlink, as on the host".into();
                     self.entries.push(e);
                 }
-                Ok(meta) if meta.is_dir() => {
+                HostDir::Dir => {
                     let attrs = sys::MOUNT_ATTR_RDONLY | NOSUID_NODEV;
                     self.bind_default(&RootCheck::anything(), Path::new(dir), dir, attrs)?;
                 }
-                _ => {
+                HostDir::Absent => {
                     let mut e = entry(dir, dir, "bind", &["ro"]);
                     e.status = Status::Skipped;
                     e.detail = "not present on the host".into();
@@ -315,17 +381,7 @@ impl MountPlan {
     /// The OCI default masked and read-only paths of /proc (those this kernel has).
     fn mask_proc(&mut self) -> Result<()> {
         let mut masked = Vec::new();
-        for path in MASKED.iter().chain(&READ_ONLY) {
-            let Ok(meta) = std::fs::symlink_metadata(path) else {
-                continue;
-            };
-            let how = if READ_ONLY.contains(path) {
-                Mask::ReadOnly
-            } else if meta.is_dir() {
-                Mask::Dir
-            } else {
-                Mask::File
-            };
+        for &(path, how) in &HostFacts::get().proc {
             let kind = match how {
                 Mask::ReadOnly => "read-only",
                 _ => "masked",
@@ -356,11 +412,8 @@ impl MountPlan {
             sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NOEXEC,
             true,
         )?;
-        for dev in DEVICES {
+        for (dev, ok) in DEVICES.iter().zip(HostFacts::get().devices) {
             let host = format!("/dev/{dev}");
-            let ok = std::fs::metadata(&host)
-                .map(|m| m.file_type().is_char_device())
-                .unwrap_or(false);
             if !ok {
                 let mut e = entry(&host, &host, "bind", &[]);
                 e.status = Status::Skipped;

@@ -50,6 +50,9 @@ struct Shared {
 struct State {
     ready: VecDeque<Ready>,
     closing: bool,
+    /// Jobs of [`Pool::run_with`] still running. While there are some, the refill waits unless
+    /// the pool is empty: a start in the background would compete with them for the CPU.
+    running: usize,
     /// The last error of the background refill (a later start that succeeds clears it).
     failure: Option<String>,
 }
@@ -64,7 +67,9 @@ struct Ready {
 impl Pool {
     /// Starts `size` sandboxes of `spec` (its `process` is ignored: jobs bring theirs). The first
     /// starts before this returns, so a spec that cannot work fails here; the others start in a
-    /// background thread, which keeps `size` sandboxes ready.
+    /// background thread, which keeps `size` sandboxes ready. While jobs of [`run`](Self::run)
+    /// are running it starts new ones only when none is left, so a job does not share the CPU
+    /// with a start it does not need.
     pub fn new(spec: &Spec, size: usize) -> Result<Pool> {
         if size == 0 {
             return Err(Error::invalid("pool size", "must be at least 1"));
@@ -76,6 +81,7 @@ impl Pool {
             state: Mutex::new(State {
                 ready: VecDeque::from([first]),
                 closing: false,
+                running: 0,
                 failure: None,
             }),
             changed: Condvar::new(),
@@ -196,8 +202,26 @@ impl Pool {
             None if process.stdin == Stdio::Inherit => Stdio::Null,
             None => process.stdin.clone(),
         };
+        let _running = Running::new(&self.shared);
         let mut child = self.spawn_with_timeout(&process, timeout)?;
         child.communicate_with(input, self.shared.spec.output_limit, every, interrupt)
+    }
+}
+
+/// Counts a job of [`Pool::run_with`] as running while it lives.
+struct Running<'a>(&'a Shared);
+
+impl<'a> Running<'a> {
+    fn new(shared: &'a Shared) -> Running<'a> {
+        shared.lock().running += 1;
+        Running(shared)
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.lock().running -= 1;
+        self.0.changed.notify_all();
     }
 }
 
@@ -225,7 +249,10 @@ fn refill(shared: &Shared) {
     loop {
         {
             let mut state = shared.lock();
-            while !state.closing && state.ready.len() >= shared.size {
+            while !state.closing
+                && (state.ready.len() >= shared.size
+                    || (state.running > 0 && !state.ready.is_empty()))
+            {
                 state = match shared.changed.wait(state) {
                     Ok(s) => s,
                     Err(p) => p.into_inner(),

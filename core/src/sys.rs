@@ -240,6 +240,31 @@ pub unsafe fn clone3_on_stack(
     }
 }
 
+/// A system call that returns the kernel's answer as is (negative errno on failure) and never
+/// touches `errno`: for a task that runs beside another one sharing this thread's memory and
+/// thread-local storage, where a libc wrapper's write to `errno` would race with the other's.
+///
+/// # Safety
+/// The arguments must be valid for system call `nr`, as for `libc::syscall`.
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn syscall_raw(nr: c_long, a: usize, b: usize, c: usize) -> isize {
+    let ret: isize;
+    // SAFETY: the caller vouches for the arguments; syscall clobbers only rax, rcx and r11.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a,
+            in("rsi") b,
+            in("rdx") c,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
+}
+
 /// execveat(fd, "", argv, envp, AT_EMPTY_PATH): executes the file `fd` refers to. Returns only on
 /// failure.
 pub fn execve_fd(fd: c_int, argv: &[*const libc::c_char], envp: &[*const libc::c_char]) -> Errno {
@@ -256,6 +281,19 @@ pub fn execve_fd(fd: c_int, argv: &[*const libc::c_char], envp: &[*const libc::c
         )
     };
     Errno::last()
+}
+
+/// setns(fd, nstype): enters the namespace `fd` refers to.
+pub fn setns(fd: c_int, nstype: c_int) -> SysResult<()> {
+    // SAFETY: setns with integer arguments.
+    check_int(unsafe { libc::setns(fd, nstype) }).map(drop)
+}
+
+/// Waits until the child `pid` has exited and reaps it (`__WALL`: whatever its exit signal).
+pub fn waitpid_exited(pid: libc::pid_t) -> SysResult<()> {
+    let mut status: c_int = 0;
+    // SAFETY: waitpid writes only the status integer.
+    check_int(unsafe { libc::waitpid(pid, &mut status, libc::__WALL) }).map(drop)
 }
 
 /// Clears FD_CLOEXEC, so `fd` survives an exec.

@@ -10,6 +10,7 @@ mod init;
 
 use std::ffi::CString;
 use std::os::raw::{c_char, c_int};
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
 
 use nix::errno::Errno;
 
@@ -84,6 +85,18 @@ pub(crate) struct SmallInit {
     pub cmd_stack: (u64, u64),
 }
 
+/// Where the network namespace is made beside the rest of setup: the sandbox's first process
+/// starts a helper task (sharing its memory and descriptors) that creates the namespace, brings
+/// up loopback and hands back a descriptor for it, while the first process builds the mount tree;
+/// the first process then enters the namespace. The two largest costs of a start overlap.
+pub(crate) struct NetApart {
+    /// The helper's stack (lowest address, size): the command's, unused until the helper is gone.
+    pub stack: (u64, u64),
+    /// Cleared by the kernel (and woken) when the helper has left this memory
+    /// (`CLONE_CHILD_CLEARTID`): the caller frees the stacks only after that.
+    pub gone: *const std::sync::atomic::AtomicU32,
+}
+
 /// Everything the sandbox needs, prepared before clone.
 pub(crate) struct Plan {
     /// Write these maps from inside (single-id mapping).
@@ -93,6 +106,8 @@ pub(crate) struct Plan {
     pub mounts: Option<MountPlan>,
     pub hostname: Option<Vec<u8>>,
     pub loopback_up: bool,
+    /// Make the network namespace in a helper task (not in the clone flags).
+    pub net_apart: Option<NetApart>,
     pub unshare_time: bool,
     /// The sandbox has its own PID namespace (init is pid 1).
     pub pid_ns: bool,
@@ -175,11 +190,26 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
         stack_size: small.cmd_stack.1,
         ..Default::default()
     };
+    // The network helper took pid 2 of a new PID namespace: the command gets it back, as it
+    // would without the helper (the number is free again once the helper is reaped).
+    let pid_two: [libc::pid_t; 1] = [2];
+    if plan.pid_ns && plan.net_apart.is_some() {
+        args.set_tid = pid_two.as_ptr() as u64;
+        args.set_tid_size = 1;
+    }
     // SAFETY: cmd_stack was mapped by the caller for this; command_entry only makes raw syscalls
     // on the Plan and ends in execve or _exit, and we wait for that (CLONE_VFORK).
-    let pid = match unsafe {
-        sys::clone3_on_stack(&mut args, command_entry, plan as *const Plan as usize)
-    } {
+    let mut started =
+        unsafe { sys::clone3_on_stack(&mut args, command_entry, plan as *const Plan as usize) };
+    if started.is_err() && args.set_tid != 0 {
+        // A kernel that will not choose the number (EEXIST, EPERM, EINVAL): any number will do.
+        args.set_tid = 0;
+        args.set_tid_size = 0;
+        // SAFETY: as above.
+        started =
+            unsafe { sys::clone3_on_stack(&mut args, command_entry, plan as *const Plan as usize) };
+    }
+    let pid = match started {
         Ok(pid) => pid,
         Err(e) => fail(plan.err_w, failure(Step::ForkCommand, e), EXIT_SETUP_FAILED),
     };
@@ -289,6 +319,39 @@ fn setup(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
         }
     }
 
+    // The network namespace is made beside the mount tree, and always joined before going on:
+    // the helper shares this memory and must be gone before anything can release it.
+    let net = NetResult::default();
+    let helper = match &plan.net_apart {
+        Some(apart) => Some(start_net_helper(apart, &net).map_err(step(Step::NetworkNamespace))?),
+        None => None,
+    };
+    let built = build_filesystem(plan, scratch);
+    if let Some(pid) = helper {
+        let net_fd = join_net_helper(pid, &net);
+        built?;
+        let net_fd = net_fd?;
+        let entered = sys::setns(net_fd, libc::CLONE_NEWNET);
+        sys::close(net_fd);
+        entered.map_err(step(Step::NetworkNamespace))?;
+    } else {
+        built?;
+    }
+    if let Some(name) = &plan.hostname {
+        sys::sethostname(name).map_err(step(Step::SetHostname))?;
+    }
+    if plan.loopback_up {
+        sys::loopback_up().map_err(step(Step::LoopbackUp))?;
+    }
+    // A time namespace applies to children only: enter it before forking the command.
+    if plan.unshare_time {
+        sys::unshare(libc::CLONE_NEWTIME).map_err(step(Step::UnshareTime))?;
+    }
+    Ok(())
+}
+
+/// The mount tree, when the sandbox has its own.
+fn build_filesystem(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
     if let Some(mounts) = &plan.mounts {
         // When kernel overlayfs refuses, the caller starts fuse-overlayfs for us (outside our
         // PID namespace) and answers on the control pipe.
@@ -315,17 +378,152 @@ fn setup(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
                 detail: 0,
             })?;
     }
-    if let Some(name) = &plan.hostname {
-        sys::sethostname(name).map_err(step(Step::SetHostname))?;
-    }
-    if plan.loopback_up {
-        sys::loopback_up().map_err(step(Step::LoopbackUp))?;
-    }
-    // A time namespace applies to children only: enter it before forking the command.
-    if plan.unshare_time {
-        sys::unshare(libc::CLONE_NEWTIME).map_err(step(Step::UnshareTime))?;
-    }
     Ok(())
+}
+
+/// What the network helper hands back: a descriptor of the new namespace, or the step and errno
+/// that stopped it. Written by the helper before it exits, read after it has been reaped.
+#[derive(Default)]
+struct NetResult {
+    fd: AtomicI32,
+    step: AtomicU32,
+    errno: AtomicI32,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn start_net_helper(apart: &NetApart, net: &NetResult) -> Result<libc::pid_t, Errno> {
+    net.fd.store(-1, Ordering::SeqCst);
+    let mut args = sys::CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_FILES | libc::CLONE_CHILD_CLEARTID) as u64,
+        child_tid: apart.gone as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack: apart.stack.0,
+        stack_size: apart.stack.1,
+        ..Default::default()
+    };
+    // Nonzero until the kernel clears it at the helper's exit; the caller waits for zero.
+    // SAFETY: `gone` points at a word the caller keeps alive with the stacks.
+    unsafe { &*apart.gone }.store(1, Ordering::SeqCst);
+    // SAFETY: the stack is the command's, unused until the helper is reaped; net_helper makes only
+    // raw syscalls that leave errno alone, writes only `net`, and ends in exit.
+    let r =
+        unsafe { sys::clone3_on_stack(&mut args, net_helper, net as *const NetResult as usize) };
+    if r.is_err() {
+        // SAFETY: as above.
+        unsafe { &*apart.gone }.store(0, Ordering::SeqCst);
+    }
+    r
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn start_net_helper(_apart: &NetApart, _net: &NetResult) -> Result<libc::pid_t, Errno> {
+    Err(Errno::ENOSYS)
+}
+
+/// Waits for the helper to exit (it always does, promptly); returns the namespace's descriptor.
+fn join_net_helper(pid: libc::pid_t, net: &NetResult) -> Result<c_int, Failure> {
+    loop {
+        match sys::waitpid_exited(pid) {
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(failure(Step::NetworkNamespace, e)),
+            Ok(()) => break,
+        }
+    }
+    let fd = net.fd.load(Ordering::SeqCst);
+    if fd >= 0 {
+        return Ok(fd);
+    }
+    let step = Step::from_u32(net.step.load(Ordering::SeqCst)).unwrap_or(Step::NetworkNamespace);
+    Err(Failure {
+        step: step as u32,
+        errno: net.errno.load(Ordering::SeqCst),
+        index: u32::MAX,
+        detail: 0,
+    })
+}
+
+/// The helper task: a new network namespace with loopback up, handed back as a descriptor.
+/// Runs beside the sandbox's first process in the same memory and thread-local storage, so it
+/// makes only errno-free raw syscalls.
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" fn net_helper(arg: usize) -> ! {
+    // SAFETY: the first process passed its NetResult, which outlives us (it reaps us first).
+    let net = unsafe { &*(arg as *const NetResult) };
+    match make_net_namespace() {
+        Ok(fd) => net.fd.store(fd, Ordering::SeqCst),
+        Err((step, errno)) => {
+            net.step.store(step as u32, Ordering::SeqCst);
+            net.errno.store(errno, Ordering::SeqCst);
+        }
+    }
+    // SAFETY: exit ends only this task.
+    unsafe { sys::syscall_raw(libc::SYS_exit, 0, 0, 0) };
+    // exit does not return.
+    loop {
+        std::hint::spin_loop();
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+fn make_net_namespace() -> Result<c_int, (Step, i32)> {
+    /// A raw call with integer arguments only, its failure tagged with `step`.
+    fn call(step: Step, nr: libc::c_long, a: usize, b: usize) -> Result<usize, (Step, i32)> {
+        // SAFETY: only the integer-argument calls below come here (unshare, socket, the
+        // SIOCGSKNS ioctl, close), none of which reads or writes memory of ours.
+        let ret = unsafe { sys::syscall_raw(nr, a, b, 0) };
+        if ret < 0 {
+            Err((step, -ret as i32))
+        } else {
+            Ok(ret as usize)
+        }
+    }
+    /// An interface ioctl on `req`, its failure tagged as bringing up loopback.
+    fn ifreq_ioctl(
+        sock: usize,
+        request: libc::c_ulong,
+        req: &mut libc::ifreq,
+    ) -> Result<(), (Step, i32)> {
+        let at: *mut libc::ifreq = req;
+        // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write only the ifreq `at` points to.
+        let ret = unsafe { sys::syscall_raw(libc::SYS_ioctl, sock, request as usize, at as usize) };
+        if ret < 0 {
+            Err((Step::LoopbackUp, -ret as i32))
+        } else {
+            Ok(())
+        }
+    }
+    call(
+        Step::NetworkNamespace,
+        libc::SYS_unshare,
+        libc::CLONE_NEWNET as usize,
+        0,
+    )?;
+    let sock = call(
+        Step::LoopbackUp,
+        libc::SYS_socket,
+        libc::AF_INET as usize,
+        (libc::SOCK_DGRAM | libc::SOCK_CLOEXEC) as usize,
+    )?;
+    let result = (|| {
+        // SAFETY: ifreq is plain data, valid all zero.
+        let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+        req.ifr_name[0] = b'l' as libc::c_char;
+        req.ifr_name[1] = b'o' as libc::c_char;
+        ifreq_ioctl(sock, libc::SIOCGIFFLAGS, &mut req)?;
+        // SAFETY: ifru_flags is the union member SIOCGIFFLAGS just filled.
+        unsafe { req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short };
+        ifreq_ioctl(sock, libc::SIOCSIFFLAGS, &mut req)?;
+        // The socket's network namespace, as a descriptor (close-on-exec).
+        let fd = call(
+            Step::NetworkNamespace,
+            libc::SYS_ioctl,
+            sock,
+            libc::SIOCGSKNS as usize,
+        )?;
+        Ok(fd as c_int)
+    })();
+    let _ = call(Step::NetworkNamespace, libc::SYS_close, sock, 0);
+    result
 }
 
 /// The command process: per-process setup, then execve. Never returns.
