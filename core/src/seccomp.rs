@@ -23,69 +23,6 @@ pub(crate) struct Filter {
     pub summary: String,
 }
 
-/// Syscalls the default profile refuses with EPERM.
-const DENIED: &[&str] = &[
-    "kexec_load",
-    "kexec_file_load",
-    "init_module",
-    "finit_module",
-    "delete_module",
-    "bpf",
-    "perf_event_open",
-    "keyctl",
-    "add_key",
-    "request_key",
-    "userfaultfd",
-    "open_by_handle_at",
-    "name_to_handle_at",
-    "mount",
-    "umount2",
-    "pivot_root",
-    "chroot",
-    "setns",
-    "acct",
-    "swapon",
-    "swapoff",
-    "reboot",
-    "quotactl",
-    "quotactl_fd",
-    "lookup_dcookie",
-    "iopl",
-    "ioperm",
-    "syslog",
-    "open_tree",
-    "move_mount",
-    "fsopen",
-    "fsconfig",
-    "fsmount",
-    "fspick",
-    "mount_setattr",
-    "nfsservctl",
-    "uselib",
-    "vm86",
-    "vm86old",
-    "get_kernel_syms",
-    "query_module",
-    "create_module",
-    "settimeofday",
-    "clock_settime",
-    "clock_adjtime",
-    "adjtimex",
-    "stime",
-    "process_vm_writev",
-    "kcmp",
-    "fanotify_init",
-];
-
-const TIOCSTI: u64 = 0x5412;
-const TIOCLINUX: u64 = 0x541C;
-/// Personality flags that weaken memory protections.
-const PER_DANGEROUS: [u64; 3] = [
-    0x0010_0000, /* MMAP_PAGE_ZERO */
-    0x0040_0000, /* READ_IMPLIES_EXEC */
-    0x0800_0000, /* ADDR_LIMIT_3GB */
-];
-
 /// The default profile, compiled once per process (twice at most: with and without nesting).
 pub(crate) fn default_filter(allow_nested_userns: bool) -> Result<Filter> {
     static PLAIN: OnceLock<std::result::Result<Filter, String>> = OnceLock::new();
@@ -109,68 +46,13 @@ fn err(what: impl std::fmt::Display) -> Error {
 }
 
 fn build_default(allow_nested_userns: bool) -> Result<Filter> {
-    let eperm = ScmpAction::Errno(libc::EPERM);
-    let mut ctx = ScmpFilterContext::new(ScmpAction::Allow).map_err(err)?;
-    // Foreign architectures (i386 via int 0x80, x32) are not in the filter: the kernel's
-    // arch check kills such calls instead of letting them slip past the rules.
-    ctx.set_act_badarch(ScmpAction::KillProcess).map_err(err)?;
-    ctx.set_ctl_nnp(false).map_err(err)?;
-    let mut count = 0;
-    for name in DENIED {
-        // Names this architecture does not have (vm86 on x86_64, …) are simply absent.
-        if let Ok(sc) = ScmpSyscall::from_name(name) {
-            ctx.add_rule(eperm, sc).map_err(err)?;
-            count += 1;
+    let (program, count) = match prebuilt::program(allow_nested_userns) {
+        Some(found) => found,
+        None => {
+            let (ctx, count) = rules::default_context(allow_nested_userns).map_err(err)?;
+            (export(&ctx)?, count)
         }
-    }
-    let sys = |n: &str| ScmpSyscall::from_name(n).map_err(err);
-    // Terminal injection: TIOCSTI and TIOCLINUX (compared on the low 32 bits: the kernel does).
-    for cmd in [TIOCSTI, TIOCLINUX] {
-        ctx.add_rule_conditional(
-            eperm,
-            sys("ioctl")?,
-            &[ScmpArgCompare::new(
-                1,
-                ScmpCompareOp::MaskedEqual(0xffff_ffff),
-                cmd,
-            )],
-        )
-        .map_err(err)?;
-    }
-    for flag in PER_DANGEROUS {
-        ctx.add_rule_conditional(
-            eperm,
-            sys("personality")?,
-            &[ScmpArgCompare::new(
-                0,
-                ScmpCompareOp::MaskedEqual(flag),
-                flag,
-            )],
-        )
-        .map_err(err)?;
-    }
-    count += 2;
-    if !allow_nested_userns {
-        let newuser = libc::CLONE_NEWUSER as u64;
-        for name in ["unshare", "clone"] {
-            // clone's flags are its first argument on x86_64.
-            ctx.add_rule_conditional(
-                eperm,
-                sys(name)?,
-                &[ScmpArgCompare::new(
-                    0,
-                    ScmpCompareOp::MaskedEqual(newuser),
-                    newuser,
-                )],
-            )
-            .map_err(err)?;
-        }
-        // clone3 keeps its flags in memory the filter cannot read: make libc fall back to clone.
-        ctx.add_rule(ScmpAction::Errno(libc::ENOSYS), sys("clone3")?)
-            .map_err(err)?;
-        count += 3;
-    }
-    let program = export(&ctx)?;
+    };
     let nested = if allow_nested_userns {
         "nested user namespaces allowed"
     } else {
@@ -183,6 +65,30 @@ fn build_default(allow_nested_userns: bool) -> Result<Filter> {
         ),
     })
 }
+
+/// The default profile compiled to BPF by build.rs (with this same libseccomp and rules), so a
+/// process's first sandbox does not pay for compiling it.
+mod prebuilt {
+    #[cfg(rsandbox_prebuilt_seccomp)]
+    include!(concat!(env!("OUT_DIR"), "/seccomp_prebuilt.rs"));
+
+    /// The program and its rule count, if this build has them.
+    pub(super) fn program(allow_nested_userns: bool) -> Option<(Vec<libc::sock_filter>, usize)> {
+        #[cfg(rsandbox_prebuilt_seccomp)]
+        {
+            let (bytes, count) = PREBUILT[allow_nested_userns as usize];
+            Some((super::decode(bytes), count))
+        }
+        #[cfg(not(rsandbox_prebuilt_seccomp))]
+        {
+            let _ = allow_nested_userns;
+            None
+        }
+    }
+}
+
+#[path = "seccomp_rules.rs"]
+mod rules;
 
 /// Compiles a Docker/OCI-format profile (the supported subset: `defaultAction`,
 /// `defaultErrnoRet`, `architectures`, and `syscalls[]` with `names`, `action`, `errnoRet`,
@@ -323,7 +229,12 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>> {
     file.rewind()
         .and_then(|_| file.read_to_end(&mut bytes))
         .map_err(|e| Error::io("read seccomp BPF", None, e))?;
-    let program = bytes
+    Ok(decode(&bytes))
+}
+
+/// A BPF program from its bytes as libseccomp exports them (8 bytes per instruction).
+fn decode(bytes: &[u8]) -> Vec<libc::sock_filter> {
+    bytes
         .chunks_exact(8)
         .map(|c| libc::sock_filter {
             code: u16::from_ne_bytes([c[0], c[1]]),
@@ -331,8 +242,7 @@ fn export(ctx: &ScmpFilterContext) -> Result<Vec<libc::sock_filter>> {
             jf: c[3],
             k: u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
         })
-        .collect();
-    Ok(program)
+        .collect()
 }
 
 /// Loads a compiled program into the calling thread. Raw syscall: safe between clone and exec.
@@ -354,5 +264,33 @@ pub(crate) fn load(program: &[libc::sock_filter]) -> std::result::Result<(), nix
         Err(nix::errno::Errno::last())
     } else {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The program compiled ahead by build.rs is the one libseccomp compiles here and now, for
+    /// both variants: a stale or foreign prebuilt program would load other rules than the report
+    /// describes.
+    #[test]
+    fn prebuilt_default_profile_matches_a_fresh_compile() {
+        for nested in [false, true] {
+            let (ctx, count) = rules::default_context(nested).unwrap();
+            let fresh = export(&ctx).unwrap();
+            let (prebuilt, prebuilt_count) = prebuilt::program(nested)
+                .expect("a native build compiles the default profile ahead (see build.rs)");
+            assert_eq!(count, prebuilt_count, "rule count, nested={nested}");
+            let bytes = |p: &[libc::sock_filter]| -> Vec<(u16, u8, u8, u32)> {
+                p.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()
+            };
+            assert_eq!(bytes(&fresh), bytes(&prebuilt), "program, nested={nested}");
+            assert!(
+                fresh.len() > 20,
+                "a real program: {} instructions",
+                fresh.len()
+            );
+        }
     }
 }
