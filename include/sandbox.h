@@ -249,6 +249,13 @@ sbx_result sbx_child_kill(sbx_child *child, int signal);
 int sbx_child_pidfd(const sbx_child *child);
 
 /*
+ A descriptor that becomes readable (poll(2)) once sbx_child_wait with a zero timeout has a
+ result: the status pipe when the result comes with the command's status (before the sandbox's
+ teardown), else the pidfd. Owned by the handle; -1 for NULL.
+ */
+int sbx_child_result_fd(const sbx_child *child);
+
+/*
  The caller's end of the command's stdin (0), stdout (1) or stderr (2) when that stream is a
  pipe, else -1. Owned by the handle: do not close it (shutdown(2)/read(2)/write(2) are fine).
  */

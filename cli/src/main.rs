@@ -531,12 +531,16 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
         spec.process.stderr = rsandbox::Stdio::Pipe;
         let mut child = rsandbox::spawn(&spec)?;
         let r = child.communicate(None, Some(limit))?;
+        child.release_for_exit();
         let _ = std::io::stdout().write_all(r.stdout.as_deref().unwrap_or_default());
         let _ = std::io::stderr().write_all(r.stderr.as_deref().unwrap_or_default());
         r
     } else {
         let mut child = rsandbox::spawn(&spec)?;
-        wait_forwarding(&mut child, signals.as_ref())?
+        let r = wait_forwarding(&mut child, signals.as_ref())?;
+        // This process exits next.
+        child.release_for_exit();
+        r
     };
     if a.report {
         eprint!("{}", result.report.to_text());
@@ -579,7 +583,7 @@ fn wait_forwarding(
         }
         let mut fds = [
             libc::pollfd {
-                fd: child.pidfd(),
+                fd: child.result_fd(),
                 events: libc::POLLIN,
                 revents: 0,
             },

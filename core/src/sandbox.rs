@@ -1410,6 +1410,17 @@ impl Child {
         self.pidfd.as_raw_fd()
     }
 
+    /// A descriptor that becomes readable (poll(2)) once [`try_wait`](Self::try_wait) has a
+    /// result to give: the sandbox's status pipe when the result comes with the command's
+    /// status, ahead of the init's exit and the namespaces' teardown; else the pidfd.
+    pub fn result_fd(&self) -> RawFd {
+        if self.early_exit {
+            self.status_r.as_raw_fd()
+        } else {
+            self.pidfd.as_raw_fd()
+        }
+    }
+
     /// The command's pid as its init sees it (2 inside a PID namespace; a host pid without one).
     pub fn command_pid(&self) -> i32 {
         self.command_pid
@@ -1708,6 +1719,17 @@ impl Child {
     }
 
     /// Stops fuse-overlayfs once nothing in the sandbox can use it any more.
+    /// Lets go of a finished sandbox, for a program about to exit. When the result came before
+    /// the sandbox's init had exited and nothing else is left to clean up (no cgroup to remove, no
+    /// fuse-overlayfs to stop), its handles are just closed, without the background reaper a
+    /// long-lived caller needs: the init, already exiting, is reaped by whoever inherits it when
+    /// this program exits. Otherwise (or before a result) this is the same as dropping the handle.
+    pub fn release_for_exit(mut self) {
+        if self.reap_later && self.cgroup.is_none() && self.fuse.is_none() {
+            self.reap_later = false;
+        }
+    }
+
     fn stop_fuse(&mut self) {
         if let Some(mut helper) = self.fuse.take() {
             helper.stop();

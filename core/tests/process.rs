@@ -271,3 +271,27 @@ fn ignored_signals_of_the_caller_are_reset() {
     unsafe { libc::signal(libc::SIGUSR1, libc::SIG_DFL) };
     assert_eq!(r.status, ExitStatus::Signaled(libc::SIGUSR1));
 }
+
+/// `release_for_exit` leaves the finished sandbox's init to whoever inherits it, instead of
+/// starting the background reaper: the init is still this process's child to reap, and it has
+/// exited cleanly (nothing of the sandbox was left running).
+#[test]
+fn release_for_exit_leaves_the_init_to_be_reaped() {
+    let mut child = rsandbox::spawn(&sh("exit 3")).unwrap();
+    let init = child.pid();
+    let r = child.wait().unwrap();
+    assert_eq!(r.status, ExitStatus::Exited(3));
+    child.release_for_exit();
+    let mut status = 0;
+    // SAFETY: waitpid writes only the status integer.
+    let reaped = unsafe { libc::waitpid(init, &mut status, 0) };
+    if std::env::var_os("RSANDBOX_FORK_START").is_some() || r.report.cgroup.is_some() {
+        // The forking start (the setup process stays on as the init), or a cgroup to remove:
+        // the result waited for the init's exit, so there is nothing left to reap.
+        assert_eq!(reaped, -1, "the init was reaped before the result");
+        return;
+    }
+    assert_eq!(reaped, init, "the init is left to this process to reap");
+    assert!(libc::WIFEXITED(status), "the init exited: {status:#x}");
+    assert_eq!(libc::WEXITSTATUS(status), 0, "the init exited cleanly");
+}

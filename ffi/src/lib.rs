@@ -826,6 +826,15 @@ pub unsafe extern "C" fn sbx_child_pidfd(child: *const sbx_child) -> c_int {
     unsafe { child.as_ref() }.map_or(-1, |c| c.child.pidfd())
 }
 
+/// A descriptor that becomes readable (poll(2)) once sbx_child_wait with a zero timeout has a
+/// result: the status pipe when the result comes with the command's status (before the sandbox's
+/// teardown), else the pidfd. Owned by the handle; -1 for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn sbx_child_result_fd(child: *const sbx_child) -> c_int {
+    // SAFETY: a non-NULL pointer comes from sbx_spawn.
+    unsafe { child.as_ref() }.map_or(-1, |c| c.child.result_fd())
+}
+
 /// The caller's end of the command's stdin (0), stdout (1) or stderr (2) when that stream is a
 /// pipe, else -1. Owned by the handle: do not close it (shutdown(2)/read(2)/write(2) are fine).
 #[no_mangle]

@@ -134,6 +134,28 @@ static void test_pipes_pidfd_and_namespaces(void) {
     sbx_config_free(cfg);
 }
 
+/* The result descriptor turns readable exactly when a zero-timeout wait has the result: not
+   while the command sleeps, and at its exit (without waiting for the sandbox's teardown). */
+static void test_result_fd(void) {
+    sbx_config *cfg = config_for("sleep 0.3; exit 4");
+    sbx_child *child = NULL;
+    CHECK(sbx_spawn(cfg, &child) == SBX_OK);
+    if (child != NULL) {
+        struct pollfd p = {.fd = sbx_child_result_fd(child), .events = POLLIN};
+        CHECK(p.fd >= 0);
+        CHECK(poll(&p, 1, 0) == 0);
+        sbx_run_result *res = NULL;
+        CHECK(sbx_child_wait(child, 0, &res) == SBX_ERR_TIMEOUT);
+        CHECK(poll(&p, 1, 10000) == 1);
+        CHECK(sbx_child_wait(child, 0, &res) == SBX_OK);
+        CHECK(res != NULL && sbx_result_exit_code(res) == 4);
+        sbx_result_free(res);
+    }
+    CHECK(sbx_child_result_fd(NULL) == -1);
+    sbx_child_free(child);
+    sbx_config_free(cfg);
+}
+
 static void test_timeout_verdict(void) {
     sbx_config *cfg = config_for("sleep 30");
     CHECK(sbx_config_set_num(cfg, "timeout", 0.3) == SBX_OK);
@@ -270,6 +292,7 @@ int main(void) {
         test_spawn_wait_kill();
         test_timeout_verdict();
         test_pipes_pidfd_and_namespaces();
+        test_result_fd();
         test_errors_spawn();
         test_pool();
     }
