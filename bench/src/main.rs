@@ -557,22 +557,32 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
     if a.throughput == 0 {
         return;
     }
-    let mut rows: Vec<(String, Result<f64, String>)> = Vec::new();
-    let each = a.throughput / 2;
+    type Job<'a> = Box<dyn Fn(usize) -> Result<(), String> + Sync + 'a>;
+    // What the jobs borrow, declared before them.
     let spec = payload_spec();
-    let lib = timed_workers(each, |_| {
-        run_once(&How::Library(Box::new(spec.clone())), None).map(|_| ())
-    });
-    rows.push(("rsandbox library".into(), lib));
-    if let Ok(pool) = rsandbox::Pool::new(&payload_spec(), 4) {
-        let pool = std::sync::Arc::new(pool);
-        pool.wait_full(Duration::from_secs(30));
-        rows.push((
+    let pool = rsandbox::Pool::new(&payload_spec(), 4).map(std::sync::Arc::new);
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    let mut candidates: Vec<(String, Result<Job, String>)> = Vec::new();
+    candidates.push((
+        "rsandbox library".into(),
+        Ok(Box::new(|_| {
+            run_once(&How::Library(Box::new(spec.clone())), None).map(|_| ())
+        })),
+    ));
+    match &pool {
+        Ok(pool) => {
+            pool.wait_full(Duration::from_secs(30));
+            candidates.push((
+                "rsandbox library, warm pool of 4".into(),
+                Ok(Box::new(move |_| {
+                    run_once(&How::Pool(pool.clone()), None).map(|_| ())
+                })),
+            ));
+        }
+        Err(e) => candidates.push((
             "rsandbox library, warm pool of 4".into(),
-            timed_workers(each, |_| {
-                run_once(&How::Pool(pool.clone()), None).map(|_| ())
-            }),
-        ));
+            Err(e.to_string()),
+        )),
     }
     let cli = vec![
         a.rsandbox.display().to_string(),
@@ -580,36 +590,67 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
         "--".into(),
         "/bin/true".into(),
     ];
-    rows.push((
+    candidates.push((
         "rsandbox run (CLI)".into(),
-        timed_workers(each, |_| {
+        Ok(Box::new(move |_| {
             run_once(&How::Exec(cli.clone()), None).map(|_| ())
-        }),
+        })),
     ));
-    if let Some(b) = which("bwrap") {
-        let argv: Vec<String> = bwrap_argv(&b, &["/bin/true"]);
-        rows.push((
-            "bwrap".into(),
-            timed_workers(each, |_| {
-                run_once(&How::Exec(argv.clone()), None).map(|_| ())
-            }),
-        ));
+    match which("bwrap") {
+        Some(b) => {
+            let argv: Vec<String> = bwrap_argv(&b, &["/bin/true"]);
+            candidates.push((
+                "bwrap".into(),
+                Ok(Box::new(move |_| {
+                    run_once(&How::Exec(argv.clone()), None).map(|_| ())
+                })),
+            ));
+        }
+        None => candidates.push(("bwrap".into(), Err("bwrap not installed".into()))),
     }
     match crun_bundle(work, rootfs) {
-        Ok(argv) => {
-            let counter = std::sync::atomic::AtomicUsize::new(0);
-            rows.push((
-                "crun run (rootless)".into(),
-                timed_workers(each, |_| {
+        Ok(argv) => candidates.push((
+            "crun run (rootless)".into(),
+            Ok(Box::new({
+                let counter = &counter;
+                move |_| {
                     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     let mut v = argv.clone();
                     v.push(format!("rsbx-tp-{n}"));
                     run_once(&How::Exec(v), None).map(|_| ())
-                }),
-            ))
-        }
-        Err(why) => rows.push(("crun run (rootless)".into(), Err(why))),
+                }
+            })),
+        )),
+        Err(why) => candidates.push(("crun run (rootless)".into(), Err(why))),
     }
+    // In rounds, each candidate in turn, so that the machine's drift over the minutes this takes
+    // (other load, the kernel's deferred namespace teardown) is shared by all.
+    const ROUNDS: usize = 5;
+    let each = (a.throughput / 2 / ROUNDS).max(1);
+    let mut done: Vec<Result<(usize, f64), String>> = candidates
+        .iter()
+        .map(|(_, job)| job.as_ref().map(|_| (0, 0.0)).map_err(Clone::clone))
+        .collect();
+    for _ in 0..ROUNDS {
+        for ((_, job), total) in candidates.iter().zip(done.iter_mut()) {
+            let (Ok(job), Ok((runs, secs))) = (job, total.as_mut()) else {
+                continue;
+            };
+            match timed_workers(each, job) {
+                Ok(rate) => {
+                    *runs += each * 2;
+                    *secs += (each * 2) as f64 / rate;
+                }
+                Err(e) => *total = Err(e),
+            }
+        }
+    }
+    let rows: Vec<(String, Result<f64, String>)> = candidates
+        .iter()
+        .zip(done)
+        .map(|((name, _), total)| (name.clone(), total.map(|(runs, secs)| runs as f64 / secs)))
+        .collect();
+    let each = each * ROUNDS;
     let bwrap = rows
         .iter()
         .find(|r| r.0 == "bwrap")
@@ -632,9 +673,9 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
 }
 
 /// Runs `job` `each` times on each of 2 threads; returns runs per second.
-fn timed_workers<F>(each: usize, job: F) -> Result<f64, String>
+fn timed_workers<F>(each: usize, job: &F) -> Result<f64, String>
 where
-    F: Fn(usize) -> Result<(), String> + Sync,
+    F: Fn(usize) -> Result<(), String> + Sync + ?Sized,
 {
     let start = Instant::now();
     let results: Vec<Result<(), String>> = std::thread::scope(|s| {

@@ -211,15 +211,48 @@ pub struct Child {
 /// # Ok::<(), rsandbox::Error>(())
 /// ```
 pub fn spawn(spec: &Spec) -> Result<Child> {
-    let prepared = prepare(spec, false)?;
+    let starting = Starting::enter();
+    let prepared = prepare(spec, false, starting.spare_cpu())?;
     launch(spec, prepared)
 }
 
 /// Starts a sandbox whose command is the pool's agent (see pool.rs): `spec.process` must name
-/// the agent's streams (stdin: the job socket).
+/// the agent's streams (stdin: the job socket). A pool's sandboxes start in the background and
+/// never take a second CPU for it: that would only slow down the jobs running meanwhile.
 pub(crate) fn spawn_agent(spec: &Spec) -> Result<Child> {
-    let prepared = prepare(spec, true)?;
+    let _starting = Starting::enter();
+    let prepared = prepare(spec, true, false)?;
     launch(spec, prepared)
+}
+
+/// Counts the sandboxes this process is starting (from planning to the end of setup), to decide
+/// whether a start may use a second CPU (child::NetApart): only while fewer are starting than
+/// there are CPUs for this process. Several threads starting sandboxes at once already keep
+/// every CPU busy, and a helper would only add work.
+struct Starting {
+    count: usize,
+}
+
+static STARTING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+impl Starting {
+    fn enter() -> Starting {
+        let count = STARTING.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+        Starting { count }
+    }
+
+    fn spare_cpu(&self) -> bool {
+        static CPUS: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+        let cpus =
+            *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        self.count < cpus
+    }
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        STARTING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// Runs a sandbox to completion, capturing stdout and stderr unless the spec sends them elsewhere.
@@ -390,7 +423,7 @@ fn image_user(user: &str, layers: &[std::path::PathBuf]) -> Result<(u32, Option<
     Ok((uid, gid))
 }
 
-fn prepare(spec: &Spec, agent: bool) -> Result<Prepared> {
+fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     let image = resolve_image(spec)?;
     let spec = image.as_ref().map_or(spec, |(s, _)| s);
     let p = &spec.process;
@@ -725,12 +758,11 @@ fn prepare(spec: &Spec, agent: bool) -> Result<Prepared> {
 
     let argv_ptrs = null_terminated(&argv);
     let envp_ptrs = null_terminated(&envp);
-    // With a small start, the network namespace is made beside the mount tree (child::NetApart),
-    // which shortens a start by using a second CPU. Not for a pool's sandboxes: they start in the
-    // background, where a second busy CPU would only slow down the jobs running meanwhile.
+    // With a small start and a CPU to spare, the network namespace is made beside the mount tree
+    // (child::NetApart): the start takes less time, though not less work.
     let new_net = flags & libc::CLONE_NEWNET as u64 != 0;
     let net_apart = match &small {
-        Some((_, stacks)) if new_net && !wait_for_maps && !agent => Some(child::NetApart {
+        Some((_, stacks)) if new_net && !wait_for_maps && spare_cpu => Some(child::NetApart {
             stack: stacks.command(),
             gone: stacks.helper_gone(),
         }),
@@ -2285,11 +2317,14 @@ mod tests {
     #[test]
     fn empty_argv_and_nul_are_invalid() {
         assert_eq!(
-            prepare(&Spec::default(), false).err().unwrap().kind(),
+            prepare(&Spec::default(), false, false)
+                .err()
+                .unwrap()
+                .kind(),
             crate::ErrorKind::InvalidSpec
         );
         let spec = Spec::new(["echo", "a\0b"]);
-        let err = prepare(&spec, false).err().unwrap();
+        let err = prepare(&spec, false, false).err().unwrap();
         assert!(err.to_string().contains("process.args[1]"), "{err}");
     }
 }
