@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -740,4 +740,47 @@ fn refused_user_namespaces_are_explained_with_the_remedy() {
     );
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
     assert_eq!(r.stdout, "nested-ok\n");
+}
+
+/// A namespace refused because a per-user limit is reached names the step, ENOSPC and the
+/// sysctl to raise. The limit is lowered to 0 inside a user namespace of the test's own (the
+/// host's limits are untouched); with it untouched, the same command runs (the negative control).
+#[test]
+fn a_namespace_limit_is_explained_with_the_sysctl_to_raise() {
+    let attempt = |lower: bool| {
+        let prefix = if lower {
+            "echo 0 > /proc/sys/user/max_net_namespaces && "
+        } else {
+            ""
+        };
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-Ur", "sh", "-c"])
+            .arg(format!("{prefix}exec \"$0\" run -- /bin/true"))
+            .arg(bin())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run_cmd(cmd, None)
+    };
+    let control = attempt(false);
+    if control.code != 0 {
+        return skip(&format!(
+            "unshare -Ur cannot host a sandbox here (exit {}): {}",
+            control.code,
+            control.stderr.trim()
+        ));
+    }
+    let r = attempt(true);
+    assert_eq!(r.code, 125, "setup failure: {r:?}");
+    assert!(r.stderr.contains("ENOSPC"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("step network-namespace") || r.stderr.contains("step clone"),
+        "names the step: {}",
+        r.stderr
+    );
+    assert!(
+        r.stderr.contains("remedy: user.max_net_namespaces is 0"),
+        "names the limit: {}",
+        r.stderr
+    );
 }

@@ -1297,7 +1297,30 @@ fn clone_error(e: Errno, flags: u64) -> Error {
         step: Step::Clone,
         detail: format!("clone3(flags={flags:#x})"),
         errno: e,
-        remedy: None,
+        remedy: (e == Errno::ENOSPC).then(namespace_limit_remedy),
+    }
+}
+
+/// What to do when the kernel refuses a namespace with ENOSPC: a per-user limit (counted across
+/// this user's namespaces, and settable in each user namespace) is reached. Names the limits that
+/// are 0 here, where there are some.
+fn namespace_limit_remedy() -> String {
+    let zero: Vec<String> = ["user", "mnt", "pid", "ipc", "uts", "net", "cgroup", "time"]
+        .iter()
+        .map(|ns| format!("max_{ns}_namespaces"))
+        .filter(|name| {
+            std::fs::read_to_string(format!("/proc/sys/user/{name}")).is_ok_and(|v| v.trim() == "0")
+        })
+        .map(|name| format!("user.{name}"))
+        .collect();
+    if zero.is_empty() {
+        "a limit on namespaces per user is reached (the user.max_*_namespaces sysctls, counted over every user namespace of this user): end other sandboxes or raise the limit with sysctl".into()
+    } else {
+        format!(
+            "{} is 0 in this user namespace: raise it (sysctl -w {}=10000) where it was lowered",
+            zero.join(", "),
+            zero[0]
+        )
     }
 }
 
@@ -1346,6 +1369,7 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
         ),
         Step::SetHostname => format!("sethostname({:?})", spec.hostname),
         Step::LoopbackUp => "ioctl(SIOCSIFFLAGS, \"lo\", IFF_UP)".to_string(),
+        Step::NetworkNamespace => "unshare(CLONE_NEWNET), then setns into it".to_string(),
         Step::SetUid | Step::SetGid => format!("setresuid/setresgid({:?})", plan.switch_ids),
         _ => match (&plan.mounts, f.index) {
             (Some(m), i) if i != u32::MAX || is_mount_step(step) => m.describe(i),
@@ -1356,6 +1380,7 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
         (Step::UidMap | Step::GidMap | Step::DenySetgroups | Step::MakeRootPrivate | Step::CreateFilesystem, Errno::EPERM | Errno::EACCES) => {
             crate::userns::userns_refusal().and_then(|e| e.remedy().map(str::to_string))
         }
+        (Step::NetworkNamespace, Errno::ENOSPC) => Some(namespace_limit_remedy()),
         (Step::CreateMountPoint, Errno::EROFS) => Some(
                 "the mount point is missing under a read-only mount (a read-only bind or rootfs): create it in the source, or mount a tmpfs on a parent first"
                     .into(),
