@@ -148,6 +148,142 @@ impl Drop for PyWorker {
     }
 }
 
+/// Runs programs on request from inside namespaces made once beforehand, and reports how long
+/// each took. crun refuses this host's hybrid cgroup layout, so it runs in a user, mount and cgroup
+/// namespace of the benchmark's own with cgroup2 mounted at /sys/fs/cgroup (the host is not
+/// touched); making that namespace is not part of any timing.
+struct ExecWorker {
+    proc: Proc,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl ExecWorker {
+    fn start_with_cgroup2() -> Result<ExecWorker, String> {
+        let me = std::env::current_exe().map_err(|e| e.to_string())?;
+        let mut proc = Command::new("unshare")
+            .args([
+                "--user",
+                "--map-root-user",
+                "--mount",
+                "--cgroup",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t cgroup2 none /sys/fs/cgroup && exec \"$0\" --exec-worker",
+            ])
+            .arg(me)
+            .stdin(PStdio::piped())
+            .stdout(PStdio::piped())
+            .spawn()
+            .map_err(|e| format!("unshare: {e}"))?;
+        let stdin = proc.stdin.take().ok_or("no stdin")?;
+        let stdout = BufReader::new(proc.stdout.take().ok_or("no stdout")?);
+        Ok(ExecWorker {
+            proc,
+            stdin,
+            stdout,
+        })
+    }
+
+    fn run(&mut self, argv: &[String]) -> Result<Duration, String> {
+        let request = serde_json::to_string(argv).map_err(|e| e.to_string())?;
+        writeln!(self.stdin, "{request}").map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        match line.trim().parse::<u64>() {
+            Ok(ns) => Ok(Duration::from_nanos(ns)),
+            Err(_) if line.is_empty() => Err("the exec worker ended".into()),
+            Err(_) => Err(line.trim().to_string()),
+        }
+    }
+}
+
+impl Drop for ExecWorker {
+    fn drop(&mut self) {
+        let _ = self.proc.kill();
+        let _ = self.proc.wait();
+    }
+}
+
+/// `rsandbox-bench --exec-worker`: one JSON argv per line in, the nanoseconds its run took (or
+/// why it failed, on one line) out.
+fn exec_worker() -> ! {
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout();
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        let answer = match serde_json::from_str::<Vec<String>>(&line) {
+            Ok(argv) if !argv.is_empty() => {
+                let start = Instant::now();
+                let result = Command::new(&argv[0])
+                    .args(&argv[1..])
+                    .stdin(PStdio::null())
+                    .stdout(PStdio::null())
+                    .stderr(PStdio::piped())
+                    .output();
+                let took = start.elapsed();
+                match result {
+                    Ok(o) if o.status.success() => took.as_nanos().to_string(),
+                    Ok(o) => format!(
+                        "{} exited with {}: {}",
+                        argv[0],
+                        o.status,
+                        one_line(&String::from_utf8_lossy(&o.stderr))
+                    ),
+                    Err(e) => format!("{}: {e}", argv[0]),
+                }
+            }
+            _ => format!("bad request {line:?}"),
+        };
+        if writeln!(out, "{answer}")
+            .and_then(|()| out.flush())
+            .is_err()
+        {
+            break;
+        }
+    }
+    std::process::exit(0)
+}
+
+/// How to run crun: its argv (a container name is appended per run), and the workers to run it
+/// in when it cannot run on this host directly.
+#[derive(Clone)]
+struct Crun {
+    argv: Vec<String>,
+    workers: Option<std::sync::Arc<std::sync::Mutex<Vec<ExecWorker>>>>,
+}
+
+impl Crun {
+    fn run(&self, name: String) -> Result<Duration, String> {
+        let mut argv = self.argv.clone();
+        argv.push(name);
+        let Some(workers) = &self.workers else {
+            return run_once(&How::Exec(argv), None);
+        };
+        let taken = workers.lock().map_err(|e| e.to_string())?.pop();
+        let mut worker = match taken {
+            Some(w) => w,
+            None => ExecWorker::start_with_cgroup2()?,
+        };
+        let took = worker.run(&argv);
+        if let Ok(mut w) = workers.lock() {
+            w.push(worker);
+        }
+        took
+    }
+
+    /// Where it ran, for a note under the tables.
+    fn note(&self) -> Option<&'static str> {
+        self.workers.as_ref().map(|_| {
+            "crun refuses this host's hybrid cgroup layout, so it ran in a user, mount and cgroup namespace made once by the benchmark, with cgroup2 mounted at /sys/fs/cgroup (not part of the timings)"
+        })
+    }
+}
+
 enum How {
     /// Start a program and wait for it.
     Exec(Vec<String>),
@@ -157,6 +293,8 @@ enum How {
     Python(&'static str),
     /// A job in a warm pool of this process.
     Pool(std::sync::Arc<rsandbox::Pool>),
+    /// `crun run` with this container name.
+    Crun(Crun, String),
 }
 
 struct Candidate {
@@ -215,6 +353,7 @@ fn run_once(how: &How, py: Option<&mut PyWorker>) -> Result<Duration, String> {
             Ok(took)
         }
         How::Python(mode) => py.ok_or("no python worker")?.run(mode),
+        How::Crun(crun, name) => crun.run(name.clone()),
         How::Pool(pool) => {
             let process = rsandbox::Process {
                 args: vec!["/bin/true".into()],
@@ -300,7 +439,7 @@ fn busybox_root(busybox: &Path, dir: &Path) -> Result<PathBuf, String> {
 }
 
 /// A rootless crun bundle running busybox `true`, or why there is none.
-fn crun_bundle(work: &Path, rootfs: &Path) -> Result<Vec<String>, String> {
+fn crun_bundle(work: &Path, rootfs: &Path) -> Result<Crun, String> {
     let crun = which("crun").ok_or("crun is not installed (apt-get install crun)")?;
     let bundle = work.join("crun-bundle");
     let _ = std::fs::remove_dir_all(&bundle);
@@ -334,7 +473,8 @@ fn crun_bundle(work: &Path, rootfs: &Path) -> Result<Vec<String>, String> {
         "--bundle".into(),
         bundle.display().to_string(),
     ];
-    // One trial run (with a container name) tells whether this host lets crun work at all.
+    // One trial run tells whether crun works on this host as it is; if not, whether it works in
+    // a cgroup2 view of the benchmark's own.
     let mut trial: Vec<String> = argv.clone();
     trial.push("rsandbox-bench-trial".into());
     let out = Command::new(&trial[0])
@@ -342,13 +482,24 @@ fn crun_bundle(work: &Path, rootfs: &Path) -> Result<Vec<String>, String> {
         .stdin(PStdio::null())
         .output()
         .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "crun run failed here: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+    if out.status.success() {
+        return Ok(Crun {
+            argv,
+            workers: None,
+        });
     }
-    Ok(argv)
+    let direct = one_line(String::from_utf8_lossy(&out.stderr).trim());
+    let crun = Crun {
+        argv,
+        workers: Some(std::sync::Arc::new(std::sync::Mutex::new(Vec::new()))),
+    };
+    match crun.run("rsandbox-bench-trial2".into()) {
+        Ok(_) => Ok(crun),
+        Err(e) => Err(format!(
+            "crun run failed here ({direct}), and in a cgroup2 namespace of its own ({})",
+            one_line(&e)
+        )),
+    }
 }
 
 /// bwrap with the isolation the issue compares against, running `payload`.
@@ -448,11 +599,11 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
         Some(b) => Candidate::new("bwrap", How::Exec(bwrap_argv(&b, &["/bin/true"]))),
         None => Candidate::unavailable("bwrap", "bubblewrap is not installed".into()),
     });
-    cands.push(match crun_bundle(work, rootfs) {
-        Ok(argv) => Candidate::new("crun run (rootless)", How::Exec(argv)),
-        Err(why) => Candidate::unavailable("crun run (rootless)", why),
+    let crun = crun_bundle(work, rootfs);
+    cands.push(match &crun {
+        Ok(c) => Candidate::new("crun run (rootless)", How::Crun(c.clone(), String::new())),
+        Err(why) => Candidate::unavailable("crun run (rootless)", why.clone()),
     });
-    let crun_index = cands.len() - 1;
 
     let total = a.warmup + a.runs;
     eprintln!(
@@ -485,23 +636,13 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
             if let Some(w) = py.as_mut() {
                 let _ = w.run("settle");
             }
-            let how = if i == crun_index {
+            let how = match &cands[i].how {
+                How::Exec(v) => How::Exec(v.clone()),
+                How::Library(s) => How::Library(s.clone()),
+                How::Python(m) => How::Python(m),
+                How::Pool(p) => How::Pool(p.clone()),
                 // crun needs a fresh container name per run.
-                match &cands[i].how {
-                    How::Exec(argv) => {
-                        let mut v = argv.clone();
-                        v.push(format!("rsbx-bench-{round}"));
-                        How::Exec(v)
-                    }
-                    _ => unreachable!(),
-                }
-            } else {
-                match &cands[i].how {
-                    How::Exec(v) => How::Exec(v.clone()),
-                    How::Library(s) => How::Library(s.clone()),
-                    How::Python(m) => How::Python(m),
-                    How::Pool(p) => How::Pool(p.clone()),
-                }
+                How::Crun(c, _) => How::Crun(c.clone(), format!("rsbx-bench-{round}")),
             };
             match run_once(&how, py.as_mut()) {
                 Ok(d) if round >= a.warmup => cands[i].samples.push(d),
@@ -546,6 +687,9 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
             (_, Some(why)) => println!("| {} | n/a: {} | | | | | |", c.name, one_line(why)),
             (None, None) => println!("| {} | n/a | | | | | |", c.name),
         }
+    }
+    if let Some(note) = crun.as_ref().ok().and_then(Crun::note) {
+        println!("\n{note}.");
     }
 }
 
@@ -609,15 +753,13 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
         None => candidates.push(("bwrap".into(), Err("bwrap not installed".into()))),
     }
     match crun_bundle(work, rootfs) {
-        Ok(argv) => candidates.push((
+        Ok(crun) => candidates.push((
             "crun run (rootless)".into(),
             Ok(Box::new({
                 let counter = &counter;
                 move |_| {
                     let n = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    let mut v = argv.clone();
-                    v.push(format!("rsbx-tp-{n}"));
-                    run_once(&How::Exec(v), None).map(|_| ())
+                    crun.run(format!("rsbx-tp-{n}")).map(|_| ())
                 }
             })),
         )),
@@ -1007,6 +1149,9 @@ fn machine() -> String {
 }
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some("--exec-worker") {
+        exec_worker();
+    }
     let a = parse_args();
     let work = match &a.work {
         Some(w) => w.clone(),
