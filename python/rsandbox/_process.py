@@ -9,7 +9,8 @@ import selectors
 import signal as _signal
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
+from typing import (TYPE_CHECKING, IO, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple,
+                    TypeVar, Union)
 
 from . import _rsandbox
 from ._errors import CalledProcessError, TimeoutExpired, config_error, raise_native
@@ -60,7 +61,18 @@ class Result:
     timed_out: bool
     truncated: bool
     usage: Dict[str, Any] = field(repr=False)
-    report: Dict[str, Any] = field(repr=False)
+    # Set on first use, from ``_report_json`` (see __getattr__): most callers never read it.
+    report: Dict[str, Any] = field(init=False, repr=False)
+    # The report as the native module gives it.
+    _report_json: str = field(default="{}", repr=False, compare=False)
+
+    if not TYPE_CHECKING:
+        def __getattr__(self, name: str) -> Any:
+            # Only reached while ``report`` is not set yet.
+            if name == "report":
+                self.report = json.loads(self.__dict__.get("_report_json", "{}"))
+                return self.report
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def check_returncode(self) -> None:
         """Raises :class:`CalledProcessError` when ``returncode`` is not 0."""
@@ -68,7 +80,7 @@ class Result:
             raise CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
 
 
-def _result(args: List[str], raw: str, out: Optional[bytes], err: Optional[bytes],
+def _result(args: List[str], raw: str, report: str, out: Optional[bytes], err: Optional[bytes],
             decode: Callable[[Optional[bytes]], Any]) -> Result:
     r = json.loads(raw)
     status = r["status"]
@@ -79,7 +91,7 @@ def _result(args: List[str], raw: str, out: Optional[bytes], err: Optional[bytes
                   verdict=r["verdict"], wall_time=u["wall_time"], cpu_time=u["cpu_time"],
                   memory_peak=u["memory_peak"], oom_killed=u["oom_kills"] > 0,
                   timed_out=r["timed_out"], truncated=r["stdout_truncated"] or r["stderr_truncated"],
-                  usage=u, report=r["report"])
+                  usage=u, _report_json=report)
 
 
 def _decoder(text: bool, encoding: Optional[str], errors: Optional[str]) -> Callable[[Optional[bytes]], Any]:
@@ -136,23 +148,44 @@ def _spec_json(spec: Spec, argv: List[str], env: Optional[Mapping[str, str]], cw
     d = json.loads(json.dumps(spec.data))
     p = d["process"]
     p["args"] = argv
-    if env is not None:
-        if not isinstance(env, Mapping):
-            raise config_error(f"env: expected a mapping, got {type(env).__name__}")
-        for k, v in env.items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise config_error(f"env: expected str -> str, got {k!r}: {v!r}")
-            if not k or "=" in k or "\0" in k or "\0" in v:
-                raise config_error(f"env: unusable variable {k!r}")
-            p["env"][k] = v
-    if cwd is not None:
-        c = os.fspath(cwd)
-        if not isinstance(c, str) or "\0" in c or not c:
-            raise config_error(f"cwd: not a usable path: {c!r}")
+    p["env"].update(_env(env) or {})
+    c = _cwd(cwd)
+    if c is not None:
         p["cwd"] = c
     p["stdin"], p["stdout"], p["stderr"] = (_stream(stdin, "stdin"), _stream(stdout, "stdout"),
                                              _stream(stderr, "stderr"))
     return json.dumps(d)
+
+
+def _env(env: Optional[Mapping[str, str]]) -> Optional[Dict[str, str]]:
+    """The variables a caller adds, checked."""
+    if env is None:
+        return None
+    if not isinstance(env, Mapping):
+        raise config_error(f"env: expected a mapping, got {type(env).__name__}")
+    out = {}
+    for k, v in env.items():
+        if not isinstance(k, str) or not isinstance(v, str):
+            raise config_error(f"env: expected str -> str, got {k!r}: {v!r}")
+        if not k or "=" in k or "\0" in k or "\0" in v:
+            raise config_error(f"env: unusable variable {k!r}")
+        out[k] = v
+    return out
+
+
+def _cwd(cwd: Optional[PathArg]) -> Optional[str]:
+    """The working directory a caller asks for, checked."""
+    if cwd is None:
+        return None
+    c = os.fspath(cwd)
+    if not isinstance(c, str) or "\0" in c or not c:
+        raise config_error(f"cwd: not a usable path: {c!r}")
+    return c
+
+
+def _streams_json(stdin: Any, stdout: Any, stderr: Any) -> str:
+    """stdin, stdout and stderr in the spec's form, as a JSON list."""
+    return json.dumps([_stream(stdin, "stdin"), _stream(stdout, "stdout"), _stream(stderr, "stderr")])
 
 
 def _timeout(value: Any, name: str = "timeout") -> Optional[float]:
@@ -219,9 +252,9 @@ class Process:
         report: Dict[str, Any] = json.loads(self._native.report_json())
         return report
 
-    def _done(self, outcome: Tuple[str, Optional[bytes], Optional[bytes]]) -> None:
-        raw, _, _ = outcome
-        self.result = _result(self.args, raw, None, None, self._decode)
+    def _done(self, outcome: Tuple[str, str, Optional[bytes], Optional[bytes]]) -> None:
+        raw, report, _, _ = outcome
+        self.result = _result(self.args, raw, report, None, None, self._decode)
         self.returncode = self.result.returncode
 
     def poll(self) -> Optional[int]:
@@ -449,6 +482,7 @@ class Pool:
         self.spec = spec.copy() if spec is not None else Spec()
         self.spec.update(**options)
         self._native: Optional[_rsandbox.NativePool] = _call(_rsandbox.NativePool, self.spec.to_json(), size)
+        self._timeout: Optional[float] = self.spec.data.get("timeout")
 
     def _pool(self) -> "_rsandbox.NativePool":
         if self._native is None:
@@ -473,11 +507,11 @@ class Pool:
         """:func:`run` in a pooled sandbox: the same arguments but the isolation options."""
         argv, data, streams, limit = _run_args(args, stdin, input, capture_output, stdout, stderr,
                                                timeout, encoding, errors)
-        process = json.loads(_spec_json(self.spec, argv, env, cwd, *streams))["process"]
         if limit is None:
-            limit = self.spec.data.get("timeout")
-        raw, out, err = _call(self._pool().run, json.dumps(process), data, limit)
-        return _finish(argv, raw, out, err, text, encoding, errors, limit, check)
+            limit = self._timeout
+        raw, report, out, err = _call(self._pool().run, argv, _env(env), _cwd(cwd),
+                                      _streams_json(*streams), data, limit)
+        return _finish(argv, raw, report, out, err, text, encoding, errors, limit, check)
 
     def spawn(self, args: Sequence[PathArg], *, stdin: Any = None, stdout: Any = None,
               stderr: Any = None, env: Optional[Mapping[str, str]] = None,
@@ -486,9 +520,9 @@ class Pool:
         """:meth:`Sandbox.spawn` in a pooled sandbox; ``timeout`` is the job's wall-clock limit."""
         argv = _argv(args)
         limit = _timeout(timeout)
-        process = json.loads(_spec_json(self.spec, argv, env, cwd, stdin, stdout, stderr))["process"]
-        native = _call(self._pool().spawn, json.dumps(process),
-                       limit if limit is not None else self.spec.data.get("timeout"))
+        native = _call(self._pool().spawn, argv, _env(env), _cwd(cwd),
+                       _streams_json(stdin, stdout, stderr),
+                       limit if limit is not None else self._timeout)
         return Process(native, argv, self.spec.data.get("output_limit"), text, encoding, errors)
 
     def close(self) -> None:
@@ -535,10 +569,10 @@ def _run_args(args: Any, stdin: Any, input: Any, capture_output: bool, stdout: A
     return _argv(args), data, (stdin, stdout, stderr), limit
 
 
-def _finish(argv: List[str], raw: str, out: Optional[bytes], err: Optional[bytes], text: bool,
-            encoding: Optional[str], errors: Optional[str], limit: Optional[float],
+def _finish(argv: List[str], raw: str, report: str, out: Optional[bytes], err: Optional[bytes],
+            text: bool, encoding: Optional[str], errors: Optional[str], limit: Optional[float],
             check: bool) -> Result:
-    r = _result(argv, raw, out, err, _decoder(text, encoding, errors))
+    r = _result(argv, raw, report, out, err, _decoder(text, encoding, errors))
     if r.timed_out:
         raise TimeoutExpired(argv, limit or 0.0, r.stdout, r.stderr)
     if check:
@@ -568,8 +602,8 @@ def run(args: Sequence[PathArg], *, stdin: Any = None, input: Any = None, captur
     s = spec.copy() if spec is not None else Spec()
     s.update(**options)
     spec_json = _spec_json(s, argv, env, cwd, *streams)
-    raw, out, err = _call(_rsandbox.run, spec_json, data)
-    return _finish(argv, raw, out, err, text, encoding, errors,
+    raw, report, out, err = _call(_rsandbox.run, spec_json, data)
+    return _finish(argv, raw, report, out, err, text, encoding, errors,
                    limit if limit is not None else s.data["timeout"], check)
 
 

@@ -4,6 +4,7 @@
 //! `NativeError(kind, message, errno, step, remedy, path)`, which the package maps to its exception
 //! classes in one place.
 
+use std::collections::BTreeMap;
 use std::os::fd::IntoRawFd;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -32,13 +33,20 @@ fn spec_from(json: &str) -> PyResult<Spec> {
     Spec::from_json(json).map_err(native)
 }
 
-/// (result JSON without the output, stdout bytes or None, stderr bytes or None)
-type Outcome = (String, Option<Py<PyBytes>>, Option<Py<PyBytes>>);
+/// (result JSON without the output and the report, the report's JSON (parsed by the package
+/// only when asked for), stdout bytes or None, stderr bytes or None)
+type Outcome = (String, String, Option<Py<PyBytes>>, Option<Py<PyBytes>>);
 
 fn outcome(py: Python<'_>, mut r: RunResult) -> Outcome {
     let out = r.stdout.take().map(|b| PyBytes::new(py, &b).unbind());
     let err = r.stderr.take().map(|b| PyBytes::new(py, &b).unbind());
-    (serde_json::to_string(&r).unwrap_or_default(), out, err)
+    let report = serde_json::to_string(&std::mem::take(&mut r.report)).unwrap_or_default();
+    (
+        serde_json::to_string(&r).unwrap_or_default(),
+        report,
+        out,
+        err,
+    )
 }
 
 /// A running sandbox. Once it has been waited for, the library's handle (its pidfd, pipes and
@@ -77,6 +85,7 @@ impl NativeProcess {
         let mut kept = r.clone();
         kept.stdout = None;
         kept.stderr = None;
+        kept.report = Default::default();
         let result = serde_json::to_string(&kept).unwrap_or_default();
         *state = State::Finished { result, report };
         Ok(Some(r))
@@ -111,8 +120,8 @@ impl NativeProcess {
     /// Returns the outcome, or None when it is still running.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Outcome>> {
-        if let State::Finished { result, .. } = &*self.lock() {
-            return Ok(Some((result.clone(), None, None)));
+        if let State::Finished { result, report } = &*self.lock() {
+            return Ok(Some((result.clone(), report.clone(), None, None)));
         }
         let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
         loop {
@@ -224,15 +233,36 @@ fn spawn_spec(py: Python<'_>, spec: &Spec) -> PyResult<Child> {
 #[pyclass(module = "rsandbox._rsandbox")]
 struct NativePool {
     pool: rsandbox::Pool,
+    /// The spec's process, which a job's argv, environment, directory and streams complete.
+    base: rsandbox::Process,
 }
 
-fn process_from(json: &str) -> PyResult<rsandbox::Process> {
-    serde_json::from_str(json).map_err(|e| {
-        native(Error::InvalidSpec {
-            field: "process".into(),
-            reason: format!("invalid JSON: {e}"),
-        })
-    })
+impl NativePool {
+    /// A job: the pool spec's process with this argv, these variables added, this working
+    /// directory and these streams (`streams_json`: the spec's form of stdin, stdout, stderr).
+    fn job(
+        &self,
+        args: Vec<String>,
+        env: Option<BTreeMap<String, String>>,
+        cwd: Option<String>,
+        streams_json: &str,
+    ) -> PyResult<rsandbox::Process> {
+        let [stdin, stdout, stderr]: [rsandbox::Stdio; 3] = serde_json::from_str(streams_json)
+            .map_err(|e| {
+                native(Error::InvalidSpec {
+                    field: "process.stdin/stdout/stderr".into(),
+                    reason: format!("invalid JSON: {e}"),
+                })
+            })?;
+        let mut process = self.base.clone();
+        process.args = args;
+        process.env.extend(env.unwrap_or_default());
+        if cwd.is_some() {
+            process.cwd = cwd;
+        }
+        (process.stdin, process.stdout, process.stderr) = (stdin, stdout, stderr);
+        Ok(process)
+    }
 }
 
 #[pymethods]
@@ -244,7 +274,10 @@ impl NativePool {
         let pool = py
             .detach(|| rsandbox::Pool::new(&spec, size))
             .map_err(native)?;
-        Ok(NativePool { pool })
+        Ok(NativePool {
+            pool,
+            base: spec.process,
+        })
     }
 
     /// Sandboxes ready now.
@@ -258,31 +291,38 @@ impl NativePool {
         py.detach(|| self.pool.wait_full(t))
     }
 
-    /// Runs a process (JSON of the spec's `process`) in a pooled sandbox; Ctrl-C kills it.
-    #[pyo3(signature = (process_json, input=None, timeout=None))]
+    /// Runs a job (see `job`) in a pooled sandbox; Ctrl-C kills it.
+    #[pyo3(signature = (args, env, cwd, streams_json, input=None, timeout=None))]
+    #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
         py: Python<'_>,
-        process_json: &str,
+        args: Vec<String>,
+        env: Option<BTreeMap<String, String>>,
+        cwd: Option<String>,
+        streams_json: &str,
         input: Option<Vec<u8>>,
         timeout: Option<f64>,
     ) -> PyResult<Outcome> {
-        let process = process_from(process_json)?;
+        let process = self.job(args, env, cwd, streams_json)?;
         interruptible(py, |interrupt| {
             self.pool
                 .run_with(&process, input.as_deref(), timeout, SIGNAL_CHECK, interrupt)
         })
     }
 
-    /// Starts a process in a pooled sandbox; returns a NativeProcess.
-    #[pyo3(signature = (process_json, timeout=None))]
+    /// Starts a job (see `job`) in a pooled sandbox; returns a NativeProcess.
+    #[pyo3(signature = (args, env, cwd, streams_json, timeout=None))]
     fn spawn(
         &self,
         py: Python<'_>,
-        process_json: &str,
+        args: Vec<String>,
+        env: Option<BTreeMap<String, String>>,
+        cwd: Option<String>,
+        streams_json: &str,
         timeout: Option<f64>,
     ) -> PyResult<NativeProcess> {
-        let process = process_from(process_json)?;
+        let process = self.job(args, env, cwd, streams_json)?;
         let child = py
             .detach(|| self.pool.spawn_with_timeout(&process, timeout))
             .map_err(native)?;
