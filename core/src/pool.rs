@@ -50,8 +50,9 @@ struct Shared {
 struct State {
     ready: VecDeque<Ready>,
     closing: bool,
-    /// Jobs of [`Pool::run_with`] still running. While there are some, the refill waits unless
-    /// the pool is empty: a start in the background would compete with them for the CPU.
+    /// Jobs still running (dispatched, result not yet taken). While there are some, the refill
+    /// waits unless the pool is empty: a start in the background would compete with them for
+    /// the CPU.
     running: usize,
     /// The last error of the background refill (a later start that succeeds clears it).
     failure: Option<String>,
@@ -67,9 +68,9 @@ struct Ready {
 impl Pool {
     /// Starts `size` sandboxes of `spec` (its `process` is ignored: jobs bring theirs). The first
     /// starts before this returns, so a spec that cannot work fails here; the others start in a
-    /// background thread, which keeps `size` sandboxes ready. While jobs of [`run`](Self::run)
-    /// are running it starts new ones only when none is left, so a job does not share the CPU
-    /// with a start it does not need.
+    /// background thread, which keeps `size` sandboxes ready. While jobs are running (until
+    /// their result is taken) it starts new ones only when none is left, so a job does not
+    /// share the CPU with a start it does not need.
     pub fn new(spec: &Spec, size: usize) -> Result<Pool> {
         if size == 0 {
             return Err(Error::invalid("pool size", "must be at least 1"));
@@ -138,6 +139,9 @@ impl Pool {
                 "must be a positive number of seconds",
             ));
         }
+        // The job counts as running from before a sandbox is taken (so the refill, woken by the
+        // taking, already sees it) until its result is in or its handle dropped.
+        let mut running = Some(Running::new(Arc::clone(&self.shared)));
         // A ready sandbox may have died while it waited (killed from outside, or by its
         // cgroup): it is dropped and the next one taken; a fresh start is the last resort.
         loop {
@@ -156,7 +160,10 @@ impl Pool {
             };
             let fresh = waited.is_some();
             match dispatch(&self.shared, ready, process, timeout, waited)? {
-                Some(child) => return Ok(child),
+                Some(mut child) => {
+                    child.job = running.take();
+                    return Ok(child);
+                }
                 None if fresh => {
                     return Err(Error::os(
                         "send the job to a new sandbox",
@@ -202,23 +209,28 @@ impl Pool {
             None if process.stdin == Stdio::Inherit => Stdio::Null,
             None => process.stdin.clone(),
         };
-        let _running = Running::new(&self.shared);
         let mut child = self.spawn_with_timeout(&process, timeout)?;
         child.communicate_with(input, self.shared.spec.output_limit, every, interrupt)
     }
 }
 
-/// Counts a job of [`Pool::run_with`] as running while it lives.
-struct Running<'a>(&'a Shared);
+/// Counts a job as running while it lives: held by the job's [`Child`] until its result is in.
+pub(crate) struct Running(Arc<Shared>);
 
-impl<'a> Running<'a> {
-    fn new(shared: &'a Shared) -> Running<'a> {
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Running")
+    }
+}
+
+impl Running {
+    fn new(shared: Arc<Shared>) -> Running {
         shared.lock().running += 1;
         Running(shared)
     }
 }
 
-impl Drop for Running<'_> {
+impl Drop for Running {
     fn drop(&mut self) {
         self.0.lock().running -= 1;
         self.0.changed.notify_all();

@@ -192,6 +192,8 @@ pub struct Child {
     pub(crate) early_exit: bool,
     /// The result came early: the init is still to be reaped (and the cgroup removed).
     reap_later: bool,
+    /// Held until the result is in: a pool job's place among the pool's running jobs.
+    pub(crate) job: Option<crate::pool::Running>,
     /// The write end of the command's stdin, when it is a pipe.
     pub stdin: Option<File>,
     /// The read end of the command's stdout, when it is a pipe.
@@ -1276,6 +1278,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         home,
         early_exit,
         reap_later: false,
+        job: None,
         finished: None,
         timed_out: false,
         report,
@@ -1716,6 +1719,7 @@ impl Child {
             self.ctl = None;
         }
         self.stop_fuse();
+        self.job = None;
         self.finished = Some(result.clone());
         result
     }

@@ -296,3 +296,40 @@ fn a_ready_sandbox_that_died_is_replaced() {
         assert_eq!(out(&r), "alive\n", "{}", err(&r));
     }
 }
+
+/// While a job runs and a sandbox is still ready, the pool does not start another (it would
+/// compete with the job for the CPU); once the job's result is in, it fills up again.
+#[test]
+fn the_refill_waits_while_a_job_runs() {
+    let _serial = serial();
+    let Some(pool) = pool(&Spec::default(), 2) else {
+        return;
+    };
+    assert!(pool.wait_full(Duration::from_secs(30)), "the pool fills");
+    let mut child = pool.spawn(&job("sleep 1")).unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        pool.ready(),
+        1,
+        "no start while the job runs and one is ready"
+    );
+    let r = child.wait().unwrap();
+    assert!(r.status.success(), "{r:?}");
+    assert!(
+        pool.wait_full(Duration::from_secs(30)),
+        "the pool fills again once the job's result is in"
+    );
+    // Taking the last ready one while a job runs: the pool is empty, so it refills at once.
+    let mut a = pool.spawn(&job("sleep 1")).unwrap();
+    let mut b = pool.spawn(&job("sleep 1")).unwrap();
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while pool.ready() == 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        pool.ready() > 0,
+        "an empty pool refills even while jobs run"
+    );
+    a.wait().unwrap();
+    b.wait().unwrap();
+}
