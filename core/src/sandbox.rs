@@ -1779,7 +1779,6 @@ impl Child {
         })
     }
 
-    /// Stops fuse-overlayfs once nothing in the sandbox can use it any more.
     /// Lets go of a finished sandbox, for a program about to exit. When the result came before
     /// the sandbox's init had exited and nothing else is left to clean up (no cgroup to remove, no
     /// fuse-overlayfs to stop), its handles are just closed, without the background reaper a
@@ -1791,6 +1790,7 @@ impl Child {
         }
     }
 
+    /// Stops fuse-overlayfs once nothing in the sandbox can use it any more.
     fn stop_fuse(&mut self) {
         if let Some(mut helper) = self.fuse.take() {
             helper.stop();
@@ -2158,7 +2158,10 @@ mod small {
                     break;
                 }
                 let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
-                    // Never free memory a task may still use: keep the mapping instead.
+                    // Never free memory a task may still use: keep the mapping, and the word the
+                    // kernel will clear at the helper's exit, instead.
+                    let word = std::mem::replace(&mut self.helper, Box::new(AtomicU32::new(0)));
+                    Box::leak(word);
                     return;
                 };
                 let timeout = libc::timespec {
