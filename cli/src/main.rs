@@ -2,6 +2,11 @@
 //!
 //! Every option fills a field of [`rsandbox::Spec`]; the library does the rest.
 
+mod arena;
+
+#[global_allocator]
+static ALLOCATOR: arena::Arena = arena::Arena;
+
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
