@@ -654,6 +654,12 @@ pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_
     Errno::last()
 }
 
+/// Lets another runnable task on this CPU go first.
+pub fn yield_now() {
+    // SAFETY: no arguments; it cannot fail on Linux.
+    unsafe { libc::sched_yield() };
+}
+
 pub fn exit(code: c_int) -> ! {
     // SAFETY: _exit runs no atexit handlers and flushes nothing: right for a forked child.
     unsafe { libc::_exit(code) }

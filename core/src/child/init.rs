@@ -84,6 +84,8 @@ fn finish(plan: &Plan, main: libc::pid_t, status: Option<c_int>) -> ! {
     }
     if let Some(status) = status {
         let _ = sys::write_all(plan.status_w, &status.to_ne_bytes());
+        // As child/init.c: the caller, just woken, takes the result before this exit's teardown.
+        sys::yield_now();
     }
     sys::exit(0)
 }
