@@ -3,10 +3,12 @@
 //! Every option fills a field of [`rsandbox::Spec`]; the library does the rest.
 
 mod arena;
+mod quick;
 
 #[global_allocator]
 static ALLOCATOR: arena::Arena = arena::Arena;
 
+use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::PathBuf;
@@ -56,7 +58,7 @@ enum Command {
     },
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
 enum NetArg {
     /// A private network namespace with only loopback.
     None,
@@ -64,27 +66,27 @@ enum NetArg {
     Host,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
 enum OnOffArg {
     On,
     Required,
     Off,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
 enum LevelArg {
     Required,
     BestEffort,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
 enum DriverArg {
     Auto,
     Kernel,
     Fuse,
 }
 
-#[derive(Clone, Copy, ValueEnum, PartialEq)]
+#[derive(Clone, Copy, ValueEnum, PartialEq, Debug)]
 enum NsArg {
     User,
     Mount,
@@ -95,7 +97,7 @@ enum NsArg {
     Cgroup,
 }
 
-#[derive(Args)]
+#[derive(Args, Default, PartialEq, Debug)]
 struct RunArgs {
     /// Start from this JSON spec; the other options override its fields.
     #[arg(long, value_name = "FILE")]
@@ -234,8 +236,13 @@ struct RunArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    match cli.command {
+    let argv: Vec<OsString> = std::env::args_os().collect();
+    // Ordinary `run` command lines are read directly (see quick.rs); clap reads the rest.
+    let command = match quick::parse_run(&argv) {
+        Some(args) => Command::Run(Box::new(args)),
+        None => Cli::parse_from(argv).command,
+    };
+    match command {
         Command::Diff {
             upper,
             lowers,
