@@ -73,7 +73,7 @@ impl Doctor {
 ///
 /// The checks, by name: `user-namespaces`, `subordinate-ids`, `overlay-in-userns`, `fuse`,
 /// `cgroup2`, `cgroup-delegation`, `seccomp`, `landlock`, `pidfd`, `mount-api`,
-/// `time-namespace`. Two of them fork a child that enters a new user namespace, so the call
+/// `time-namespace`, `image-store`. Two of them fork a child that enters a new user namespace, so the call
 /// takes a few milliseconds. Safe to call from a multi-threaded program.
 pub fn doctor() -> Doctor {
     let (uid, gid) = (sys::getuid(), sys::getgid());
@@ -93,6 +93,7 @@ pub fn doctor() -> Doctor {
             pidfd(),
             mount_api(),
             time_namespace(),
+            image_store(&crate::image::default_store()),
         ],
     }
 }
@@ -644,6 +645,33 @@ fn time_namespace() -> Check {
     Check::new("time-namespace", available, detail, remedy)
 }
 
+/// Whether image runs may keep layers in the default store: nobody else may be able to write to
+/// it or to a directory above it (a world-writable directory above it must be sticky, as /tmp
+/// should be).
+fn image_store(store: &Path) -> Check {
+    let (available, detail) = match crate::image::store_problem(&store.join("sha256")) {
+        Ok(None) => (
+            true,
+            format!(
+                "{}: only this user or root can write on its path (used by image runs)",
+                store.display()
+            ),
+        ),
+        Ok(Some(problem)) => (
+            false,
+            format!(
+                "{}: {problem}; image runs using it are refused",
+                store.display()
+            ),
+        ),
+        Err(e) => (false, format!("{}: {e}", store.display())),
+    };
+    let remedy =
+        "set RSANDBOX_IMAGE_STORE (--image-store) to a directory only this user can write, \
+                  or restore the sticky bit of a shared directory above it (chmod 1777 /tmp)";
+    Check::new("image-store", available, detail, remedy)
+}
+
 // ---- host helpers ----
 
 fn read_number(path: &str) -> Option<i64> {
@@ -900,6 +928,46 @@ mod tests {
         assert!(d.check("landlock").is_none());
     }
 
+    /// A fresh directory of `mode` under the test's temporary directory.
+    fn scratch_dir(tag: &str, mode: u32) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("rsbx-doctor-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn image_store_check_names_the_directory_others_can_write() {
+        let open = scratch_dir("open", 0o777);
+        let check = image_store(&open.join("cache/layers"));
+        fs::remove_dir_all(&open).unwrap();
+        assert!(!check.available, "{check:?}");
+        let expected = format!("{} is writable by others (mode 777)", open.display());
+        assert!(check.detail.contains(&expected), "{check:?}");
+        assert!(check
+            .remedy
+            .as_deref()
+            .is_some_and(|r| r.contains("RSANDBOX_IMAGE_STORE")));
+
+        // Sticky, the same directory is fine above a store, never as the store itself.
+        let sticky = scratch_dir("sticky", 0o1777);
+        let above = crate::image::store_problem(&sticky.join("layers/sha256"));
+        let itself = crate::image::store_problem(&sticky);
+        fs::remove_dir_all(&sticky).unwrap();
+        let name = format!("{} is", sticky.display());
+        assert!(!above.unwrap().is_some_and(|p| p.contains(&name)));
+        assert!(itself
+            .unwrap()
+            .is_some_and(|p| p.contains(&format!("{name} writable by others (mode 1777)"))));
+
+        // Nothing on the path yet but the root directory: a store there would be private.
+        let absent = Path::new("/rsbx-doctor-absent").join(std::process::id().to_string());
+        let check = image_store(&absent.join("layers"));
+        assert!(check.available && check.remedy.is_none(), "{check:?}");
+    }
+
     #[test]
     fn doctor_makes_every_check_once() {
         let d = doctor();
@@ -916,6 +984,7 @@ mod tests {
             "pidfd",
             "mount-api",
             "time-namespace",
+            "image-store",
         ];
         assert_eq!(names, expected);
         assert!(d.checks.iter().all(|c| !c.available || c.remedy.is_none()));

@@ -653,8 +653,31 @@ fn store_dir(store: &Path, alg: &str) -> Result<PathBuf> {
 /// and every directory above it must be owned by the caller or root, and none may be writable by
 /// others, except sticky directories above the store such as /tmp.
 fn check_private(dir: &Path) -> Result<()> {
-    let canonical = fs::canonicalize(dir)
-        .map_err(|e| Error::io("resolve the layer store", Some(dir.to_path_buf()), e))?;
+    match store_problem(dir)? {
+        None => Ok(()),
+        Some(problem) => Err(Error::io(
+            "check that the layer store is private",
+            Some(dir.to_path_buf()),
+            io::Error::new(io::ErrorKind::PermissionDenied, problem),
+        )),
+    }
+}
+
+/// Why a layer store at `dir` would not be private (see `check_private`), or None when it would
+/// be. `dir` need not exist yet: the directories that do are judged, those still to be created
+/// would be the caller's own, mode 0700.
+pub(crate) fn store_problem(dir: &Path) -> Result<Option<String>> {
+    let mut existing = dir;
+    let mut missing = 0;
+    while fs::symlink_metadata(existing).is_err() {
+        match existing.parent() {
+            Some(parent) => existing = parent,
+            None => break,
+        }
+        missing += 1;
+    }
+    let canonical = fs::canonicalize(existing)
+        .map_err(|e| Error::io("resolve the layer store", Some(existing.to_path_buf()), e))?;
     let me = nix::unistd::geteuid().as_raw();
     for (depth, ancestor) in canonical.ancestors().enumerate() {
         let meta = fs::metadata(ancestor)
@@ -662,30 +685,18 @@ fn check_private(dir: &Path) -> Result<()> {
         let writable_by_others = meta.mode() & 0o022 != 0;
         let sticky = meta.mode() & 0o1000 != 0;
         let problem = if meta.uid() != me && meta.uid() != 0 {
-            Some(format!("is owned by uid {}", meta.uid()))
-        } else if writable_by_others && (depth == 0 || !sticky) {
-            Some(format!(
-                "is writable by others (mode {:o})",
-                meta.mode() & 0o7777
-            ))
+            format!("is owned by uid {}", meta.uid())
+        } else if writable_by_others && (depth + missing == 0 || !sticky) {
+            format!("is writable by others (mode {:o})", meta.mode() & 0o7777)
         } else {
-            None
+            continue;
         };
-        if let Some(problem) = problem {
-            return Err(Error::io(
-                "check that the layer store is private",
-                Some(dir.to_path_buf()),
-                io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!(
-                        "{} {problem}, so another user could plant layers; use a store only uid {me} can write to",
-                        ancestor.display()
-                    ),
-                ),
-            ));
-        }
+        return Ok(Some(format!(
+            "{} {problem}, so another user could plant layers; use a store only uid {me} can write to",
+            ancestor.display()
+        )));
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Whether a complete layer directory is present at `target`.
