@@ -46,6 +46,8 @@ pub use mounts::HOST_VIEW_DIRS;
 pub use overlay::{diff, Diff};
 pub use pool::Pool;
 pub use report::{Feature, IdRange, MountEntry, Report, Status};
+#[doc(hidden)]
+pub use sandbox::__bench_plan;
 pub use sandbox::{
     run, run_with_input, spawn, Child, ExitStatus, RunResult, Usage, Verdict, DEFAULT_PATH,
 };

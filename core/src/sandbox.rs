@@ -218,6 +218,14 @@ pub fn spawn(spec: &Spec) -> Result<Child> {
     launch(spec, prepared)
 }
 
+/// Plans a sandbox of `spec` as [`spawn`] does before it clones (the spec's checks, id maps,
+/// mount plan, seccomp filter, Landlock rules, pipes and stacks), then drops the plan. Only for
+/// the micro-benchmarks (core/benches/spawn.rs): not part of the API.
+#[doc(hidden)]
+pub fn __bench_plan(spec: &Spec) -> Result<()> {
+    prepare(spec, false, false).map(drop)
+}
+
 /// Starts a sandbox whose command is the pool's agent (see pool.rs): `spec.process` must name
 /// the agent's streams (stdin: the job socket). A pool's sandboxes start in the background and
 /// never take a second CPU for it: that would only slow down the jobs running meanwhile.
