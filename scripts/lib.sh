@@ -86,6 +86,16 @@ rsbx_build_cli() {
     fi
 }
 
+# rsbx_bench_executable: reads cargo's --message-format=json output on stdin and prints the
+# path of the last benchmark executable it built.
+rsbx_bench_executable() {
+    rsbx_python -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line) if line.startswith("{") else {}
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "bench" in m["target"]["kind"]:
+        print(m["executable"])' | tail -n 1
+}
+
 # A python3 for parsing cargo's JSON output.
 rsbx_python() {
     if command -v python3 >/dev/null 2>&1; then

@@ -73,8 +73,8 @@ impl Doctor {
 ///
 /// The checks, by name: `user-namespaces`, `subordinate-ids`, `overlay-in-userns`, `fuse`,
 /// `cgroup2`, `cgroup-delegation`, `seccomp`, `landlock`, `pidfd`, `mount-api`,
-/// `time-namespace`, `image-store`. Two of them fork a child that enters a new user namespace, so the call
-/// takes a few milliseconds. Safe to call from a multi-threaded program.
+/// `time-namespace`, `image-store`. Two of them fork a child that enters a new user namespace,
+/// so the call takes a few milliseconds. Safe to call from a multi-threaded program.
 pub fn doctor() -> Doctor {
     let (uid, gid) = (sys::getuid(), sys::getgid());
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
@@ -666,9 +666,8 @@ fn image_store(store: &Path) -> Check {
         ),
         Err(e) => (false, format!("{}: {e}", store.display())),
     };
-    let remedy =
-        "set RSANDBOX_IMAGE_STORE (--image-store) to a directory only this user can write, \
-                  or restore the sticky bit of a shared directory above it (chmod 1777 /tmp)";
+    let remedy = "set RSANDBOX_IMAGE_STORE (--image-store) to a directory only this user can \
+                  write, or restore the sticky bit of a shared directory above it (chmod 1777 /tmp)";
     Check::new("image-store", available, detail, remedy)
 }
 
