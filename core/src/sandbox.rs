@@ -182,6 +182,7 @@ pub struct Child {
     status_r: OwnedFd,
     pub(crate) started: Instant,
     pub(crate) deadline: Option<Instant>,
+    /// The result once known, kept without its report (that is `report`).
     finished: Option<RunResult>,
     timed_out: bool,
     pub(crate) report: Report,
@@ -1571,7 +1572,10 @@ impl Child {
     /// Returns the result if the sandbox has exited, without blocking.
     pub fn try_wait(&mut self) -> Result<Option<RunResult>> {
         if let Some(r) = &self.finished {
-            return Ok(Some(r.clone()));
+            return Ok(Some(RunResult {
+                report: self.report.clone(),
+                ..r.clone()
+            }));
         }
         self.watch()?;
         if self.early_exit {
@@ -1721,15 +1725,19 @@ impl Child {
             stderr: None,
             stdout_truncated: false,
             stderr_truncated: false,
-            report: self.report.clone(),
+            report: Report::default(),
         };
         if !init_alive {
             self.ctl = None;
         }
         self.stop_fuse();
         self.job = None;
+        // The kept copy goes without the report (`self.report` has it): one copy per result.
         self.finished = Some(result.clone());
-        result
+        RunResult {
+            report: self.report.clone(),
+            ..result
+        }
     }
 
     /// Whether the CPU-time limit is watched through the cgroup.
@@ -1841,7 +1849,9 @@ impl Child {
         {
             result.verdict = Verdict::OutputLimit;
         }
+        let report = std::mem::take(&mut result.report);
         self.finished = Some(result.clone());
+        result.report = report;
         Ok(result)
     }
 }

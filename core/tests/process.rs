@@ -295,3 +295,26 @@ fn release_for_exit_leaves_the_init_to_be_reaped() {
     assert!(libc::WIFEXITED(status), "the init exited: {status:#x}");
     assert_eq!(libc::WEXITSTATUS(status), 0, "the init exited cleanly");
 }
+
+/// Waiting again, or polling after the result, gives the same result, report and output
+/// included.
+#[test]
+fn the_result_is_the_same_when_asked_again() {
+    let mut spec = sh("echo out; echo err >&2; exit 3");
+    spec.process.stdout = Stdio::Pipe;
+    spec.process.stderr = Stdio::Pipe;
+    let mut child = rsandbox::spawn(&spec).expect("spawn");
+    let first = child.communicate(None, None).expect("communicate");
+    assert_eq!(first.status, ExitStatus::Exited(3));
+    assert_eq!(first.stdout.as_deref(), Some(&b"out\n"[..]));
+    assert!(
+        !first.report.features.is_empty() && !first.report.mounts.is_empty(),
+        "{:?}",
+        first.report
+    );
+    assert_eq!(&first.report, child.report());
+    let again = child.wait().expect("wait again");
+    assert_eq!(again, first);
+    let polled = child.try_wait().expect("try_wait").expect("a result");
+    assert_eq!(polled, first);
+}

@@ -1,6 +1,8 @@
 """The Python module, run as the unprivileged user (tests/python/run)."""
 
+import copy
 import os
+import pickle
 import threading
 
 import pytest
@@ -68,6 +70,21 @@ def test_report_and_protections():
     assert "Seccomp:\t2" in r.stdout and "NoNewPrivs:\t1" in r.stdout and "CapEff:\t0000000000000000" in r.stdout
     names = {f["name"]: f["status"] for f in r.report["features"]}
     assert names["seccomp"] == "enforced" and names["namespace.pid"] == "enforced"
+
+
+def test_results_pickle_and_copy_with_their_report():
+    r = rsandbox.run(["sh", "-c", "echo out; exit 2"], capture_output=True, text=True)
+    with rsandbox.Pool(1) as pool:
+        pooled = pool.run(["true"])
+    for result in (r, pooled):
+        for again in (pickle.loads(pickle.dumps(result)), copy.deepcopy(result), copy.copy(result)):
+            assert again == result
+            assert again.report == result.report and again.report["features"]
+    assert pickle.loads(pickle.dumps(r)).stdout == "out\n"
+    assert {f["name"] for f in pooled.report["features"]} >= {"pool", "seccomp"}
+    # A result never asked for its report pickles it too.
+    fresh = rsandbox.run(["true"])
+    assert pickle.loads(pickle.dumps(fresh)).report["features"] == fresh.report["features"]
 
 
 def test_output_limit_truncates():
