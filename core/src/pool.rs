@@ -421,7 +421,17 @@ fn dispatch(
         Some(c) => c.clone(),
         None => String::new(),
     };
-    let mut message = Vec::with_capacity(4096);
+    // Sized exactly: a large first allocation would make the C allocator consolidate its free
+    // lists on the job's path.
+    let fields = 1 + candidates.len() + process.args.len();
+    let text: usize = cwd.len()
+        + candidates.iter().map(|c| c.as_bytes().len()).sum::<usize>()
+        + process.args.iter().map(String::len).sum::<usize>()
+        + env
+            .iter()
+            .map(|(k, v)| k.len() + 1 + v.len())
+            .sum::<usize>();
+    let mut message = Vec::with_capacity(16 + text + fields + env.len());
     let counts = [
         JOB_MAGIC,
         candidates.len() as u32,
@@ -447,7 +457,13 @@ fn dispatch(
         push("process.args", a.as_bytes())?;
     }
     for (k, v) in &env {
-        push("process.env", format!("{k}={v}").as_bytes())?;
+        if k.contains('\0') || v.contains('\0') {
+            return Err(Error::invalid("process.env", "contains a NUL byte"));
+        }
+        message.extend_from_slice(k.as_bytes());
+        message.push(b'=');
+        message.extend_from_slice(v.as_bytes());
+        message.push(0);
     }
     if message.len() > MAX_JOB {
         return Err(Error::invalid(

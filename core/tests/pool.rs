@@ -159,6 +159,55 @@ fn pooled_jobs_get_their_own_streams_env_cwd_and_status() {
     assert!(r.timed_out && r.usage.wall_time < 5.0, "{r:?}");
 }
 
+/// A job's argv and environment reach it whole, however many and long; a NUL byte in any of
+/// them is refused before it is sent, and the sandbox is still there for the next job.
+#[test]
+fn job_argv_and_environment_arrive_whole_or_are_refused() {
+    let _serial = serial();
+    let Some(pool) = pool(&Spec::default(), 1) else {
+        return;
+    };
+    let mut p = job("echo \"$#:$1:${#V0}:$V0$V99\"; env | grep -c '^V[0-9]*='");
+    p.args.push("sh".into());
+    p.args.push("x".repeat(10_000));
+    for i in 0..100 {
+        p.env
+            .insert(format!("V{i}"), format!("{i}{}", "y".repeat(i * 10)));
+    }
+    let r = pool.run(&p, None).unwrap();
+    assert_eq!(r.status.code(), Some(0), "{}", err(&r));
+    let text = out(&r);
+    let mut lines = text.lines();
+    assert_eq!(
+        lines.next(),
+        Some(format!("1:{}:1:099{}", "x".repeat(10_000), "y".repeat(990)).as_str())
+    );
+    assert_eq!(lines.next(), Some("100"));
+
+    for bad in [
+        {
+            let mut p = job("true");
+            p.env.insert("K".into(), "a\0b".into());
+            p
+        },
+        {
+            let mut p = job("true");
+            p.env.insert("K\0".into(), "v".into());
+            p
+        },
+        Process {
+            args: vec!["true".into(), "a\0b".into()],
+            ..Default::default()
+        },
+    ] {
+        let e = pool.run(&bad, None).unwrap_err();
+        assert_eq!(e.kind(), rsandbox::ErrorKind::InvalidSpec, "{e}");
+        assert!(e.to_string().contains("NUL"), "{e}");
+    }
+    let r = pool.run(&job("echo still"), None).unwrap();
+    assert_eq!(out(&r), "still\n");
+}
+
 #[test]
 fn an_empty_pool_starts_on_the_spot_and_says_so() {
     let _serial = serial();
