@@ -707,6 +707,19 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
     let pool = rsandbox::Pool::new(&payload_spec(), 4).map(std::sync::Arc::new);
     let counter = std::sync::atomic::AtomicUsize::new(0);
     let mut candidates: Vec<(String, Result<Job, String>)> = Vec::new();
+    // The floor's throughput is the kernel's own ceiling for these namespaces on this machine.
+    if a.floor.is_file() {
+        let argv = vec![a.floor.display().to_string(), "/bin/true".into()];
+        candidates.push((
+            "namespace floor (C)".into(),
+            Ok(Box::new(move |_| {
+                run_once(&How::Exec(argv.clone()), None).map(|_| ())
+            })),
+        ));
+    } else {
+        let why = format!("{} missing", a.floor.display());
+        candidates.push(("namespace floor (C)".into(), Err(why)));
+    }
     candidates.push((
         "rsandbox library".into(),
         Ok(Box::new(|_| {

@@ -111,6 +111,9 @@ pub(crate) fn profile_filter(path: &Path) -> Result<Filter> {
     let mut ctx = ScmpFilterContext::new(default).map_err(err)?;
     ctx.set_act_badarch(ScmpAction::KillProcess).map_err(err)?;
     ctx.set_ctl_nnp(false).map_err(err)?;
+    // A binary tree over the syscall numbers: see rules::default_context. An allow-list of
+    // hundreds of names as a chain would cost the kernel ~1 ms at every attach.
+    ctx.set_ctl_optimize(2).map_err(err)?;
     for a in &p.architectures {
         let arch = match a.as_str() {
             "SCMP_ARCH_X86_64" => ScmpArch::X8664,
@@ -270,6 +273,201 @@ pub(crate) fn load(program: &[libc::sock_filter]) -> std::result::Result<(), nix
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const RET_ALLOW: u32 = 0x7fff_0000;
+    const RET_KILL_PROCESS: u32 = 0x8000_0000;
+    const fn ret_errno(errno: i32) -> u32 {
+        0x0005_0000 | errno as u32
+    }
+
+    /// Runs a classic BPF seccomp program on (nr, arch, args) as the kernel would; returns its
+    /// verdict and how many instructions it took.
+    fn evaluate(prog: &[libc::sock_filter], nr: u32, arch: u32, args: [u64; 6]) -> (u32, usize) {
+        let word = |off: u32| -> u32 {
+            match off {
+                0 => nr,
+                4 => arch,
+                8 | 12 => 0, // instruction pointer
+                16..=63 if off % 4 == 0 => {
+                    let arg = args[(off as usize - 16) / 8];
+                    if off % 8 == 0 {
+                        arg as u32
+                    } else {
+                        (arg >> 32) as u32
+                    }
+                }
+                _ => panic!("load from offset {off}"),
+            }
+        };
+        let (mut a, mut x, mut mem, mut pc, mut steps) = (0u32, 0u32, [0u32; 16], 0usize, 0);
+        loop {
+            let i = prog[pc];
+            steps += 1;
+            pc += 1;
+            let src = if i.code & 0x08 != 0 { x } else { i.k };
+            match i.code & 0x07 {
+                0x00 => {
+                    a = match i.code & 0xe0 {
+                        0x00 => i.k,
+                        0x20 => word(i.k),
+                        0x60 => mem[i.k as usize],
+                        mode => panic!("ld mode {mode:#x}"),
+                    }
+                }
+                0x01 => {
+                    x = match i.code & 0xe0 {
+                        0x00 => i.k,
+                        0x60 => mem[i.k as usize],
+                        mode => panic!("ldx mode {mode:#x}"),
+                    }
+                }
+                0x02 => mem[i.k as usize] = a,
+                0x03 => mem[i.k as usize] = x,
+                0x04 => {
+                    a = match i.code & 0xf0 {
+                        0x00 => a.wrapping_add(src),
+                        0x10 => a.wrapping_sub(src),
+                        0x40 => a | src,
+                        0x50 => a & src,
+                        0x60 => a.wrapping_shl(src),
+                        0x70 => a.wrapping_shr(src),
+                        0xa0 => a ^ src,
+                        op => panic!("alu op {op:#x}"),
+                    }
+                }
+                0x05 => {
+                    let op = i.code & 0xf0;
+                    if op == 0x00 {
+                        pc += i.k as usize;
+                        continue;
+                    }
+                    let taken = match op {
+                        0x10 => a == src,
+                        0x20 => a > src,
+                        0x30 => a >= src,
+                        0x40 => a & src != 0,
+                        _ => panic!("jmp op {op:#x}"),
+                    };
+                    pc += if taken { i.jt } else { i.jf } as usize;
+                }
+                0x06 => return (if i.code & 0x18 == 0x10 { a } else { i.k }, steps),
+                _ => match i.code {
+                    0x07 => x = a,
+                    0x87 => a = x,
+                    code => panic!("misc {code:#x}"),
+                },
+            }
+        }
+    }
+
+    fn number(name: &str) -> u32 {
+        libseccomp::ScmpSyscall::from_name(name)
+            .unwrap()
+            .as_raw_syscall() as u32
+    }
+
+    /// The default program refuses exactly what it lists, whatever the syscall number, and
+    /// reaches each verdict in a few instructions: the kernel runs it for every syscall number
+    /// at each attach to cache the ones it always allows (attaching took ~130 µs here with a
+    /// chain of comparisons, ~68 µs with the tree).
+    #[test]
+    fn default_program_refuses_its_list_and_decides_in_a_few_steps() {
+        for nested in [false, true] {
+            let program = default_filter(nested).unwrap().program;
+            let denied: Vec<u32> = rules::DENIED
+                .iter()
+                .filter_map(|n| libseccomp::ScmpSyscall::from_name(n).ok())
+                .map(|s| s.as_raw_syscall() as u32)
+                .collect();
+            let (mut longest, mut total) = (0, 0);
+            for nr in 0..512 {
+                let (verdict, steps) = evaluate(&program, nr, AUDIT_ARCH_X86_64, [0; 6]);
+                longest = longest.max(steps);
+                total += steps;
+                let expected = if denied.contains(&nr) {
+                    ret_errno(libc::EPERM)
+                } else if !nested && nr == number("clone3") {
+                    ret_errno(libc::ENOSYS)
+                } else {
+                    RET_ALLOW
+                };
+                assert_eq!(verdict, expected, "syscall {nr}, nested={nested}");
+            }
+            // 13 instructions per number on average with the tree (26 at most), 54 (69) chained.
+            assert!(
+                total <= 512 * 24 && longest <= 32,
+                "{total} instructions over 512 syscall numbers, {longest} at most"
+            );
+            // Argument patterns and foreign ABIs.
+            let ioctl = number("ioctl");
+            let tiocsti = [0, rules::TIOCSTI | 0xdead_0000_0000, 0, 0, 0, 0];
+            assert_eq!(
+                evaluate(&program, ioctl, AUDIT_ARCH_X86_64, tiocsti).0,
+                ret_errno(libc::EPERM)
+            );
+            let fionread = [0, libc::FIONREAD, 0, 0, 0, 0];
+            assert_eq!(
+                evaluate(&program, ioctl, AUDIT_ARCH_X86_64, fionread).0,
+                RET_ALLOW
+            );
+            let newuser = [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0];
+            let unshare = evaluate(&program, number("unshare"), AUDIT_ARCH_X86_64, newuser).0;
+            let expected = if nested {
+                RET_ALLOW
+            } else {
+                ret_errno(libc::EPERM)
+            };
+            assert_eq!(unshare, expected, "unshare(CLONE_NEWUSER), nested={nested}");
+            let x32_getpid = 0x4000_0000 | number("getpid");
+            for (nr, arch) in [(x32_getpid, AUDIT_ARCH_X86_64), (20, AUDIT_ARCH_I386)] {
+                let verdict = evaluate(&program, nr, arch, [0; 6]).0;
+                assert_eq!(verdict, RET_KILL_PROCESS, "nr {nr:#x} arch {arch:#x}");
+            }
+        }
+    }
+
+    /// A user's allow-list profile of every syscall libseccomp knows is compiled to a tree too.
+    #[test]
+    fn a_long_profile_decides_in_a_few_steps() {
+        let names: Vec<String> = (0..512)
+            .filter_map(|nr| {
+                libseccomp::ScmpSyscall::from_raw_syscall(nr)
+                    .get_name()
+                    .ok()
+            })
+            .filter(|n| n != "mkdir")
+            .collect();
+        assert!(names.len() > 300, "{} names", names.len());
+        let dir = std::env::temp_dir().join(format!("rsbx-seccomp-tree-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("allow.json");
+        let profile = serde_json::json!({
+            "defaultAction": "SCMP_ACT_ERRNO",
+            "defaultErrnoRet": libc::EACCES,
+            "syscalls": [{"names": names, "action": "SCMP_ACT_ALLOW"}],
+        });
+        std::fs::write(&path, profile.to_string()).unwrap();
+        let program = profile_filter(&path).unwrap().program;
+        std::fs::remove_dir_all(&dir).unwrap();
+        let mut longest = 0;
+        for name in ["read", "mkdir", "openat", "clone3", "getpid"] {
+            let (verdict, steps) = evaluate(&program, number(name), AUDIT_ARCH_X86_64, [0; 6]);
+            longest = longest.max(steps);
+            let expected = if name == "mkdir" {
+                ret_errno(libc::EACCES)
+            } else {
+                RET_ALLOW
+            };
+            assert_eq!(verdict, expected, "{name}");
+        }
+        for nr in 0..512 {
+            longest = longest.max(evaluate(&program, nr, AUDIT_ARCH_X86_64, [0; 6]).1);
+        }
+        // 17 with the tree, 372 chained.
+        assert!(longest <= 32, "a verdict took {longest} instructions");
+    }
 
     /// The program compiled ahead by build.rs is the one libseccomp compiles here and now, for
     /// both variants: a stale or foreign prebuilt program would load other rules than the report

@@ -77,6 +77,10 @@ pub(crate) fn default_context(
     // arch check kills such calls instead of letting them slip past the rules.
     ctx.set_act_badarch(ScmpAction::KillProcess)?;
     ctx.set_ctl_nnp(false)?;
+    // A binary tree over the syscall numbers instead of a chain of comparisons: when a filter is
+    // attached, the kernel runs it for every syscall number to find those it always allows (its
+    // cache), and the tree makes that walk several times shorter.
+    ctx.set_ctl_optimize(2)?;
     let mut count = 0;
     for name in DENIED {
         // Names this architecture does not have (vm86 on x86_64, …) are simply absent.
