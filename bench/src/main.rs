@@ -295,6 +295,8 @@ enum How {
     Pool(std::sync::Arc<rsandbox::Pool>),
     /// `crun run` with this container name.
     Crun(Crun, String),
+    /// The namespace floor's syscalls from this process (no launcher executed).
+    Floor(std::sync::Arc<InProcessFloor>),
 }
 
 struct Candidate {
@@ -354,6 +356,7 @@ fn run_once(how: &How, py: Option<&mut PyWorker>) -> Result<Duration, String> {
         }
         How::Python(mode) => py.ok_or("no python worker")?.run(mode),
         How::Crun(crun, name) => crun.run(name.clone()),
+        How::Floor(floor) => floor.run(),
         How::Pool(pool) => {
             let process = rsandbox::Process {
                 args: vec!["/bin/true".into()],
@@ -371,6 +374,120 @@ fn run_once(how: &How, py: Option<&mut PyWorker>) -> Result<Duration, String> {
             }
             Ok(took)
         }
+    }
+}
+
+/// The namespace floor made from this process: bench/floor.c's syscalls (user, mount, PID, IPC,
+/// UTS and network namespaces, id maps, a private tree, a fresh /proc, exec of the payload as
+/// pid 1) in a child started the way the library starts its sandboxes (`clone` sharing this
+/// memory until the exec, namespaces in the clone flags), so no launcher program is executed
+/// first. What the kernel itself charges for a start, the ceiling for in-process throughput.
+struct InProcessFloor {
+    uid_map: std::ffi::CString,
+    gid_map: std::ffi::CString,
+    program: std::ffi::CString,
+}
+
+impl InProcessFloor {
+    fn new(program: &str) -> InProcessFloor {
+        // SAFETY: geteuid and getegid cannot fail.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let cstring = |s: String| std::ffi::CString::new(s).expect("no NUL");
+        InProcessFloor {
+            uid_map: cstring(format!("{uid} {uid} 1\n")),
+            gid_map: cstring(format!("{gid} {gid} 1\n")),
+            program: cstring(program.into()),
+        }
+    }
+
+    fn run(&self) -> Result<Duration, String> {
+        const STACK: usize = 64 * 1024;
+        let mut stack = vec![0u8; STACK];
+        let flags = libc::CLONE_VM
+            | libc::CLONE_VFORK
+            | libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWNET
+            | libc::SIGCHLD;
+        let start = Instant::now();
+        // SAFETY: the child runs floor_child on its own stack (the top of `stack`, 16-aligned)
+        // with `self`, both alive until it has executed or exited: CLONE_VFORK suspends this
+        // thread until then. floor_child makes only raw syscalls on memory prepared here.
+        let pid = unsafe {
+            let top = stack.as_mut_ptr().add(STACK) as usize & !15;
+            libc::clone(
+                floor_child,
+                top as *mut libc::c_void,
+                flags,
+                self as *const InProcessFloor as *mut libc::c_void,
+            )
+        };
+        if pid < 0 {
+            return Err(format!("clone: {}", std::io::Error::last_os_error()));
+        }
+        let mut status = 0;
+        // SAFETY: status is a valid out-pointer; pid is our child.
+        if unsafe { libc::waitpid(pid, &mut status, 0) } != pid {
+            return Err(format!("waitpid: {}", std::io::Error::last_os_error()));
+        }
+        let took = start.elapsed();
+        drop(stack);
+        if status != 0 {
+            return Err(format!("in-process floor: wait status {status:#x}"));
+        }
+        Ok(took)
+    }
+}
+
+/// The in-process floor's child: pid 1 of its namespaces. Exits 125 when a syscall fails.
+extern "C" fn floor_child(arg: *mut libc::c_void) -> libc::c_int {
+    // SAFETY: arg is the InProcessFloor the parent keeps alive while suspended (CLONE_VFORK).
+    let f = unsafe { &*(arg as *const InProcessFloor) };
+    let write_file = |path: &std::ffi::CStr, text: &std::ffi::CStr| -> bool {
+        let len = text.to_bytes().len();
+        // SAFETY: path and text are NUL-terminated and outlive the calls.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return false;
+            }
+            let n = libc::write(fd, text.as_ptr().cast(), len);
+            libc::close(fd);
+            n == len as isize
+        }
+    };
+    let ok = write_file(c"/proc/self/uid_map", &f.uid_map)
+        && write_file(c"/proc/self/setgroups", c"deny")
+        && write_file(c"/proc/self/gid_map", &f.gid_map);
+    // SAFETY: mount and execve read only the NUL-terminated strings and arrays given; _exit ends
+    // this child without touching the shared memory.
+    unsafe {
+        let none = std::ptr::null::<libc::c_void>();
+        if !ok
+            || libc::mount(
+                std::ptr::null(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                none,
+            ) < 0
+            || libc::mount(
+                c"proc".as_ptr(),
+                c"/proc".as_ptr(),
+                c"proc".as_ptr(),
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                none,
+            ) < 0
+        {
+            libc::_exit(125);
+        }
+        let argv = [f.program.as_ptr(), std::ptr::null()];
+        let envp = [std::ptr::null::<libc::c_char>()];
+        libc::execve(f.program.as_ptr(), argv.as_ptr(), envp.as_ptr());
+        libc::_exit(127)
     }
 }
 
@@ -551,6 +668,10 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
                 format!("{} missing", a.floor.display()),
             )
         },
+        Candidate::new(
+            "namespace floor, in-process",
+            How::Floor(std::sync::Arc::new(InProcessFloor::new(&true_bin))),
+        ),
         Candidate::new("rsandbox library", How::Library(Box::new(payload_spec()))),
         if a.rsandbox.is_file() {
             Candidate::new(
@@ -641,6 +762,7 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
                 How::Library(s) => How::Library(s.clone()),
                 How::Python(m) => How::Python(m),
                 How::Pool(p) => How::Pool(p.clone()),
+                How::Floor(f) => How::Floor(f.clone()),
                 // crun needs a fresh container name per run.
                 How::Crun(c, _) => How::Crun(c.clone(), format!("rsbx-bench-{round}")),
             };
@@ -704,6 +826,7 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
     type Job<'a> = Box<dyn Fn(usize) -> Result<(), String> + Sync + 'a>;
     // What the jobs borrow, declared before them.
     let spec = payload_spec();
+    let floor = InProcessFloor::new("/bin/true");
     let pool = rsandbox::Pool::new(&payload_spec(), 4).map(std::sync::Arc::new);
     let counter = std::sync::atomic::AtomicUsize::new(0);
     let mut candidates: Vec<(String, Result<Job, String>)> = Vec::new();
@@ -720,6 +843,10 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
         let why = format!("{} missing", a.floor.display());
         candidates.push(("namespace floor (C)".into(), Err(why)));
     }
+    candidates.push((
+        "namespace floor, in-process".into(),
+        Ok(Box::new(|_| floor.run().map(|_| ()))),
+    ));
     candidates.push((
         "rsandbox library".into(),
         Ok(Box::new(|_| {
