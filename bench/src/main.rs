@@ -1228,6 +1228,53 @@ fn big_caller(a: &Args) {
 
 /// A warm pool given time to refill before each job (no other candidate running), side by side
 /// with fork+exec: the latency a caller sees when jobs arrive slower than the pool refills.
+/// The C library's own start: an empty static glibc program against one with no C library (both
+/// built by scripts/bench beside the floor program). Every dynamic or static glibc program pays
+/// the difference at each exec: the payload, bwrap, crun, the floor program and the CLI.
+fn libc_start(a: &Args) {
+    if a.options == 0 {
+        return;
+    }
+    let dir = a.floor.parent().unwrap_or(Path::new("."));
+    let (glibc, nolibc) = (dir.join("empty-glibc"), dir.join("empty-nolibc"));
+    if !glibc.is_file() || !nolibc.is_file() {
+        println!("\n## The C library's start: n/a: empty-glibc or empty-nolibc missing beside the floor program");
+        return;
+    }
+    let hows = [
+        How::Exec(vec![nolibc.display().to_string()]),
+        How::Exec(vec![glibc.display().to_string()]),
+        How::Exec(vec!["/bin/true".into()]),
+    ];
+    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    for i in 0..(a.options + a.warmup) {
+        for (how, s) in hows.iter().zip(samples.iter_mut()) {
+            if let Ok(d) = run_once(how, None) {
+                if i >= a.warmup {
+                    s.push(d);
+                }
+            }
+        }
+    }
+    println!(
+        "\n## The C library's start (fork+exec of an empty program, {} interleaved runs each; ms)\n",
+        a.options
+    );
+    println!("| program | median | p99 |");
+    println!("|---|---:|---:|");
+    let names = [
+        "static, no C library",
+        "static glibc",
+        "/bin/true (dynamic glibc)",
+    ];
+    for (name, s) in names.iter().zip(samples.iter()) {
+        match stats(s) {
+            Some(st) => println!("| {name} | {} | {} |", ms(st.median), ms(st.p99)),
+            None => println!("| {name} | n/a | |"),
+        }
+    }
+}
+
 fn pool_alone(a: &Args) {
     if a.options == 0 {
         return;
@@ -1326,6 +1373,7 @@ fn main() {
     option_costs(&a, &rootfs);
     big_caller(&a);
     pool_alone(&a);
+    libc_start(&a);
     if a.work.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
