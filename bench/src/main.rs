@@ -909,49 +909,87 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
     // (other load, the kernel's deferred namespace teardown) is shared by all.
     const ROUNDS: usize = 5;
     let each = (a.throughput / 2 / ROUNDS).max(1);
-    let mut done: Vec<Result<(usize, f64), String>> = candidates
+    // Runs, wall seconds and busy CPU seconds (all CPUs, kernel threads included) per candidate.
+    type Totals = (usize, f64, Option<f64>);
+    let mut done: Vec<Result<Totals, String>> = candidates
         .iter()
-        .map(|(_, job)| job.as_ref().map(|_| (0, 0.0)).map_err(Clone::clone))
+        .map(|(_, job)| {
+            job.as_ref()
+                .map(|_| (0, 0.0, Some(0.0)))
+                .map_err(Clone::clone)
+        })
         .collect();
     for _ in 0..ROUNDS {
         for ((_, job), total) in candidates.iter().zip(done.iter_mut()) {
-            let (Ok(job), Ok((runs, secs))) = (job, total.as_mut()) else {
+            let (Ok(job), Ok((runs, secs, cpu))) = (job, total.as_mut()) else {
                 continue;
             };
+            let busy = cpu_busy_secs();
             match timed_workers(each, job) {
                 Ok(rate) => {
                     *runs += each * 2;
                     *secs += (each * 2) as f64 / rate;
+                    *cpu = match (*cpu, busy, cpu_busy_secs()) {
+                        (Some(sum), Some(before), Some(after)) => Some(sum + after - before),
+                        _ => None,
+                    };
                 }
                 Err(e) => *total = Err(e),
             }
         }
     }
-    let rows: Vec<(String, Result<f64, String>)> = candidates
+    // Sandboxes per second and CPU milliseconds per sandbox.
+    type Rate = (f64, Option<f64>);
+    let rows: Vec<(String, Result<Rate, String>)> = candidates
         .iter()
         .zip(done)
-        .map(|((name, _), total)| (name.clone(), total.map(|(runs, secs)| runs as f64 / secs)))
+        .map(|((name, _), total)| {
+            let per = total
+                .map(|(runs, secs, cpu)| (runs as f64 / secs, cpu.map(|c| c * 1e3 / runs as f64)));
+            (name.clone(), per)
+        })
         .collect();
     let each = each * ROUNDS;
     let bwrap = rows
         .iter()
         .find(|r| r.0 == "bwrap")
-        .and_then(|r| r.1.as_ref().ok().copied());
+        .and_then(|r| r.1.as_ref().ok().map(|(rate, _)| *rate));
     println!(
-        "\n## Throughput: 2 workers, {} runs each candidate (sandboxes/s)\n",
+        "\n## Throughput: 2 workers, {} runs each candidate (sandboxes/s; CPU: all CPUs' busy time per sandbox, kernel threads included, ms)\n",
         each * 2
     );
-    println!("| candidate | per second | vs bwrap |");
-    println!("|---|---:|---:|");
+    println!("| candidate | per second | vs bwrap | CPU |");
+    println!("|---|---:|---:|---:|");
     for (name, r) in rows {
         match r {
-            Ok(rate) => println!(
-                "| {name} | {rate:.0} | {} |",
-                bwrap.map_or("-".into(), |b| format!("{:.2}x", rate / b))
+            Ok((rate, cpu)) => println!(
+                "| {name} | {rate:.0} | {} | {} |",
+                bwrap.map_or("-".into(), |b| format!("{:.2}x", rate / b)),
+                cpu.map_or("-".into(), |c| format!("{c:.2}"))
             ),
-            Err(e) => println!("| {name} | n/a: {} | |", one_line(&e)),
+            Err(e) => println!("| {name} | n/a: {} | | |", one_line(&e)),
         }
     }
+}
+
+/// Busy time of all CPUs since boot (user, nice, system, irq and softirq; not idle, iowait or
+/// the hypervisor's steal), in seconds, from /proc/stat.
+fn cpu_busy_secs() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = text
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .map(|f| f.parse().ok())
+        .collect::<Option<_>>()?;
+    let busy = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| fields.get(i).copied())
+        .sum::<Option<u64>>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    (hz > 0).then(|| busy as f64 / hz as f64)
 }
 
 /// Runs `job` `each` times on each of 2 threads; returns runs per second.
