@@ -144,7 +144,8 @@ pub(crate) struct Cgroup {
     pub dir: OwnedFd,
     has_memory: bool,
     has_pids: bool,
-    /// Leave the cgroup in place when dropped (a sandbox that outlives its handle).
+    /// Leave the cgroup in place when dropped (a sandbox that outlives its handle), or it is
+    /// already gone.
     keep: bool,
 }
 
@@ -267,6 +268,7 @@ pub(crate) fn prepare(
     report.push("cgroup", want, Status::Enforced, detail);
     report.cgroup = Some(cgroup.path.clone());
     if let Err(e) = write_limits(&cgroup, limits, &enabled) {
+        let mut cgroup = cgroup;
         let _ = cgroup.remove();
         return Err(e);
     }
@@ -525,20 +527,27 @@ impl Cgroup {
         }
     }
 
-    /// Kills what is left, waits for the cgroup to empty, and removes it.
-    pub fn remove(&self) -> Result<()> {
+    /// Kills what is left, waits for the cgroup to empty, and removes it. Once it is gone, the
+    /// drop has nothing left to do; after a failure the drop tries again.
+    pub fn remove(&mut self) -> Result<()> {
         self.kill();
         let start = Instant::now();
         loop {
             match std::fs::remove_dir(&self.path) {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    self.keep = true;
+                    return Ok(());
+                }
                 Err(e)
                     if e.raw_os_error() == Some(libc::EBUSY)
                         && start.elapsed() < Duration::from_secs(5) =>
                 {
                     std::thread::sleep(Duration::from_millis(2));
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    self.keep = true;
+                    return Ok(());
+                }
                 Err(e) => return Err(Error::io("remove cgroup", Some(self.path.clone()), e)),
             }
         }

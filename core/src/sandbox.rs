@@ -1663,7 +1663,7 @@ impl Child {
             .unwrap_or_default();
         if init_alive {
             self.reap_later = true;
-        } else if let Some(cg) = self.cgroup.take() {
+        } else if let Some(mut cg) = self.cgroup.take() {
             // A cgroup that will not go away must not cost the caller the result; the next
             // attempt is its drop.
             let _ = cg.remove();
@@ -1929,7 +1929,7 @@ mod reaper {
             sys::waitid_pidfd(pidfd.as_raw_fd(), libc::WEXITED, &mut info, &mut usage)
         });
         drop(ctl);
-        if let Some(cg) = cgroup {
+        if let Some(mut cg) = cgroup {
             let _ = cg.remove();
         }
     }
