@@ -111,8 +111,9 @@ pub(crate) fn profile_filter(path: &Path) -> Result<Filter> {
     let mut ctx = ScmpFilterContext::new(default).map_err(err)?;
     ctx.set_act_badarch(ScmpAction::KillProcess).map_err(err)?;
     ctx.set_ctl_nnp(false).map_err(err)?;
-    // A binary tree over the syscall numbers: see rules::default_context. An allow-list of
-    // hundreds of names as a chain would cost the kernel ~1 ms at every attach.
+    // A binary tree over the syscall numbers: see rules::default_context. As a chain, an
+    // allow-list of every syscall takes up to 372 comparisons per number where the tree takes 17
+    // (see the tests), a walk the kernel makes for every number at each attach.
     ctx.set_ctl_optimize(2).map_err(err)?;
     for a in &p.architectures {
         let arch = match a.as_str() {
