@@ -158,7 +158,8 @@ sbx_result sbx_config_set_str(sbx_config *cfg, const char *name, const char *val
  Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit", "memory",
  "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
  "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
- "die_with_parent" (0/1), "upper_size" (ephemeral upper cap), "stdin_fd"/"stdout_fd"/
+ "template" (0/1: copy the default tree from this process's template from the second sandbox
+ on), "die_with_parent" (0/1), "upper_size" (ephemeral upper cap), "stdin_fd"/"stdout_fd"/
  "stderr_fd" (a descriptor of the caller), "namespace.NAME" (0/1 for user, mount, pid, ipc,
  uts, net, cgroup, time).
  */

@@ -531,6 +531,13 @@ fn payload_spec() -> Spec {
     spec
 }
 
+/// The library's payload with every tree built in full: what the mount tree's template saves.
+fn full_tree_spec() -> Spec {
+    let mut spec = payload_spec();
+    spec.filesystem.template = false;
+    spec
+}
+
 // ------------------------------------------------------------------------------- statistics
 
 struct Stats {
@@ -705,6 +712,10 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
             How::Floor(std::sync::Arc::new(InProcessFloor::new(&true_bin))),
         ),
         Candidate::new("rsandbox library", How::Library(Box::new(payload_spec()))),
+        Candidate::new(
+            "rsandbox library, tree built in full",
+            How::Library(Box::new(full_tree_spec())),
+        ),
         if a.rsandbox.is_file() {
             Candidate::new(
                 "rsandbox run (CLI)",
@@ -858,6 +869,7 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
     type Job<'a> = Box<dyn Fn(usize) -> Result<(), String> + Sync + 'a>;
     // What the jobs borrow, declared before them.
     let spec = payload_spec();
+    let full = full_tree_spec();
     let floor = InProcessFloor::new("/bin/true");
     let pool = rsandbox::Pool::new(&payload_spec(), 4).map(std::sync::Arc::new);
     let counter = std::sync::atomic::AtomicUsize::new(0);
@@ -883,6 +895,12 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
         "rsandbox library".into(),
         Ok(Box::new(|_| {
             run_once(&How::Library(Box::new(spec.clone())), None).map(|_| ())
+        })),
+    ));
+    candidates.push((
+        "rsandbox library, tree built in full".into(),
+        Ok(Box::new(|_| {
+            run_once(&How::Library(Box::new(full.clone())), None).map(|_| ())
         })),
     ));
     match &pool {

@@ -655,6 +655,14 @@ fn report_option_prints_the_enforcement_report_on_stderr() {
     assert!(pid_line.contains("enforced"), "{pid_line}");
     assert!(r.stderr.contains("mount /usr"), "{}", r.stderr);
     assert!(r.stderr.contains("verdict=ok"), "{}", r.stderr);
+    // One sandbox per process: its tree is built in full, no template is made for it.
+    assert!(!r.stderr.contains("mount-template"), "{}", r.stderr);
+    let mnt_line = r.stderr.lines().find(|l| l.starts_with("namespace.mnt"));
+    assert!(
+        mnt_line.is_some_and(|l| l.contains("pivot_root")),
+        "{}",
+        r.stderr
+    );
 
     // Without the option the CLI adds nothing to stderr.
     let r = rsandbox(&["run", "--", "echo", "out"]);

@@ -90,11 +90,13 @@ pub enum Step {
     ExecInit,
     /// Creating the network namespace (beside the rest of setup) and entering it.
     NetworkNamespace,
+    /// Entering the namespaces of the mount tree's template (or building it).
+    EnterTemplate,
 }
 
 impl Step {
     /// All steps, for decoding the number that crosses the pipe.
-    const ALL: [Step; 37] = [
+    const ALL: [Step; 38] = [
         Step::Clone,
         Step::CloseFds,
         Step::DenySetgroups,
@@ -132,6 +134,7 @@ impl Step {
         Step::Seccomp,
         Step::ExecInit,
         Step::NetworkNamespace,
+        Step::EnterTemplate,
     ];
 
     pub(crate) fn from_u32(n: u32) -> Option<Step> {
@@ -178,6 +181,7 @@ impl Step {
             Step::Seccomp => "seccomp",
             Step::ExecInit => "exec-init",
             Step::NetworkNamespace => "network-namespace",
+            Step::EnterTemplate => "enter-template",
         }
     }
 }

@@ -37,6 +37,7 @@ mod sandbox;
 mod seccomp;
 pub mod spec;
 mod sys;
+mod template;
 mod userns;
 
 pub use doctor::{doctor, Check, Doctor};

@@ -221,6 +221,35 @@ pub(crate) struct MountPlan {
     descriptions: Vec<String>,
     /// What the report says about the filesystem.
     pub entries: Vec<MountEntry>,
+    /// Whether the tree can come from a template (see [`Build`]).
+    template_ok: bool,
+}
+
+/// How [`MountPlan::build`] runs.
+///
+/// A sandbox's tree is mostly the same from one start to the next: the host view's binds and
+/// symlinks, the read-only root and /dev's device nodes. A template is that shared part, built
+/// once in a mount namespace of its own (with a user namespace that maps only the caller's ids):
+/// a sandbox started inside it gets a copy of its tree with its new mount namespace, and mounts
+/// only what must be its own: /proc with its masks, /dev/pts, /dev/shm, /tmp, /run and the work
+/// directory. The copy is made by the kernel, and it has no host mounts to detach: no
+/// pivot_root, no unmount, no RCU grace period per start. Every template mount is read-only
+/// (/dev included), so nothing one sandbox does shows in the next; and as the copy is made for
+/// a less privileged user namespace, the kernel locks its mounts (they cannot be unmounted to
+/// see what is under them, nor made writable).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Build {
+    /// The whole tree, then pivot_root into it and detach the old root.
+    Full,
+    /// The template: the shared part, /dev read-only and an unmasked /proc (the kernel lets a
+    /// user namespace mount proc only where a fully visible one exists already; each sandbox's
+    /// own /proc, masked, goes on top of it), then pivot_root.
+    Template,
+    /// In a copy of the template's tree: the sandbox's own /proc, before the id maps are written
+    /// (writing them goes through it).
+    OwnProc,
+    /// In a copy of the template's tree: the rest of the sandbox's own mounts.
+    OwnRest,
 }
 
 /// A failure while building: the step, the errno, and the index into the descriptions.
@@ -245,6 +274,7 @@ impl MountPlan {
             source_descriptions: Vec::new(),
             descriptions: Vec::new(),
             entries: Vec::new(),
+            template_ok: false,
         };
         let root = match &fs.root {
             Root::HostView => {
@@ -350,7 +380,68 @@ impl MountPlan {
         for (i, m) in fs.mounts.iter().enumerate() {
             plan.user_mount(root, i, m)?;
         }
+        // Templates are made for the default host view only: a caller's binds would make one
+        // template per set of host paths.
+        plan.template_ok = fs.template
+            && matches!(fs.root, Root::HostView)
+            && fs.mounts.is_empty()
+            && fs.proc
+            && pid_ns
+            && plan.shared_ops_outside_own();
         Ok(plan)
+    }
+
+    /// Whether no shared op would act inside a filesystem the sandbox mounts for itself (a work
+    /// directory under /tmp, say): the template cannot hold such a mount point.
+    fn shared_ops_outside_own(&self) -> bool {
+        let own: Vec<&[u8]> = self
+            .ops
+            .iter()
+            .filter_map(|op| match op {
+                Op::NewFs { dest, .. } if own_op(op) => Some(dest.to_bytes()),
+                _ => None,
+            })
+            .collect();
+        let under = |path: &[u8]| {
+            own.iter()
+                .any(|d| path.len() > d.len() && path.starts_with(d) && path[d.len()] == b'/')
+        };
+        self.ops.iter().filter(|op| !own_op(op)).all(|op| match op {
+            Op::Dir { full, .. } | Op::File { full, .. } => !under(full.to_bytes()),
+            Op::Symlink { parent, .. } => {
+                let p = parent.to_bytes();
+                !(p != b"." && (own.contains(&p) || under(p)))
+            }
+            Op::Bind { dest, .. } | Op::NewFs { dest, .. } | Op::Mask { dest, .. } => {
+                !under(dest.to_bytes())
+            }
+        })
+    }
+
+    /// What identifies this plan's template: the shared ops, described. None when the tree
+    /// cannot come from a template.
+    pub fn template_key(&self) -> Option<String> {
+        if !self.template_ok {
+            return None;
+        }
+        let mut key = String::new();
+        for (op, what) in self.ops.iter().zip(&self.descriptions) {
+            if !own_op(op) || is_proc(op) {
+                key.push_str(what);
+                key.push('\n');
+            }
+        }
+        Some(key)
+    }
+
+    /// Says in the report that the tree came from a template: /dev is read-only.
+    pub fn note_template(&mut self) {
+        for e in &mut self.entries {
+            if e.destination == "/dev" && e.kind == "tmpfs" {
+                e.options.insert(0, "ro".into());
+                e.detail = "read-only: part of the template this process's sandboxes share".into();
+            }
+        }
     }
 
     /// The mounts of the default host view.
@@ -716,6 +807,7 @@ impl MountPlan {
     /// `fds` has one slot per source; it is scratch space allocated by the caller.
     pub fn build(
         &self,
+        how: Build,
         fds: &mut [c_int],
         request_fuse: &dyn Fn(Errno) -> Result<(), Errno>,
     ) -> Result<(), BuildError> {
@@ -723,6 +815,21 @@ impl MountPlan {
         const OVERLAY: u32 = OVERLAY_INDEX;
         let n_sources = self.sources.len() as u32;
         let op_index = |i: usize| n_sources + i as u32;
+
+        if matches!(how, Build::OwnProc | Build::OwnRest) {
+            // The root is the template's copy, already ours.
+            let root = sys::open_in_root(libc::AT_FDCWD, c"/", libc::O_PATH | libc::O_DIRECTORY)
+                .map_err(|e| (Step::AttachRoot, e, WHOLE))?;
+            let res = self.ops.iter().enumerate().try_for_each(|(i, op)| {
+                let wanted = own_op(op) && (is_proc(op) == (how == Build::OwnProc));
+                if !wanted {
+                    return Ok(());
+                }
+                run_op(root, op, fds).map_err(|(step, e)| (step, e, op_index(i)))
+            });
+            sys::close(root);
+            return res;
+        }
 
         // Nothing we mount may propagate back to the host.
         let private = (libc::MS_REC | libc::MS_PRIVATE) as libc::c_ulong;
@@ -761,6 +868,11 @@ impl MountPlan {
             )
             .map_err(|e| (Step::CreateFilesystem, e, WHOLE))?,
         };
+        if let (RootFs::Tmpfs, Some(slot)) = (&self.root, fds.get_mut(self.sources.len())) {
+            // A slot past the sources holds the root for a caller that shares our descriptors
+            // (the template's builder): it closes what a failure leaves open.
+            *slot = root;
+        }
         if !matches!(self.root, RootFs::Overlay(_)) {
             // Detached trees cannot take submounts on older kernels: attach the root first.
             sys::move_mount(
@@ -774,7 +886,25 @@ impl MountPlan {
         }
 
         for (i, op) in self.ops.iter().enumerate() {
+            if how == Build::Template && own_op(op) && !is_proc(op) {
+                continue;
+            }
             run_op(root, op, fds).map_err(|(step, e)| (step, e, op_index(i)))?;
+        }
+        if how == Build::Template {
+            // Shared by every sandbox started from the template: nothing may be written there.
+            let dev = sys::open_in_root(root, c"dev", libc::O_PATH | libc::O_DIRECTORY)
+                .map_err(|e| (Step::SetMountAttributes, e, WHOLE))?;
+            let res = sys::mount_setattr(
+                dev,
+                c"",
+                libc::AT_EMPTY_PATH as u32,
+                sys::MOUNT_ATTR_RDONLY,
+                0,
+                0,
+            );
+            sys::close(dev);
+            res.map_err(|e| (Step::SetMountAttributes, e, WHOLE))?;
         }
 
         if self.root_readonly {
@@ -793,10 +923,13 @@ impl MountPlan {
         sys::pivot_root(c".", c".").map_err(|e| (Step::PivotRoot, e, WHOLE))?;
         sys::umount2(c".", libc::MNT_DETACH).map_err(|e| (Step::DetachOldRoot, e, WHOLE))?;
         sys::chdir(c"/").map_err(|e| (Step::PivotRoot, e, WHOLE))?;
-        for fd in fds.iter().copied() {
-            sys::close(fd);
+        // The sources, and the root where its slot holds it.
+        for fd in fds.iter_mut() {
+            sys::close(*fd);
+            *fd = -1;
         }
         match &self.root {
+            RootFs::Tmpfs if fds.len() > self.sources.len() => {}
             RootFs::Tmpfs => sys::close(root),
             RootFs::Overlay(ov) => {
                 ov.close_layers();
@@ -835,6 +968,22 @@ impl MountPlan {
 }
 
 const NOSUID_NODEV: u64 = sys::MOUNT_ATTR_NOSUID | sys::MOUNT_ATTR_NODEV;
+
+/// Whether an op makes something each sandbox must have for itself (not from a template): a new
+/// filesystem other than /dev's tmpfs, or a /proc mask.
+fn own_op(op: &Op) -> bool {
+    match op {
+        Op::NewFs { fstype, dest, .. } => {
+            !(fstype.as_c_str() == c"tmpfs" && dest.as_c_str() == c"dev")
+        }
+        Op::Mask { .. } => true,
+        Op::Dir { .. } | Op::File { .. } | Op::Symlink { .. } | Op::Bind { .. } => false,
+    }
+}
+
+fn is_proc(op: &Op) -> bool {
+    matches!(op, Op::NewFs { fstype, .. } if fstype.as_c_str() == c"proc")
+}
 
 /// The failure index that names the overlay root itself.
 pub(crate) const OVERLAY_INDEX: u32 = u32::MAX - 1;

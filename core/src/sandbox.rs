@@ -310,6 +310,8 @@ struct Prepared {
     stacks: Option<small::Stacks>,
     /// Why the start copies the caller, when it does.
     start_skipped: Option<String>,
+    /// The template the mount tree is copied from (child::Enter).
+    template: Option<std::sync::Arc<crate::template::Template>>,
     /// The command's default HOME (and working directory).
     home: String,
 }
@@ -718,13 +720,13 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         }
     }
     let small = small.ok();
+    let mut mounts = mounts;
     let mut keep_fds: Vec<c_int> = stdio.to_vec();
     keep_fds.extend([err_w.as_raw_fd(), ctl_r.as_raw_fd(), status_w.as_raw_fd()]);
     if let Some((fd, _)) = &small {
         keep_fds.push(*fd);
     }
     let close_ranges = gaps(&keep_fds);
-    let mut mounts = mounts;
     if let Some(ov) = mounts.as_mut().and_then(MountPlan::overlay_mut) {
         // Above every descriptor the sandbox keeps, so placing the layers clobbers nothing.
         ov.set_fd_base(keep_fds.iter().copied().max().unwrap_or(2) + 1);
@@ -737,6 +739,51 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         &spec.limits,
         &mut report,
     )?;
+    // The mount tree from a template where it can be (mounts::Build): a start without copying
+    // the caller, a PID namespace and ids the sandbox maps itself. Not for root with a cgroup:
+    // the start enters the cgroup from the template's user namespace, where root's access to a
+    // cgroup owned by someone else (a delegated one) is gone.
+    // SAFETY: geteuid cannot fail.
+    let root_in_cgroup = cg.cgroup.is_some() && unsafe { libc::geteuid() } == 0;
+    let template = match (&small, &mut mounts, &own_maps) {
+        (Some(_), Some(m), Some(_)) if pid_ns && user_ns && !root_in_cgroup => {
+            match crate::template::get(m) {
+                Some(Ok(t)) => {
+                    m.note_template();
+                    report.mounts = m.entries.clone();
+                    for f in &mut report.features {
+                        match f.name.as_str() {
+                            "namespace.mnt" => {
+                                f.detail = "own mount namespace, the kernel's copy of the template's tree (the host's mounts were detached there)".into();
+                            }
+                            "namespace.user" => {
+                                f.detail = "own user namespace, nested in the template's (which maps only the caller's ids); setgroups denied".into();
+                            }
+                            _ => {}
+                        }
+                    }
+                    report.push(
+                    "mount-template",
+                    Want::BestEffort,
+                    Status::Enforced,
+                    "the read-only root, the host view and /dev are the kernel's copy of a template built once per process (its own user and mount namespaces, which each start enters): no pivot_root and no old root to detach; /proc, /dev/pts, /dev/shm, /tmp, /run and the work directory are the sandbox's own".to_string(),
+                );
+                    Some(t)
+                }
+                Some(Err(why)) => {
+                    report.push(
+                        "mount-template",
+                        Want::BestEffort,
+                        Status::Skipped,
+                        format!("{why}: the tree is built in full"),
+                    );
+                    None
+                }
+                None => None,
+            }
+        }
+        _ => None,
+    };
     let rlimits = cg
         .rlimits
         .iter()
@@ -821,6 +868,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
             init_fd: *fd,
             cmd_stack: stacks.command(),
         }),
+        in_template: template.is_some(),
     };
     Ok(Prepared {
         plan,
@@ -839,6 +887,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         stacks: small.map(|(_, stacks)| stacks),
         start_skipped,
         home,
+        template,
     })
 }
 
@@ -1088,15 +1137,26 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         Some(stacks) => {
             args.flags |= (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
             (args.stack, args.stack_size) = stacks.setup();
-            let mut target: (&Plan, &mut [c_int]) = (&prep.plan, &mut prep.scratch);
-            // SAFETY: the child runs child::entry on its own stack in our memory, makes only raw
-            // syscalls on the plan prepared above, and ends in execve or _exit; this thread is
-            // suspended until then (CLONE_VFORK), so `target` and the stacks outlive its use.
-            let r = unsafe {
-                small::clone(
-                    &mut args,
-                    &mut target as *mut (&Plan, &mut [c_int]) as usize,
-                )
+            let template = prep.template.take();
+            let entered = template
+                .as_deref()
+                .map(|t| enter_template(t, &stacks, &mut args, &prep.plan, &mut prep.scratch));
+            let r = match entered {
+                Some(Err(e)) => return Err(e),
+                Some(Ok(r)) => r,
+                None => {
+                    let mut target: (&Plan, &mut [c_int]) = (&prep.plan, &mut prep.scratch);
+                    // SAFETY: the child runs child::entry on its own stack in our memory, makes
+                    // only raw syscalls on the plan prepared above, and ends in execve or _exit;
+                    // this thread is suspended until then (CLONE_VFORK), so `target` and the
+                    // stacks outlive its use.
+                    unsafe {
+                        small::clone(
+                            &mut args,
+                            &mut target as *mut (&Plan, &mut [c_int]) as usize,
+                        )
+                    }
+                }
             };
             let r = match r {
                 // Refused here (an emulator such as valgrind, or a seccomp policy of the caller's):
@@ -1295,6 +1355,71 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         stdout,
         stderr,
     })
+}
+
+/// Starts the sandbox's first process from inside `template`'s namespaces (child::Enter), with
+/// `args` as prepared for a start without a template. Returns its pid as the clone would, or the
+/// error when entering the template failed.
+fn enter_template(
+    template: &crate::template::Template,
+    stacks: &small::Stacks,
+    args: &mut sys::CloneArgs,
+    plan: &Plan,
+    scratch: &mut [c_int],
+) -> Result<sys::SysResult<libc::pid_t>> {
+    // The sandbox is our child, as without a template: CLONE_PARENT. Its exit signal is then the
+    // entering process's (clone3 takes none with CLONE_PARENT).
+    args.flags |= libc::CLONE_PARENT as u64;
+    args.exit_signal = 0;
+    let mut target: (&Plan, &mut [c_int]) = (plan, scratch);
+    let enter = child::Enter {
+        user: template.user,
+        mnt: template.mnt,
+        args,
+        target: &mut target as *mut (&Plan, &mut [c_int]) as usize,
+        pid: std::sync::atomic::AtomicI32::new(0),
+        step: std::sync::atomic::AtomicU32::new(0),
+        errno: std::sync::atomic::AtomicI32::new(0),
+    };
+    let (stack, stack_size) = stacks.enter();
+    let mut first = sys::CloneArgs {
+        // CLONE_FILES: the sandbox's pidfd lands in our table. The sandbox takes its exit signal
+        // from this process (CLONE_PARENT): SIGCHLD, as without a template.
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES) as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        stack,
+        stack_size,
+        ..Default::default()
+    };
+    // SAFETY: child::enter_entry runs on the third stack in our memory, makes only syscalls on
+    // `enter` (and, through it, the sandbox's clone arguments, plan and stacks), and exits;
+    // this thread is suspended until then (CLONE_VFORK), so all of them outlive its use.
+    let first_pid = match unsafe {
+        small::clone_with(
+            &mut first,
+            child::enter_entry,
+            &enter as *const child::Enter as usize,
+        )
+    } {
+        Ok(pid) => pid,
+        Err(e) => return Ok(Err(e)),
+    };
+    // It has exited (that ended the vfork wait); a host's SIGCHLD handler may have reaped it.
+    let _ = sys::retry(|| sys::waitpid_exited(first_pid));
+    let pid = enter.pid.load(std::sync::atomic::Ordering::SeqCst);
+    if pid > 0 {
+        return Ok(Ok(pid));
+    }
+    let errno = Errno::from_raw(enter.errno.load(std::sync::atomic::Ordering::SeqCst));
+    match Step::from_u32(enter.step.load(std::sync::atomic::Ordering::SeqCst)) {
+        Some(Step::EnterTemplate) => Err(Error::Setup {
+            step: Step::EnterTemplate,
+            detail: "setns into the mount tree's template".into(),
+            errno,
+            remedy: None,
+        }),
+        _ => Ok(Err(errno)),
+    }
 }
 
 fn clone_error(e: Errno, flags: u64) -> Error {
@@ -2098,7 +2223,8 @@ mod small {
     const STACK: usize = 256 * 1024;
     const PAGE: usize = 4096;
 
-    /// Two stacks, each above a guard page, unmapped on drop.
+    /// Three stacks (setup process, command process, the process entering a template), each
+    /// above a guard page, unmapped on drop.
     pub(crate) struct Stacks {
         base: *mut libc::c_void,
         len: usize,
@@ -2111,7 +2237,7 @@ mod small {
 
     impl Stacks {
         fn new() -> Option<Stacks> {
-            let len = 2 * (PAGE + STACK);
+            let len = 3 * (PAGE + STACK);
             // SAFETY: a fresh anonymous private mapping; nothing else uses the range.
             let base = unsafe {
                 libc::mmap(
@@ -2131,7 +2257,7 @@ mod small {
                 len,
                 helper: Box::new(AtomicU32::new(0)),
             };
-            for guard in [0, PAGE + STACK] {
+            for guard in [0, PAGE + STACK, 2 * (PAGE + STACK)] {
                 // SAFETY: the page lies inside the mapping made above.
                 if unsafe {
                     libc::mprotect(base.cast::<u8>().add(guard).cast(), PAGE, libc::PROT_NONE)
@@ -2156,6 +2282,11 @@ mod small {
         /// The command process's stack.
         pub fn command(&self) -> (u64, u64) {
             self.stack(1)
+        }
+
+        /// The stack of the process that enters a template (child::Enter).
+        pub fn enter(&self) -> (u64, u64) {
+            self.stack(2)
         }
 
         /// The word the kernel clears when a network helper leaves this memory.
@@ -2268,6 +2399,20 @@ mod small {
     #[cfg(not(all(target_arch = "x86_64", rsandbox_small_init)))]
     pub(crate) unsafe fn clone(_: &mut sys::CloneArgs, _: usize) -> sys::SysResult<libc::pid_t> {
         Err(nix::errno::Errno::ENOSYS)
+    }
+
+    /// clone3 into `entry` on the stack `args` names.
+    ///
+    /// # Safety
+    /// See `sys::clone3_on_stack`.
+    #[cfg(all(target_arch = "x86_64", rsandbox_small_init))]
+    pub(crate) unsafe fn clone_with(
+        args: &mut sys::CloneArgs,
+        entry: unsafe extern "C" fn(usize) -> !,
+        arg: usize,
+    ) -> sys::SysResult<libc::pid_t> {
+        // SAFETY: forwarded from the caller.
+        unsafe { sys::clone3_on_stack(args, entry, arg) }
     }
 }
 

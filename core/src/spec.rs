@@ -405,6 +405,12 @@ pub struct Filesystem {
     pub proc: bool,
     /// Build a minimal /dev (null, zero, full, random, urandom, tty, pts, shm, fd links).
     pub dev: bool,
+    /// Where the tree is the default host view, start from this process's template of it from
+    /// the second sandbox on: the read-only root, the host view and /dev (read-only) are built
+    /// once and copied by the kernel into each sandbox, which mounts only its own /proc,
+    /// /dev/pts, /dev/shm, /tmp, /run and work directory. Off: every tree is built in full (and
+    /// the process holds no template's namespaces between starts).
+    pub template: bool,
 }
 
 impl Default for Filesystem {
@@ -415,6 +421,7 @@ impl Default for Filesystem {
             workdir: Some("/work".into()),
             proc: true,
             dev: true,
+            template: true,
         }
     }
 }

@@ -463,7 +463,8 @@ pub unsafe extern "C" fn sbx_config_set_str(
 /// Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit", "memory",
 /// "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
 /// "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
-/// "die_with_parent" (0/1), "upper_size" (ephemeral upper cap), "stdin_fd"/"stdout_fd"/
+/// "template" (0/1: copy the default tree from this process's template from the second sandbox
+/// on), "die_with_parent" (0/1), "upper_size" (ephemeral upper cap), "stdin_fd"/"stdout_fd"/
 /// "stderr_fd" (a descriptor of the caller), "namespace.NAME" (0/1 for user, mount, pid, ipc,
 /// uts, net, cgroup, time).
 #[no_mangle]
@@ -505,6 +506,7 @@ pub unsafe extern "C" fn sbx_config_set_num(
             }
             "allow_nested_userns" => spec.security.allow_nested_userns = int != 0,
             "mask_proc" => spec.security.mask_proc = int != 0,
+            "template" => spec.filesystem.template = int != 0,
             "die_with_parent" => spec.die_with_parent = int != 0,
             "upper_size" => {
                 if let Root::Overlay(ov) = &mut spec.filesystem.root {

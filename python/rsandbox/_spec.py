@@ -110,7 +110,8 @@ class Spec:
         the changes; without it the upper is a tmpfs of ``upper_size``), ``overlay_driver``
         (``"auto"``, ``"kernel"``, ``"fuse"``), ``binds`` (read-only: ``path`` or ``(host,
         sandbox)``), ``rw_binds`` (writable), ``tmpfs`` (``"/dst"``, ``"/dst:64M"`` or ``("/dst",
-        size)``).
+        size)``), ``template`` (False: build every default tree in full instead of copying this
+        process's template of it from the second sandbox on).
     Identity and namespaces
         ``uid``, ``gid``, ``root`` (uid and gid 0), ``hostname``, ``network`` (``"none"``: only
         loopback, or ``"host"``).
@@ -171,6 +172,7 @@ class Spec:
 
     def update(self, *, rootfs: Optional[PathArg] = None, binds: Sequence[Bind] = (),
                rw_binds: Sequence[Bind] = (), tmpfs: Sequence[Union[str, Tuple[str, Size]]] = (),
+               template: Optional[bool] = None,
                overlay: Optional[Sequence[PathArg]] = None, upper: Optional[PathArg] = None,
                upper_size: Optional[Size] = None, overlay_driver: Optional[str] = None,
                image: Optional[PathArg] = None, image_store: Optional[PathArg] = None,
@@ -194,6 +196,10 @@ class Spec:
             raise config_error("rootfs: a directory root and an overlay/image root exclude each other")
         if rootfs is not None:
             fs["root"] = {"directory": {"path": _path(rootfs, "rootfs"), "writable": False}}
+        if template is not None:
+            if not isinstance(template, bool):
+                raise config_error(f"template: expected a bool, got {type(template).__name__}")
+            fs["template"] = template
         layered = overlay is not None or image is not None
         if not layered and (upper is not None or upper_size is not None or overlay_driver is not None
                             or image_store is not None):

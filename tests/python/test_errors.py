@@ -34,7 +34,7 @@ BAD_OPTIONS = [
     {"seccomp": 3}, {"landlock": "maybe"}, {"landlock_read": "/etc"}, {"tcp_bind": [0]},
     {"tcp_connect": [70000]}, {"tcp_connect": ["80"]}, {"capabilities": "CAP_NET_RAW"},
     {"capabilities": [1]}, {"capabilities": ["CAP_NOPE"]}, {"allow_nested_userns": "yes"},
-    {"mask_proc": 1}, {"rlimits": {"nofile": -1}}, {"rlimits": {"nofile": "64"}}, {"rlimits": [1]},
+    {"mask_proc": 1}, {"template": "no"}, {"rlimits": {"nofile": -1}}, {"rlimits": {"nofile": "64"}}, {"rlimits": [1]},
     {"rlimits": {"no-such-limit": 1}},
 ]
 

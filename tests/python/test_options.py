@@ -36,6 +36,26 @@ def test_rootfs_replaces_the_host_view(busybox_root):
     assert int(lines[1]) < 20, "the host's /bin leaked into the busybox root"
 
 
+def test_template_copies_the_default_tree_from_the_second_sandbox_on():
+    script = "grep ' /dev tmpfs ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1"
+    sh("true")  # a template is made at the second sandbox of a kind
+    r = sh(script)
+    names = [f["name"] for f in r.report["features"]]
+    if "mount-template" not in names:
+        start = feature(r, "start-without-copy")
+        cgroup = feature(r, "cgroup")
+        if os.geteuid() == 0 and cgroup["status"] == "enforced":
+            return  # root enters a delegated cgroup only from its own user namespace
+        assert start["status"] != "enforced", r.report
+        return skip(f"the start copies the caller here: {start['detail']}")
+    assert feature(r, "mount-template")["status"] == "enforced", r.report
+    assert r.stdout == "ro\n", r
+    # Negative control: built in full, /dev is the sandbox's own.
+    full = sh(script, template=False)
+    assert full.stdout == "rw\n", full
+    assert "mount-template" not in [f["name"] for f in full.report["features"]]
+
+
 def test_binds_are_read_only_and_rw_binds_writable(tmp_path):
     ro, rw = tmp_path / "ro", tmp_path / "rw"
     ro.mkdir()

@@ -137,6 +137,57 @@ pub(crate) struct Plan {
     pub small_init: Option<SmallInit>,
     /// Execute this file (the pool's agent) instead of looking up argv\[0\].
     pub exec_fd: Option<c_int>,
+    /// The mount tree is a copy of a template's ([`crate::mounts::Build`]): the process that
+    /// started us entered its namespaces first ([`Enter`]).
+    pub in_template: bool,
+}
+
+/// How a start from a template begins: a first process, sharing the caller's memory and
+/// descriptors, enters the template's user and mount namespaces (a multi-threaded caller cannot)
+/// and starts the sandbox's first process from there, as a child of the caller
+/// (`CLONE_PARENT`), with the clone arguments the caller prepared. The sandbox's new user
+/// namespace is then nested in the template's, which maps the caller's ids only, and its new
+/// mount namespace is a copy of the template's tree.
+pub(crate) struct Enter {
+    pub user: c_int,
+    pub mnt: c_int,
+    /// For the sandbox's first process, as prepared by the caller.
+    pub args: *mut sys::CloneArgs,
+    /// The address of the `(&Plan, &mut [c_int])` for [`entry`].
+    pub target: usize,
+    /// The sandbox's pid, or 0 on failure ...
+    pub pid: AtomicI32,
+    /// ... with this step and errno.
+    pub step: AtomicU32,
+    pub errno: AtomicI32,
+}
+
+/// Entry of the first process of a start from a template; `arg` is the address of an [`Enter`].
+///
+/// # Safety
+/// Only as the entry of a `CLONE_VM | CLONE_VFORK | CLONE_FILES` start whose caller keeps the
+/// Enter, the clone arguments, the plan and the stacks alive until this process has exited.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe extern "C" fn enter_entry(arg: usize) -> ! {
+    // SAFETY: the caller passed a live Enter and is suspended until we exit.
+    let e = unsafe { &*(arg as *const Enter) };
+    let outcome = sys::setns(e.user, libc::CLONE_NEWUSER)
+        .and_then(|()| sys::setns(e.mnt, libc::CLONE_NEWNS))
+        .map_err(|errno| (Step::EnterTemplate, errno))
+        .and_then(|()| {
+            // SAFETY: the caller prepared the arguments (stack included) for entry, as for a
+            // start without a template; we wait for the child's exec (CLONE_VFORK).
+            unsafe { sys::clone3_on_stack(&mut *e.args, entry, e.target) }
+                .map_err(|errno| (Step::Clone, errno))
+        });
+    match outcome {
+        Ok(pid) => e.pid.store(pid, Ordering::SeqCst),
+        Err((step, errno)) => {
+            e.step.store(step as u32, Ordering::SeqCst);
+            e.errno.store(errno as i32, Ordering::SeqCst);
+        }
+    }
+    sys::exit(0)
 }
 
 /// Entry of a sandbox started with `sys::clone3_on_stack`: `arg` is the address of the caller's
@@ -299,6 +350,18 @@ fn setup(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
         sys::close_range(first, last, 0).map_err(step(Step::CloseFds))?;
     }
 
+    // In a copy of a template's tree, /proc is the template's: ours goes on first, as writing
+    // the id maps goes through /proc/self (mounting it creates no file).
+    if plan.in_template {
+        if let Some(mounts) = &plan.mounts {
+            mounts
+                .build(crate::mounts::Build::OwnProc, scratch, &|_| {
+                    Err(Errno::ENOTSUP)
+                })
+                .map_err(build_failure)?;
+        }
+    }
+
     // Id maps come before anything that creates files: the kernel refuses unmapped owners.
     if let Some(maps) = &plan.own_maps {
         // A process that changed its ids without exec is not dumpable and may not open its own
@@ -369,16 +432,25 @@ fn build_filesystem(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
                 _ => Err(Errno::ECANCELED),
             }
         };
+        let how = if plan.in_template {
+            crate::mounts::Build::OwnRest
+        } else {
+            crate::mounts::Build::Full
+        };
         mounts
-            .build(scratch, &request_fuse)
-            .map_err(|(s, e, index)| Failure {
-                step: s as u32,
-                errno: e as i32,
-                index,
-                detail: 0,
-            })?;
+            .build(how, scratch, &request_fuse)
+            .map_err(build_failure)?;
     }
     Ok(())
+}
+
+fn build_failure((step, errno, index): crate::mounts::BuildError) -> Failure {
+    Failure {
+        step: step as u32,
+        errno: errno as i32,
+        index,
+        detail: 0,
+    }
 }
 
 /// What the network helper hands back: a descriptor of the new namespace, or the step and errno

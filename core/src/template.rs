@@ -1,0 +1,296 @@
+//! Mount-tree templates (see [`crate::mounts::Build`]): the part of a sandbox's tree that is the
+//! same for every start, built once per process in namespaces of its own and kept as two
+//! descriptors (its user and mount namespaces). A start enters them (child::Enter) and takes a
+//! copy of the tree with its own new namespaces.
+
+use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
+use std::os::raw::c_int;
+use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use nix::errno::Errno;
+
+use crate::error::Step;
+use crate::mounts::{Build, MountPlan};
+use crate::sys;
+
+/// A built template: its namespaces, held open.
+pub(crate) struct Template {
+    /// Descriptors of its user and mount namespaces.
+    pub user: c_int,
+    pub mnt: c_int,
+    /// What the two descriptors are (device and inode), to notice a caller that closed them and
+    /// reused the numbers.
+    ids: [(u64, u64); 2],
+}
+
+impl Template {
+    fn intact(&self) -> bool {
+        [identity(self.user), identity(self.mnt)] == [Some(self.ids[0]), Some(self.ids[1])]
+    }
+}
+
+impl Drop for Template {
+    fn drop(&mut self) {
+        // Closed only while still ours: numbers the caller closed and reused are its own now.
+        if self.intact() {
+            sys::close(self.user);
+            sys::close(self.mnt);
+        }
+    }
+}
+
+/// Device and inode of what `fd` refers to.
+fn identity(fd: c_int) -> Option<(u64, u64)> {
+    // SAFETY: stat is plain data, valid all zero; fstat writes only it.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+}
+
+/// Templates of this process by key (the shared ops and the caller's ids), or why one could not
+/// be built (not tried again), and a watch on the caller's mount table.
+struct Cache {
+    entries: Vec<(String, Result<Arc<Template>, String>)>,
+    /// Keys of the kinds of tree started before: a template pays off from the second start of a
+    /// kind (a process that starts one sandbox, such as the CLI, builds none).
+    seen: Vec<String>,
+    /// /proc/self/mountinfo, opened before the templates were built: it polls ready (POLLPRI)
+    /// once the caller's mount namespace has changed. A template holds the host view as it was
+    /// then, so they are built again after any change (a template in use stays alive until the
+    /// starts using it are done).
+    mountinfo: Option<OwnedFd>,
+    /// Device and inode of `mountinfo`'s file.
+    mountinfo_id: Option<(u64, u64)>,
+}
+
+static CACHE: Mutex<Cache> = Mutex::new(Cache {
+    entries: Vec::new(),
+    seen: Vec::new(),
+    mountinfo: None,
+    mountinfo_id: None,
+});
+
+impl Cache {
+    fn drop_if_stale(&mut self) {
+        let changed = match &self.mountinfo {
+            // A caller that closes descriptors it does not know may have closed this one.
+            Some(fd) if identity(fd.as_raw_fd()) != self.mountinfo_id => true,
+            Some(fd) => {
+                let mut poll = libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLPRI,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, no waiting.
+                let n = unsafe { libc::poll(&mut poll, 1, 0) };
+                n != 0 || poll.revents != 0
+            }
+            None => true,
+        };
+        if changed {
+            self.entries.clear();
+            // A descriptor the caller closed and reused must not be closed again here.
+            if let Some(fd) = self.mountinfo.take() {
+                if identity(fd.as_raw_fd()) != self.mountinfo_id {
+                    std::mem::forget(fd);
+                }
+            }
+            self.mountinfo = sys::openat(libc::AT_FDCWD, c"/proc/self/mountinfo", libc::O_RDONLY)
+                .ok()
+                // SAFETY: a descriptor just opened, owned by nothing else.
+                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            self.mountinfo_id = self
+                .mountinfo
+                .as_ref()
+                .and_then(|f| identity(f.as_raw_fd()));
+        }
+    }
+}
+
+/// More distinct trees than this are built in full each time.
+const MAX_TEMPLATES: usize = 8;
+
+/// The template for `plan`, built at the second start of its kind; Err says why the tree is built
+/// in full instead. None where the tree cannot come from a template, or this is the first start
+/// of its kind.
+pub(crate) fn get(plan: &MountPlan) -> Option<Result<Arc<Template>, String>> {
+    let key = plan.template_key()?;
+    lookup(plan, key)
+}
+
+fn lookup(plan: &MountPlan, key: String) -> Option<Result<Arc<Template>, String>> {
+    // SAFETY: geteuid and getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let key = format!("{uid}:{gid}\n{key}");
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache.drop_if_stale();
+    if let Some(at) = cache.entries.iter().position(|(k, _)| *k == key) {
+        match &cache.entries[at].1 {
+            Ok(t) if !t.intact() => {
+                // Its descriptors were closed (and perhaps reused) by the caller: build anew.
+                drop(cache.entries.swap_remove(at));
+            }
+            found => return Some(found.clone()),
+        }
+    }
+    if !cache.seen.contains(&key) {
+        if cache.seen.len() < 4 * MAX_TEMPLATES {
+            cache.seen.push(key);
+        }
+        return None;
+    }
+    if cache.entries.len() >= MAX_TEMPLATES {
+        return Some(Err(format!(
+            "this process already holds {MAX_TEMPLATES} templates"
+        )));
+    }
+    let built = build(plan, uid, gid).map(Arc::new);
+    cache.entries.push((key, built.clone()));
+    Some(built)
+}
+
+/// What the builder hands back through the memory it shares with us.
+struct Outcome {
+    user: AtomicI32,
+    mnt: AtomicI32,
+    step: AtomicU32,
+    errno: AtomicI32,
+    index: AtomicU32,
+}
+
+struct Builder<'a> {
+    plan: &'a MountPlan,
+    uid_map: Vec<u8>,
+    gid_map: Vec<u8>,
+    scratch: *mut [c_int],
+    out: Outcome,
+}
+
+#[cfg(target_arch = "x86_64")]
+fn build(plan: &MountPlan, uid: u32, gid: u32) -> Result<Template, String> {
+    // One slot per source and one for the root (see MountPlan::build): what a failure leaves
+    // open there is in our descriptor table, which the builder shares.
+    let mut scratch = vec![-1; plan.source_count() + 1];
+    let builder = Builder {
+        plan,
+        uid_map: format!("{uid} {uid} 1\n").into_bytes(),
+        gid_map: format!("{gid} {gid} 1\n").into_bytes(),
+        scratch: scratch.as_mut_slice() as *mut [c_int],
+        out: Outcome {
+            user: AtomicI32::new(-1),
+            mnt: AtomicI32::new(-1),
+            step: AtomicU32::new(0),
+            errno: AtomicI32::new(0),
+            index: AtomicU32::new(u32::MAX),
+        },
+    };
+    // 16-byte aligned memory for the builder's stack.
+    let mut stack = vec![0u128; 256 * 1024 / 16];
+    let mut args = sys::CloneArgs {
+        // CLONE_FILES: the namespaces' descriptors it opens are ours. A PID namespace of its own
+        // gives it a proc to mount (see mounts::Build::Template).
+        flags: (libc::CLONE_VM
+            | libc::CLONE_VFORK
+            | libc::CLONE_FILES
+            | libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID) as u64,
+        // No signal at its exit: only we reap it (by pid, __WALL).
+        exit_signal: 0,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: (stack.len() * 16) as u64,
+        ..Default::default()
+    };
+    // SAFETY: the stack is ours and outlives the builder (CLONE_VFORK: this thread waits until it
+    // has exited); builder_entry makes only syscalls on the Builder prepared above and ends in
+    // _exit.
+    let pid = unsafe {
+        sys::clone3_on_stack(
+            &mut args,
+            builder_entry,
+            &builder as *const Builder as usize,
+        )
+    }
+    .map_err(|e| format!("clone3 for the template's namespaces: {e}"))?;
+    let _ = sys::retry(|| sys::waitpid_exited(pid));
+    drop(stack);
+    for fd in scratch.iter().copied().filter(|&fd| fd >= 0) {
+        sys::close(fd);
+    }
+    let out = &builder.out;
+    let (user, mnt) = (
+        out.user.load(Ordering::SeqCst),
+        out.mnt.load(Ordering::SeqCst),
+    );
+    // SAFETY: descriptors the builder opened in our table (CLONE_FILES), owned by nothing else.
+    let owned = |fd: c_int| (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) });
+    match (owned(user), owned(mnt)) {
+        (Some(user), Some(mnt)) => {
+            let ids = [identity(user.as_raw_fd()), identity(mnt.as_raw_fd())];
+            match ids {
+                [Some(u), Some(m)] => Ok(Template {
+                    user: user.into_raw_fd(),
+                    mnt: mnt.into_raw_fd(),
+                    ids: [u, m],
+                }),
+                _ => Err("the template's namespaces cannot be inspected (fstat)".into()),
+            }
+        }
+        _ => {
+            let step = Step::from_u32(out.step.load(Ordering::SeqCst)).unwrap_or(Step::Mount);
+            let errno = Errno::from_raw(out.errno.load(Ordering::SeqCst));
+            let index = out.index.load(Ordering::SeqCst);
+            Err(format!(
+                "building the template failed at step {step} ({}): {errno}",
+                plan.describe(index)
+            ))
+        }
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn build(_plan: &MountPlan, _uid: u32, _gid: u32) -> Result<Template, String> {
+    Err("templates are built on x86_64 only".into())
+}
+
+/// The builder: maps the caller's ids, builds the shared tree, switches to it and opens its
+/// namespaces. Shares our memory and descriptors; exits when done.
+#[cfg(target_arch = "x86_64")]
+unsafe extern "C" fn builder_entry(arg: usize) -> ! {
+    // SAFETY: the caller passed a live Builder and waits (CLONE_VFORK) until we exit.
+    let b = unsafe { &*(arg as *const Builder) };
+    // SAFETY: the scratch slice is the caller's, unused by it until we exit.
+    let scratch = unsafe { &mut *b.scratch };
+    let fail = |step: Step, e: Errno, index: u32| {
+        b.out.step.store(step as u32, Ordering::SeqCst);
+        b.out.errno.store(e as i32, Ordering::SeqCst);
+        b.out.index.store(index, Ordering::SeqCst);
+        sys::exit(1)
+    };
+    let mut maps = sys::write_file(c"/proc/self/setgroups", b"deny")
+        .map_err(|e| (Step::DenySetgroups, e))
+        .and_then(|()| {
+            sys::write_file(c"/proc/self/gid_map", &b.gid_map).map_err(|e| (Step::GidMap, e))
+        });
+    if maps.is_ok() {
+        maps = sys::write_file(c"/proc/self/uid_map", &b.uid_map).map_err(|e| (Step::UidMap, e));
+    }
+    if let Err((step, e)) = maps {
+        fail(step, e, u32::MAX);
+    }
+    let no_fuse = |_: Errno| Err(Errno::ENOTSUP);
+    if let Err((step, e, index)) = b.plan.build(Build::Template, scratch, &no_fuse) {
+        fail(step, e, index);
+    }
+    for (path, slot) in [
+        (c"/proc/self/ns/user", &b.out.user),
+        (c"/proc/self/ns/mnt", &b.out.mnt),
+    ] {
+        match sys::openat(libc::AT_FDCWD, path, libc::O_RDONLY) {
+            Ok(fd) => slot.store(fd, Ordering::SeqCst),
+            Err(e) => fail(Step::EnterTemplate, e, u32::MAX),
+        }
+    }
+    sys::exit(0)
+}

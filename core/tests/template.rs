@@ -1,0 +1,222 @@
+//! Sandboxes of the default host view start from a template of their mount tree, built once per
+//! process: its mounts are shared, read-only and locked; each sandbox's scratch filesystems and
+//! /proc are its own. These run as root and as an unprivileged user.
+
+mod common;
+
+use common::*;
+use rsandbox::{Feature, Landlock, Mount, RunResult, Seccomp, Spec, Status, Stdio, Want};
+
+fn template_feature(r: &RunResult) -> Option<Feature> {
+    r.report
+        .features
+        .iter()
+        .find(|f| f.name == "mount-template")
+        .cloned()
+}
+
+/// A template is made at the second start of a kind of tree: this is a first one.
+fn warm_up() {
+    let r = run(&sh("true"));
+    assert!(r.status.success(), "{}", err(&r));
+}
+
+/// Whether `r` came from a template (after warm_up); a skip (with why) where this lane builds
+/// trees in full.
+fn from_template(r: &RunResult) -> bool {
+    match template_feature(r) {
+        Some(f) if f.status == Status::Enforced => true,
+        Some(f) => {
+            skip(&format!("no template here: {}", f.detail));
+            false
+        }
+        None => {
+            // Only a start that copies the caller goes without, or root's start into a cgroup
+            // (see sandbox.rs: root may not enter a delegated cgroup from the template's user
+            // namespace).
+            let start = r.report.feature("start-without-copy").cloned();
+            let copied = start.as_ref().is_some_and(|s| s.status != Status::Enforced);
+            let root_in_cgroup = nix::unistd::geteuid().is_root()
+                && r.report
+                    .feature("cgroup")
+                    .is_some_and(|c| c.status == Status::Enforced);
+            assert!(
+                copied || root_in_cgroup,
+                "no mount-template entry although the start did not copy the caller: {start:?}"
+            );
+            false
+        }
+    }
+}
+
+#[test]
+fn sandboxes_share_the_template_and_nothing_one_writes_reaches_the_next() {
+    warm_up();
+    use std::io::{BufRead, BufReader};
+    let probe = "stat -c %d / /usr /dev /proc /tmp /run /work /dev/shm";
+    // The first sandbox stays alive (waiting on its stdin) while the second runs: the kernel
+    // would otherwise give the second's filesystems the device numbers the first's just freed.
+    let mut first = sh(&format!(
+        "{probe} && echo a >/tmp/a && echo a >/run/a && echo a >/work/a && echo a >/dev/shm/a \
+         && ! touch /dev/a 2>/dev/null && ! mkdir /a 2>/dev/null && echo ready && {{ read x || true; }}"
+    ));
+    first.process.stdin = Stdio::Pipe;
+    first.process.stdout = Stdio::Pipe;
+    let mut child = rsandbox::spawn(&first).expect("spawn");
+    let mut lines = Vec::new();
+    for line in BufReader::new(child.stdout.take().expect("stdout")).lines() {
+        let line = line.expect("read");
+        if line == "ready" {
+            break;
+        }
+        lines.push(line);
+    }
+    let second = run(&sh(&format!(
+        "{probe} && ls -A /tmp /run /work /dev/shm && ls /dev | tr '\\n' ' '"
+    )));
+    drop(child.stdin.take());
+    let done = child.wait().expect("wait");
+    if !from_template(&done) {
+        return;
+    }
+    assert!(done.status.success(), "{lines:?} {}", err(&done));
+    assert!(second.status.success(), "{}", err(&second));
+    let theirs = out(&second);
+    let b: Vec<&str> = theirs.lines().collect();
+    // The template's filesystems (/, /usr, /dev) are the same ones in both...
+    assert_eq!(lines[..3], b[..3], "first: {lines:?}\nsecond:\n{theirs}");
+    // ...while /proc and the scratch filesystems are each sandbox's own.
+    for (i, path) in ["/proc", "/tmp", "/run", "/work", "/dev/shm"]
+        .iter()
+        .enumerate()
+    {
+        assert_ne!(lines[3 + i], b[3 + i], "{path} is shared: {lines:?} {b:?}");
+    }
+    assert!(
+        !theirs.contains("\na\n") && !theirs.contains(" a "),
+        "{theirs}"
+    );
+    assert!(b.last().unwrap_or(&"").contains("null"), "{theirs}");
+}
+
+#[test]
+fn dev_and_the_root_are_read_only_and_the_report_says_so() {
+    warm_up();
+    let r = run(&sh("touch /dev/x; touch /x; echo > /dev/null && echo ok"));
+    if !from_template(&r) {
+        return;
+    }
+    let text = err(&r);
+    assert_eq!(text.matches("Read-only file system").count(), 2, "{text}");
+    assert_eq!(out(&r), "ok\n", "writing to device nodes still works");
+    let dev = r
+        .report
+        .mounts
+        .iter()
+        .find(|m| m.destination == "/dev")
+        .expect("a /dev entry");
+    assert!(dev.options.contains(&"ro".to_string()), "{dev:?}");
+    let mnt = r.report.feature("namespace.mnt").expect("namespace.mnt");
+    assert!(mnt.detail.contains("template"), "{mnt:?}");
+}
+
+#[test]
+fn template_mounts_are_locked_even_for_a_command_with_cap_sys_admin() {
+    warm_up();
+    // A command keeping CAP_SYS_ADMIN, without seccomp or Landlock (both would refuse mount
+    // changes on their own), may change the mounts it made itself but not the template's: the
+    // kernel locked them when it copied them into the sandbox's less privileged namespace.
+    let mut spec = sh("mount -o remount,bind,ro /tmp && echo own-changed; \
+         mount -o remount,bind,rw /dev 2>&1; mount -o remount,bind,rw / 2>&1; \
+         umount /usr 2>&1; grep -E ' /(dev|usr)? ' /proc/self/mounts");
+    // Root inside: mount(8) refuses other users before asking the kernel.
+    spec.user.uid = Some(0);
+    spec.user.gid = Some(0);
+    spec.security.capabilities = vec!["CAP_SYS_ADMIN".into()];
+    spec.security.seccomp = Seccomp::None;
+    spec.security.landlock = Landlock {
+        want: Want::Off,
+        ..Default::default()
+    };
+    let r = run(&spec);
+    if !from_template(&r) {
+        return;
+    }
+    let text = out(&r);
+    assert!(text.contains("own-changed"), "negative control: {text}");
+    assert!(
+        !text.contains(" /dev tmpfs rw"),
+        "/dev was made writable: {text}"
+    );
+    assert!(!text.contains(" / tmpfs rw"), "/ was made writable: {text}");
+    assert!(text.contains(" /usr "), "/usr was unmounted: {text}");
+}
+
+#[test]
+fn a_filesystem_other_than_the_default_view_is_built_in_full() {
+    // Negative control of the template's reach: a caller's mount makes the tree the sandbox's own.
+    let mut spec = sh("grep ' /dev tmpfs ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1");
+    spec.filesystem.mounts.push(Mount::Tmpfs {
+        destination: "/scratch".into(),
+        size: None,
+        mode: None,
+    });
+    let r = run(&spec);
+    assert!(r.status.success(), "{}", err(&r));
+    assert_eq!(
+        out(&r),
+        "rw\n",
+        "/dev is the sandbox's own, not the template's"
+    );
+    assert!(template_feature(&r).is_none(), "{:?}", template_feature(&r));
+    let mnt = r.report.feature("namespace.mnt").expect("namespace.mnt");
+    assert!(mnt.detail.contains("pivot_root"), "{mnt:?}");
+}
+
+#[test]
+fn a_tree_asked_to_be_built_in_full_is() {
+    warm_up();
+    let mut spec = sh("grep ' /dev tmpfs ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1");
+    spec.filesystem.template = false;
+    for _ in 0..2 {
+        let r = run(&spec);
+        assert_eq!(out(&r), "rw\n", "{}", err(&r));
+        assert!(template_feature(&r).is_none(), "{:?}", template_feature(&r));
+    }
+}
+
+#[test]
+fn a_change_to_the_callers_mounts_reaches_the_next_sandbox() {
+    // Needs a mount in the caller's own namespace: as root only (the unprivileged lane has no
+    // mount namespace of its own to change).
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("root only: an unprivileged caller cannot change its mount table");
+        return;
+    }
+    let dir = format!("/opt/rsbx-template-{}", std::process::id());
+    std::fs::create_dir_all(&dir).unwrap();
+    let look = Spec::new(["/bin/ls", "-A", dir.as_str()]);
+    warm_up();
+    let before = run(&look);
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64k", "rsbx-template", &dir])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(mounted, "mount tmpfs on {dir}");
+    let result = std::panic::catch_unwind(|| {
+        std::fs::write(format!("{dir}/marker"), "x").unwrap();
+        let after = run(&look);
+        (out(&before), out(&after), from_template(&after))
+    });
+    let _ = std::process::Command::new("umount").arg(&dir).status();
+    let _ = std::fs::remove_dir(&dir);
+    let (before, after, templated) = result.unwrap();
+    if !templated {
+        return;
+    }
+    assert_eq!(before, "");
+    assert_eq!(
+        after, "marker\n",
+        "the template still shows the mount table of before"
+    );
+}

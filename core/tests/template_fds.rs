@@ -1,0 +1,79 @@
+//! A caller that closes descriptors it does not know (as daemons and some runtimes do) closes the
+//! template's: the next start notices, builds a new template and never touches the numbers the
+//! caller reused. Alone in its process, as it closes descriptors under everything else.
+
+mod common;
+
+use std::os::fd::AsRawFd;
+
+use common::*;
+use rsandbox::Status;
+
+/// The descriptors of this process that refer to user or mount namespaces.
+fn namespace_fds() -> Vec<i32> {
+    let mut fds = Vec::new();
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else {
+            continue;
+        };
+        let target = target.to_string_lossy().into_owned();
+        if target.starts_with("user:[") || target.starts_with("mnt:[") {
+            fds.push(entry.file_name().to_string_lossy().parse().unwrap());
+        }
+    }
+    fds
+}
+
+/// Whether a template was used; None where none can be: a start that copies the caller (a skip:
+/// the machine lacks something) or root starting into a cgroup (by design).
+fn templated(r: &rsandbox::RunResult) -> Option<bool> {
+    if r.report.feature("start-without-copy").map(|f| f.status) != Some(Status::Enforced) {
+        skip("the start copies the caller here: no template");
+        return None;
+    }
+    if nix::unistd::geteuid().is_root()
+        && r.report.feature("cgroup").map(|f| f.status) == Some(Status::Enforced)
+    {
+        eprintln!("root starting into a cgroup makes no template");
+        return None;
+    }
+    Some(r.report.feature("mount-template").map(|f| f.status) == Some(Status::Enforced))
+}
+
+#[test]
+fn closed_template_descriptors_are_noticed_and_reused_numbers_left_alone() {
+    run(&sh("true"));
+    let r = run(&sh("true"));
+    match templated(&r) {
+        None => return,
+        Some(t) => assert!(t, "the second start of a kind comes from a template"),
+    }
+    let fds = namespace_fds();
+    assert_eq!(
+        fds.len(),
+        2,
+        "the template's user and mount namespaces: {fds:?}"
+    );
+    for fd in &fds {
+        // SAFETY: closing descriptors the library holds, as a careless caller would.
+        unsafe { libc::close(*fd) };
+    }
+    // Reuse the numbers for files of our own.
+    let ours: Vec<std::fs::File> = fds
+        .iter()
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    let reused: Vec<i32> = ours.iter().map(|f| f.as_raw_fd()).collect();
+    let r = run(&sh("echo fine"));
+    assert!(r.status.success(), "{}", err(&r));
+    assert_eq!(out(&r), "fine\n");
+    assert_eq!(templated(&r), Some(true), "a new template: {:?}", r.report);
+    for fd in &reused {
+        // SAFETY: F_GETFD only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(*fd, libc::F_GETFD) };
+        assert!(flags >= 0, "fd {fd} was closed");
+        let link = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+        assert_eq!(link.to_string_lossy(), "/dev/null", "fd {fd}");
+    }
+    assert_eq!(namespace_fds().len(), 2, "the new template's descriptors");
+}
