@@ -748,28 +748,8 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     let template = match (&small, &mut mounts, &own_maps) {
         (Some(_), Some(m), Some(_)) if pid_ns && user_ns && !root_in_cgroup => {
             match crate::template::get(m) {
-                Some(Ok(t)) => {
-                    m.note_template();
-                    report.mounts = m.entries.clone();
-                    for f in &mut report.features {
-                        match f.name.as_str() {
-                            "namespace.mnt" => {
-                                f.detail = "own mount namespace, the kernel's copy of the template's tree (the host's mounts were detached there)".into();
-                            }
-                            "namespace.user" => {
-                                f.detail = "own user namespace, nested in the template's (which maps only the caller's ids); setgroups denied".into();
-                            }
-                            _ => {}
-                        }
-                    }
-                    report.push(
-                    "mount-template",
-                    Want::BestEffort,
-                    Status::Enforced,
-                    "the read-only root, the host view and /dev are the kernel's copy of a template built once per process (its own user and mount namespaces, which each start enters): no pivot_root and no old root to detach; /proc, /dev/pts, /dev/shm, /tmp, /run and the work directory are the sandbox's own".to_string(),
-                );
-                    Some(t)
-                }
+                // The report says so once the start has entered it (launch).
+                Some(Ok(t)) => Some(t),
                 Some(Err(why)) => {
                     report.push(
                         "mount-template",
@@ -1133,6 +1113,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         args.flags &= !(libc::CLONE_NEWNET as u64);
     }
     let mut start_refused = None;
+    let (mut templated, mut template_refused) = (false, None);
     let cloned = match prep.stacks.take() {
         Some(stacks) => {
             args.flags |= (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
@@ -1143,7 +1124,16 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
                 .map(|t| enter_template(t, &stacks, &mut args, &prep.plan, &mut prep.scratch));
             let r = match entered {
                 Some(Err(e)) => return Err(e),
-                Some(Ok(r)) => r,
+                Some(Ok(Err(e))) => {
+                    // Not entered (the clone was refused): the start goes on without it.
+                    prep.plan.in_template = false;
+                    template_refused = Some(e);
+                    Err(e)
+                }
+                Some(Ok(Ok(pid))) => {
+                    templated = true;
+                    Ok(pid)
+                }
                 None => {
                     let mut target: (&Plan, &mut [c_int]) = (&prep.plan, &mut prep.scratch);
                     // SAFETY: the child runs child::entry on its own stack in our memory, makes
@@ -1191,7 +1181,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     // SAFETY: clone3 with CLONE_PIDFD stored a new descriptor that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let Prepared {
-        plan,
+        mut plan,
         maps,
         report,
         parent_ends,
@@ -1249,6 +1239,16 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         ),
     };
     report.push("start-without-copy", Want::BestEffort, status, detail);
+    match (&mut plan.mounts, template_refused) {
+        (Some(m), _) if templated => note_template(&mut report, m),
+        (_, Some(e)) => report.push(
+            "mount-template",
+            Want::BestEffort,
+            Status::Skipped,
+            format!("the start could not enter it (clone3: {e}): the tree was built in full"),
+        ),
+        _ => {}
+    }
     let mut fuse_helper: Option<crate::overlay::FuseHelper> = None;
     let stop_helper = |helper: &mut Option<crate::overlay::FuseHelper>| {
         if let Some(mut h) = helper.take() {
@@ -1357,6 +1357,26 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     })
 }
 
+/// Says in the report that the mount tree is a copy of a template's.
+fn note_template(report: &mut Report, mounts: &mut MountPlan) {
+    mounts.note_template();
+    report.mounts = mounts.entries.clone();
+    for f in &mut report.features {
+        f.detail = match f.name.as_str() {
+            "namespace.mnt" => "own mount namespace, the kernel's copy of the template's tree (the host's mounts were detached there)",
+            "namespace.user" => "own user namespace, nested in the template's (which maps only the caller's ids); setgroups denied",
+            _ => continue,
+        }
+        .into();
+    }
+    report.push(
+        "mount-template",
+        Want::BestEffort,
+        Status::Enforced,
+        "the read-only root, the host view and /dev are the kernel's copy of a template built once per process (its own user and mount namespaces, which each start enters): no pivot_root and no old root to detach; /proc, /dev/pts, /dev/shm, /tmp, /run and the work directory are the sandbox's own".into(),
+    );
+}
+
 /// Starts the sandbox's first process from inside `template`'s namespaces (child::Enter), with
 /// `args` as prepared for a start without a template. Returns its pid as the clone would, or the
 /// error when entering the template failed.
@@ -1367,33 +1387,43 @@ fn enter_template(
     plan: &Plan,
     scratch: &mut [c_int],
 ) -> Result<sys::SysResult<libc::pid_t>> {
-    // The sandbox is our child, as without a template: CLONE_PARENT. Its exit signal is then the
-    // entering process's (clone3 takes none with CLONE_PARENT).
-    args.flags |= libc::CLONE_PARENT as u64;
-    args.exit_signal = 0;
+    use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
     let mut target: (&Plan, &mut [c_int]) = (plan, scratch);
     let enter = child::Enter {
         user: template.user,
         mnt: template.mnt,
         args,
         target: &mut target as *mut (&Plan, &mut [c_int]) as usize,
-        pid: std::sync::atomic::AtomicI32::new(0),
-        step: std::sync::atomic::AtomicU32::new(0),
-        errno: std::sync::atomic::AtomicI32::new(0),
+        started: AtomicU32::new(1),
+        pid: AtomicI32::new(0),
+        step: AtomicU32::new(0),
+        errno: AtomicI32::new(0),
     };
+    // SAFETY: `enter.args` is the caller's `args`, borrowed for this call.
+    let sandbox = unsafe { &mut *enter.args };
+    // The sandbox is our child, as without a template (CLONE_PARENT), and takes its exit signal
+    // from the entering process (clone3 takes none with CLONE_PARENT). Instead of a vfork wait in
+    // the entering process, which then exits at once, the kernel clears `started` when the
+    // sandbox's first process executes or exits.
+    sandbox.flags &= !(libc::CLONE_VFORK as u64);
+    sandbox.flags |= (libc::CLONE_PARENT | libc::CLONE_CHILD_CLEARTID) as u64;
+    sandbox.child_tid = enter.started.as_ptr() as u64;
+    sandbox.exit_signal = 0;
     let (stack, stack_size) = stacks.enter();
     let mut first = sys::CloneArgs {
-        // CLONE_FILES: the sandbox's pidfd lands in our table. The sandbox takes its exit signal
-        // from this process (CLONE_PARENT): SIGCHLD, as without a template.
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES) as u64,
+        // CLONE_FILES: the sandbox's pidfd lands in our table. SIGCHLD: the sandbox's exit
+        // signal, as without a template.
+        flags: (libc::CLONE_VM | libc::CLONE_FILES) as u64,
         exit_signal: libc::SIGCHLD as u64,
         stack,
         stack_size,
         ..Default::default()
     };
     // SAFETY: child::enter_entry runs on the third stack in our memory, makes only syscalls on
-    // `enter` (and, through it, the sandbox's clone arguments, plan and stacks), and exits;
-    // this thread is suspended until then (CLONE_VFORK), so all of them outlive its use.
+    // `enter` (and, through it, the sandbox's clone arguments, plan and stacks), and exits. This
+    // thread waits below until the sandbox's first process has executed or exited (or the
+    // entering process failed) and the entering process has exited, so all of them outlive
+    // their use.
     let first_pid = match unsafe {
         small::clone_with(
             &mut first,
@@ -1402,16 +1432,24 @@ fn enter_template(
         )
     } {
         Ok(pid) => pid,
-        Err(e) => return Ok(Err(e)),
+        Err(e) => {
+            restore_without_template(sandbox);
+            return Ok(Err(e));
+        }
     };
-    // It has exited (that ended the vfork wait); a host's SIGCHLD handler may have reaped it.
+    while enter.started.load(Ordering::SeqCst) != 0 {
+        sys::futex_wait(&enter.started, 1);
+    }
+    // It exits right after its clone; reaping it also says it has left its stack. (A host's
+    // SIGCHLD handler may have reaped it first: then it is gone too.)
     let _ = sys::retry(|| sys::waitpid_exited(first_pid));
-    let pid = enter.pid.load(std::sync::atomic::Ordering::SeqCst);
+    let pid = enter.pid.load(Ordering::SeqCst);
     if pid > 0 {
         return Ok(Ok(pid));
     }
-    let errno = Errno::from_raw(enter.errno.load(std::sync::atomic::Ordering::SeqCst));
-    match Step::from_u32(enter.step.load(std::sync::atomic::Ordering::SeqCst)) {
+    restore_without_template(sandbox);
+    let errno = Errno::from_raw(enter.errno.load(Ordering::SeqCst));
+    match Step::from_u32(enter.step.load(Ordering::SeqCst)) {
         Some(Step::EnterTemplate) => Err(Error::Setup {
             step: Step::EnterTemplate,
             detail: "setns into the mount tree's template".into(),
@@ -1420,6 +1458,14 @@ fn enter_template(
         }),
         _ => Ok(Err(errno)),
     }
+}
+
+/// The clone arguments of a start without a template again.
+fn restore_without_template(args: &mut sys::CloneArgs) {
+    args.flags &= !((libc::CLONE_PARENT | libc::CLONE_CHILD_CLEARTID) as u64);
+    args.flags |= libc::CLONE_VFORK as u64;
+    args.child_tid = 0;
+    args.exit_signal = libc::SIGCHLD as u64;
 }
 
 fn clone_error(e: Errno, flags: u64) -> Error {

@@ -615,6 +615,26 @@ pub fn prctl(option: c_int, arg2: libc::c_ulong) -> SysResult<c_int> {
     check_int(unsafe { libc::prctl(option, arg2, 0 as libc::c_ulong, 0 as libc::c_ulong, 0) })
 }
 
+/// Wakes every waiter on `word` (FUTEX_WAKE).
+pub fn futex_wake(word: &std::sync::atomic::AtomicU32) {
+    // SAFETY: FUTEX_WAKE on a live word; it reads nothing else.
+    unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+}
+
+/// Sleeps while `word` holds `value` (FUTEX_WAIT); returns on a wake-up, a signal or a change.
+pub fn futex_wait(word: &std::sync::atomic::AtomicU32, value: u32) {
+    // SAFETY: FUTEX_WAIT on a live word without a timeout; it only sleeps.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            value,
+            std::ptr::null::<libc::timespec>(),
+        )
+    };
+}
+
 pub fn setsid() -> SysResult<()> {
     // SAFETY: no arguments.
     check_int(unsafe { libc::setsid() }).map(drop)

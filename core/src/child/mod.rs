@@ -145,9 +145,12 @@ pub(crate) struct Plan {
 /// How a start from a template begins: a first process, sharing the caller's memory and
 /// descriptors, enters the template's user and mount namespaces (a multi-threaded caller cannot)
 /// and starts the sandbox's first process from there, as a child of the caller
-/// (`CLONE_PARENT`), with the clone arguments the caller prepared. The sandbox's new user
-/// namespace is then nested in the template's, which maps the caller's ids only, and its new
-/// mount namespace is a copy of the template's tree.
+/// (`CLONE_PARENT`), with the clone arguments the caller prepared, then exits at once. The
+/// sandbox's new user namespace is nested in the template's, which maps the caller's ids only,
+/// and its new mount namespace is a copy of the template's tree. The caller waits on `started`,
+/// which the kernel clears when the sandbox's first process executes or exits
+/// (`CLONE_CHILD_CLEARTID`), or this process when it fails: one wake-up, as for a start without a
+/// template.
 pub(crate) struct Enter {
     pub user: c_int,
     pub mnt: c_int,
@@ -155,6 +158,8 @@ pub(crate) struct Enter {
     pub args: *mut sys::CloneArgs,
     /// The address of the `(&Plan, &mut [c_int])` for [`entry`].
     pub target: usize,
+    /// Nonzero until the sandbox's first process has executed (or exited), or this one failed.
+    pub started: AtomicU32,
     /// The sandbox's pid, or 0 on failure ...
     pub pid: AtomicI32,
     /// ... with this step and errno.
@@ -165,8 +170,9 @@ pub(crate) struct Enter {
 /// Entry of the first process of a start from a template; `arg` is the address of an [`Enter`].
 ///
 /// # Safety
-/// Only as the entry of a `CLONE_VM | CLONE_VFORK | CLONE_FILES` start whose caller keeps the
-/// Enter, the clone arguments, the plan and the stacks alive until this process has exited.
+/// Only as the entry of a `CLONE_VM | CLONE_FILES` start whose caller keeps the Enter, the clone
+/// arguments, the plan and the stacks alive until this process and the sandbox's first process
+/// are done with them.
 #[cfg(target_arch = "x86_64")]
 pub(crate) unsafe extern "C" fn enter_entry(arg: usize) -> ! {
     // SAFETY: the caller passed a live Enter and is suspended until we exit.
@@ -176,7 +182,7 @@ pub(crate) unsafe extern "C" fn enter_entry(arg: usize) -> ! {
         .map_err(|errno| (Step::EnterTemplate, errno))
         .and_then(|()| {
             // SAFETY: the caller prepared the arguments (stack included) for entry, as for a
-            // start without a template; we wait for the child's exec (CLONE_VFORK).
+            // start without a template, and waits for the child's exec.
             unsafe { sys::clone3_on_stack(&mut *e.args, entry, e.target) }
                 .map_err(|errno| (Step::Clone, errno))
         });
@@ -185,6 +191,8 @@ pub(crate) unsafe extern "C" fn enter_entry(arg: usize) -> ! {
         Err((step, errno)) => {
             e.step.store(step as u32, Ordering::SeqCst);
             e.errno.store(errno as i32, Ordering::SeqCst);
+            e.started.store(0, Ordering::SeqCst);
+            sys::futex_wake(&e.started);
         }
     }
     sys::exit(0)
