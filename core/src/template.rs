@@ -55,13 +55,30 @@ struct Cache {
     /// Keys of the kinds of tree started before: a template pays off from the second start of a
     /// kind (a process that starts one sandbox, such as the CLI, builds none).
     seen: Vec<String>,
-    /// /proc/self/mountinfo, opened before the templates were built: it polls ready (POLLPRI)
-    /// once the caller's mount namespace has changed. A template holds the host view as it was
-    /// then, so they are built again after any change (a template in use stays alive until the
-    /// starts using it are done).
+    /// /proc/thread-self/mountinfo, opened before the templates were built: it polls ready
+    /// (POLLPRI) once the caller's mount namespace has changed. A template holds the host view as
+    /// it was then, so they are built again after any change (a template in use stays alive
+    /// until the starts using it are done).
     mountinfo: Option<OwnedFd>,
     /// Device and inode of `mountinfo`'s file.
     mountinfo_id: Option<(u64, u64)>,
+    /// Where the templates were built: the calling thread's mount namespace and root directory
+    /// (a thread may have its own, or the process may have changed root since).
+    place: Option<Place>,
+}
+
+/// A thread's mount namespace and root directory, as (device, inode) pairs.
+type Place = [(u64, u64); 2];
+
+/// Where the calling thread is.
+fn here() -> Option<Place> {
+    let id = |path: &std::ffi::CStr| {
+        // SAFETY: stat is plain data, valid all zero; stat writes only it.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: path is NUL-terminated.
+        (unsafe { libc::stat(path.as_ptr(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+    };
+    Some([id(c"/proc/thread-self/ns/mnt")?, id(c"/")?])
 }
 
 static CACHE: Mutex<Cache> = Mutex::new(Cache {
@@ -69,11 +86,15 @@ static CACHE: Mutex<Cache> = Mutex::new(Cache {
     seen: Vec::new(),
     mountinfo: None,
     mountinfo_id: None,
+    place: None,
 });
 
 impl Cache {
-    fn drop_if_stale(&mut self) {
+    /// Forgets the templates if the mount table they were built from has changed, or the calling
+    /// thread is somewhere else (`place`).
+    fn drop_if_stale(&mut self, place: Place) {
         let changed = match &self.mountinfo {
+            _ if self.place != Some(place) => true,
             // A caller that closes descriptors it does not know may have closed this one.
             Some(fd) if identity(fd.as_raw_fd()) != self.mountinfo_id => true,
             Some(fd) => {
@@ -96,10 +117,15 @@ impl Cache {
                     std::mem::forget(fd);
                 }
             }
-            self.mountinfo = sys::openat(libc::AT_FDCWD, c"/proc/self/mountinfo", libc::O_RDONLY)
-                .ok()
-                // SAFETY: a descriptor just opened, owned by nothing else.
-                .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+            self.place = Some(place);
+            self.mountinfo = sys::openat(
+                libc::AT_FDCWD,
+                c"/proc/thread-self/mountinfo",
+                libc::O_RDONLY,
+            )
+            .ok()
+            // SAFETY: a descriptor just opened, owned by nothing else.
+            .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
             self.mountinfo_id = self
                 .mountinfo
                 .as_ref()
@@ -123,8 +149,9 @@ fn lookup(plan: &MountPlan, key: String) -> Option<Result<Arc<Template>, String>
     // SAFETY: geteuid and getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     let key = format!("{uid}:{gid}\n{key}");
+    let place = here()?;
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
-    cache.drop_if_stale();
+    cache.drop_if_stale(place);
     if let Some(at) = cache.entries.iter().position(|(k, _)| *k == key) {
         match &cache.entries[at].1 {
             Ok(t) if !t.intact() => {

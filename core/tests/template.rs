@@ -195,9 +195,12 @@ fn a_change_to_the_callers_mounts_reaches_the_next_sandbox() {
     }
     let dir = format!("/opt/rsbx-template-{}", std::process::id());
     std::fs::create_dir_all(&dir).unwrap();
-    let look = Spec::new(["/bin/ls", "-A", dir.as_str()]);
-    warm_up();
+    // Root starting into a cgroup makes no template: none here.
+    let mut look = Spec::new(["/bin/ls", "-A", dir.as_str()]);
+    look.cgroup.want = Want::Off;
+    run(&look);
     let before = run(&look);
+    assert!(from_template(&before), "{:?}", before.report);
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k", "rsbx-template", &dir])
         .status()
@@ -211,12 +214,64 @@ fn a_change_to_the_callers_mounts_reaches_the_next_sandbox() {
     let _ = std::process::Command::new("umount").arg(&dir).status();
     let _ = std::fs::remove_dir(&dir);
     let (before, after, templated) = result.unwrap();
-    if !templated {
-        return;
-    }
+    assert!(templated);
     assert_eq!(before, "");
     assert_eq!(
         after, "marker\n",
         "the template still shows the mount table of before"
     );
+}
+
+#[test]
+fn a_thread_in_a_mount_namespace_of_its_own_gets_its_own_view() {
+    // A thread may unshare its mount namespace (root only here): its sandboxes show its mounts,
+    // not a template made from the process's.
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("root only: an unprivileged thread cannot make a mount namespace of its own");
+        return;
+    }
+    let dir = format!("/opt/rsbx-thread-{}", std::process::id());
+    std::fs::create_dir_all(&dir).unwrap();
+    // Root starting into a cgroup makes no template: none here. The process's template first.
+    let mut look = Spec::new(["/bin/ls", "-A", dir.as_str()]);
+    look.cgroup.want = Want::Off;
+    run(&look);
+    assert!(from_template(&run(&look)));
+    let inside = std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: unshare and mount with valid arguments; they change this thread only.
+            unsafe {
+                assert_eq!(libc::unshare(libc::CLONE_FS | libc::CLONE_NEWNS), 0);
+                let none = std::ptr::null::<libc::c_void>();
+                let private = libc::MS_REC | libc::MS_PRIVATE;
+                assert_eq!(
+                    libc::mount(none.cast(), c"/".as_ptr(), none.cast(), private, none),
+                    0
+                );
+                let target = std::ffi::CString::new(dir.as_str()).unwrap();
+                let tmpfs = c"tmpfs".as_ptr();
+                assert_eq!(libc::mount(tmpfs, target.as_ptr(), tmpfs, 0, none), 0);
+            }
+            std::fs::write(format!("{dir}/marker"), "x").unwrap();
+            // Twice: the second start of a kind is the one a template would serve.
+            let first = run(&look);
+            let second = run(&look);
+            (out(&first), out(&second), from_template(&second))
+        })
+        .join()
+        .unwrap()
+    });
+    let outside = run(&look);
+    let _ = std::fs::remove_dir(&dir);
+    assert_eq!(inside.0, "marker\n");
+    assert_eq!(
+        inside.1, "marker\n",
+        "the thread's second sandbox shows another view"
+    );
+    assert_eq!(
+        out(&outside),
+        "",
+        "the thread's mount leaked to the process's view"
+    );
+    let _ = inside.2;
 }
