@@ -94,6 +94,7 @@ pub fn doctor() -> Doctor {
             mount_api(),
             time_namespace(),
             image_store(&crate::image::default_store()),
+            mount_template(),
         ],
     }
 }
@@ -630,6 +631,14 @@ fn mount_api() -> Check {
     Check::new("mount-api", available, detail, remedy)
 }
 
+fn mount_template() -> Check {
+    let remedy = "nothing is lost: every tree is built in full (slower when many sandboxes start at once); the detail says which step failed";
+    match crate::template::probe() {
+        Ok(detail) => Check::new("mount-template", true, detail, ""),
+        Err(why) => Check::new("mount-template", false, why, remedy),
+    }
+}
+
 fn time_namespace() -> Check {
     let (available, detail) = match fs::symlink_metadata("/proc/self/ns/time") {
         Ok(_) => (true, "/proc/self/ns/time exists".into()),
@@ -984,6 +993,7 @@ mod tests {
             "mount-api",
             "time-namespace",
             "image-store",
+            "mount-template",
         ];
         assert_eq!(names, expected);
         assert!(d.checks.iter().all(|c| !c.available || c.remedy.is_none()));
@@ -994,9 +1004,10 @@ mod tests {
         // seeing them is broken.
         if std::env::var_os("RSANDBOX_MUST_WORK").is_some_and(|v| v == "1") {
             let present = ["user-namespaces", "overlay-in-userns", "cgroup2", "seccomp"];
-            for name in present
-                .into_iter()
-                .chain(["landlock", "pidfd", "mount-api"])
+            for name in
+                present
+                    .into_iter()
+                    .chain(["landlock", "pidfd", "mount-api", "mount-template"])
             {
                 let check = d.check(name);
                 assert!(check.is_some_and(|c| c.available), "{name}: {check:?}");

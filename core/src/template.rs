@@ -177,6 +177,27 @@ fn lookup(plan: &MountPlan, key: String) -> Option<Result<Arc<Template>, String>
     Some(built)
 }
 
+/// Builds a template of the default host view and drops it: whether this process's sandboxes
+/// can start from one (for `doctor`). Says what it holds, or why not.
+pub(crate) fn probe() -> Result<String, String> {
+    let fs = crate::spec::Filesystem::default();
+    // SAFETY: geteuid and getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let plan = MountPlan::new(
+        &fs,
+        (uid, gid),
+        true,
+        &crate::overlay::FuseSupport::none(),
+        true,
+    )
+    .map_err(|e| format!("planning the default host view: {e}"))?;
+    build(&plan, uid, gid)?;
+    let shared = plan.template_key().map_or(0, |k| k.lines().count());
+    Ok(format!(
+        "a template of the default host view builds here ({shared} shared mount steps, in user and mount namespaces of its own)"
+    ))
+}
+
 /// What the builder hands back through the memory it shares with us.
 struct Outcome {
     user: AtomicI32,
