@@ -418,13 +418,13 @@ impl MountPlan {
         })
     }
 
-    /// What identifies this plan's template: the shared ops, described. None when the tree
-    /// cannot come from a template.
-    pub fn template_key(&self) -> Option<String> {
+    /// What identifies this plan's template: `prefix`, then the shared ops, described. None when
+    /// the tree cannot come from a template.
+    pub fn template_key(&self, prefix: &str) -> Option<String> {
         if !self.template_ok {
             return None;
         }
-        let mut key = String::new();
+        let mut key = String::from(prefix);
         for (op, what) in self.ops.iter().zip(&self.descriptions) {
             if !own_op(op) || is_proc(op) {
                 key.push_str(what);

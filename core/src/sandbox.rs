@@ -720,13 +720,13 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         }
     }
     let small = small.ok();
-    let mut mounts = mounts;
     let mut keep_fds: Vec<c_int> = stdio.to_vec();
     keep_fds.extend([err_w.as_raw_fd(), ctl_r.as_raw_fd(), status_w.as_raw_fd()]);
     if let Some((fd, _)) = &small {
         keep_fds.push(*fd);
     }
     let close_ranges = gaps(&keep_fds);
+    let mut mounts = mounts;
     if let Some(ov) = mounts.as_mut().and_then(MountPlan::overlay_mut) {
         // Above every descriptor the sandbox keeps, so placing the layers clobbers nothing.
         ov.set_fd_base(keep_fds.iter().copied().max().unwrap_or(2) + 1);
@@ -745,7 +745,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     // cgroup owned by someone else (a delegated one) is gone.
     // SAFETY: geteuid cannot fail.
     let root_in_cgroup = cg.cgroup.is_some() && unsafe { libc::geteuid() } == 0;
-    let template = match (&small, &mut mounts, &own_maps) {
+    let template = match (&small, &mounts, &own_maps) {
         (Some(_), Some(m), Some(_)) if pid_ns && user_ns && !root_in_cgroup => {
             match crate::template::get(m) {
                 // The report says so once the start has entered it (launch).

@@ -42,10 +42,15 @@ impl Drop for Template {
 
 /// Device and inode of what `fd` refers to.
 fn identity(fd: c_int) -> Option<(u64, u64)> {
-    // SAFETY: stat is plain data, valid all zero; fstat writes only it.
+    // SAFETY: st is a valid out-pointer; fstat writes only it.
+    stat_id(|st| unsafe { libc::fstat(fd, st) })
+}
+
+/// Device and inode from a stat-family call that fills `st` and returns 0 on success.
+fn stat_id(call: impl FnOnce(&mut libc::stat) -> c_int) -> Option<(u64, u64)> {
+    // SAFETY: stat is plain data, valid all zero.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    (unsafe { libc::fstat(fd, &mut st) } == 0).then_some((st.st_dev, st.st_ino))
+    (call(&mut st) == 0).then_some((st.st_dev, st.st_ino))
 }
 
 /// Templates of this process by key (the shared ops and the caller's ids), or why one could not
@@ -72,12 +77,8 @@ type Place = [(u64, u64); 2];
 
 /// Where the calling thread is.
 fn here() -> Option<Place> {
-    let id = |path: &std::ffi::CStr| {
-        // SAFETY: stat is plain data, valid all zero; stat writes only it.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
-        // SAFETY: path is NUL-terminated.
-        (unsafe { libc::stat(path.as_ptr(), &mut st) } == 0).then_some((st.st_dev, st.st_ino))
-    };
+    // SAFETY: path is NUL-terminated and st a valid out-pointer; stat writes only it.
+    let id = |path: &std::ffi::CStr| stat_id(|st| unsafe { libc::stat(path.as_ptr(), st) });
     Some([id(c"/proc/thread-self/ns/mnt")?, id(c"/")?])
 }
 
@@ -141,14 +142,10 @@ const MAX_TEMPLATES: usize = 8;
 /// in full instead. None where the tree cannot come from a template, or this is the first start
 /// of its kind.
 pub(crate) fn get(plan: &MountPlan) -> Option<Result<Arc<Template>, String>> {
-    let key = plan.template_key()?;
-    lookup(plan, key)
-}
-
-fn lookup(plan: &MountPlan, key: String) -> Option<Result<Arc<Template>, String>> {
     // SAFETY: geteuid and getegid cannot fail.
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
-    let key = format!("{uid}:{gid}\n{key}");
+    // The shared ops and the ids the template maps.
+    let key = plan.template_key(&format!("{uid}:{gid}\n"))?;
     let place = here()?;
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
     cache.drop_if_stale(place);
@@ -192,7 +189,7 @@ pub(crate) fn probe() -> Result<String, String> {
     )
     .map_err(|e| format!("planning the default host view: {e}"))?;
     build(&plan, uid, gid)?;
-    let shared = plan.template_key().map_or(0, |k| k.lines().count());
+    let shared = plan.template_key("").map_or(0, |k| k.lines().count());
     Ok(format!(
         "a template of the default host view builds here ({shared} shared mount steps, in user and mount namespaces of its own)"
     ))

@@ -15,6 +15,9 @@ fn template_feature(r: &RunResult) -> Option<Feature> {
         .cloned()
 }
 
+/// Prints how /dev is mounted: `ro` or `rw`.
+const DEV_MODE: &str = "grep ' /dev tmpfs ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1";
+
 /// A template is made at the second start of a kind of tree: this is a first one.
 fn warm_up() {
     let r = run(&sh("true"));
@@ -155,7 +158,7 @@ fn template_mounts_are_locked_even_for_a_command_with_cap_sys_admin() {
 #[test]
 fn a_filesystem_other_than_the_default_view_is_built_in_full() {
     // Negative control of the template's reach: a caller's mount makes the tree the sandbox's own.
-    let mut spec = sh("grep ' /dev tmpfs ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1");
+    let mut spec = sh(DEV_MODE);
     spec.filesystem.mounts.push(Mount::Tmpfs {
         destination: "/scratch".into(),
         size: None,
@@ -176,7 +179,7 @@ fn a_filesystem_other_than_the_default_view_is_built_in_full() {
 #[test]
 fn a_tree_asked_to_be_built_in_full_is() {
     warm_up();
-    let mut spec = sh("grep ' /dev tmpfs ' /proc/self/mounts | cut -d' ' -f4 | cut -d, -f1");
+    let mut spec = sh(DEV_MODE);
     spec.filesystem.template = false;
     for _ in 0..2 {
         let r = run(&spec);
@@ -185,22 +188,33 @@ fn a_tree_asked_to_be_built_in_full_is() {
     }
 }
 
-#[test]
-fn a_change_to_the_callers_mounts_reaches_the_next_sandbox() {
-    // Needs a mount in the caller's own namespace: as root only (the unprivileged lane has no
-    // mount namespace of its own to change).
+/// For the root-only tests that change mounts: an empty directory under the host view's /opt, a
+/// spec listing it (without a cgroup: root starting into one makes no template) and that spec's
+/// second run, which came from a template. None (and why) when not root.
+fn template_listing(tag: &str, why_root: &str) -> Option<(String, Spec, RunResult)> {
     if !nix::unistd::geteuid().is_root() {
-        eprintln!("root only: an unprivileged caller cannot change its mount table");
-        return;
+        eprintln!("root only: {why_root}");
+        return None;
     }
-    let dir = format!("/opt/rsbx-template-{}", std::process::id());
+    let dir = format!("/opt/rsbx-{tag}-{}", std::process::id());
     std::fs::create_dir_all(&dir).unwrap();
-    // Root starting into a cgroup makes no template: none here.
     let mut look = Spec::new(["/bin/ls", "-A", dir.as_str()]);
     look.cgroup.want = Want::Off;
     run(&look);
-    let before = run(&look);
-    assert!(from_template(&before), "{:?}", before.report);
+    let second = run(&look);
+    assert!(from_template(&second), "{:?}", second.report);
+    Some((dir, look, second))
+}
+
+#[test]
+fn a_change_to_the_callers_mounts_reaches_the_next_sandbox() {
+    // Needs a mount in the caller's own namespace (the unprivileged lane has none of its own).
+    let Some((dir, look, before)) = template_listing(
+        "template",
+        "an unprivileged caller cannot change its mount table",
+    ) else {
+        return;
+    };
     let mounted = std::process::Command::new("mount")
         .args(["-t", "tmpfs", "-o", "size=64k", "rsbx-template", &dir])
         .status()
@@ -225,18 +239,13 @@ fn a_change_to_the_callers_mounts_reaches_the_next_sandbox() {
 #[test]
 fn a_thread_in_a_mount_namespace_of_its_own_gets_its_own_view() {
     // A thread may unshare its mount namespace (root only here): its sandboxes show its mounts,
-    // not a template made from the process's.
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("root only: an unprivileged thread cannot make a mount namespace of its own");
+    // not a template made from the process's (made first).
+    let Some((dir, look, _)) = template_listing(
+        "thread",
+        "an unprivileged thread cannot make a mount namespace of its own",
+    ) else {
         return;
-    }
-    let dir = format!("/opt/rsbx-thread-{}", std::process::id());
-    std::fs::create_dir_all(&dir).unwrap();
-    // Root starting into a cgroup makes no template: none here. The process's template first.
-    let mut look = Spec::new(["/bin/ls", "-A", dir.as_str()]);
-    look.cgroup.want = Want::Off;
-    run(&look);
-    assert!(from_template(&run(&look)));
+    };
     let inside = std::thread::scope(|s| {
         s.spawn(|| {
             // SAFETY: unshare and mount with valid arguments; they change this thread only.
