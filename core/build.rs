@@ -5,7 +5,10 @@
 //!
 //! Also compiles the default seccomp profile (src/seccomp_rules.rs) to BPF with libseccomp, so
 //! that a process's first sandbox does not pay for it; when building for another machine than
-//! this one, the library compiles it at run time instead.
+//! another architecture, the library compiles it at run time instead.
+//!
+//! For a musl target it also supplies the one glibc-only symbol Debian's static libseccomp needs
+//! (src/libseccomp_musl.c), so a static musl executable can link it.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -20,8 +23,11 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(rsandbox_prebuilt_seccomp)");
     println!("cargo:rerun-if-changed=src/seccomp_rules.rs");
     let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("OUT_DIR"));
-    let native = std::env::var("TARGET").ok() == std::env::var("HOST").ok();
-    if native {
+    // The filter depends on the architecture only (not on the C library), and libseccomp here
+    // compiles for this machine's.
+    let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
+    let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
+    if arch == std::env::consts::ARCH && os == "linux" {
         match prebuild_seccomp(&out) {
             Ok(()) => println!("cargo:rustc-cfg=rsandbox_prebuilt_seccomp"),
             Err(e) => println!(
@@ -30,6 +36,42 @@ fn main() {
         }
     }
     small_init(&out);
+    if std::env::var("CARGO_CFG_TARGET_ENV").as_deref() == Ok("musl") {
+        musl_compat(&out);
+    }
+}
+
+/// Compiles src/libseccomp_musl.c into a static library linked whole (it must be there before
+/// the linker reaches libseccomp, which comes later on its command line).
+fn musl_compat(out: &Path) {
+    println!("cargo:rerun-if-changed=src/libseccomp_musl.c");
+    let cc = std::env::var("CC").unwrap_or_else(|_| "cc".into());
+    let obj = out.join("libseccomp_musl.o");
+    let lib = out.join("librsandbox_libseccomp_musl.a");
+    let run = |cmd: &mut Command| match cmd.status() {
+        Ok(s) if s.success() => {}
+        other => panic!("building src/libseccomp_musl.c: {cmd:?}: {other:?}"),
+    };
+    run(Command::new(&cc)
+        .args([
+            "-c",
+            "-O2",
+            "-fPIC",
+            "-fno-stack-protector",
+            "-ffreestanding",
+            "-o",
+        ])
+        .arg(&obj)
+        .arg("src/libseccomp_musl.c"));
+    let _ = std::fs::remove_file(&lib);
+    run(
+        Command::new(std::env::var("AR").unwrap_or_else(|_| "ar".into()))
+            .arg("crs")
+            .arg(&lib)
+            .arg(&obj),
+    );
+    println!("cargo:rustc-link-search=native={}", out.display());
+    println!("cargo:rustc-link-lib=static:+whole-archive=rsandbox_libseccomp_musl");
 }
 
 /// Writes OUT_DIR/seccomp_prebuilt.rs: `PREBUILT[nested as usize]` = (BPF bytes, rule count).

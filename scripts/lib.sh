@@ -65,22 +65,41 @@ rsbx_ensure_cargo() {
     rsbx_info "$(cargo --version)"
 }
 
-# rsbx_build_cli DEST: builds the release CLI as a static, position-dependent executable (glibc
-# and libseccomp linked in: no dynamic loader, no libraries to map, no symbols to bind and no
-# relocations to apply at each start, together ~0.7 ms of every `rsandbox run` on a small VM) and
-# installs it as DEST. The price is a fixed load address for the CLI's own code (its heap, stacks
-# and mappings stay randomised); the sandboxed command never shares its address space. The static
-# build has its own target directory (target/static), so it never invalidates the ordinary one.
+# rsbx_build_cli DEST: builds the release CLI as a static, position-dependent executable and
+# installs it as DEST. Static: no dynamic loader, no libraries to map, no symbols to bind and no
+# relocations to apply at each start (~0.7 ms of every `rsandbox run` on a small VM). With musl
+# where Rust's musl target is installed, because glibc's start probes the CPU with `cpuid` at
+# every exec, which a VM may trap (~0.6 ms of each run on the Intel VM of the README's table);
+# otherwise with glibc, and it says so. libseccomp is linked in either way (core/build.rs supplies
+# the one glibc-only symbol Debian's libseccomp.a needs under musl). The price of a fixed load
+# address is the CLI's own code only (its heap, stacks and mappings stay randomised); the
+# sandboxed command never shares its address space. The static build has its own target
+# directory (target/static), so it never invalidates the ordinary one.
 rsbx_build_cli() {
-    local dest=$1 target_dir libseccomp
+    local dest=$1 target_dir libseccomp triple out deps
     target_dir=$(cargo metadata --format-version 1 --no-deps \
         | rsbx_python -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
     libseccomp=$(gcc -print-file-name=libseccomp.a 2>/dev/null || true)
     [ -f "$libseccomp" ] || rsbx_die "libseccomp.a not found (apt-get install libseccomp-dev gcc)"
-    LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(dirname "$libseccomp") \
-        cargo rustc --release -p rsandbox-cli --bin rsandbox --target-dir "$target_dir/static" \
-        -- -C target-feature=+crt-static -C relocation-model=static
-    install -m 0755 "$target_dir/static/release/rsandbox" "$dest"
+    triple="$(uname -m)-unknown-linux-musl"
+    if [ -d "$(rustc --print sysroot)/lib/rustlib/$triple/lib" ]; then
+        # A directory of its own: the host's library directory also holds glibc's libc.a.
+        deps="$target_dir/static/$triple-deps"
+        mkdir -p "$deps"
+        cp "$libseccomp" "$deps/libseccomp.a"
+        LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$deps \
+            cargo rustc --release -p rsandbox-cli --bin rsandbox --target-dir "$target_dir/static" \
+            --target "$triple" -- -C relocation-model=static
+        out="$target_dir/static/$triple/release/rsandbox"
+        rsbx_info "CLI: static, musl ($triple)"
+    else
+        rsbx_info "CLI: static, glibc (Rust's $triple target is not installed: rustup target add $triple)"
+        LIBSECCOMP_LINK_TYPE=static LIBSECCOMP_LIB_PATH=$(dirname "$libseccomp") \
+            cargo rustc --release -p rsandbox-cli --bin rsandbox --target-dir "$target_dir/static" \
+            -- -C target-feature=+crt-static -C relocation-model=static
+        out="$target_dir/static/release/rsandbox"
+    fi
+    install -m 0755 "$out" "$dest"
     if ldd "$dest" 2>&1 | grep -q '=>'; then
         rsbx_die "$dest is not static: $(ldd "$dest" 2>&1 | tr '\n' ' ')"
     fi

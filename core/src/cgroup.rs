@@ -163,7 +163,7 @@ pub(crate) struct Accounting {
 pub(crate) struct Plan {
     pub cgroup: Option<Cgroup>,
     /// Limits that must fall back to rlimits: (resource, value).
-    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    pub rlimits: Vec<(u32, u64)>,
 }
 
 /// Creates the sandbox's cgroup and writes its limits, or reports why not. `want` says whether a
@@ -311,7 +311,7 @@ fn limit_entries(l: &Limits, report: &mut Report, enabled: Option<&[&str]>, plan
                 format!("memory.max = {m}"),
             );
         } else {
-            plan.rlimits.push((libc::RLIMIT_AS, m));
+            plan.rlimits.push((crate::sys::rlimit::AS, m));
             report.push("limit.memory", level, Status::Skipped, format!("no memory controller; fallback RLIMIT_AS = {m} per process (caveat: caps address space, not resident memory; children each get their own)"));
         }
     }
@@ -372,7 +372,7 @@ fn limit_entries(l: &Limits, report: &mut Report, enabled: Option<&[&str]>, plan
     }
     if let Some(t) = l.cpu_time {
         let secs = t.ceil() as u64;
-        plan.rlimits.push((libc::RLIMIT_CPU, secs));
+        plan.rlimits.push((crate::sys::rlimit::CPU, secs));
         let how = if enabled.is_some() {
             "the whole sandbox's cpu.stat usage is watched and the sandbox killed past it; RLIMIT_CPU per process as backstop"
         } else {

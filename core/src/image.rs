@@ -54,7 +54,7 @@ use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
 use nix::errno::Errno;
-use nix::fcntl::{RenameFlags, AT_FDCWD};
+use nix::fcntl::AT_FDCWD;
 use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use oci_spec::image::{
@@ -760,12 +760,27 @@ impl LayerPlan<'_> {
 }
 
 fn rename_noreplace(from: &Path, to: &Path) -> std::result::Result<(), Errno> {
-    match nix::fcntl::renameat2(AT_FDCWD, from, AT_FDCWD, to, RenameFlags::RENAME_NOREPLACE) {
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL);
+    let (from_c, to_c) = (c(from)?, c(to)?);
+    // renameat2 by number: not every C library wraps it.
+    // SAFETY: both paths are NUL-terminated strings that outlive the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            from_c.as_ptr(),
+            libc::AT_FDCWD,
+            to_c.as_ptr(),
+            libc::RENAME_NOREPLACE,
+        )
+    };
+    match Errno::result(rc) {
+        Ok(_) => Ok(()),
         // File systems without RENAME_NOREPLACE: a plain rename fails on a non-empty target.
         Err(Errno::EINVAL) => {
             fs::rename(from, to).map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
         }
-        other => other,
+        Err(e) => Err(e),
     }
 }
 

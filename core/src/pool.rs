@@ -565,13 +565,13 @@ fn send_job(
     msg.msg_iov = &mut iov;
     msg.msg_iovlen = 1;
     msg.msg_control = control.as_mut_ptr().cast();
-    msg.msg_controllen = space;
+    msg.msg_controllen = space as _;
     // SAFETY: the control buffer holds CMSG_SPACE(12) bytes, so the first header and its data fit.
     unsafe {
         let cmsg = libc::CMSG_FIRSTHDR(&msg);
         (*cmsg).cmsg_level = libc::SOL_SOCKET;
         (*cmsg).cmsg_type = libc::SCM_RIGHTS;
-        (*cmsg).cmsg_len = libc::CMSG_LEN(FDS_LEN as u32) as usize;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(FDS_LEN as u32) as _;
         std::ptr::copy_nonoverlapping(fds.as_ptr().cast::<u8>(), libc::CMSG_DATA(cmsg), FDS_LEN);
     }
     loop {

@@ -124,6 +124,35 @@ fn prctl_ambient(op: libc::c_ulong, cap: libc::c_ulong) -> SysResult<()> {
     .map(drop)
 }
 
+/// How many CPUs this thread may run on (its affinity mask), with one system call; None when the
+/// mask does not fit a `cpu_set_t` (over 1024 CPUs).
+pub fn cpus_allowed() -> Option<usize> {
+    // SAFETY: cpu_set_t is plain data and the kernel writes at most its size.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return None;
+        }
+        usize::try_from(libc::CPU_COUNT(&set))
+            .ok()
+            .filter(|&n| n > 0)
+    }
+}
+
+/// Resource numbers as prlimit64 takes them. The C libraries type them differently (glibc an
+/// unsigned enum, musl an int); the kernel's numbers are the same.
+#[allow(clippy::unnecessary_cast)] // already u32 with glibc
+pub mod rlimit {
+    pub const AS: u32 = libc::RLIMIT_AS as u32;
+    pub const CORE: u32 = libc::RLIMIT_CORE as u32;
+    pub const CPU: u32 = libc::RLIMIT_CPU as u32;
+    pub const FSIZE: u32 = libc::RLIMIT_FSIZE as u32;
+    pub const MEMLOCK: u32 = libc::RLIMIT_MEMLOCK as u32;
+    pub const NOFILE: u32 = libc::RLIMIT_NOFILE as u32;
+    pub const NPROC: u32 = libc::RLIMIT_NPROC as u32;
+    pub const STACK: u32 = libc::RLIMIT_STACK as u32;
+}
+
 /// Sets one resource limit of the calling process (raw prlimit64, no libc state).
 pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> SysResult<()> {
     let lim = libc::rlimit64 {
@@ -782,11 +811,11 @@ pub fn loopback_up() -> SysResult<()> {
         let mut req: libc::ifreq = std::mem::zeroed();
         req.ifr_name[0] = b'l' as libc::c_char;
         req.ifr_name[1] = b'o' as libc::c_char;
-        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) < 0 {
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
             Err(Errno::last())
         } else {
             req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            if libc::ioctl(sock, libc::SIOCSIFFLAGS, &mut req) < 0 {
+            if libc::ioctl(sock, libc::SIOCSIFFLAGS as _, &mut req) < 0 {
                 Err(Errno::last())
             } else {
                 Ok(())
