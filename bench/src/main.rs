@@ -1314,11 +1314,11 @@ fn big_caller(a: &Args) {
     }
 }
 
-/// A warm pool given time to refill before each job (no other candidate running), side by side
-/// with fork+exec: the latency a caller sees when jobs arrive slower than the pool refills.
-/// The C library's own start: an empty static glibc program against one with no C library (both
-/// built by scripts/bench beside the floor program). Every dynamic or static glibc program pays
-/// the difference at each exec: the payload, bwrap, crun, the floor program and the CLI.
+/// The C library's own start: an empty static glibc program against one with no C library and,
+/// where musl-gcc is installed, one with musl (all built by scripts/bench beside the floor
+/// program). Every dynamic or static glibc program pays the difference at each exec: the
+/// payload, bwrap, crun and the floor program (the CLI is a static musl executable where Rust's
+/// musl target is installed).
 fn libc_start(a: &Args) {
     if a.options == 0 {
         return;
@@ -1329,12 +1329,20 @@ fn libc_start(a: &Args) {
         println!("\n## The C library's start: n/a: empty-glibc or empty-nolibc missing beside the floor program");
         return;
     }
-    let hows = [
-        How::Exec(vec![nolibc.display().to_string()]),
-        How::Exec(vec![glibc.display().to_string()]),
-        How::Exec(vec!["/bin/true".into()]),
+    let musl = dir.join("empty-musl");
+    let mut hows = vec![
+        ("static, no C library", nolibc.display().to_string()),
+        ("static glibc", glibc.display().to_string()),
+        ("/bin/true (dynamic glibc)", "/bin/true".into()),
     ];
-    let mut samples = [Vec::new(), Vec::new(), Vec::new()];
+    if musl.is_file() {
+        hows.insert(1, ("static musl", musl.display().to_string()));
+    }
+    let (names, hows): (Vec<&str>, Vec<How>) = hows
+        .into_iter()
+        .map(|(name, path)| (name, How::Exec(vec![path])))
+        .unzip();
+    let mut samples = vec![Vec::new(); hows.len()];
     for i in 0..(a.options + a.warmup) {
         for (how, s) in hows.iter().zip(samples.iter_mut()) {
             if let Ok(d) = run_once(how, None) {
@@ -1350,11 +1358,6 @@ fn libc_start(a: &Args) {
     );
     println!("| program | median | p99 |");
     println!("|---|---:|---:|");
-    let names = [
-        "static, no C library",
-        "static glibc",
-        "/bin/true (dynamic glibc)",
-    ];
     for (name, s) in names.iter().zip(samples.iter()) {
         match stats(s) {
             Some(st) => println!("| {name} | {} | {} |", ms(st.median), ms(st.p99)),
@@ -1363,6 +1366,8 @@ fn libc_start(a: &Args) {
     }
 }
 
+/// A warm pool given time to refill before each job (no other candidate running), side by side
+/// with fork+exec: the latency a caller sees when jobs arrive slower than the pool refills.
 fn pool_alone(a: &Args) {
     if a.options == 0 {
         return;
