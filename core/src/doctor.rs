@@ -525,12 +525,6 @@ fn cgroup_delegation(mount: Option<&MountInfo>) -> Check {
 }
 
 fn seccomp() -> Check {
-    const LIB_DIRS: [&str; 4] = [
-        "/usr/lib/x86_64-linux-gnu",
-        "/lib/x86_64-linux-gnu",
-        "/usr/lib64",
-        "/usr/lib",
-    ];
     let status = fs::read_to_string("/proc/self/status").unwrap_or_default();
     let line = status_field(&status, "Seccomp");
     let mode = sys::prctl(libc::PR_GET_SECCOMP, 0);
@@ -545,10 +539,6 @@ fn seccomp() -> Check {
         )
     };
     let filters = if ret == 0 { Ok(()) } else { Err(Errno::last()) };
-    let lib = LIB_DIRS
-        .iter()
-        .map(|d| Path::new(d).join("libseccomp.so.2"))
-        .find(|p| p.exists());
     let facts = [
         line.map_or("no Seccomp line in /proc/self/status".into(), |v| {
             format!("Seccomp: {v} in /proc/self/status")
@@ -561,9 +551,11 @@ fn seccomp() -> Check {
             Ok(()) => "filters (SECCOMP_RET_ERRNO) supported".into(),
             Err(e) => format!("seccomp(SECCOMP_GET_ACTION_AVAIL) => {e:?}"),
         },
-        lib.map_or("libseccomp.so.2 not found".into(), |p| {
-            format!("{} present", p.display())
-        }),
+        // The library this program uses (shared, or linked into a static executable).
+        match libseccomp::ScmpVersion::current() {
+            Ok(v) => format!("libseccomp {}.{}.{} in use", v.major, v.minor, v.micro),
+            Err(e) => format!("libseccomp version unknown: {e}"),
+        },
     ];
     let available = line.is_some() && mode.is_ok() && filters.is_ok();
     let remedy = "use a kernel built with CONFIG_SECCOMP=y and CONFIG_SECCOMP_FILTER=y";
