@@ -4,8 +4,8 @@
 //! which forks the setup process and lets it stay on as the init.
 //!
 //! Also compiles the default seccomp profile (src/seccomp_rules.rs) to BPF with libseccomp, so
-//! that a process's first sandbox does not pay for it; when building for another machine than
-//! another architecture, the library compiles it at run time instead.
+//! that a process's first sandbox does not pay for it; when building for another architecture,
+//! the library compiles it at run time instead.
 //!
 //! For a musl target it also supplies the one glibc-only symbol Debian's static libseccomp needs
 //! (src/libseccomp_musl.c), so a static musl executable can link it.
