@@ -578,6 +578,93 @@ fn ratio(a: Duration, b: Option<Duration>) -> String {
 
 // ------------------------------------------------------------------------------- set-up
 
+/// The run's figures that the performance targets are stated in, as the sections find them.
+#[derive(Default)]
+struct Targets {
+    /// `rsandbox run` against bwrap, start-up medians.
+    cli_vs_bwrap: Option<f64>,
+    /// The library against the namespace floor program, start-up medians.
+    library_vs_floor: Option<f64>,
+    /// The library's warm pool against fork+exec, start-up medians.
+    pool_vs_fork: Option<f64>,
+    /// Python `Pool.run` against `subprocess.run`, start-up medians.
+    py_pool_vs_subprocess: Option<f64>,
+    /// The library's sandboxes per second against bwrap's, 2 workers.
+    throughput_vs_bwrap: Option<f64>,
+    /// The caller's growth per live sandbox, KiB.
+    caller_kib: Option<f64>,
+}
+
+impl Targets {
+    /// Prints each figure beside its target; a figure the run did not measure is left out.
+    fn print(&self) {
+        let ratio = |x: f64| format!("{x:.3}x");
+        let rows = [
+            (
+                "`rsandbox run` start-up, against bwrap",
+                self.cli_vs_bwrap,
+                0.65,
+                true,
+                ratio as fn(f64) -> String,
+            ),
+            (
+                "library start-up, against the namespace floor (C)",
+                self.library_vs_floor,
+                1.05,
+                true,
+                ratio,
+            ),
+            (
+                "warm pool job, against fork+exec",
+                self.pool_vs_fork,
+                1.5,
+                true,
+                ratio,
+            ),
+            (
+                "Python `Pool.run`, against `subprocess.run`",
+                self.py_pool_vs_subprocess,
+                1.3,
+                true,
+                ratio,
+            ),
+            (
+                "library throughput (2 workers), against bwrap",
+                self.throughput_vs_bwrap,
+                2.0,
+                false,
+                ratio,
+            ),
+            (
+                "the caller's memory per live sandbox",
+                self.caller_kib,
+                1024.0,
+                true,
+                |k| format!("{k:.0} KiB"),
+            ),
+        ];
+        if rows.iter().all(|r| r.1.is_none()) {
+            return;
+        }
+        println!("\n## Against the targets (this run)\n");
+        println!("| figure | measured | target | met |");
+        println!("|---|---:|---:|---|");
+        for (name, value, target, at_most, show) in rows {
+            let Some(v) = value else { continue };
+            let (bound, met) = if at_most {
+                (format!("<= {}", show(target)), v <= target)
+            } else {
+                (format!(">= {}", show(target)), v >= target)
+            };
+            println!(
+                "| {name} | {} | {bound} | {} |",
+                show(v),
+                if met { "yes" } else { "no" }
+            );
+        }
+    }
+}
+
 fn busybox_root(busybox: &Path, dir: &Path) -> Result<PathBuf, String> {
     let root = dir.join("rootfs");
     for d in ["bin", "proc", "dev", "tmp", "etc", "work", "sys"] {
@@ -692,7 +779,7 @@ fn which(name: &str) -> Option<PathBuf> {
 
 // ------------------------------------------------------------------------------- sections
 
-fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
+fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>, targets: &mut Targets) {
     let true_bin = "/bin/true".to_string();
     let mut cands = vec![
         Candidate::new("fork+exec", How::Exec(vec![true_bin.clone()])),
@@ -856,13 +943,20 @@ fn startup(a: &Args, work: &Path, rootfs: &Path, py: &mut Option<PyWorker>) {
     if let Some(note) = crun.as_ref().ok().and_then(Crun::note) {
         println!("\n{note}.");
     }
+    let against = |name: &str, base: Option<Duration>| {
+        Some(median_of(name)?.as_secs_f64() / base?.as_secs_f64())
+    };
+    targets.cli_vs_bwrap = against("rsandbox run (CLI)", bwrap);
+    targets.library_vs_floor = against("rsandbox library", floor);
+    targets.pool_vs_fork = against("rsandbox library, warm pool", fork);
+    targets.py_pool_vs_subprocess = against("python Pool.run", median_of("python subprocess.run"));
 }
 
 fn one_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(100).collect()
 }
 
-fn throughput(a: &Args, work: &Path, rootfs: &Path) {
+fn throughput(a: &Args, work: &Path, rootfs: &Path, targets: &mut Targets) {
     if a.throughput == 0 {
         return;
     }
@@ -1011,6 +1105,9 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path) {
     println!("| candidate | per second | vs bwrap | CPU |");
     println!("|---|---:|---:|---:|");
     for (name, r) in rows {
+        if let (Ok((rate, _)), Some(b), "rsandbox library") = (&r, bwrap, name.as_str()) {
+            targets.throughput_vs_bwrap = Some(rate / b);
+        }
         match r {
             Ok((rate, cpu)) => println!(
                 "| {name} | {rate:.0} | {} | {} |",
@@ -1084,7 +1181,7 @@ fn rss_pss_kib(pid: u32) -> (Option<u64>, Option<u64>) {
     )
 }
 
-fn memory(a: &Args) {
+fn memory(a: &Args, targets: &mut Targets) {
     if a.live == 0 {
         return;
     }
@@ -1116,6 +1213,7 @@ fn memory(a: &Args) {
             "| library: the caller's growth | {} | |",
             per(x.saturating_sub(b))
         );
+        targets.caller_kib = Some(x.saturating_sub(b) as f64 / a.live as f64);
     }
     let (mut rss, mut pss, mut seen) = (0, 0, 0);
     for c in &children {
@@ -1459,15 +1557,16 @@ fn main() {
         None => None,
     };
     println!("# rsandbox-bench: {}", machine());
+    let mut targets = Targets::default();
     if a.wants("startup") {
-        startup(&a, &work, &rootfs, &mut py);
+        startup(&a, &work, &rootfs, &mut py, &mut targets);
     }
     drop(py);
     if a.wants("throughput") {
-        throughput(&a, &work, &rootfs);
+        throughput(&a, &work, &rootfs, &mut targets);
     }
     if a.wants("memory") {
-        memory(&a);
+        memory(&a, &mut targets);
     }
     if a.wants("options") {
         option_costs(&a, &rootfs);
@@ -1481,6 +1580,7 @@ fn main() {
     if a.wants("libc") {
         libc_start(&a);
     }
+    targets.print();
     if a.work.is_none() {
         let _ = std::fs::remove_dir_all(&work);
     }
