@@ -861,12 +861,8 @@ impl MountPlan {
                 .assemble(&self.staging, request_fuse)
                 .map_err(|(step, e)| (step, e, OVERLAY))?,
             RootFs::Tree(i) => fds[*i],
-            RootFs::Tmpfs => new_fs(
-                c"tmpfs",
-                &[(c"mode".into(), Some(c"0755".into()))],
-                NOSUID_NODEV,
-            )
-            .map_err(|e| (Step::CreateFilesystem, e, WHOLE))?,
+            RootFs::Tmpfs => new_fs(c"tmpfs", &[(c"mode", Some(c"0755"))], NOSUID_NODEV)
+                .map_err(|e| (Step::CreateFilesystem, e, WHOLE))?,
         };
         if let (RootFs::Tmpfs, Some(slot)) = (&self.root, fds.get_mut(self.sources.len())) {
             // A slot past the sources holds the root for a caller that shares our descriptors
@@ -1070,7 +1066,7 @@ fn mask(root: c_int, how: &Mask, dest: &CStr) -> Result<(), (Step, Errno)> {
             .map_err(|e| (Step::OpenSource, e))?,
             Mask::Dir => new_fs(
                 c"tmpfs",
-                &[(c"mode".into(), Some(c"0555".into()))],
+                &[(c"mode", Some(c"0555"))],
                 sys::MOUNT_ATTR_RDONLY | NOSUID_NODEV,
             )
             .map_err(|e| (Step::CreateFilesystem, e))?,
@@ -1113,18 +1109,20 @@ fn attach(fd: c_int, root: c_int, dest: &CStr) -> Result<(), (Step, Errno)> {
     res
 }
 
-/// fsopen + fsconfig + fsmount: a detached mount of a new filesystem instance.
-pub(crate) fn new_fs(
+/// fsopen + fsconfig + fsmount: a detached mount of a new filesystem instance. Runs between
+/// clone and exec, so the options are borrowed as they are (literals or the plan's own strings):
+/// nothing here allocates.
+pub(crate) fn new_fs<K: AsRef<CStr>, V: AsRef<CStr>>(
     fstype: &CStr,
-    options: &[(CString, Option<CString>)],
+    options: &[(K, Option<V>)],
     attrs: u64,
 ) -> Result<c_int, Errno> {
     let fsfd = sys::fsopen(fstype)?;
     let res = (|| {
         for (key, value) in options {
             match value {
-                Some(v) => sys::fsconfig_string(fsfd, key, v)?,
-                None => sys::fsconfig_flag(fsfd, key)?,
+                Some(v) => sys::fsconfig_string(fsfd, key.as_ref(), v.as_ref())?,
+                None => sys::fsconfig_flag(fsfd, key.as_ref())?,
             }
         }
         sys::fsconfig_create(fsfd)?;
