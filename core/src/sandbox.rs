@@ -2270,7 +2270,7 @@ mod small {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::raw::c_int;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::OnceLock;
+    use std::sync::{Mutex, OnceLock};
 
     use crate::sys;
 
@@ -2279,10 +2279,9 @@ mod small {
     const PAGE: usize = 4096;
 
     /// Three stacks (setup process, command process, the process entering a template), each
-    /// above a guard page, unmapped on drop.
+    /// above a guard page. Given back to [`SPARE`] on drop, or unmapped when it is full.
     pub(crate) struct Stacks {
         base: *mut libc::c_void,
-        len: usize,
         /// Nonzero while a network helper (child::NetApart) may still run on the command stack.
         helper: Box<AtomicU32>,
     }
@@ -2290,14 +2289,34 @@ mod small {
     // SAFETY: the mapping is owned by this value alone; nothing else refers to it.
     unsafe impl Send for Stacks {}
 
+    const LEN: usize = 3 * (PAGE + STACK);
+
+    /// The base of a stack mapping no start is using.
+    struct Spare(*mut libc::c_void);
+
+    // SAFETY: a mapping no process runs on; whoever takes it from the list owns it alone.
+    unsafe impl Send for Spare {}
+
+    /// Mappings of finished starts, kept for the next ones: a fresh mapping costs an mmap, three
+    /// mprotects, a page fault at each first touch and an munmap, whose TLB flush interrupts
+    /// every other thread of the caller. At most [`SPARE_MAX`] are kept (a few pages each).
+    static SPARE: Mutex<Vec<Spare>> = Mutex::new(Vec::new());
+    const SPARE_MAX: usize = 4;
+
     impl Stacks {
         fn new() -> Option<Stacks> {
-            let len = 3 * (PAGE + STACK);
+            let spare = SPARE.lock().ok().and_then(|mut s| s.pop());
+            if let Some(Spare(base)) = spare {
+                return Some(Stacks {
+                    base,
+                    helper: Box::new(AtomicU32::new(0)),
+                });
+            }
             // SAFETY: a fresh anonymous private mapping; nothing else uses the range.
             let base = unsafe {
                 libc::mmap(
                     std::ptr::null_mut(),
-                    len,
+                    LEN,
                     libc::PROT_READ | libc::PROT_WRITE,
                     libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
                     -1,
@@ -2307,21 +2326,21 @@ mod small {
             if base == libc::MAP_FAILED {
                 return None;
             }
-            let stacks = Stacks {
-                base,
-                len,
-                helper: Box::new(AtomicU32::new(0)),
-            };
             for guard in [0, PAGE + STACK, 2 * (PAGE + STACK)] {
                 // SAFETY: the page lies inside the mapping made above.
                 if unsafe {
                     libc::mprotect(base.cast::<u8>().add(guard).cast(), PAGE, libc::PROT_NONE)
                 } != 0
                 {
+                    // SAFETY: the mapping made above, used by nothing yet.
+                    unsafe { libc::munmap(base, LEN) };
                     return None;
                 }
             }
-            Some(stacks)
+            Some(Stacks {
+                base,
+                helper: Box::new(AtomicU32::new(0)),
+            })
         }
 
         fn stack(&self, i: usize) -> (u64, u64) {
@@ -2383,8 +2402,15 @@ mod small {
                     )
                 };
             }
+            // No process uses the mapping any more: keep it for the next start, or unmap it.
+            if let Ok(mut spare) = SPARE.lock() {
+                if spare.len() < SPARE_MAX {
+                    spare.push(Spare(self.base));
+                    return;
+                }
+            }
             // SAFETY: the mapping made in new(), no longer used by any process.
-            unsafe { libc::munmap(self.base, self.len) };
+            unsafe { libc::munmap(self.base, LEN) };
         }
     }
 
@@ -2468,6 +2494,60 @@ mod small {
     ) -> sys::SysResult<libc::pid_t> {
         // SAFETY: forwarded from the caller.
         unsafe { sys::clone3_on_stack(args, entry, arg) }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The permissions /proc/self/maps gives the page at `addr`.
+        fn perms_at(addr: usize) -> String {
+            let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+            maps.lines()
+                .find_map(|l| {
+                    let (range, rest) = l.split_once(' ')?;
+                    let (lo, hi) = range.split_once('-')?;
+                    let (lo, hi) = (
+                        usize::from_str_radix(lo, 16).ok()?,
+                        usize::from_str_radix(hi, 16).ok()?,
+                    );
+                    (lo <= addr && addr < hi)
+                        .then(|| rest.split(' ').next().unwrap_or("").to_string())
+                })
+                .unwrap_or_default()
+        }
+
+        #[test]
+        fn finished_stacks_are_kept_for_the_next_start_up_to_a_bound() {
+            let made: Vec<Stacks> = (0..SPARE_MAX + 2).map(|_| Stacks::new().unwrap()).collect();
+            let bases: Vec<usize> = made.iter().map(|s| s.base as usize).collect();
+            drop(made);
+            assert!(
+                SPARE.lock().unwrap().len() <= SPARE_MAX,
+                "the spare list is bounded"
+            );
+            // Some were kept (still mapped), those past the bound unmapped.
+            let unmapped = bases.iter().filter(|b| perms_at(**b).is_empty()).count();
+            assert!(unmapped < bases.len(), "none of the mappings was kept");
+            assert!(
+                unmapped >= 2,
+                "{unmapped} of {} mappings unmapped",
+                bases.len()
+            );
+            let again = Stacks::new().unwrap();
+            let base = again.base as usize;
+            assert!(bases.contains(&base), "a new start takes a kept mapping");
+            // Reused, the stacks keep their guard pages below them and stay writable.
+            for i in 0..3 {
+                let (low, _) = again.stack(i);
+                assert_eq!(
+                    perms_at(low as usize - PAGE),
+                    "---p",
+                    "guard page of stack {i}"
+                );
+                assert_eq!(perms_at(low as usize), "rw-p", "stack {i}");
+            }
+        }
     }
 }
 
