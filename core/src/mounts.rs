@@ -434,9 +434,9 @@ impl MountPlan {
         Some(key)
     }
 
-    /// Says in the report that the tree came from a template: /dev is read-only.
-    pub fn note_template(&mut self) {
-        for e in &mut self.entries {
+    /// Says in the report's mount entries that the tree came from a template: /dev is read-only.
+    pub fn note_template(entries: &mut [MountEntry]) {
+        for e in entries {
             if e.destination == "/dev" && e.kind == "tmpfs" {
                 e.options.insert(0, "ro".into());
                 e.detail = "read-only: part of the template this process's sandboxes share".into();

@@ -607,7 +607,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
             Root::Overlay(ov) if ov.driver != OverlayDriver::Kernel => FuseSupport::probe(),
             _ => FuseSupport::none(),
         };
-        let plan = MountPlan::new(
+        let mut plan = MountPlan::new(
             &spec.filesystem,
             inside_ids,
             pid_ns,
@@ -623,7 +623,8 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
             }
             ov.record_layers()?;
         }
-        report.mounts = plan.entries.clone();
+        // The entries are for the report alone.
+        report.mounts = std::mem::take(&mut plan.entries);
         Some(plan)
     } else {
         report.push(
@@ -1185,7 +1186,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     // SAFETY: clone3 with CLONE_PIDFD stored a new descriptor that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let Prepared {
-        mut plan,
+        plan,
         maps,
         report,
         parent_ends,
@@ -1243,8 +1244,8 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         ),
     };
     report.push("start-without-copy", Want::BestEffort, status, detail);
-    match (&mut plan.mounts, template_refused) {
-        (Some(m), _) if templated => note_template(&mut report, m),
+    match (&plan.mounts, template_refused) {
+        (Some(_), _) if templated => note_template(&mut report),
         (_, Some(e)) => report.push(
             "mount-template",
             Want::BestEffort,
@@ -1362,9 +1363,8 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
 }
 
 /// Says in the report that the mount tree is a copy of a template's.
-fn note_template(report: &mut Report, mounts: &mut MountPlan) {
-    mounts.note_template();
-    report.mounts = mounts.entries.clone();
+fn note_template(report: &mut Report) {
+    MountPlan::note_template(&mut report.mounts);
     for f in &mut report.features {
         f.detail = match f.name.as_str() {
             "namespace.mnt" => "own mount namespace, the kernel's copy of the template's tree (the host's mounts were detached there)",
