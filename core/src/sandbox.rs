@@ -852,6 +852,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         small_init: small.as_ref().map(|(fd, stacks)| child::SmallInit {
             init_fd: *fd,
             cmd_stack: stacks.command(),
+            cmd_gone: stacks.command_gone(),
         }),
         in_template: template.is_some(),
     };
@@ -2282,8 +2283,10 @@ mod small {
     /// above a guard page. Given back to [`SPARE`] on drop, or unmapped when it is full.
     pub(crate) struct Stacks {
         base: *mut libc::c_void,
-        /// Nonzero while a network helper (child::NetApart) may still run on the command stack.
-        helper: Box<AtomicU32>,
+        /// Nonzero while a task may still run on the command stack: [0] a network helper
+        /// (child::NetApart), [1] the command process until it executes. The kernel clears each
+        /// when its task leaves this memory (`CLONE_CHILD_CLEARTID`).
+        words: Box<[AtomicU32; 2]>,
     }
 
     // SAFETY: the mapping is owned by this value alone; nothing else refers to it.
@@ -2309,7 +2312,7 @@ mod small {
             if let Some(Spare(base)) = spare {
                 return Some(Stacks {
                     base,
-                    helper: Box::new(AtomicU32::new(0)),
+                    words: Box::new([AtomicU32::new(0), AtomicU32::new(0)]),
                 });
             }
             // SAFETY: a fresh anonymous private mapping; nothing else uses the range.
@@ -2339,7 +2342,7 @@ mod small {
             }
             Some(Stacks {
                 base,
-                helper: Box::new(AtomicU32::new(0)),
+                words: Box::new([AtomicU32::new(0), AtomicU32::new(0)]),
             })
         }
 
@@ -2365,42 +2368,54 @@ mod small {
 
         /// The word the kernel clears when a network helper leaves this memory.
         pub fn helper_gone(&self) -> *const AtomicU32 {
-            &*self.helper
+            &self.words[0]
+        }
+
+        /// The word the kernel clears when the command process leaves this memory.
+        pub fn command_gone(&self) -> *const AtomicU32 {
+            &self.words[1]
         }
     }
 
     impl Drop for Stacks {
         fn drop(&mut self) {
-            // A network helper runs on the command stack. The setup process always reaps it before
-            // going on, so it is gone here, unless the setup process was killed from outside
-            // while it ran: then wait for the kernel to clear the word at the helper's exit.
+            // A network helper, then the command process, run on the command stack. The setup
+            // process reaps the helper and waits for the command's exec before it goes on, so
+            // both are gone here, unless the setup process was killed from outside meanwhile:
+            // then wait for the kernel to clear their words as they leave.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
-            loop {
-                let seen = self.helper.load(Ordering::SeqCst);
-                if seen == 0 {
-                    break;
+            for word in self.words.iter() {
+                loop {
+                    let seen = word.load(Ordering::SeqCst);
+                    if seen == 0 {
+                        break;
+                    }
+                    let Some(left) = deadline.checked_duration_since(std::time::Instant::now())
+                    else {
+                        // Never reuse or free memory a task may still use: keep the mapping, and
+                        // the words the kernel will clear, instead.
+                        let words = std::mem::replace(
+                            &mut self.words,
+                            Box::new([AtomicU32::new(0), AtomicU32::new(0)]),
+                        );
+                        Box::leak(words);
+                        return;
+                    };
+                    let timeout = libc::timespec {
+                        tv_sec: 0,
+                        tv_nsec: left.as_nanos().min(100_000_000) as libc::c_long,
+                    };
+                    // SAFETY: FUTEX_WAIT on a live word with a relative timeout; it only sleeps.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_futex,
+                            word.as_ptr(),
+                            libc::FUTEX_WAIT,
+                            seen,
+                            &timeout as *const libc::timespec,
+                        )
+                    };
                 }
-                let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else {
-                    // Never free memory a task may still use: keep the mapping, and the word the
-                    // kernel will clear at the helper's exit, instead.
-                    let word = std::mem::replace(&mut self.helper, Box::new(AtomicU32::new(0)));
-                    Box::leak(word);
-                    return;
-                };
-                let timeout = libc::timespec {
-                    tv_sec: 0,
-                    tv_nsec: left.as_nanos().min(100_000_000) as libc::c_long,
-                };
-                // SAFETY: FUTEX_WAIT on a live word with a relative timeout; it only sleeps.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_futex,
-                        self.helper.as_ptr(),
-                        libc::FUTEX_WAIT,
-                        seen,
-                        &timeout as *const libc::timespec,
-                    )
-                };
             }
             // No process uses the mapping any more: keep it for the next start, or unmap it.
             if let Ok(mut spare) = SPARE.lock() {

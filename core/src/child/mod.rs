@@ -83,6 +83,10 @@ pub(crate) struct SmallInit {
     pub init_fd: c_int,
     /// Lowest address and size of the command process's stack until its execve.
     pub cmd_stack: (u64, u64),
+    /// Set while the command process may run on `cmd_stack`; the kernel clears it (and wakes)
+    /// at the command's exec or exit (`CLONE_CHILD_CLEARTID`). The caller reuses or frees the
+    /// stacks only after that, even if this process is killed while it waits for the command.
+    pub cmd_gone: *const std::sync::atomic::AtomicU32,
 }
 
 /// Where the network namespace is made beside the rest of setup: the sandbox's first process
@@ -243,12 +247,16 @@ pub(crate) fn run(plan: &Plan, scratch: &mut [c_int]) -> ! {
 #[cfg(all(target_arch = "x86_64", rsandbox_small_init))]
 fn start_small(plan: &Plan, small: &SmallInit) -> ! {
     let mut args = sys::CloneArgs {
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK) as u64,
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_CHILD_CLEARTID) as u64,
         exit_signal: libc::SIGCHLD as u64,
         stack: small.cmd_stack.0,
         stack_size: small.cmd_stack.1,
+        child_tid: small.cmd_gone as u64,
         ..Default::default()
     };
+    // SAFETY: `cmd_gone` points at a word the caller keeps alive with the stacks.
+    let cmd_gone = unsafe { &*small.cmd_gone };
+    cmd_gone.store(1, Ordering::SeqCst);
     // The network helper took pid 2 of a new PID namespace: the command gets it back, as it
     // would without the helper (the number is free again once the helper is reaped).
     let pid_two: [libc::pid_t; 1] = [2];
@@ -270,7 +278,11 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
     }
     let pid = match started {
         Ok(pid) => pid,
-        Err(e) => fail(plan.err_w, failure(Step::ForkCommand, e), EXIT_SETUP_FAILED),
+        Err(e) => {
+            // No command process: nothing will clear the word.
+            cmd_gone.store(0, Ordering::SeqCst);
+            fail(plan.err_w, failure(Step::ForkCommand, e), EXIT_SETUP_FAILED)
+        }
     };
     // The command has executed, or failed and said why on the error pipe; the init reaps it.
     let _ = sys::write_all(plan.status_w, &pid.to_ne_bytes());
