@@ -13,6 +13,7 @@ use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 
 use nix::errno::Errno;
 
@@ -223,6 +224,48 @@ pub(crate) struct MountPlan {
     pub entries: Vec<MountEntry>,
     /// Whether the tree can come from a template (see [`Build`]).
     template_ok: bool,
+    /// The shared ops described ([`MountPlan::template_key`]), worked out once per plan.
+    shared_key: std::sync::OnceLock<Option<String>>,
+}
+
+/// Plans of the default host view without extra mounts, by what they are made of. Such a plan
+/// depends only on the spec's filesystem, the ids, the PID namespace, the /proc masks and the
+/// host facts (looked up once per process): nothing on disk is checked for it. A process that
+/// starts many sandboxes of a kind plans their tree once.
+type PlanKey = (Filesystem, (u32, u32), bool, bool);
+static PLANS: std::sync::Mutex<Vec<(PlanKey, Arc<MountPlan>)>> = std::sync::Mutex::new(Vec::new());
+/// More kinds than this: the oldest plan is forgotten.
+const MAX_PLANS: usize = 8;
+
+/// The mount plan for a start: [`MountPlan::new`], or the same plan made for an earlier start of
+/// this process where nothing it depends on can have changed (see [`PLANS`]). A plan for an
+/// overlay root is always new, and so the caller's alone.
+pub(crate) fn plan(
+    fs: &Filesystem,
+    ids: (u32, u32),
+    pid_ns: bool,
+    fuse: &FuseSupport,
+    mask_proc: bool,
+) -> Result<Arc<MountPlan>> {
+    if fs.root != Root::HostView || !fs.mounts.is_empty() {
+        return MountPlan::new(fs, ids, pid_ns, fuse, mask_proc).map(Arc::new);
+    }
+    let same = |k: &PlanKey| k.0 == *fs && k.1 == ids && k.2 == pid_ns && k.3 == mask_proc;
+    if let Ok(plans) = PLANS.lock() {
+        if let Some((_, p)) = plans.iter().find(|(k, _)| same(k)) {
+            return Ok(p.clone());
+        }
+    }
+    let made = Arc::new(MountPlan::new(fs, ids, pid_ns, fuse, mask_proc)?);
+    if let Ok(mut plans) = PLANS.lock() {
+        if !plans.iter().any(|(k, _)| same(k)) {
+            if plans.len() >= MAX_PLANS {
+                plans.remove(0);
+            }
+            plans.push(((fs.clone(), ids, pid_ns, mask_proc), made.clone()));
+        }
+    }
+    Ok(made)
 }
 
 /// How [`MountPlan::build`] runs.
@@ -275,6 +318,7 @@ impl MountPlan {
             descriptions: Vec::new(),
             entries: Vec::new(),
             template_ok: false,
+            shared_key: std::sync::OnceLock::new(),
         };
         let root = match &fs.root {
             Root::HostView => {
@@ -421,17 +465,19 @@ impl MountPlan {
     /// What identifies this plan's template: `prefix`, then the shared ops, described. None when
     /// the tree cannot come from a template.
     pub fn template_key(&self, prefix: &str) -> Option<String> {
-        if !self.template_ok {
-            return None;
-        }
-        let mut key = String::from(prefix);
-        for (op, what) in self.ops.iter().zip(&self.descriptions) {
-            if !own_op(op) || is_proc(op) {
-                key.push_str(what);
-                key.push('\n');
-            }
-        }
-        Some(key)
+        let shared = self.shared_key.get_or_init(|| {
+            self.template_ok.then(|| {
+                let mut key = String::new();
+                for (op, what) in self.ops.iter().zip(&self.descriptions) {
+                    if !own_op(op) || is_proc(op) {
+                        key.push_str(what);
+                        key.push('\n');
+                    }
+                }
+                key
+            })
+        });
+        shared.as_deref().map(|s| [prefix, s].concat())
     }
 
     /// Says in the report's mount entries that the tree came from a template: /dev is read-only.
@@ -1268,6 +1314,41 @@ mod tests {
     fn split_rel_gives_parent_and_name() {
         assert_eq!(split_rel("/dev/null"), ("dev".into(), "null".into()));
         assert_eq!(split_rel("/bin"), (".".into(), "bin".into()));
+    }
+
+    #[test]
+    fn host_view_plans_are_made_once_per_kind_and_others_every_time() {
+        let none = FuseSupport::none();
+        let fs = Filesystem::default();
+        let first = plan(&fs, (1000, 1000), true, &none, true).unwrap();
+        let again = plan(&fs, (1000, 1000), true, &none, true).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "the same kind reuses its plan");
+        assert_eq!(first.entries.len(), again.entries.len());
+        assert!(
+            !first.entries.is_empty(),
+            "a kept plan keeps its report entries"
+        );
+        // Anything the plan is made from makes another plan.
+        let other_ids = plan(&fs, (1001, 1001), true, &none, true).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other_ids));
+        let unmasked = plan(&fs, (1000, 1000), true, &none, false).unwrap();
+        assert!(!Arc::ptr_eq(&first, &unmasked));
+        let mut no_workdir = fs.clone();
+        no_workdir.workdir = None;
+        let p = plan(&no_workdir, (1000, 1000), true, &none, true).unwrap();
+        assert!(!Arc::ptr_eq(&first, &p));
+        assert!(!p.entries.iter().any(|e| e.destination == "/work"));
+        // A plan that checks the host's files (extra mounts, other roots) is made each time.
+        let mut with_mount = fs.clone();
+        with_mount.mounts = vec![Mount::Tmpfs {
+            destination: "/scratch".into(),
+            size: None,
+            mode: None,
+        }];
+        let a = plan(&with_mount, (1000, 1000), true, &none, true).unwrap();
+        let b = plan(&with_mount, (1000, 1000), true, &none, true).unwrap();
+        assert!(!Arc::ptr_eq(&a, &b));
+        assert_eq!(Arc::strong_count(&a), 1, "the start's own plan");
     }
 
     #[test]

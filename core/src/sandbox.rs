@@ -607,7 +607,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
             Root::Overlay(ov) if ov.driver != OverlayDriver::Kernel => FuseSupport::probe(),
             _ => FuseSupport::none(),
         };
-        let mut plan = MountPlan::new(
+        let mut plan = crate::mounts::plan(
             &spec.filesystem,
             inside_ids,
             pid_ns,
@@ -623,8 +623,12 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
             }
             ov.record_layers()?;
         }
-        // The entries are for the report alone.
-        report.mounts = std::mem::take(&mut plan.entries);
+        // The entries are for the report alone: taken from a plan of this start's own, copied
+        // from one kept for later starts.
+        report.mounts = match std::sync::Arc::get_mut(&mut plan) {
+            Some(own) => std::mem::take(&mut own.entries),
+            None => plan.entries.clone(),
+        };
         Some(plan)
     } else {
         report.push(
@@ -700,7 +704,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     // maps (the caller writes them) nor where fuse-overlayfs may be asked for.
     let fuse_possible = mounts
         .as_ref()
-        .and_then(MountPlan::overlay)
+        .and_then(|m| m.overlay())
         .is_some_and(|ov| ov.fuse_binary.is_some());
     let small = if wait_for_maps {
         Err("subordinate-range id maps are written by the caller during setup")
@@ -732,7 +736,12 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     }
     let close_ranges = gaps(&keep_fds);
     let mut mounts = mounts;
-    if let Some(ov) = mounts.as_mut().and_then(MountPlan::overlay_mut) {
+    // An overlay's plan is never kept for later starts (mounts::plan): it is this start's own.
+    if let Some(ov) = mounts
+        .as_mut()
+        .and_then(std::sync::Arc::get_mut)
+        .and_then(MountPlan::overlay_mut)
+    {
         // Above every descriptor the sandbox keeps, so placing the layers clobbers nothing.
         ov.set_fd_base(keep_fds.iter().copied().max().unwrap_or(2) + 1);
     }
@@ -797,7 +806,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         }
         report.push("image", Want::Required, Status::Enforced, detail);
     }
-    let scratch = vec![-1; mounts.as_ref().map_or(0, MountPlan::source_count)];
+    let scratch = vec![-1; mounts.as_ref().map_or(0, |m| m.source_count())];
 
     let argv_ptrs = null_terminated(&argv);
     let envp_ptrs = null_terminated(&envp);
@@ -1530,7 +1539,7 @@ fn note_fuse(report: &mut Report, ov: &crate::overlay::OverlayPlan, refused: Err
 fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
     let errno = Errno::from_raw(f.errno);
     let step = Step::from_u32(f.step).unwrap_or(Step::Clone);
-    let overlay = plan.mounts.as_ref().and_then(MountPlan::overlay);
+    let overlay = plan.mounts.as_ref().and_then(|m| m.overlay());
     if let (Some(ov), Step::CreateFilesystem, crate::mounts::OVERLAY_INDEX) =
         (overlay, step, f.index)
     {

@@ -107,7 +107,7 @@ pub(crate) struct Plan {
     pub own_maps: Option<OwnMaps>,
     /// Block until the caller has written the maps (range mapping).
     pub wait_for_maps: bool,
-    pub mounts: Option<MountPlan>,
+    pub mounts: Option<std::sync::Arc<MountPlan>>,
     pub hostname: Option<Vec<u8>>,
     pub loopback_up: bool,
     /// Make the network namespace in a helper task (not in the clone flags).
