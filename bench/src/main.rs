@@ -1063,14 +1063,21 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path, targets: &mut Targets) {
                 .map_err(Clone::clone)
         })
         .collect();
+    // Each candidate's rate in each round, to show how far one run's ratios spread.
+    let mut by_round: Vec<Vec<f64>> = vec![Vec::new(); candidates.len()];
     for _ in 0..ROUNDS {
-        for ((_, job), total) in candidates.iter().zip(done.iter_mut()) {
+        for (((_, job), total), rounds) in candidates
+            .iter()
+            .zip(done.iter_mut())
+            .zip(by_round.iter_mut())
+        {
             let (Ok(job), Ok((runs, secs, cpu))) = (job, total.as_mut()) else {
                 continue;
             };
             let busy = cpu_busy_secs();
             match timed_workers(each, job) {
                 Ok(rate) => {
+                    rounds.push(rate);
                     *runs += each * 2;
                     *secs += (each * 2) as f64 / rate;
                     *cpu = match (*cpu, busy, cpu_busy_secs()) {
@@ -1115,6 +1122,26 @@ fn throughput(a: &Args, work: &Path, rootfs: &Path, targets: &mut Targets) {
                 cpu.map_or("-".into(), |c| format!("{c:.2}"))
             ),
             Err(e) => println!("| {name} | n/a: {} | | |", one_line(&e)),
+        }
+    }
+    // The library against bwrap round by round (each pair ran minutes apart at most).
+    let rounds_of = |name: &str| {
+        candidates
+            .iter()
+            .position(|(n, _)| n == name)
+            .map(|i| &by_round[i])
+    };
+    if let (Some(lib), Some(bw)) = (rounds_of("rsandbox library"), rounds_of("bwrap")) {
+        if lib.len() == bw.len() && !lib.is_empty() {
+            let ratios: Vec<String> = lib
+                .iter()
+                .zip(bw)
+                .map(|(l, b)| format!("{:.2}x", l / b))
+                .collect();
+            println!(
+                "\nThe library against bwrap, round by round: {}.",
+                ratios.join(", ")
+            );
         }
     }
 }
