@@ -146,8 +146,16 @@ pub(crate) fn get(plan: &MountPlan) -> Option<Result<Arc<Template>, String>> {
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     // The shared ops and the ids the template maps.
     let key = plan.template_key(&format!("{uid}:{gid}\n"))?;
-    let place = here()?;
     let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.entries.is_empty() && !cache.seen.contains(&key) {
+        // The first start of its kind, and no template to check: nothing to watch yet (a
+        // process that starts one sandbox, such as the CLI, never looks at the mount table).
+        if cache.seen.len() < 4 * MAX_TEMPLATES {
+            cache.seen.push(key);
+        }
+        return None;
+    }
+    let place = here()?;
     cache.drop_if_stale(place);
     if let Some(at) = cache.entries.iter().position(|(k, _)| *k == key) {
         match &cache.entries[at].1 {
