@@ -2541,8 +2541,12 @@ mod small {
                 .unwrap_or_default()
         }
 
+        /// The tests share the spare list: one at a time.
+        static ONE: Mutex<()> = Mutex::new(());
+
         #[test]
         fn finished_stacks_are_kept_for_the_next_start_up_to_a_bound() {
+            let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
             let made: Vec<Stacks> = (0..SPARE_MAX + 2).map(|_| Stacks::new().unwrap()).collect();
             let bases: Vec<usize> = made.iter().map(|s| s.base as usize).collect();
             drop(made);
@@ -2571,6 +2575,64 @@ mod small {
                 );
                 assert_eq!(perms_at(low as usize), "rw-p", "stack {i}");
             }
+        }
+
+        /// Clears `word` as the kernel does when a task leaves the stacks, and wakes its waiter.
+        fn leave(word: &AtomicU32) {
+            word.store(0, Ordering::SeqCst);
+            // SAFETY: FUTEX_WAKE on a live word.
+            unsafe { libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+        }
+
+        #[test]
+        fn stacks_are_given_back_only_after_their_tasks_have_left() {
+            let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+            for i in 0..2 {
+                let stacks = Stacks::new().unwrap();
+                let base = stacks.base as usize;
+                // A task still on the stacks (the network helper, then the command process).
+                stacks.words[i].store(1, Ordering::SeqCst);
+                let word = &stacks.words[i] as *const AtomicU32 as usize;
+                let left = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let leaving = {
+                    let left = left.clone();
+                    std::thread::spawn(move || {
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        left.store(true, Ordering::SeqCst);
+                        // SAFETY: the word lives until `stacks` is dropped, which waits for this.
+                        leave(unsafe { &*(word as *const AtomicU32) });
+                    })
+                };
+                drop(stacks);
+                assert!(
+                    left.load(Ordering::SeqCst),
+                    "word {i}: given back before the task left"
+                );
+                leaving.join().unwrap();
+                let kept = SPARE.lock().unwrap().iter().any(|s| s.0 as usize == base);
+                assert!(
+                    kept || perms_at(base).is_empty(),
+                    "word {i}: kept or unmapped"
+                );
+            }
+        }
+
+        #[test]
+        fn stacks_a_task_never_leaves_are_neither_reused_nor_unmapped() {
+            let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+            let stacks = Stacks::new().unwrap();
+            let base = stacks.base as usize;
+            stacks.words[1].store(1, Ordering::SeqCst);
+            drop(stacks);
+            assert!(
+                !SPARE.lock().unwrap().iter().any(|s| s.0 as usize == base),
+                "a mapping a task may still use must not be reused"
+            );
+            assert_eq!(
+                perms_at(base),
+                "---p",
+                "nor unmapped (its guard page is still there)"
+            );
         }
     }
 }
