@@ -88,7 +88,8 @@ pub enum Step {
     Seccomp,
     /// Executing the sandbox's init after setup.
     ExecInit,
-    /// Creating the network namespace (beside the rest of setup) and entering it.
+    /// Creating the network namespace (beside the rest of setup, or ahead of the start) and
+    /// entering it.
     NetworkNamespace,
     /// Entering the namespaces of the mount tree's template (or building it).
     EnterTemplate,

@@ -316,6 +316,9 @@ struct Prepared {
     start_skipped: Option<String>,
     /// The template the mount tree is copied from (child::Enter).
     template: Option<std::sync::Arc<crate::template::Template>>,
+    /// The network namespace made ahead that the start joins from the template's user namespace
+    /// (the clone then makes none).
+    net_ahead: Option<OwnedFd>,
     /// The command's default HOME (and working directory).
     home: String,
 }
@@ -810,6 +813,18 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
 
     let argv_ptrs = null_terminated(&argv);
     let envp_ptrs = null_terminated(&envp);
+    // From a template, the network namespace may have been made ahead (Template::take_net), when
+    // the command keeps no capability: it would hold none over a namespace the template's user
+    // namespace owns.
+    let net_ahead = match &template {
+        Some(t) if flags & libc::CLONE_NEWNET as u64 != 0 && security.keep_caps == 0 => {
+            t.take_net()
+        }
+        _ => None,
+    };
+    if net_ahead.is_some() {
+        flags &= !(libc::CLONE_NEWNET as u64);
+    }
     // With a small start and a CPU to spare, the network namespace is made beside the mount tree
     // (child::NetApart): the start takes less time, though not less work.
     let new_net = flags & libc::CLONE_NEWNET as u64 != 0;
@@ -883,6 +898,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         start_skipped,
         home,
         template,
+        net_ahead,
     })
 }
 
@@ -1134,14 +1150,20 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
             args.flags |= (libc::CLONE_VM | libc::CLONE_VFORK) as u64;
             (args.stack, args.stack_size) = stacks.setup();
             let template = prep.template.take();
+            let net = prep.net_ahead.as_ref().map_or(-1, |fd| fd.as_raw_fd());
             let entered = template
                 .as_deref()
-                .map(|t| enter_template(t, &stacks, &mut args, &prep.plan, &mut prep.scratch));
+                .map(|t| enter_template(t, net, &stacks, &mut args, &prep.plan, &mut prep.scratch));
             let r = match entered {
                 Some(Err(e)) => return Err(e),
                 Some(Ok(Err(e))) => {
-                    // Not entered (the clone was refused): the start goes on without it.
+                    // Not entered (the clone was refused): the start goes on without it, and
+                    // makes its own network namespace.
                     prep.plan.in_template = false;
+                    if prep.net_ahead.take().is_some() {
+                        args.flags |= libc::CLONE_NEWNET as u64;
+                        prep.plan.loopback_up = true;
+                    }
                     template_refused = Some(e);
                     Err(e)
                 }
@@ -1209,10 +1231,13 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         cpu_limit_usec,
         start_skipped,
         home,
+        net_ahead,
         ..
     } = prep;
     drop(_child_ends);
     drop(_pipe_child_ends);
+    // The sandbox has joined the network namespace made ahead: our descriptor goes.
+    let net_ahead = net_ahead.map(drop).is_some();
 
     let reap = |pidfd: &OwnedFd| {
         let _ = sys::pidfd_send_signal(pidfd.as_raw_fd(), libc::SIGKILL);
@@ -1255,7 +1280,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     };
     report.push("start-without-copy", Want::BestEffort, status, detail);
     match (&plan.mounts, template_refused) {
-        (Some(_), _) if templated => note_template(&mut report),
+        (Some(_), _) if templated => note_template(&mut report, net_ahead),
         (_, Some(e)) => report.push(
             "mount-template",
             Want::BestEffort,
@@ -1373,12 +1398,13 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
 }
 
 /// Says in the report that the mount tree is a copy of a template's.
-fn note_template(report: &mut Report) {
+fn note_template(report: &mut Report, net_ahead: bool) {
     MountPlan::note_template(&mut report.mounts);
     for f in &mut report.features {
         f.detail = match f.name.as_str() {
             "namespace.mnt" => "own mount namespace, the kernel's copy of the template's tree (the host's mounts were detached there)",
             "namespace.user" => "own user namespace, nested in the template's (which maps only the caller's ids); setgroups denied",
+            "namespace.net" if net_ahead => "own network namespace holding only lo, up: made ahead of the start by this process in the template's user namespace and entered by nothing before; the command holds no capability over it",
             _ => continue,
         }
         .into();
@@ -1396,6 +1422,7 @@ fn note_template(report: &mut Report) {
 /// error when entering the template failed.
 fn enter_template(
     template: &crate::template::Template,
+    net: c_int,
     stacks: &small::Stacks,
     args: &mut sys::CloneArgs,
     plan: &Plan,
@@ -1406,6 +1433,7 @@ fn enter_template(
     let enter = child::Enter {
         user: template.user,
         mnt: template.mnt,
+        net,
         args,
         target: &mut target as *mut (&Plan, &mut [c_int]) as usize,
         started: AtomicU32::new(1),

@@ -6,7 +6,7 @@
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex, Weak};
 
 use nix::errno::Errno;
 
@@ -22,11 +22,75 @@ pub(crate) struct Template {
     /// What the two descriptors are (device and inode), to notice a caller that closed them and
     /// reused the numbers.
     ids: [(u64, u64); 2],
+    /// Network namespaces made ahead for its starts ([`Template::take_net`]).
+    nets: Mutex<Nets>,
 }
+
+/// A template's network namespaces made ahead: each new, with loopback up, owned by the template's
+/// user namespace and never entered by anything before the start that takes it.
+#[derive(Default)]
+struct Nets {
+    /// Descriptors, each with its device and inode (as the template's own).
+    ready: Vec<(c_int, (u64, u64))>,
+    /// Why none can be made here (not tried again).
+    refused: Option<String>,
+}
+
+/// How many network namespaces a template keeps made ahead: one for the next start, one for a
+/// start beside it.
+const NETS_AHEAD: usize = 2;
 
 impl Template {
     fn intact(&self) -> bool {
         [identity(self.user), identity(self.mnt)] == [Some(self.ids[0]), Some(self.ids[1])]
+    }
+
+    /// A network namespace made ahead for a start from this template, if one is ready: a new one
+    /// with loopback up, owned by the template's user namespace (so that the start can join it
+    /// from there, and nothing in the sandbox, whose user namespace is nested in the template's,
+    /// holds a capability over it). Another is made in the background in its place: the start
+    /// does not wait for the kernel's work of making one (~0.4 ms here).
+    pub fn take_net(self: &Arc<Self>) -> Option<OwnedFd> {
+        let taken = {
+            let mut nets = self.nets.lock().unwrap_or_else(|e| e.into_inner());
+            if nets.refused.is_some() {
+                return None;
+            }
+            // A caller that closes descriptors it does not know may have closed (and reused)
+            // some: those are forgotten, not closed.
+            let mut taken = None;
+            while let Some((fd, id)) = nets.ready.pop() {
+                if identity(fd) == Some(id) {
+                    taken = Some(fd);
+                    break;
+                }
+            }
+            taken
+        };
+        refill(self);
+        // SAFETY: a descriptor the refill made and nothing else owns (checked above).
+        taken.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) })
+    }
+
+    /// Makes network namespaces until NETS_AHEAD are ready (the refill thread).
+    fn fill_nets(&self) {
+        loop {
+            {
+                let nets = self.nets.lock().unwrap_or_else(|e| e.into_inner());
+                if nets.refused.is_some() || nets.ready.len() >= NETS_AHEAD {
+                    return;
+                }
+            }
+            let made = make_net(self.user);
+            let mut nets = self.nets.lock().unwrap_or_else(|e| e.into_inner());
+            match made {
+                Ok(fd) => match identity(fd.as_raw_fd()) {
+                    Some(id) => nets.ready.push((fd.into_raw_fd(), id)),
+                    None => nets.refused = Some("its descriptor cannot be inspected".into()),
+                },
+                Err(why) => nets.refused = Some(why),
+            }
+        }
     }
 }
 
@@ -37,7 +101,116 @@ impl Drop for Template {
             sys::close(self.user);
             sys::close(self.mnt);
         }
+        let nets = self.nets.get_mut().unwrap_or_else(|e| e.into_inner());
+        for &(fd, id) in &nets.ready {
+            if identity(fd) == Some(id) {
+                sys::close(fd);
+            }
+        }
     }
+}
+
+/// Templates whose network namespaces made ahead are to be topped up, and the thread that does
+/// it (started at the first request; None if it could not be).
+struct Refill {
+    queue: Vec<Weak<Template>>,
+    thread: Option<bool>,
+}
+
+static REFILL: Mutex<Refill> = Mutex::new(Refill {
+    queue: Vec::new(),
+    thread: None,
+});
+static REFILL_WAKE: Condvar = Condvar::new();
+
+/// Asks the refill thread to top up `template`'s network namespaces.
+fn refill(template: &Arc<Template>) {
+    let mut r = REFILL.lock().unwrap_or_else(|e| e.into_inner());
+    if r.thread.is_none() {
+        let started = std::thread::Builder::new()
+            .name("rsandbox-netns".into())
+            .spawn(refill_thread)
+            .is_ok();
+        r.thread = Some(started);
+    }
+    if r.thread != Some(true) {
+        return;
+    }
+    let weak = Arc::downgrade(template);
+    if !r.queue.iter().any(|w| w.ptr_eq(&weak)) {
+        r.queue.push(weak);
+    }
+    REFILL_WAKE.notify_one();
+}
+
+/// The refill thread: lives as long as the process, asleep unless a start has taken a namespace.
+fn refill_thread() {
+    loop {
+        let next = {
+            let mut r = REFILL.lock().unwrap_or_else(|e| e.into_inner());
+            loop {
+                match r.queue.pop() {
+                    Some(w) => break w,
+                    None => r = REFILL_WAKE.wait(r).unwrap_or_else(|e| e.into_inner()),
+                }
+            }
+        };
+        // A template dropped meanwhile (its mount table changed) needs none.
+        if let Some(template) = next.upgrade() {
+            template.fill_nets();
+        }
+    }
+}
+
+/// A new network namespace with loopback up, made in the user namespace `user` by a task that
+/// joins it (child::net_ahead_entry). The descriptor is close-on-exec.
+#[cfg(target_arch = "x86_64")]
+fn make_net(user: c_int) -> Result<OwnedFd, String> {
+    use crate::child::{NetAhead, NetResult};
+    let ahead = NetAhead {
+        user,
+        result: NetResult::default(),
+    };
+    ahead.result.fd.store(-1, Ordering::SeqCst);
+    // 16-byte aligned memory for the task's stack (it makes a few raw system calls).
+    let mut stack = vec![0u128; 16 * 1024 / 16];
+    let mut args = sys::CloneArgs {
+        // CLONE_FILES: the namespace's descriptor lands in our table. No signal at its exit:
+        // only we reap it (by pid, __WALL).
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES) as u64,
+        exit_signal: 0,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: (stack.len() * 16) as u64,
+        ..Default::default()
+    };
+    // SAFETY: the stack and `ahead` are ours and outlive the task (CLONE_VFORK: this thread waits
+    // until it has exited); net_ahead_entry makes only raw syscalls on `ahead` and exits.
+    let pid = unsafe {
+        sys::clone3_on_stack(
+            &mut args,
+            crate::child::net_ahead_entry,
+            &ahead as *const NetAhead as usize,
+        )
+    }
+    .map_err(|e| format!("clone3 for a network namespace made ahead: {e}"))?;
+    let _ = sys::retry(|| sys::waitpid_exited(pid));
+    drop(stack);
+    let fd = ahead.result.fd.load(Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: a descriptor the task opened in our table, owned by nothing else.
+        return Ok(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
+    let step =
+        Step::from_u32(ahead.result.step.load(Ordering::SeqCst)).unwrap_or(Step::NetworkNamespace);
+    let errno = Errno::from_raw(ahead.result.errno.load(Ordering::SeqCst));
+    Err(format!(
+        "making a network namespace ahead failed at step {step}: {errno}"
+    ))
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn make_net(_user: c_int) -> Result<OwnedFd, String> {
+    Err("network namespaces are made ahead on x86_64 only".into())
 }
 
 /// Device and inode of what `fd` refers to.
@@ -286,6 +459,7 @@ fn build(plan: &MountPlan, uid: u32, gid: u32) -> Result<Template, String> {
                     user: user.into_raw_fd(),
                     mnt: mnt.into_raw_fd(),
                     ids: [u, m],
+                    nets: Mutex::default(),
                 }),
                 _ => Err("the template's namespaces cannot be inspected (fstat)".into()),
             }

@@ -284,3 +284,142 @@ fn a_thread_in_a_mount_namespace_of_its_own_gets_its_own_view() {
     );
     let _ = inside.2;
 }
+
+/// Whether the start joined a network namespace made ahead of it (the report says so).
+fn net_made_ahead(report: &rsandbox::Report) -> bool {
+    report
+        .feature("namespace.net")
+        .is_some_and(|f| f.detail.contains("made ahead"))
+}
+
+/// Reads `child`'s stdout up to a line "ready"; returns the lines before it.
+fn lines_until_ready(child: &mut rsandbox::Child) -> Vec<String> {
+    use std::io::{BufRead, BufReader};
+    let mut lines = Vec::new();
+    let stdout = child.stdout.take().expect("stdout");
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("read");
+        if line == "ready" {
+            return lines;
+        }
+        lines.push(line);
+    }
+    panic!("no ready line: {lines:?}");
+}
+
+/// A running sandbox of `spec` that joined a network namespace made ahead. They are made in the
+/// background once a start has taken one: a few starts, a few milliseconds apart, find one.
+fn spawn_on_net_ahead(spec: &Spec) -> rsandbox::Child {
+    for _ in 0..100 {
+        let mut child = rsandbox::spawn(spec).expect("spawn");
+        if net_made_ahead(child.report()) {
+            return child;
+        }
+        drop(child.stdin.take());
+        child.kill(libc::SIGKILL).expect("kill");
+        child.wait().expect("wait");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    panic!("no start joined a network namespace made ahead in 100 tries");
+}
+
+/// The network namespace of this process, as /proc shows it (net:[inode]).
+fn own_net() -> String {
+    std::fs::read_link("/proc/self/ns/net")
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+#[test]
+fn network_namespaces_made_ahead_are_new_and_each_sandbox_has_its_own() {
+    // Without a cgroup: root starting into one makes no template.
+    let mut probe = sh("true");
+    probe.cgroup.want = Want::Off;
+    run(&probe);
+    if !from_template(&run(&probe)) {
+        return;
+    }
+    let mut spec = sh(
+        "readlink /proc/self/ns/net; tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '; \
+         echo ready; read x || true",
+    );
+    spec.cgroup.want = Want::Off;
+    spec.process.stdin = Stdio::Pipe;
+    spec.process.stdout = Stdio::Pipe;
+    // Two alive at once: the kernel could give a namespace freed before the inode of the next.
+    let mut a = spawn_on_net_ahead(&spec);
+    let mut b = spawn_on_net_ahead(&spec);
+    let (seen_a, seen_b) = (lines_until_ready(&mut a), lines_until_ready(&mut b));
+    for child in [&mut a, &mut b] {
+        drop(child.stdin.take());
+        assert!(child.wait().expect("wait").status.success());
+    }
+    assert_eq!(seen_a[1..], ["lo"], "only loopback: {seen_a:?}");
+    assert_eq!(seen_b[1..], ["lo"], "only loopback: {seen_b:?}");
+    assert!(seen_a[0].starts_with("net:["), "{seen_a:?}");
+    assert_ne!(
+        seen_a[0], seen_b[0],
+        "two sandboxes share a network namespace"
+    );
+    assert_ne!(
+        seen_a[0],
+        own_net(),
+        "a sandbox is in the caller's network namespace"
+    );
+    assert_ne!(
+        seen_b[0],
+        own_net(),
+        "a sandbox is in the caller's network namespace"
+    );
+
+    // Loopback is up in it: a TCP connection to 127.0.0.1 succeeds.
+    if std::path::Path::new("/usr/bin/python3").exists() {
+        let mut spec = Spec::new([
+            "python3",
+            "-c",
+            "import socket; s=socket.socket(); s.bind(('127.0.0.1',0)); s.listen(); \
+             c=socket.create_connection(s.getsockname(), timeout=5); print('connected')",
+        ]);
+        spec.cgroup.want = Want::Off;
+        spec.timeout = Some(30.0);
+        spec.process.stdout = Stdio::Pipe;
+        let mut child = spawn_on_net_ahead(&spec);
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut text).unwrap();
+        assert!(child.wait().expect("wait").status.success());
+        assert_eq!(text, "connected\n");
+    } else {
+        skip("python3 is needed to open a socket inside the sandbox");
+    }
+}
+
+#[test]
+fn a_command_keeping_a_capability_makes_its_own_network_namespace() {
+    // Over a namespace made ahead (owned by the template's user namespace) the command would hold
+    // no capability: one that keeps any gets a namespace of its own user namespace instead.
+    let mut probe = sh("true");
+    probe.cgroup.want = Want::Off;
+    run(&probe);
+    if !from_template(&run(&probe)) {
+        return;
+    }
+    // Negative control: the same start without the capability does join one.
+    let mut plain = sh("true");
+    plain.cgroup.want = Want::Off;
+    let mut child = spawn_on_net_ahead(&plain);
+    assert!(child.wait().expect("wait").status.success());
+
+    let mut spec = sh("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '");
+    spec.cgroup.want = Want::Off;
+    spec.security.capabilities = vec!["CAP_NET_BIND_SERVICE".into()];
+    for _ in 0..20 {
+        let r = run(&spec);
+        assert_eq!(out(&r), "lo\n", "{}", err(&r));
+        assert!(from_template(&r));
+        let net = r.report.feature("namespace.net").expect("namespace.net");
+        assert!(!net_made_ahead(&r.report), "{net:?}");
+        assert_eq!(net.status, Status::Enforced, "{net:?}");
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+}

@@ -11,13 +11,18 @@ use rsandbox::Status;
 
 /// The descriptors of this process that refer to user or mount namespaces.
 fn namespace_fds() -> Vec<i32> {
+    fds_to(&["user:[", "mnt:["])
+}
+
+/// The descriptors of this process whose /proc/self/fd link starts with one of `kinds`.
+fn fds_to(kinds: &[&str]) -> Vec<i32> {
     let mut fds = Vec::new();
     for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
         let Ok(target) = std::fs::read_link(entry.path()) else {
             continue;
         };
         let target = target.to_string_lossy().into_owned();
-        if target.starts_with("user:[") || target.starts_with("mnt:[") {
+        if kinds.iter().any(|k| target.starts_with(k)) {
             fds.push(entry.file_name().to_string_lossy().parse().unwrap());
         }
     }
@@ -76,4 +81,55 @@ fn closed_template_descriptors_are_noticed_and_reused_numbers_left_alone() {
         assert_eq!(link.to_string_lossy(), "/dev/null", "fd {fd}");
     }
     assert_eq!(namespace_fds().len(), 2, "the new template's descriptors");
+    closed_network_namespaces_made_ahead_are_noticed();
+}
+
+/// The network namespaces made ahead for starts from a template are descriptors too: closed and
+/// reused by the caller, they are left alone and the starts make their own.
+fn closed_network_namespaces_made_ahead_are_noticed() {
+    let net_ahead = |r: &rsandbox::RunResult| {
+        r.report
+            .feature("namespace.net")
+            .is_some_and(|f| f.detail.contains("made ahead"))
+    };
+    // The first starts take them and the library makes others in the background.
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        found = fds_to(&["net:["]);
+        if !found.is_empty() {
+            break;
+        }
+        run(&sh("true"));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(!found.is_empty(), "no network namespace was made ahead");
+    for fd in &found {
+        // SAFETY: closing descriptors the library holds, as a careless caller would.
+        unsafe { libc::close(*fd) };
+    }
+    let ours: Vec<std::fs::File> = found
+        .iter()
+        .map(|_| std::fs::File::open("/dev/null").unwrap())
+        .collect();
+    // Joining one of the reused numbers would fail the start (setns on /dev/null).
+    let mut ahead = 0;
+    for _ in 0..found.len() + 8 {
+        let r = run(&sh("tail -n +3 /proc/net/dev | cut -d: -f1 | tr -d ' '"));
+        assert_eq!(out(&r), "lo\n", "{}", err(&r));
+        ahead += net_ahead(&r) as usize;
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(
+        ahead > 0,
+        "no start joined a namespace made after the closing"
+    );
+    for file in &ours {
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).unwrap();
+        assert_eq!(
+            link.to_string_lossy(),
+            "/dev/null",
+            "fd {}",
+            file.as_raw_fd()
+        );
+    }
 }

@@ -158,6 +158,9 @@ pub(crate) struct Plan {
 pub(crate) struct Enter {
     pub user: c_int,
     pub mnt: c_int,
+    /// A network namespace made ahead for this start in the template's user namespace
+    /// ([`net_ahead_entry`]), joined before the clone (which then makes none); -1 for none.
+    pub net: c_int,
     /// For the sandbox's first process, as prepared by the caller.
     pub args: *mut sys::CloneArgs,
     /// The address of the `(&Plan, &mut [c_int])` for [`entry`].
@@ -182,8 +185,17 @@ pub(crate) unsafe extern "C" fn enter_entry(arg: usize) -> ! {
     // SAFETY: the caller passed a live Enter and is suspended until we exit.
     let e = unsafe { &*(arg as *const Enter) };
     let outcome = sys::setns(e.user, libc::CLONE_NEWUSER)
-        .and_then(|()| sys::setns(e.mnt, libc::CLONE_NEWNS))
         .map_err(|errno| (Step::EnterTemplate, errno))
+        .and_then(|()| match e.net {
+            -1 => Ok(()),
+            // Only from the template's user namespace, which owns it.
+            net => {
+                sys::setns(net, libc::CLONE_NEWNET).map_err(|errno| (Step::NetworkNamespace, errno))
+            }
+        })
+        .and_then(|()| {
+            sys::setns(e.mnt, libc::CLONE_NEWNS).map_err(|errno| (Step::EnterTemplate, errno))
+        })
         .and_then(|()| {
             // SAFETY: the caller prepared the arguments (stack included) for entry, as for a
             // start without a template, and waits for the child's exec.
@@ -476,10 +488,43 @@ fn build_failure((step, errno, index): crate::mounts::BuildError) -> Failure {
 /// What the network helper hands back: a descriptor of the new namespace, or the step and errno
 /// that stopped it. Written by the helper before it exits, read after it has been reaped.
 #[derive(Default)]
-struct NetResult {
-    fd: AtomicI32,
-    step: AtomicU32,
-    errno: AtomicI32,
+pub(crate) struct NetResult {
+    pub fd: AtomicI32,
+    pub step: AtomicU32,
+    pub errno: AtomicI32,
+}
+
+/// What [`net_ahead_entry`] works on: the template's user namespace, and where the result goes.
+pub(crate) struct NetAhead {
+    pub user: c_int,
+    pub result: NetResult,
+}
+
+/// Entry of a task that makes a network namespace ahead of a start from a template
+/// (`crate::template`): it joins the template's user namespace, where it holds every capability,
+/// and makes a namespace with loopback up there, whose descriptor lands in the caller's table
+/// (`CLONE_FILES`). A start joins it from the same user namespace (see [`Enter`]); the sandbox's
+/// own user namespace is nested in the template's, so nothing in the sandbox holds a capability
+/// over it.
+///
+/// # Safety
+/// Only as the entry of a `CLONE_VM | CLONE_FILES | CLONE_VFORK` task whose caller keeps the
+/// NetAhead `arg` points to alive until the task has exited.
+#[cfg(target_arch = "x86_64")]
+pub(crate) unsafe extern "C" fn net_ahead_entry(arg: usize) -> ! {
+    // SAFETY: the caller passed a live NetAhead and is suspended (CLONE_VFORK) until we exit.
+    let ahead = unsafe { &*(arg as *const NetAhead) };
+    let made = sys::setns(ahead.user, libc::CLONE_NEWUSER)
+        .map_err(|e| (Step::EnterTemplate, e as i32))
+        .and_then(|()| make_net_namespace());
+    match made {
+        Ok(fd) => ahead.result.fd.store(fd, Ordering::SeqCst),
+        Err((step, errno)) => {
+            ahead.result.step.store(step as u32, Ordering::SeqCst);
+            ahead.result.errno.store(errno, Ordering::SeqCst);
+        }
+    }
+    sys::exit(0)
 }
 
 #[cfg(target_arch = "x86_64")]
