@@ -32,6 +32,9 @@ pub(crate) struct Template {
 struct Nets {
     /// Descriptors, each with its device and inode (as the template's own).
     ready: Vec<(c_int, (u64, u64))>,
+    /// The process they were made for: a child forked from it holds copies of the descriptors,
+    /// and must not join a namespace its parent may give to a sandbox of its own.
+    pid: u32,
     /// Why none can be made here (not tried again).
     refused: Option<String>,
 }
@@ -55,6 +58,16 @@ impl Template {
             let mut nets = self.nets.lock().unwrap_or_else(|e| e.into_inner());
             if nets.refused.is_some() {
                 return None;
+            }
+            if nets.pid != std::process::id() {
+                // Forked: the copies are dropped (the parent's stay open) and this process
+                // makes its own.
+                for (fd, id) in std::mem::take(&mut nets.ready) {
+                    if identity(fd) == Some(id) {
+                        sys::close(fd);
+                    }
+                }
+                nets.pid = std::process::id();
             }
             // A caller that closes descriptors it does not know may have closed (and reused)
             // some: those are forgotten, not closed.
@@ -111,10 +124,10 @@ impl Drop for Template {
 }
 
 /// Templates whose network namespaces made ahead are to be topped up, and the thread that does
-/// it (started at the first request; None if it could not be).
+/// it: the process it was started in, and whether it could be (None: not started yet).
 struct Refill {
     queue: Vec<Weak<Template>>,
-    thread: Option<bool>,
+    thread: Option<(u32, bool)>,
 }
 
 static REFILL: Mutex<Refill> = Mutex::new(Refill {
@@ -126,14 +139,17 @@ static REFILL_WAKE: Condvar = Condvar::new();
 /// Asks the refill thread to top up `template`'s network namespaces.
 fn refill(template: &Arc<Template>) {
     let mut r = REFILL.lock().unwrap_or_else(|e| e.into_inner());
-    if r.thread.is_none() {
+    let pid = std::process::id();
+    // A forked child has no copy of its parent's thread: it starts its own.
+    if r.thread.is_none_or(|(started_in, _)| started_in != pid) {
         let started = std::thread::Builder::new()
             .name("rsandbox-netns".into())
             .spawn(refill_thread)
             .is_ok();
-        r.thread = Some(started);
+        r.thread = Some((pid, started));
+        r.queue.clear();
     }
-    if r.thread != Some(true) {
+    if r.thread != Some((pid, true)) {
         return;
     }
     let weak = Arc::downgrade(template);
@@ -459,7 +475,10 @@ fn build(plan: &MountPlan, uid: u32, gid: u32) -> Result<Template, String> {
                     user: user.into_raw_fd(),
                     mnt: mnt.into_raw_fd(),
                     ids: [u, m],
-                    nets: Mutex::default(),
+                    nets: Mutex::new(Nets {
+                        pid: std::process::id(),
+                        ..Nets::default()
+                    }),
                 }),
                 _ => Err("the template's namespaces cannot be inspected (fstat)".into()),
             }

@@ -82,6 +82,7 @@ fn closed_template_descriptors_are_noticed_and_reused_numbers_left_alone() {
     }
     assert_eq!(namespace_fds().len(), 2, "the new template's descriptors");
     closed_network_namespaces_made_ahead_are_noticed();
+    a_forked_process_never_joins_its_parents_network_namespaces();
 }
 
 /// The network namespaces made ahead for starts from a template are descriptors too: closed and
@@ -132,4 +133,73 @@ fn closed_network_namespaces_made_ahead_are_noticed() {
             file.as_raw_fd()
         );
     }
+}
+
+/// What /proc/self/fd says descriptor `fd` refers to.
+fn link_of(fd: i32) -> String {
+    std::fs::read_link(format!("/proc/self/fd/{fd}"))
+        .map(|l| l.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// A process forked from one holding network namespaces made ahead holds copies of their
+/// descriptors. Joining one would put a sandbox of each process in the same namespace: the
+/// child makes its own instead.
+fn a_forked_process_never_joins_its_parents_network_namespaces() {
+    // Let the library's background thread finish its work (nothing held across the fork).
+    let mut held = Vec::new();
+    for _ in 0..100 {
+        run(&sh("true"));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let now: Vec<String> = fds_to(&["net:["]).into_iter().map(link_of).collect();
+        if now.len() >= 2 && now == held {
+            break;
+        }
+        held = now;
+    }
+    assert!(!held.is_empty(), "no network namespace was made ahead");
+    let script = "readlink /proc/self/ns/net";
+    let mut pipe = [0; 2];
+    // SAFETY: pipe fills the two-element array.
+    assert_eq!(unsafe { libc::pipe(pipe.as_mut_ptr()) }, 0);
+    // SAFETY: the child runs sandboxes (the library supports a forked caller), writes to the pipe
+    // and leaves with _exit, never returning into the test harness.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        let mut text = String::new();
+        for _ in 0..3 {
+            let r = rsandbox::run(&sh(script)).expect("run in the forked child");
+            text.push_str(&out(&r));
+        }
+        // SAFETY: writing a buffer we own to our end of the pipe, then leaving.
+        unsafe {
+            libc::write(pipe[1], text.as_ptr().cast(), text.len());
+            libc::_exit(0);
+        }
+    }
+    assert!(pid > 0, "fork");
+    // SAFETY: closing our copy of the write end.
+    unsafe { libc::close(pipe[1]) };
+    // SAFETY: the read end is ours; File takes it.
+    let mut reader = unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(pipe[0]) };
+    let mut child_saw = String::new();
+    std::io::Read::read_to_string(&mut reader, &mut child_saw).unwrap();
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0, "the forked child failed: {child_saw}");
+    assert_eq!(child_saw.lines().count(), 3, "{child_saw}");
+    for ns in child_saw.lines() {
+        assert!(
+            !held.iter().any(|h| h == ns),
+            "the forked child joined its parent's {ns}"
+        );
+    }
+    // Negative control: this process's next start does join one of them.
+    let r = run(&sh(script));
+    let ns = out(&r);
+    assert!(
+        held.iter().any(|h| *h == ns.trim_end()),
+        "the parent's start did not join a namespace it made ahead: {ns} not in {held:?}"
+    );
 }
