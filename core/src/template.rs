@@ -178,6 +178,36 @@ fn refill_thread() {
     }
 }
 
+/// Runs `entry(arg)` as a task sharing our memory and descriptor table (`CLONE_FILES`: what it
+/// opens is ours), on a stack of `stack_len` bytes, in new namespaces `namespaces` (clone flags),
+/// and returns once it has exited and been reaped. It raises no signal at its exit: only we reap
+/// it (by pid, __WALL).
+///
+/// # Safety
+/// `entry` must make only raw syscalls on memory that outlives the call, and end in exit.
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_task(
+    namespaces: c_int,
+    stack_len: usize,
+    entry: unsafe extern "C" fn(usize) -> !,
+    arg: usize,
+) -> Result<(), Errno> {
+    // 16-byte aligned memory for the task's stack.
+    let mut stack = vec![0u128; stack_len / 16];
+    let mut args = sys::CloneArgs {
+        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES | namespaces) as u64,
+        exit_signal: 0,
+        stack: stack.as_mut_ptr() as u64,
+        stack_size: (stack.len() * 16) as u64,
+        ..Default::default()
+    };
+    // SAFETY: the stack is ours and outlives the task (CLONE_VFORK: this thread waits until it
+    // has exited); what `entry` does is the caller's promise.
+    let pid = unsafe { sys::clone3_on_stack(&mut args, entry, arg) }?;
+    let _ = sys::retry(|| sys::waitpid_exited(pid));
+    Ok(())
+}
+
 /// A new network namespace with loopback up, made in the user namespace `user` by a task that
 /// joins it (child::net_ahead_entry). The descriptor is close-on-exec.
 #[cfg(target_arch = "x86_64")]
@@ -188,29 +218,17 @@ fn make_net(user: c_int) -> Result<OwnedFd, String> {
         result: NetResult::default(),
     };
     ahead.result.fd.store(-1, Ordering::SeqCst);
-    // 16-byte aligned memory for the task's stack (it makes a few raw system calls).
-    let mut stack = vec![0u128; 16 * 1024 / 16];
-    let mut args = sys::CloneArgs {
-        // CLONE_FILES: the namespace's descriptor lands in our table. No signal at its exit:
-        // only we reap it (by pid, __WALL).
-        flags: (libc::CLONE_VM | libc::CLONE_VFORK | libc::CLONE_FILES) as u64,
-        exit_signal: 0,
-        stack: stack.as_mut_ptr() as u64,
-        stack_size: (stack.len() * 16) as u64,
-        ..Default::default()
-    };
-    // SAFETY: the stack and `ahead` are ours and outlive the task (CLONE_VFORK: this thread waits
-    // until it has exited); net_ahead_entry makes only raw syscalls on `ahead` and exits.
-    let pid = unsafe {
-        sys::clone3_on_stack(
-            &mut args,
+    // SAFETY: net_ahead_entry makes only raw syscalls on `ahead` (alive until the task has
+    // exited) and exits.
+    unsafe {
+        run_task(
+            0,
+            16 * 1024,
             crate::child::net_ahead_entry,
             &ahead as *const NetAhead as usize,
         )
     }
     .map_err(|e| format!("clone3 for a network namespace made ahead: {e}"))?;
-    let _ = sys::retry(|| sys::waitpid_exited(pid));
-    drop(stack);
     let fd = ahead.result.fd.load(Ordering::SeqCst);
     if fd >= 0 {
         // SAFETY: a descriptor the task opened in our table, owned by nothing else.
@@ -427,36 +445,19 @@ fn build(plan: &MountPlan, uid: u32, gid: u32) -> Result<Template, String> {
             index: AtomicU32::new(u32::MAX),
         },
     };
-    // 16-byte aligned memory for the builder's stack.
-    let mut stack = vec![0u128; 256 * 1024 / 16];
-    let mut args = sys::CloneArgs {
-        // CLONE_FILES: the namespaces' descriptors it opens are ours. A PID namespace of its own
-        // gives it a proc to mount (see mounts::Build::Template).
-        flags: (libc::CLONE_VM
-            | libc::CLONE_VFORK
-            | libc::CLONE_FILES
-            | libc::CLONE_NEWUSER
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID) as u64,
-        // No signal at its exit: only we reap it (by pid, __WALL).
-        exit_signal: 0,
-        stack: stack.as_mut_ptr() as u64,
-        stack_size: (stack.len() * 16) as u64,
-        ..Default::default()
-    };
-    // SAFETY: the stack is ours and outlives the builder (CLONE_VFORK: this thread waits until it
-    // has exited); builder_entry makes only syscalls on the Builder prepared above and ends in
-    // _exit.
-    let pid = unsafe {
-        sys::clone3_on_stack(
-            &mut args,
+    // A PID namespace of its own gives it a proc to mount (see mounts::Build::Template).
+    let namespaces = libc::CLONE_NEWUSER | libc::CLONE_NEWNS | libc::CLONE_NEWPID;
+    // SAFETY: builder_entry makes only syscalls on the Builder prepared above (alive until the
+    // task has exited) and ends in _exit.
+    unsafe {
+        run_task(
+            namespaces,
+            256 * 1024,
             builder_entry,
             &builder as *const Builder as usize,
         )
     }
     .map_err(|e| format!("clone3 for the template's namespaces: {e}"))?;
-    let _ = sys::retry(|| sys::waitpid_exited(pid));
-    drop(stack);
     for fd in scratch.iter().copied().filter(|&fd| fd >= 0) {
         sys::close(fd);
     }
