@@ -2102,53 +2102,162 @@ impl Drop for Child {
 }
 
 /// The background reaper of sandboxes whose result was taken before their init had exited.
+///
+/// An init exits after its result is sent, and its exit tears the sandbox's namespaces down,
+/// which waits for RCU grace periods the kernel runs one after another: a caller starting
+/// sandboxes faster than they are torn down would collect dying inits, and a descriptor for each,
+/// until it ran out of descriptors. Past [`MAX_PENDING`] sandboxes waiting to be reaped, the
+/// thread letting go of one reaps it itself: it waits for the teardown it is ahead of, and the
+/// caller starts sandboxes no faster than the kernel can end them.
 mod reaper {
     use std::os::fd::{AsRawFd, OwnedFd};
+    use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::{channel, Sender};
     use std::sync::{Mutex, OnceLock};
 
     use crate::cgroup::Cgroup;
     use crate::sys;
 
-    type Job = (OwnedFd, Option<Cgroup>, Option<OwnedFd>);
+    /// Sandboxes handed over and not yet reaped, at most.
+    pub(super) const MAX_PENDING: usize = 64;
 
-    static QUEUE: OnceLock<Mutex<Option<Sender<Job>>>> = OnceLock::new();
+    type Job = (OwnedFd, Option<Cgroup>);
 
-    /// Waits for the init behind `pidfd` to exit, then drops the cgroup (removing it) and the
-    /// control pipe. Done in this thread when the reaper cannot be started.
+    pub(super) struct Reaper {
+        max: usize,
+        /// Handed over to the thread and not yet reaped.
+        pending: AtomicUsize,
+        /// The reaper thread's queue, started at the first hand-over; None if it could not start.
+        queue: OnceLock<Mutex<Option<Sender<Job>>>>,
+    }
+
+    static REAPER: Reaper = Reaper::new(MAX_PENDING);
+
+    /// Waits for the init behind `pidfd` to exit, then drops the cgroup (removing it), in the
+    /// background thread, or in this thread when [`MAX_PENDING`] are waiting already or the
+    /// thread cannot be started. The init no longer reads its control pipe once it has sent the
+    /// result: that descriptor is closed here.
     pub(super) fn hand_over(pidfd: OwnedFd, cgroup: Option<Cgroup>, ctl: Option<OwnedFd>) {
-        let queue = QUEUE.get_or_init(|| {
-            let (tx, rx) = channel::<Job>();
-            let started = std::thread::Builder::new()
-                .name("rsandbox-reaper".into())
-                .spawn(move || {
-                    for job in rx {
-                        reap(job);
-                    }
-                });
-            Mutex::new(started.ok().map(|_| tx))
-        });
-        let job = (pidfd, cgroup, ctl);
-        let sender = queue.lock().ok().and_then(|q| q.clone());
-        match sender {
-            Some(tx) => {
-                if let Err(e) = tx.send(job) {
-                    reap(e.0);
-                }
+        drop(ctl);
+        REAPER.hand_over((pidfd, cgroup));
+    }
+
+    impl Reaper {
+        pub(super) const fn new(max: usize) -> Reaper {
+            Reaper {
+                max,
+                pending: AtomicUsize::new(0),
+                queue: OnceLock::new(),
             }
-            None => reap(job),
+        }
+
+        pub(super) fn hand_over(&'static self, job: Job) {
+            if self.pending.fetch_add(1, Ordering::SeqCst) >= self.max {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                return reap(job);
+            }
+            let queue = self.queue.get_or_init(|| {
+                let (tx, rx) = channel::<Job>();
+                let started = std::thread::Builder::new()
+                    .name("rsandbox-reaper".into())
+                    .spawn(move || {
+                        for job in rx {
+                            reap(job);
+                            self.pending.fetch_sub(1, Ordering::SeqCst);
+                        }
+                    });
+                Mutex::new(started.ok().map(|_| tx))
+            });
+            let sender = queue.lock().ok().and_then(|q| q.clone());
+            let refused = match sender {
+                Some(tx) => tx.send(job).err().map(|e| e.0),
+                None => Some(job),
+            };
+            if let Some(job) = refused {
+                self.pending.fetch_sub(1, Ordering::SeqCst);
+                reap(job);
+            }
+        }
+
+        /// How many are handed over and not yet reaped.
+        #[cfg(test)]
+        pub(super) fn pending(&self) -> usize {
+            self.pending.load(Ordering::SeqCst)
         }
     }
 
-    fn reap((pidfd, cgroup, ctl): Job) {
+    fn reap((pidfd, cgroup): Job) {
         let mut info: libc::siginfo_t = super::zeroed();
         let mut usage: libc::rusage = super::zeroed();
         let _ = sys::retry(|| {
             sys::waitid_pidfd(pidfd.as_raw_fd(), libc::WEXITED, &mut info, &mut usage)
         });
-        drop(ctl);
         if let Some(mut cg) = cgroup {
             let _ = cg.remove();
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::Reaper;
+        use std::os::fd::{FromRawFd, OwnedFd};
+        use std::time::{Duration, Instant};
+
+        /// A child process sleeping `secs`, and a pidfd for it: the reaper under test waits for it.
+        #[allow(clippy::zombie_processes)]
+        fn sleeper(secs: &str) -> (OwnedFd, libc::pid_t) {
+            let child = std::process::Command::new("sleep")
+                .arg(secs)
+                .spawn()
+                .expect("start sleep");
+            let pid = child.id() as libc::pid_t;
+            // SAFETY: pidfd_open takes a pid and flags.
+            let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+            assert!(fd >= 0, "pidfd_open: {}", std::io::Error::last_os_error());
+            // SAFETY: pidfd_open returned a new descriptor that we now own.
+            (unsafe { OwnedFd::from_raw_fd(fd as i32) }, pid)
+        }
+
+        /// Whether `pid` is still our child, exited or not (reaped: ECHILD).
+        fn unreaped(pid: libc::pid_t) -> bool {
+            let mut info: libc::siginfo_t = crate::sandbox::zeroed();
+            let options = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+            // SAFETY: info is a valid out-pointer.
+            let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, options) };
+            r == 0
+        }
+
+        #[test]
+        fn past_the_bound_the_thread_letting_go_reaps_its_own() {
+            static REAPER: Reaper = Reaper::new(2);
+            let queued: Vec<_> = (0..2)
+                .map(|_| {
+                    let (fd, pid) = sleeper("2");
+                    REAPER.hand_over((fd, None));
+                    pid
+                })
+                .collect();
+            assert_eq!(REAPER.pending(), 2);
+            assert!(queued.iter().all(|&pid| unreaped(pid)));
+
+            // The third is past the bound: this thread waits for its exit and reaps it.
+            let (fd, third) = sleeper("0.3");
+            REAPER.hand_over((fd, None));
+            assert!(
+                !unreaped(third),
+                "the third process was not reaped by hand_over"
+            );
+            // The queued ones still sleep, in the reaper's hands.
+            assert_eq!(REAPER.pending(), 2);
+            assert!(queued.iter().all(|&pid| unreaped(pid)));
+
+            // The reaper thread reaps them as they exit.
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while REAPER.pending() > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert_eq!(REAPER.pending(), 0);
+            assert!(queued.iter().all(|&pid| !unreaped(pid)));
         }
     }
 }
