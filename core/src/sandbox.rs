@@ -2106,9 +2106,10 @@ impl Drop for Child {
 /// An init exits after its result is sent, and its exit tears the sandbox's namespaces down,
 /// which waits for RCU grace periods the kernel runs one after another: a caller starting
 /// sandboxes faster than they are torn down would collect dying inits, and a descriptor for each,
-/// until it ran out of descriptors. Past [`MAX_PENDING`] sandboxes waiting to be reaped, the
-/// thread letting go of one reaps it itself: it waits for the teardown it is ahead of, and the
-/// caller starts sandboxes no faster than the kernel can end them.
+/// until it ran out of descriptors. Past [`MAX_PENDING`] sandboxes waiting to be reaped (or a
+/// sixteenth of the descriptors the caller may open, if fewer), the thread letting go of one reaps
+/// it itself: it waits for the teardown it is ahead of, and the caller starts sandboxes no faster
+/// than the kernel can end them.
 mod reaper {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -2120,6 +2121,13 @@ mod reaper {
 
     /// Sandboxes handed over and not yet reaped, at most.
     pub(super) const MAX_PENDING: usize = 64;
+
+    /// How many may wait to be reaped: `max`, or a sixteenth of the descriptor limit `nofile`
+    /// if fewer (each holds a descriptor), and always one.
+    fn bound(max: usize, nofile: u64) -> usize {
+        max.min(usize::try_from(nofile / 16).unwrap_or(usize::MAX))
+            .max(1)
+    }
 
     type Job = (OwnedFd, Option<Cgroup>);
 
@@ -2152,7 +2160,8 @@ mod reaper {
         }
 
         pub(super) fn hand_over(&'static self, job: Job) {
-            if self.pending.fetch_add(1, Ordering::SeqCst) >= self.max {
+            let nofile = sys::soft_rlimit(sys::rlimit::NOFILE).unwrap_or(u64::MAX);
+            if self.pending.fetch_add(1, Ordering::SeqCst) >= bound(self.max, nofile) {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
                 return reap(job);
             }
@@ -2199,7 +2208,7 @@ mod reaper {
 
     #[cfg(test)]
     mod tests {
-        use super::Reaper;
+        use super::{bound, Reaper};
         use std::os::fd::{FromRawFd, OwnedFd};
         use std::time::{Duration, Instant};
 
@@ -2225,6 +2234,15 @@ mod reaper {
             // SAFETY: info is a valid out-pointer.
             let r = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, options) };
             r == 0
+        }
+
+        #[test]
+        fn the_bound_is_a_sixteenth_of_the_descriptor_limit_when_that_is_lower() {
+            assert_eq!(bound(64, 1024), 64);
+            assert_eq!(bound(64, u64::MAX), 64);
+            assert_eq!(bound(64, 256), 16);
+            assert_eq!(bound(64, 20), 1);
+            assert_eq!(bound(2, 1024), 2);
         }
 
         #[test]

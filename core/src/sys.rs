@@ -153,6 +153,25 @@ pub mod rlimit {
     pub const STACK: u32 = libc::RLIMIT_STACK as u32;
 }
 
+/// The soft limit of one resource of the calling process.
+pub fn soft_rlimit(resource: u32) -> SysResult<u64> {
+    let mut lim = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: the new-limit pointer is null; lim is a valid out-pointer; pid 0 is the caller.
+    check(unsafe {
+        libc::syscall(
+            libc::SYS_prlimit64,
+            0,
+            resource,
+            std::ptr::null::<libc::rlimit64>(),
+            &mut lim as *mut libc::rlimit64,
+        )
+    })?;
+    Ok(lim.rlim_cur)
+}
+
 /// Sets one resource limit of the calling process (raw prlimit64, no libc state).
 pub fn set_rlimit(resource: u32, soft: u64, hard: u64) -> SysResult<()> {
     let lim = libc::rlimit64 {
