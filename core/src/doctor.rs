@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{access, AccessFlags, Pid, User};
 use serde::{Deserialize, Serialize};
 
@@ -187,7 +187,7 @@ fn run_probe(
     let (rd, wr) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe2 => {e:?}"))?;
     // SAFETY: the child runs only `body` (raw syscalls, per its contract), one write and _exit;
     // it never returns into the caller's code.
-    let pid = unsafe { sys::raw_fork() }.map_err(|e| format!("fork => {e:?}"))?;
+    let pid = unsafe { sys::raw_fork(0) }.map_err(|e| format!("fork => {e:?}"))?;
     if pid == 0 {
         let code = match body() {
             Ok(()) => 0,
@@ -203,7 +203,7 @@ fn run_probe(
     }
     drop(wr);
     let status = loop {
-        match waitpid(Pid::from_raw(pid), None) {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {
             Err(Errno::EINTR) => continue,
             other => break other,
         }

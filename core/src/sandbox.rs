@@ -17,7 +17,7 @@ use crate::child::{self, Exec, Failure, OwnMaps, Plan};
 use crate::error::{Error, Result, Step};
 use crate::mounts::{sandbox_path, MountPlan};
 use crate::overlay::{FuseSupport, FUSE_REQUEST};
-use crate::report::{Report, Status};
+use crate::report::{Feature, Report, Status};
 use crate::spec::{IdMapping, Limits, Network, OverlayDriver, Root, Spec, Stdio, Want};
 use crate::sys;
 use crate::userns::{IdMaps, MapWriter};
@@ -177,6 +177,8 @@ pub struct Child {
     cgroup: Option<Cgroup>,
     cpu_limit_usec: Option<u64>,
     cpu_timed_out: bool,
+    /// SIGKILL was sent to the init: if it ends without a status record, that is how.
+    sigkill_sent: bool,
     // Held open for the sandbox's life: the init kills everything when it closes.
     ctl: Option<OwnedFd>,
     status_r: OwnedFd,
@@ -1131,7 +1133,10 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     let mut args = sys::CloneArgs {
         flags: prep.clone_flags,
         pidfd: &mut pidfd as *mut c_int as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        // No signal at its exit: we wait for it through its pidfd (with __WALL), and a host that
+        // ignores SIGCHLD (the kernel then reaps its children at exit) or reaps every child from
+        // a SIGCHLD handler can neither take its status nor be woken by it.
+        exit_signal: 0,
         ..Default::default()
     };
     if let Some(cg) = &prep.cgroup {
@@ -1380,6 +1385,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         cgroup,
         cpu_limit_usec,
         cpu_timed_out: false,
+        sigkill_sent: false,
         ctl: Some(ctl_w),
         status_r,
         started,
@@ -1453,10 +1459,10 @@ fn enter_template(
     sandbox.exit_signal = 0;
     let (stack, stack_size) = stacks.enter();
     let mut first = sys::CloneArgs {
-        // CLONE_FILES: the sandbox's pidfd lands in our table. SIGCHLD: the sandbox's exit
-        // signal, as without a template.
+        // CLONE_FILES: the sandbox's pidfd lands in our table. No exit signal, for this process
+        // and for the sandbox (which takes ours): as without a template.
         flags: (libc::CLONE_VM | libc::CLONE_FILES) as u64,
-        exit_signal: libc::SIGCHLD as u64,
+        exit_signal: 0,
         stack,
         stack_size,
         ..Default::default()
@@ -1482,8 +1488,9 @@ fn enter_template(
     while enter.started.load(Ordering::SeqCst) != 0 {
         sys::futex_wait(&enter.started, 1);
     }
-    // It exits right after its clone; reaping it also says it has left its stack. (A host's
-    // SIGCHLD handler may have reaped it first: then it is gone too.)
+    // It exits right after its clone; reaping it also says it has left its stack. (It raises no
+    // signal: only a wait with __WALL elsewhere in this process could have reaped it first, and
+    // then it is gone too.)
     let _ = sys::retry(|| sys::waitpid_exited(first_pid));
     let pid = enter.pid.load(Ordering::SeqCst);
     if pid > 0 {
@@ -1507,7 +1514,7 @@ fn restore_without_template(args: &mut sys::CloneArgs) {
     args.flags &= !((libc::CLONE_PARENT | libc::CLONE_CHILD_CLEARTID) as u64);
     args.flags |= libc::CLONE_VFORK as u64;
     args.child_tid = 0;
-    args.exit_signal = libc::SIGCHLD as u64;
+    args.exit_signal = 0;
 }
 
 fn clone_error(e: Errno, flags: u64) -> Error {
@@ -1723,7 +1730,11 @@ impl Child {
             let _ = sys::kill(-self.command_pid, libc::SIGKILL);
         }
         match sys::pidfd_send_signal(self.pidfd.as_raw_fd(), signal) {
-            Ok(()) | Err(Errno::ESRCH) => Ok(()),
+            Ok(()) => {
+                self.sigkill_sent |= signal == libc::SIGKILL;
+                Ok(())
+            }
+            Err(Errno::ESRCH) => Ok(()),
             Err(e) => Err(Error::os("pidfd_send_signal", e)),
         }
     }
@@ -1810,31 +1821,70 @@ impl Child {
                 &mut usage,
             )
         });
-        res.map_err(|e| Error::os("waitid", e))?;
+        // ECHILD: another part of this process reaped the init, which has exited, and its wait
+        // status went with it. The kernel does that for a process ignoring SIGCHLD (or setting
+        // SA_NOCLDWAIT), since an exec (the init's) makes a process raise SIGCHLD at its exit;
+        // a SIGCHLD handler waiting for every child does it too.
+        let reaped_elsewhere = match res {
+            Ok(()) => false,
+            Err(Errno::ECHILD) => true,
+            Err(e) => return Err(Error::os("waitid", e)),
+        };
         // SAFETY: waitid filled info (or left it zeroed when nothing was waitable).
         let (pid, code, status) = unsafe { (info.si_pid(), info.si_code, info.si_status()) };
-        if pid == 0 {
+        if pid == 0 && !reaped_elsewhere {
             return Ok(None);
         }
-        let mut buf = [0u8; 4];
-        let status = match sys::read_full(self.status_r.as_raw_fd(), &mut buf) {
-            Ok(4) => ExitStatus::from_wait_status(i32::from_ne_bytes(buf)),
+        // The command's status, from the init: the small init's whole record, or the status
+        // word alone (the init of a forking start).
+        let mut buf = [0u8; RECORD];
+        let got = sys::read_full(self.status_r.as_raw_fd(), &mut buf).unwrap_or(0);
+        let mut usage_lost = false;
+        let status = if got == RECORD {
+            let (word, reaped) = parse_record(&buf);
+            if reaped_elsewhere {
+                usage = reaped;
+            }
+            ExitStatus::from_wait_status(word)
+        } else if got >= 4 {
+            usage_lost = reaped_elsewhere;
+            ExitStatus::from_wait_status(i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]))
+        } else if reaped_elsewhere {
+            // Killed by us before it could report: by SIGKILL, then. Otherwise, nothing says.
+            if !self.sigkill_sent {
+                return Err(status_lost());
+            }
+            usage_lost = true;
+            ExitStatus::Signaled(libc::SIGKILL)
+        } else if code == libc::CLD_EXITED {
             // The init died before the command (killed): report how the init ended.
-            _ if code == libc::CLD_EXITED => ExitStatus::Exited(status),
-            _ => ExitStatus::Signaled(status),
+            ExitStatus::Exited(status)
+        } else {
+            ExitStatus::Signaled(status)
         };
+        if usage_lost {
+            self.report.features.push(Feature {
+                name: "result.usage".into(),
+                level: Want::BestEffort,
+                status: Status::Skipped,
+                detail: format!(
+                    "another part of this process reaped the sandbox's init before it reported \
+                     ({REAPED_ELSEWHERE}), and the processes' resource usage went with its wait \
+                     status: {}",
+                    if self.cgroup.is_some() {
+                        "times and memory come from the cgroup"
+                    } else {
+                        "times and memory read 0"
+                    }
+                ),
+            });
+        }
         Ok(Some(self.conclude(status, usage, false)))
     }
 
     /// The small init's status record (wait status and the usage of its reaped children) when it
     /// has been written; None while the command runs, or when the init ended without one.
     fn status_record(&mut self) -> Result<Option<(i32, libc::rusage)>> {
-        // The kernel's struct rusage, as getrusage wrote it in the init: two timevals and 14
-        // longs. A C library's may be larger (musl reserves 16 more longs), never smaller.
-        const RUSAGE: usize =
-            2 * std::mem::size_of::<libc::timeval>() + 14 * std::mem::size_of::<libc::c_long>();
-        const _: () = assert!(RUSAGE <= std::mem::size_of::<libc::rusage>());
-        const SIZE: usize = 4 + RUSAGE;
         let mut fds = [libc::pollfd {
             fd: self.status_r.as_raw_fd(),
             events: libc::POLLIN,
@@ -1844,22 +1894,9 @@ impl Child {
         if fds[0].revents == 0 {
             return Ok(None);
         }
-        let mut buf = [0u8; SIZE];
+        let mut buf = [0u8; RECORD];
         match sys::read_full(self.status_r.as_raw_fd(), &mut buf) {
-            Ok(SIZE) => {
-                let word = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
-                let mut usage: libc::rusage = zeroed();
-                // SAFETY: rusage is plain data that starts with the kernel's SIZE - 4 bytes,
-                // written by the kernel (getrusage in the init) into the record.
-                unsafe {
-                    std::ptr::copy_nonoverlapping(
-                        buf[4..].as_ptr(),
-                        (&mut usage as *mut libc::rusage).cast::<u8>(),
-                        SIZE - 4,
-                    )
-                };
-                Ok(Some((word, usage)))
-            }
+            Ok(RECORD) => Ok(Some(parse_record(&buf))),
             // No record: the init was killed; its exit says how (the waitid path).
             _ => {
                 self.early_exit = false;
@@ -2098,6 +2135,50 @@ impl Drop for Child {
         } else if let Some(cg) = self.cgroup.take() {
             cg.release();
         }
+    }
+}
+
+/// The kernel's struct rusage, as getrusage wrote it in the init: two timevals and 14 longs. A C
+/// library's may be larger (musl reserves 16 more longs), never smaller.
+const RUSAGE: usize =
+    2 * std::mem::size_of::<libc::timeval>() + 14 * std::mem::size_of::<libc::c_long>();
+const _: () = assert!(RUSAGE <= std::mem::size_of::<libc::rusage>());
+/// The small init's status record: the command's wait status, then the usage of every process
+/// the init reaped.
+const RECORD: usize = 4 + RUSAGE;
+
+fn parse_record(buf: &[u8; RECORD]) -> (i32, libc::rusage) {
+    let word = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let mut usage: libc::rusage = zeroed();
+    // SAFETY: rusage is plain data that starts with the kernel's RUSAGE bytes, written by the
+    // kernel (getrusage in the init) into the record.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            buf[4..].as_ptr(),
+            (&mut usage as *mut libc::rusage).cast::<u8>(),
+            RUSAGE,
+        )
+    };
+    (word, usage)
+}
+
+/// Who reaps a sandbox's init before the library can.
+const REAPED_ELSEWHERE: &str =
+    "SIGCHLD ignored, SA_NOCLDWAIT set, or a SIGCHLD handler waiting for every child";
+
+/// The error of a sandbox whose init another part of this process reaped before it reported.
+fn status_lost() -> Error {
+    Error::Unsupported {
+        feature: "the sandbox's exit status".into(),
+        reason: format!(
+            "another part of this process reaped the sandbox's init before it reported the \
+             command's status ({REAPED_ELSEWHERE})"
+        ),
+        remedy: Some(
+            "leave SIGCHLD at its default action without SA_NOCLDWAIT, and wait only for \
+             children by their pids"
+                .into(),
+        ),
     }
 }
 

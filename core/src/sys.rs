@@ -351,17 +351,20 @@ pub fn keep_on_exec(fd: c_int) -> SysResult<()> {
 }
 
 /// A plain fork through the raw clone syscall: unlike libc's fork(), it runs no atfork handlers and
-/// takes no libc locks, so it is safe in a child of a multi-threaded process.
+/// takes no libc locks, so it is safe in a child of a multi-threaded process. The child raises
+/// `exit_signal` at its exit; with 0 it raises none, and only a wait with `__WALL` (or
+/// `__WCLONE`) sees it: neither a host ignoring SIGCHLD nor one reaping every child from a
+/// SIGCHLD handler takes its status away.
 ///
 /// # Safety
 /// Same contract as [`clone3`].
-pub unsafe fn raw_fork() -> SysResult<libc::pid_t> {
-    // SAFETY: clone with only SIGCHLD and null pointers is fork(); the caller upholds the
+pub unsafe fn raw_fork(exit_signal: c_int) -> SysResult<libc::pid_t> {
+    // SAFETY: clone with only an exit signal and null pointers is fork(); the caller upholds the
     // post-fork restrictions.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone,
-            libc::SIGCHLD as c_long,
+            exit_signal as c_long,
             0 as c_long,
             0 as c_long,
             0 as c_long,
@@ -774,27 +777,30 @@ pub fn reset_signal_dispositions() -> SysResult<()> {
         if sig == libc::SIGKILL || sig == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: a zeroed sigaction with SIG_DFL is valid; raw rt_sigaction avoids libc's
-        // handling of its reserved signals.
-        let ret = unsafe {
-            let mut act: libc::sigaction = std::mem::zeroed();
-            act.sa_sigaction = libc::SIG_DFL;
-            libc::syscall(
-                libc::SYS_rt_sigaction,
-                sig,
-                &act as *const libc::sigaction,
-                std::ptr::null_mut::<libc::sigaction>(),
-                8usize,
-            )
-        };
-        if ret < 0 {
-            let e = Errno::last();
-            if e != Errno::EINVAL {
-                return Err(e);
-            }
+        match default_action(sig) {
+            Ok(()) | Err(Errno::EINVAL) => {}
+            Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Sets one signal's action to the default (raw rt_sigaction: no libc state, and none of libc's
+/// handling of its reserved signals).
+pub fn default_action(sig: c_int) -> SysResult<()> {
+    // SAFETY: a zeroed sigaction with SIG_DFL is valid; the old action is not asked for.
+    check(unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = libc::SIG_DFL;
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            &act as *const libc::sigaction,
+            std::ptr::null_mut::<libc::sigaction>(),
+            8usize,
+        )
+    })
+    .map(drop)
 }
 
 pub fn signalfd(set: &libc::sigset_t) -> SysResult<c_int> {
@@ -861,7 +867,8 @@ pub fn pidfd_send_signal(pidfd: c_int, sig: c_int) -> SysResult<()> {
 }
 
 /// waitid(P_PIDFD) through the raw syscall, which also fills the resource usage of the waited
-/// process and its waited-for descendants.
+/// process and its waited-for descendants. `__WALL` is added: a sandbox's first process raises no
+/// signal at its exit (see `sandbox::launch`), which makes it a "clone" child to wait.
 pub fn waitid_pidfd(
     pidfd: c_int,
     options: c_int,
@@ -876,7 +883,7 @@ pub fn waitid_pidfd(
             P_PIDFD,
             pidfd,
             info as *mut libc::siginfo_t,
-            options,
+            options | libc::__WALL,
             usage as *mut libc::rusage,
         )
     })

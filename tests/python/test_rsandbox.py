@@ -275,3 +275,43 @@ def test_python_m_rsandbox():
     assert r.returncode == 124
     d = subprocess.run([sys.executable, "-m", "rsandbox", "doctor"], capture_output=True, text=True)
     assert d.returncode == 0 and '"checks"' in d.stdout
+
+
+# In a child interpreter: SIGCHLD's disposition belongs to the whole process (and this one's
+# subprocess module needs the default).
+SIGCHLD_HOST = r"""
+import signal, sys
+import rsandbox
+
+def reap_all(signum, frame):
+    import os
+    try:
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
+    except ChildProcessError:
+        pass
+
+signal.signal(signal.SIGCHLD, signal.SIG_IGN if sys.argv[1] == "ignore" else reap_all)
+for _ in range(3):
+    r = rsandbox.run(["sh", "-c", "sh -c 'exit 5'; echo $?; exit 3"], capture_output=True, text=True)
+    print("exit", r.returncode, r.stdout.strip(), r.verdict)
+    r = rsandbox.run(["sh", "-c", "kill -9 $$"])
+    print("signal", r.returncode, r.verdict)
+    try:
+        rsandbox.run(["sleep", "30"], timeout=0.3)
+        print("timeout not raised")
+    except rsandbox.TimeoutExpired:
+        print("timeout raised")
+"""
+
+
+@pytest.mark.parametrize("host", ["ignore", "reap-all"])
+def test_a_host_ignoring_or_reaping_sigchld_gets_every_result(host):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", SIGCHLD_HOST, host], capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    expected = ["exit 3 5 exit-nonzero", "signal -9 signaled", "timeout raised"] * 3
+    assert r.stdout.splitlines() == expected, (r.stdout, r.stderr)

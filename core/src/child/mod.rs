@@ -242,9 +242,10 @@ pub(crate) fn run(plan: &Plan, scratch: &mut [c_int]) -> ! {
     if let Some(small) = &plan.small_init {
         start_small(plan, small);
     }
-    // The command is a child of this process, which stays behind as its init.
+    // The command is a child of this process, which stays behind as its init (woken by its
+    // SIGCHLD).
     // SAFETY: we are single-threaded (a fresh clone) and the child only makes raw syscalls.
-    match unsafe { sys::raw_fork() } {
+    match unsafe { sys::raw_fork(libc::SIGCHLD) } {
         Ok(0) => exec_command(plan),
         Ok(pid) => {
             sys::close(plan.err_w);
@@ -375,6 +376,10 @@ fn setup(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
     // Block every signal first: the caller's handlers must never run in this copy of it. The init
     // reads signals from a signalfd; the command restores an empty mask before exec.
     sys::sigmask_set(&sys::sigset_full(), None).map_err(step(Step::InitSignals))?;
+    // A caller ignoring SIGCHLD would have the kernel reap our children as they exit (the network
+    // helper, the command) and send no SIGCHLD, and the init would keep that through its exec:
+    // it would never learn the command's status.
+    sys::default_action(libc::SIGCHLD).map_err(step(Step::InitSignals))?;
 
     // Drop every descriptor we did not ask for before anything else, so other sandboxes spawned
     // concurrently by other threads see their pipes close promptly.

@@ -1,0 +1,135 @@
+//! A host that ignores SIGCHLD (its children are then reaped by the kernel as they exit) or
+//! reaps every child from a SIGCHLD handler still gets every sandbox's result, and the sandbox
+//! never inherits the host's handling of SIGCHLD.
+//!
+//! The disposition of SIGCHLD belongs to the whole process, so this file holds one test, which
+//! tries each host in turn, with starts from the mount tree's template and without one.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use common::{out, sh};
+use rsandbox::{ExitStatus, Status, Verdict};
+
+/// Children reaped by the host's handler, sandboxes' or not.
+static REAPED: AtomicUsize = AtomicUsize::new(0);
+
+extern "C" fn reap_every_child(_: libc::c_int) {
+    // SAFETY: waitpid with a null status pointer and WNOHANG is async-signal-safe.
+    while unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) } > 0 {
+        REAPED.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn set_sigchld(handler: libc::sighandler_t) {
+    // SAFETY: a zeroed sigaction with a valid handler (SIG_IGN or an async-signal-safe
+    // function) and SA_RESTART.
+    unsafe {
+        let mut act: libc::sigaction = std::mem::zeroed();
+        act.sa_sigaction = handler;
+        act.sa_flags = libc::SA_RESTART;
+        assert_eq!(
+            libc::sigaction(libc::SIGCHLD, &act, std::ptr::null_mut()),
+            0
+        );
+    }
+}
+
+/// Runs a script with a wall-clock limit (a start that never reports ends there, as a failure).
+#[track_caller]
+fn run(script: &str, timeout: f64, template: bool) -> rsandbox::RunResult {
+    let mut spec = sh(script);
+    spec.timeout = Some(timeout);
+    spec.filesystem.template = template;
+    match rsandbox::run(&spec) {
+        Ok(r) => r,
+        Err(e) => panic!("{script:?} (template {template}): {e}"),
+    }
+}
+
+/// SIGCHLD's bit in a /proc/PID/status signal mask.
+const SIGCHLD_BIT: u64 = 1 << (libc::SIGCHLD - 1);
+
+/// The SigIgn mask of a /proc/PID/status text, for `pid` ("self" or "1").
+fn ignored(status_lines: &str, which: &str) -> u64 {
+    let line = status_lines
+        .lines()
+        .find(|l| l.starts_with(which))
+        .unwrap_or_else(|| panic!("no {which} line in {status_lines:?}"));
+    let hex = line.split_whitespace().last().expect("mask");
+    u64::from_str_radix(hex, 16).expect("hex mask")
+}
+
+fn every_result_arrives(host: &str, usage: Usage) {
+    eprintln!("host: {host}");
+    for (round, template) in [false, true, true, false].into_iter().enumerate() {
+        let what = format!("{host}, round {round}, template {template}");
+        let run = |script: &str, timeout: f64| run(script, timeout, template);
+        let r = run("exit 0", 20.0);
+        assert_eq!(r.verdict, Verdict::Ok, "{what}: {r:?}");
+        let r = run("exit 3", 20.0);
+        assert_eq!(r.status, ExitStatus::Exited(3), "{what}");
+        let r = run("kill -9 $$", 20.0);
+        assert_eq!(r.status, ExitStatus::Signaled(libc::SIGKILL), "{what}");
+        assert_eq!(r.verdict, Verdict::Signaled, "{what}");
+
+        // Neither the command nor the sandbox's init ignores SIGCHLD, and a shell in the sandbox
+        // gets its child's status.
+        let r = run(
+            "sh -c 'exit 5'; echo status $?; grep SigIgn /proc/self/status; \
+             echo init; grep SigIgn /proc/1/status",
+            20.0,
+        );
+        let text = out(&r);
+        assert!(text.contains("status 5"), "{what}: {text:?}");
+        let (command, init) = text.split_once("init").expect("two parts");
+        assert_eq!(
+            ignored(command, "SigIgn") & SIGCHLD_BIT,
+            0,
+            "{what}: {text:?}"
+        );
+        assert_eq!(ignored(init, "SigIgn") & SIGCHLD_BIT, 0, "{what}: {text:?}");
+
+        // Killed at the wall-clock limit: the result comes from the init's exit, or where the
+        // host took that, from the kill; the report then says the usage went with it.
+        let r = run("sleep 30", 0.3);
+        assert_eq!(r.verdict, Verdict::WallTimeout, "{what}: {r:?}");
+        assert_eq!(r.status, ExitStatus::Signaled(libc::SIGKILL), "{what}");
+        let lost = r.report.feature("result.usage");
+        match usage {
+            Usage::Kept => assert!(lost.is_none(), "{what}: {lost:?}"),
+            Usage::Lost => {
+                let lost = lost.unwrap_or_else(|| panic!("{what}: no result.usage entry"));
+                assert_eq!(lost.status, Status::Skipped, "{what}");
+            }
+            Usage::Either => {}
+        }
+    }
+}
+
+/// Whether the usage of a sandbox killed at its time limit reaches the result.
+enum Usage {
+    Kept,
+    /// The kernel reaps the init at its exit.
+    Lost,
+    /// A handler may reap it before the library does.
+    Either,
+}
+
+#[test]
+fn a_host_ignoring_or_reaping_every_child_gets_every_result() {
+    // Control: the default disposition.
+    every_result_arrives("default SIGCHLD", Usage::Kept);
+
+    set_sigchld(libc::SIG_IGN);
+    every_result_arrives("SIGCHLD ignored", Usage::Lost);
+
+    set_sigchld(reap_every_child as *const () as libc::sighandler_t);
+    every_result_arrives("SIGCHLD handler reaping every child", Usage::Either);
+    set_sigchld(libc::SIG_DFL);
+    eprintln!(
+        "the handler reaped {} processes",
+        REAPED.load(Ordering::SeqCst)
+    );
+}
