@@ -6,8 +6,9 @@
 //! (or root), so the caller writes it while the sandbox waits.
 
 use std::ffi::CString;
+use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 
 use crate::error::{Error, Result};
 use crate::report::IdRange;
@@ -109,8 +110,8 @@ impl IdMaps {
         };
         match helpers {
             Some((newuidmap, newgidmap)) => {
-                run_helper(newuidmap, pid, &self.uid)?;
-                run_helper(newgidmap, pid, &self.gid)
+                run_helper(newuidmap, pid, "uid_map", &self.uid)?;
+                run_helper(newgidmap, pid, "gid_map", &self.gid)
             }
             None => {
                 write_map(pid, "uid_map", &self.uid)?;
@@ -190,7 +191,7 @@ fn find_helper(name: &str) -> Result<PathBuf> {
     })
 }
 
-fn run_helper(helper: &Path, pid: libc::pid_t, map: &[IdRange]) -> Result<()> {
+fn run_helper(helper: &Path, pid: libc::pid_t, file: &str, map: &[IdRange]) -> Result<()> {
     let mut cmd = Command::new(helper);
     cmd.arg(pid.to_string());
     for r in map {
@@ -200,24 +201,64 @@ fn run_helper(helper: &Path, pid: libc::pid_t, map: &[IdRange]) -> Result<()> {
             r.count.to_string(),
         ]);
     }
-    let out = cmd
-        .output()
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd
+        .spawn()
         .map_err(|e| Error::io("exec id-map helper", Some(helper.to_path_buf()), e))?;
-    if out.status.success() {
-        return Ok(());
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = pipe.read_to_string(&mut stderr);
     }
+    let outcome = match child.wait() {
+        Ok(status) if status.success() => return Ok(()),
+        Ok(status) => status.to_string(),
+        // Another part of this process reaped it (it ignores SIGCHLD, or waits for every child):
+        // the map itself says whether it worked.
+        Err(e) if e.raw_os_error() == Some(libc::ECHILD) => {
+            if map_in_place(pid, file, map) {
+                return Ok(());
+            }
+            "its exit status was reaped by another part of this process, and the map is not in \
+             place"
+                .to_string()
+        }
+        Err(e) => {
+            return Err(Error::io(
+                "wait for id-map helper",
+                Some(helper.to_path_buf()),
+                e,
+            ))
+        }
+    };
     Err(Error::Unsupported {
         feature: "subordinate id mapping".into(),
-        reason: format!(
-            "{} failed ({}): {}",
-            helper.display(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
+        reason: format!("{} failed ({outcome}): {}", helper.display(), stderr.trim()),
         remedy: Some(
             "check /etc/subuid and /etc/subgid and that newuidmap/newgidmap are setuid root".into(),
         ),
     })
+}
+
+/// Whether /proc/PID/FILE (an id map) holds exactly `map`.
+fn map_in_place(pid: libc::pid_t, file: &str, map: &[IdRange]) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/{file}")) else {
+        return false;
+    };
+    let found: Vec<Vec<u32>> = text
+        .lines()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .collect();
+    let wanted: Vec<Vec<u32>> = map
+        .iter()
+        .map(|r| vec![r.inside, r.outside, r.count])
+        .collect();
+    found == wanted
 }
 
 fn write_map(pid: libc::pid_t, file: &str, map: &[IdRange]) -> Result<()> {

@@ -9,8 +9,8 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{out, sh};
-use rsandbox::{ExitStatus, Status, Verdict};
+use common::{out, sh, skip, subordinate_ids_missing};
+use rsandbox::{ExitStatus, IdMapping, Status, Verdict};
 
 /// Children reaped by the host's handler, sandboxes' or not.
 static REAPED: AtomicUsize = AtomicUsize::new(0);
@@ -63,6 +63,24 @@ fn ignored(status_lines: &str, which: &str) -> u64 {
 
 fn every_result_arrives(host: &str, usage: Usage) {
     eprintln!("host: {host}");
+    // A range mapping: the maps are written by the caller (through newuidmap and newgidmap,
+    // which are its children, as a user).
+    match subordinate_ids_missing() {
+        Some(why) => skip(&why),
+        None => {
+            let mut spec = sh("cat /proc/self/uid_map /proc/self/gid_map | wc -l; exit 4");
+            spec.user.mapping = IdMapping::SubordinateRange;
+            spec.timeout = Some(20.0);
+            let r = rsandbox::run(&spec).unwrap_or_else(|e| panic!("{host}, range mapping: {e}"));
+            assert_eq!(
+                r.status,
+                ExitStatus::Exited(4),
+                "{host}: {}",
+                common::err(&r)
+            );
+            assert_eq!(out(&r).trim(), "4", "{host}");
+        }
+    }
     for (round, template) in [false, true, true, false].into_iter().enumerate() {
         let what = format!("{host}, round {round}, template {template}");
         let run = |script: &str, timeout: f64| run(script, timeout, template);

@@ -43,21 +43,8 @@ fn setgroups_is_denied_with_a_single_mapping() {
 
 #[test]
 fn subordinate_range_maps_65536_ids() {
-    let name = nix_user_name();
-    let has_range = |file: &str| {
-        std::fs::read_to_string(file)
-            .map(|t| {
-                t.lines().any(|l| {
-                    l.starts_with(&format!("{name}:")) || l.starts_with(&format!("{}:", my_uid()))
-                })
-            })
-            .unwrap_or(false)
-    };
-    if !(has_range("/etc/subuid") && has_range("/etc/subgid")) {
-        return skip(&format!("no /etc/subuid and /etc/subgid entry for {name}"));
-    }
-    if my_uid() != 0 && !std::path::Path::new("/usr/bin/newuidmap").exists() {
-        return skip("newuidmap is not installed (apt-get install uidmap)");
+    if let Some(why) = subordinate_ids_missing() {
+        return skip(&why);
     }
     let mut spec = sh("id -u; cat /proc/self/uid_map | wc -l; touch /tmp/f && chown 1000:1000 /tmp/f && stat -c %u /tmp/f");
     spec.user.mapping = IdMapping::SubordinateRange;
@@ -74,17 +61,6 @@ fn subordinate_range_maps_65536_ids() {
     spec.user.uid = Some(1000);
     spec.user.gid = Some(1000);
     assert_eq!(out(&run(&spec)), "1000\n");
-}
-
-fn nix_user_name() -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 2 && f[2] == my_uid().to_string()).then(|| f[0].to_string())
-        })
-        .unwrap_or_default()
 }
 
 #[test]
@@ -576,15 +552,8 @@ fn a_command_keeping_cap_sys_ptrace_uses_the_forking_start() {
 fn a_range_mapping_uses_the_forking_start_and_says_so() {
     // Negative control of the test above: the caller writes range maps during setup, so this start
     // must fork, and pid 1 is then a copy of this test process.
-    let name = nix_user_name();
-    let has_range = |file: &str| {
-        std::fs::read_to_string(file)
-            .unwrap_or_default()
-            .lines()
-            .any(|l| l.split(':').next() == Some(name.as_str()))
-    };
-    if !(has_range("/etc/subuid") && has_range("/etc/subgid")) {
-        return skip(&format!("no /etc/subuid and /etc/subgid entry for {name}"));
+    if let Some(why) = subordinate_ids_missing() {
+        return skip(&why);
     }
     let mut spec = sh("tr '\\0' ' ' </proc/1/cmdline");
     spec.user.mapping = IdMapping::SubordinateRange;

@@ -182,3 +182,37 @@ pub fn children_of_this_process(zombies_only: bool) -> usize {
         })
         .unwrap_or(0)
 }
+
+/// The name of this process's user in /etc/passwd ("" when it has none).
+pub fn user_name() -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() > 2 && f[2] == my_uid().to_string()).then(|| f[0].to_string())
+        })
+        .unwrap_or_default()
+}
+
+/// Why a subordinate-range mapping cannot run here, if it cannot: no /etc/subuid and
+/// /etc/subgid entry for this user, or (as a user) no newuidmap.
+pub fn subordinate_ids_missing() -> Option<String> {
+    let name = user_name();
+    let has_range = |file: &str| {
+        std::fs::read_to_string(file)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| {
+                let owner = l.split(':').next();
+                owner == Some(name.as_str()) || owner == Some(my_uid().to_string().as_str())
+            })
+    };
+    if !(has_range("/etc/subuid") && has_range("/etc/subgid")) {
+        return Some(format!("no /etc/subuid and /etc/subgid entry for {name}"));
+    }
+    if my_uid() != 0 && !Path::new("/usr/bin/newuidmap").exists() {
+        return Some("newuidmap is not installed (apt-get install uidmap)".into());
+    }
+    None
+}
