@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 #[path = "../../../core/tests/common/mod.rs"]
 mod shared;
 #[allow(unused_imports)]
-pub use shared::{busybox_rootfs, marker, must_work, my_gid, my_uid, skip, TempDir};
+pub use shared::{
+    busybox_rootfs, marker, must_work, my_gid, my_uid, skip, subordinate_ids_missing, TempDir,
+};
 
 /// The CLI under test: `$RSANDBOX_BIN` (the CI stages binaries where the unprivileged test user
 /// can read them), else the binary cargo built for this package.
@@ -170,18 +172,6 @@ pub fn gone_within(needle: &str, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     pids_with(needle).is_empty()
-}
-
-/// The user name of this process's uid, from /etc/passwd (empty when it has none).
-pub fn my_user_name() -> String {
-    std::fs::read_to_string("/etc/passwd")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() > 2 && f[2] == my_uid().to_string()).then(|| f[0].to_string())
-        })
-        .unwrap_or_default()
 }
 
 /// Sends `signal` to a process.

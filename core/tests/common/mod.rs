@@ -183,7 +183,7 @@ pub fn children_of_this_process(zombies_only: bool) -> usize {
         .unwrap_or(0)
 }
 
-/// The name of this process's user in /etc/passwd ("" when it has none).
+/// The name of this process's uid in /etc/passwd ("" when it has none).
 pub fn user_name() -> String {
     std::fs::read_to_string("/etc/passwd")
         .unwrap_or_default()
@@ -205,7 +205,8 @@ pub fn subordinate_ids_missing() -> Option<String> {
             .lines()
             .any(|l| {
                 let owner = l.split(':').next();
-                owner == Some(name.as_str()) || owner == Some(my_uid().to_string().as_str())
+                (!name.is_empty() && owner == Some(name.as_str()))
+                    || owner == Some(my_uid().to_string().as_str())
             })
     };
     if !(has_range("/etc/subuid") && has_range("/etc/subgid")) {
