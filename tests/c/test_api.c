@@ -283,6 +283,33 @@ static void test_pool(void) {
     sbx_pool_free(NULL);
 }
 
+/* A host ignoring SIGCHLD (the kernel then reaps its children as they exit) still gets every
+ * result, including that of a sandbox killed at its time limit. */
+static void test_host_ignoring_sigchld(void) {
+    struct sigaction ignore, old;
+    memset(&ignore, 0, sizeof ignore);
+    ignore.sa_handler = SIG_IGN;
+    CHECK(sigaction(SIGCHLD, &ignore, &old) == 0);
+    for (int i = 0; i < 2; i++) {
+        sbx_config *cfg = config_for("sh -c 'exit 5'; exit $?");
+        sbx_run_result *res = NULL;
+        CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_OK);
+        CHECK(res != NULL && sbx_result_exit_code(res) == 5);
+        sbx_result_free(res);
+        sbx_config_free(cfg);
+
+        cfg = config_for("sleep 30");
+        CHECK(sbx_config_set_num(cfg, "timeout", 0.3) == SBX_OK);
+        res = NULL;
+        CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_OK);
+        CHECK(res != NULL && sbx_result_verdict(res) == SBX_VERDICT_WALL_TIMEOUT);
+        CHECK(res != NULL && sbx_result_signal(res) == SIGKILL);
+        sbx_result_free(res);
+        sbx_config_free(cfg);
+    }
+    CHECK(sigaction(SIGCHLD, &old, NULL) == 0);
+}
+
 int main(void) {
     /* Under valgrind nothing can be spawned (it emulates neither clone3 with namespace flags nor
      * seccomp): SBX_TEST_NO_SPAWN=1 keeps to the calls that build, convert and refuse. */
@@ -295,6 +322,7 @@ int main(void) {
         test_result_fd();
         test_errors_spawn();
         test_pool();
+        test_host_ignoring_sigchld();
     }
     test_errors();
     printf("%d passed, %d failed\n", passed, failed);
