@@ -683,6 +683,40 @@ fn stdin_reaches_the_command_and_stdout_and_stderr_stay_separate() {
 }
 
 #[test]
+fn a_reached_process_limit_is_explained_with_the_remedy() {
+    if my_uid() == 0 {
+        // The kernel does not hold root (CAP_SYS_RESOURCE) to RLIMIT_NPROC.
+        eprintln!("not run as root: RLIMIT_NPROC does not apply to root");
+        return;
+    }
+    // RLIMIT_NPROC of 1: this user already has more processes (this test), so no clone passes.
+    let mut cmd = cli(["run", "--", "true"]);
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let one = libc::rlimit {
+                rlim_cur: 1,
+                rlim_max: 1,
+            };
+            if libc::setrlimit(libc::RLIMIT_NPROC, &one) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let r = run_cmd(cmd, None);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("EAGAIN"), "{r:?}");
+    assert!(
+        r.stderr.contains("RLIMIT_NPROC (1 here)") && r.stderr.contains("ulimit -u"),
+        "{r:?}"
+    );
+    // Control: the same start without the limit works.
+    assert_eq!(rsandbox(&["run", "--", "true"]).code, 0);
+}
+
+#[test]
 fn refused_user_namespaces_are_explained_with_the_remedy() {
     // A nested sandbox: root inside the outer one may lower max_user_namespaces for its own
     // namespace, which makes the inner rsandbox meet a host that refuses user namespaces.

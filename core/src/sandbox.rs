@@ -1525,12 +1525,31 @@ fn clone_error(e: Errno, flags: u64) -> Error {
             return err;
         }
     }
+    let remedy = match e {
+        Errno::ENOSPC => Some(namespace_limit_remedy()),
+        Errno::EAGAIN => Some(process_limit_remedy()),
+        _ => None,
+    };
     Error::Setup {
         step: Step::Clone,
         detail: format!("clone3(flags={flags:#x})"),
         errno: e,
-        remedy: (e == Errno::ENOSPC).then(namespace_limit_remedy),
+        remedy,
     }
+}
+
+/// What to do when the kernel refuses a new process with EAGAIN: this user's process limit
+/// (RLIMIT_NPROC, counted over all of the user's processes) or a cgroup's pids.max is reached.
+fn process_limit_remedy() -> String {
+    let nproc = match sys::soft_rlimit(sys::rlimit::NPROC) {
+        Ok(n) if n != libc::RLIM_INFINITY => format!(" ({n} here)"),
+        _ => String::new(),
+    };
+    format!(
+        "a limit on processes is reached: this user's RLIMIT_NPROC{nproc}, counted over all of its \
+         processes, or the pids.max of the caller's cgroup: end other processes or sandboxes, or \
+         raise the limit (ulimit -u, /etc/security/limits.conf, pids.max)"
+    )
 }
 
 /// What to do when the kernel refuses a namespace with ENOSPC: a per-user limit (counted across
@@ -1613,6 +1632,7 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
             crate::userns::userns_refusal().and_then(|e| e.remedy().map(str::to_string))
         }
         (Step::NetworkNamespace, Errno::ENOSPC) => Some(namespace_limit_remedy()),
+        (Step::ForkCommand | Step::NetworkNamespace, Errno::EAGAIN) => Some(process_limit_remedy()),
         (Step::CreateMountPoint, Errno::EROFS) => Some(
                 "the mount point is missing under a read-only mount (a read-only bind or rootfs): create it in the source, or mount a tmpfs on a parent first"
                     .into(),
