@@ -39,6 +39,9 @@ pub struct Spec {
     /// Wall-clock limit in seconds; the whole sandbox is killed when it passes.
     pub timeout: Option<f64>,
     /// Kill the whole sandbox when the handle that owns it is dropped or its process dies.
+    /// Without it, a sandbox whose handle is dropped before its end runs on as a child of the
+    /// caller, who reaps its init ([`Child::pid`](crate::Child::pid)) with `waitpid` and
+    /// `__WALL` (an init that never executes `rsandbox-init` raises no SIGCHLD).
     pub die_with_parent: bool,
     /// Captured output past this many bytes per stream is discarded and flagged (`run` only).
     pub output_limit: Option<u64>,

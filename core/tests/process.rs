@@ -109,7 +109,7 @@ fn without_die_with_parent_the_sandbox_outlives_its_handle() {
     // SAFETY: signalling and reaping our own child process.
     unsafe {
         libc::kill(init, libc::SIGKILL);
-        libc::waitpid(init, std::ptr::null_mut(), 0);
+        libc::waitpid(init, std::ptr::null_mut(), libc::__WALL);
     }
     assert!(!alive.is_empty(), "the sandbox died with its handle");
     assert!(gone_within(&m, Duration::from_secs(5)));
