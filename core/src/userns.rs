@@ -207,10 +207,11 @@ fn run_helper(helper: &Path, pid: libc::pid_t, file: &str, map: &[IdRange]) -> R
     let mut child = cmd
         .spawn()
         .map_err(|e| Error::io("exec id-map helper", Some(helper.to_path_buf()), e))?;
-    let mut stderr = String::new();
+    let mut stderr = Vec::new();
     if let Some(mut pipe) = child.stderr.take() {
-        let _ = pipe.read_to_string(&mut stderr);
+        let _ = pipe.read_to_end(&mut stderr);
     }
+    let stderr = String::from_utf8_lossy(&stderr);
     let outcome = match child.wait() {
         Ok(status) if status.success() => return Ok(()),
         Ok(status) => status.to_string(),
