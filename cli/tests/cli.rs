@@ -809,3 +809,59 @@ fn a_namespace_limit_is_explained_with_the_sysctl_to_raise() {
         r.stderr
     );
 }
+
+#[test]
+fn a_host_refusing_clone3_still_runs_sandboxes() {
+    // ENOSYS: container runtimes' default profiles, systemd's RestrictNamespaces=, gVisor; EPERM:
+    // older Docker.
+    for (errno, name) in [(libc::ENOSYS, "ENOSYS"), (libc::EPERM, "EPERM")] {
+        let refused = |args: &[&str]| {
+            let mut cmd = cli(args);
+            // SAFETY: the hook only makes two prctl calls (async-signal-safe).
+            unsafe {
+                use std::os::unix::process::CommandExt;
+                cmd.pre_exec(move || refuse_clone3(errno as u32));
+            }
+            run_cmd(cmd, None)
+        };
+        // Control: the filter is in force, and `doctor` sees it.
+        let doctor = refused(&["doctor"]);
+        let line = doctor
+            .stdout
+            .lines()
+            .find(|l| l.starts_with("clone3 "))
+            .unwrap_or_default();
+        assert!(
+            line.contains("MISSING") && line.contains(name),
+            "{doctor:?}"
+        );
+        let r = refused(&[
+            "run",
+            "--report",
+            "--",
+            "/bin/sh",
+            "-c",
+            "echo $$; hostname; grep -c : /proc/net/dev; exit 6",
+        ]);
+        assert_eq!(r.code, 6, "{name}: {r:?}");
+        assert_eq!(r.stdout, "2\nrsandbox\n1\n", "{name}: {r:?}");
+        for feature in ["namespace.pid", "namespace.net", "seccomp", "landlock"] {
+            let line = r
+                .stderr
+                .lines()
+                .find(|l| l.starts_with(&format!("{feature} ")))
+                .unwrap_or_default();
+            assert!(line.contains("enforced"), "{name}, {feature}: {r:?}");
+        }
+        let r = refused(&["run", "--timeout", "0.5", "--", "sleep", "30"]);
+        assert_eq!(r.code, 128 + libc::SIGKILL, "{name}: {r:?}");
+    }
+    // Without the filter, doctor finds clone3.
+    let doctor = rsandbox(&["doctor"]);
+    let line = doctor
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("clone3 "))
+        .unwrap_or_default();
+    assert!(line.contains(" ok "), "{doctor:?}");
+}

@@ -2,8 +2,9 @@
 //! accounting and a teardown that reaches every process (`cgroup.kill`).
 //!
 //! The sandbox is born in its cgroup (clone3 `CLONE_INTO_CGROUP`), so not one instruction of it
-//! runs outside. Controllers are only ever enabled on the parent, never in a cgroup that holds
-//! processes (the kernel's "no internal processes" rule).
+//! runs outside; where a seccomp policy refuses clone3, its first process moves itself in before
+//! its setup (child::JoinCgroup). Controllers are only ever enabled on the parent, never in a
+//! cgroup that holds processes (the kernel's "no internal processes" rule).
 
 use std::ffi::CString;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -561,6 +562,24 @@ impl Cgroup {
     /// The raw descriptor for clone3.
     pub fn dir_fd(&self) -> i32 {
         self.dir.as_raw_fd()
+    }
+
+    /// Its `cgroup.procs`, opened for writing (close-on-exec): for a sandbox that moves itself in
+    /// where clone3 cannot start it there.
+    pub fn procs(&self) -> Result<OwnedFd> {
+        nix::fcntl::openat(
+            &self.dir,
+            "cgroup.procs",
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .map_err(|e| {
+            Error::io(
+                "open cgroup.procs",
+                Some(self.path.join("cgroup.procs")),
+                e.into(),
+            )
+        })
     }
 }
 

@@ -72,8 +72,8 @@ impl Doctor {
 /// Runs every host check as the calling user.
 ///
 /// The checks, by name: `user-namespaces`, `subordinate-ids`, `overlay-in-userns`, `fuse`,
-/// `cgroup2`, `cgroup-delegation`, `seccomp`, `landlock`, `pidfd`, `mount-api`,
-/// `time-namespace`, `image-store`. Two of them fork a child that enters a new user namespace,
+/// `cgroup2`, `cgroup-delegation`, `seccomp`, `landlock`, `pidfd`, `clone3`, `mount-api`,
+/// `time-namespace`, `image-store`, `mount-template`. Two of them fork a child that enters a new user namespace,
 /// so the call takes a few milliseconds. Safe to call from a multi-threaded program.
 pub fn doctor() -> Doctor {
     let (uid, gid) = (sys::getuid(), sys::getgid());
@@ -91,6 +91,7 @@ pub fn doctor() -> Doctor {
             seccomp(),
             landlock(),
             pidfd(),
+            clone3(),
             mount_api(),
             time_namespace(),
             image_store(&crate::image::default_store()),
@@ -603,6 +604,33 @@ fn pidfd() -> Check {
     Check::new("pidfd", true, "pidfd_open works", "")
 }
 
+fn clone3() -> Check {
+    match sys::clone3_probe() {
+        // The kernel has it and nothing refuses it: it read the (empty) arguments.
+        Err(Errno::EINVAL) => Check::new(
+            "clone3",
+            true,
+            "clone3 works: sandboxes start in their cgroup (CLONE_INTO_CGROUP)",
+            "",
+        ),
+        answer => {
+            let answer = match answer {
+                Ok(()) => "succeeded".to_string(),
+                Err(e) => format!("{e:?} ({})", e.desc()),
+            };
+            let detail = format!(
+                "clone3 => {answer}: refused by a seccomp policy (or a kernel older than 5.3); \
+                 sandboxes start with clone, and one with a cgroup moves itself into it at the \
+                 start of its setup"
+            );
+            let remedy = "nothing is lost but that placement; to restore it, allow clone3 in the \
+                          policy that refuses it (a container's seccomp profile, systemd's \
+                          RestrictNamespaces= or SystemCallFilter=)";
+            Check::new("clone3", false, detail, remedy)
+        }
+    }
+}
+
 fn mount_api() -> Check {
     // Without OPEN_TREE_CLONE, open_tree only returns an O_PATH fd of "/".
     let open_tree = sys::open_tree(libc::AT_FDCWD, c"/", libc::O_CLOEXEC as libc::c_uint);
@@ -982,6 +1010,7 @@ mod tests {
             "seccomp",
             "landlock",
             "pidfd",
+            "clone3",
             "mount-api",
             "time-namespace",
             "image-store",
@@ -996,11 +1025,13 @@ mod tests {
         // seeing them is broken.
         if std::env::var_os("RSANDBOX_MUST_WORK").is_some_and(|v| v == "1") {
             let present = ["user-namespaces", "overlay-in-userns", "cgroup2", "seccomp"];
-            for name in
-                present
-                    .into_iter()
-                    .chain(["landlock", "pidfd", "mount-api", "mount-template"])
-            {
+            for name in present.into_iter().chain([
+                "landlock",
+                "pidfd",
+                "clone3",
+                "mount-api",
+                "mount-template",
+            ]) {
                 let check = d.check(name);
                 assert!(check.is_some_and(|c| c.available), "{name}: {check:?}");
             }

@@ -16,7 +16,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[repr(u32)]
 #[non_exhaustive]
 pub enum Step {
-    /// Creating the sandbox's first process (clone3).
+    /// Creating the sandbox's first process (clone3, or clone where clone3 is refused).
     Clone = 1,
     /// Closing inherited descriptors the sandbox must not keep.
     CloseFds,
@@ -93,11 +93,14 @@ pub enum Step {
     NetworkNamespace,
     /// Entering the namespaces of the mount tree's template (or building it).
     EnterTemplate,
+    /// Moving into the sandbox's cgroup from inside, where clone3 (which starts a process in its
+    /// cgroup) is refused, and making the cgroup namespace there.
+    JoinCgroup,
 }
 
 impl Step {
     /// All steps, for decoding the number that crosses the pipe.
-    const ALL: [Step; 38] = [
+    const ALL: [Step; 39] = [
         Step::Clone,
         Step::CloseFds,
         Step::DenySetgroups,
@@ -136,6 +139,7 @@ impl Step {
         Step::ExecInit,
         Step::NetworkNamespace,
         Step::EnterTemplate,
+        Step::JoinCgroup,
     ];
 
     pub(crate) fn from_u32(n: u32) -> Option<Step> {
@@ -183,6 +187,7 @@ impl Step {
             Step::ExecInit => "exec-init",
             Step::NetworkNamespace => "network-namespace",
             Step::EnterTemplate => "enter-template",
+            Step::JoinCgroup => "join-cgroup",
         }
     }
 }

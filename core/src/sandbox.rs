@@ -828,13 +828,16 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         flags &= !(libc::CLONE_NEWNET as u64);
     }
     // With a small start and a CPU to spare, the network namespace is made beside the mount tree
-    // (child::NetApart): the start takes less time, though not less work.
+    // (child::NetApart): the start takes less time, though not less work. Not where clone3 is
+    // refused: the helper takes pid 2, and only clone3 can give it back to the command.
     let new_net = flags & libc::CLONE_NEWNET as u64 != 0;
     let net_apart = match &small {
-        Some((_, stacks)) if new_net && !wait_for_maps && spare_cpu => Some(child::NetApart {
-            stack: stacks.command(),
-            gone: stacks.helper_gone(),
-        }),
+        Some((_, stacks)) if new_net && !wait_for_maps && spare_cpu && sys::clone3_usable() => {
+            Some(child::NetApart {
+                stack: stacks.command(),
+                gone: stacks.helper_gone(),
+            })
+        }
         _ => None,
     };
     let plan = Plan {
@@ -881,6 +884,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
             cmd_gone: stacks.command_gone(),
         }),
         in_template: template.is_some(),
+        join_cgroup: None,
     };
     Ok(Prepared {
         plan,
@@ -1139,10 +1143,31 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         exit_signal: 0,
         ..Default::default()
     };
+    // Kept open until the sandbox's first process has moved itself in (clone returned).
+    let mut _procs = None;
     if let Some(cg) = &prep.cgroup {
-        // Born in its cgroup: nothing of the sandbox ever runs outside it.
-        args.flags |= sys::CLONE_INTO_CGROUP;
-        args.cgroup = cg.dir_fd() as u64;
+        if sys::clone3_usable() {
+            // Born in its cgroup: nothing of the sandbox ever runs outside it.
+            args.flags |= sys::CLONE_INTO_CGROUP;
+            args.cgroup = cg.dir_fd() as u64;
+        } else {
+            // clone cannot do that: the first process moves itself in before anything else,
+            // and makes its cgroup namespace there.
+            let procs = cg.procs()?;
+            let namespace = args.flags & libc::CLONE_NEWCGROUP as u64 != 0;
+            args.flags &= !(libc::CLONE_NEWCGROUP as u64);
+            prep.plan.join_cgroup = Some(child::JoinCgroup {
+                procs: procs.as_raw_fd(),
+                namespace,
+            });
+            _procs = Some(procs);
+            if let Some(entry) = prep.report.features.iter_mut().find(|f| f.name == "cgroup") {
+                entry.detail.push_str(
+                    "; entered by the sandbox's first process before its setup (clone3 is \
+                     refused here, and clone cannot start a process in a cgroup)",
+                );
+            }
+        }
     }
     if prep.plan.net_apart.is_some() {
         // The setup process's helper makes it.
@@ -1198,7 +1223,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
                     args.flags &= !((libc::CLONE_VM | libc::CLONE_VFORK) as u64);
                     (args.stack, args.stack_size) = (0, 0);
                     // SAFETY: as for the forking start below.
-                    match unsafe { sys::clone3(&mut args) } {
+                    match unsafe { sys::clone(&mut args) } {
                         Ok(0) => child::run(&prep.plan, &mut prep.scratch),
                         other => other,
                     }
@@ -1211,7 +1236,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         }
         // SAFETY: in the child, child::run makes only raw syscalls on memory prepared above and
         // ends in execve or _exit; it never returns into this function.
-        None => match unsafe { sys::clone3(&mut args) } {
+        None => match unsafe { sys::clone(&mut args) } {
             Ok(0) => child::run(&prep.plan, &mut prep.scratch),
             other => other,
         },
@@ -1532,7 +1557,11 @@ fn clone_error(e: Errno, flags: u64) -> Error {
     };
     Error::Setup {
         step: Step::Clone,
-        detail: format!("clone3(flags={flags:#x})"),
+        detail: if sys::clone3_usable() {
+            format!("clone3(flags={flags:#x})")
+        } else {
+            format!("clone(flags={flags:#x}; clone3 is refused here)")
+        },
         errno: e,
         remedy,
     }
@@ -2747,14 +2776,14 @@ mod small {
     /// clone3 into child::entry on the setup stack.
     ///
     /// # Safety
-    /// See `sys::clone3_on_stack`; `target` is the address of a live `(&Plan, &mut [c_int])`.
+    /// See `sys::clone_on_stack`; `target` is the address of a live `(&Plan, &mut [c_int])`.
     #[cfg(all(target_arch = "x86_64", rsandbox_small_init))]
     pub(crate) unsafe fn clone(
         args: &mut sys::CloneArgs,
         target: usize,
     ) -> sys::SysResult<libc::pid_t> {
         // SAFETY: forwarded from the caller.
-        unsafe { sys::clone3_on_stack(args, crate::child::entry, target) }
+        unsafe { sys::clone_on_stack(args, crate::child::entry, target) }
     }
 
     #[cfg(not(all(target_arch = "x86_64", rsandbox_small_init)))]
@@ -2765,7 +2794,7 @@ mod small {
     /// clone3 into `entry` on the stack `args` names.
     ///
     /// # Safety
-    /// See `sys::clone3_on_stack`.
+    /// See `sys::clone_on_stack`.
     #[cfg(all(target_arch = "x86_64", rsandbox_small_init))]
     pub(crate) unsafe fn clone_with(
         args: &mut sys::CloneArgs,
@@ -2773,7 +2802,7 @@ mod small {
         arg: usize,
     ) -> sys::SysResult<libc::pid_t> {
         // SAFETY: forwarded from the caller.
-        unsafe { sys::clone3_on_stack(args, entry, arg) }
+        unsafe { sys::clone_on_stack(args, entry, arg) }
     }
 
     #[cfg(test)]

@@ -9,6 +9,7 @@
 
 use std::ffi::CStr;
 use std::os::raw::{c_int, c_long, c_uint, c_void};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use nix::errno::Errno;
 
@@ -220,30 +221,125 @@ pub fn retry<T>(mut f: impl FnMut() -> SysResult<T>) -> SysResult<T> {
     }
 }
 
-/// clone3 with fork semantics (no new stack: the child continues on a copy of the caller's).
-/// Returns 0 in the child and the child's pid in the caller.
+/// Whether clone3 is there to use: not yet known, yes, no.
+static CLONE3: AtomicU8 = AtomicU8::new(CLONE3_UNKNOWN);
+const CLONE3_UNKNOWN: u8 = 0;
+const CLONE3_YES: u8 = 1;
+const CLONE3_NO: u8 = 2;
+
+/// Whether clone3 can be used here. Some seccomp policies refuse it, with ENOSYS (the default
+/// profiles of Docker and Podman for a container without CAP_SYS_ADMIN, systemd's
+/// `RestrictNamespaces=`, gVisor) or EPERM (older Docker), because a filter cannot read the
+/// flags clone3 keeps in memory: they expect callers to use clone, whose flags it can read. Asked
+/// once, without making a process: a kernel that has clone3 and lets it through refuses a call
+/// with no arguments with EINVAL. The answer is kept, so children (which may only make raw
+/// system calls) read it without asking again.
+pub fn clone3_usable() -> bool {
+    match CLONE3.load(Ordering::Relaxed) {
+        CLONE3_YES => true,
+        CLONE3_NO => false,
+        _ => {
+            let usable = clone3_probe() == Err(Errno::EINVAL);
+            let answer = if usable { CLONE3_YES } else { CLONE3_NO };
+            CLONE3.store(answer, Ordering::Relaxed);
+            usable
+        }
+    }
+}
+
+/// clone3 with a null pointer and size 0: what the kernel, or a filter, answers (EINVAL where
+/// clone3 is there and let through).
+#[cfg(target_arch = "x86_64")]
+pub fn clone3_probe() -> SysResult<()> {
+    // SAFETY: clone3 with a null pointer and size 0 creates nothing: the kernel (or a filter)
+    // refuses it before reading anything. Raw: errno is not touched.
+    let ret = unsafe { syscall_raw(libc::SYS_clone3, 0, 0, 0) };
+    if ret < 0 {
+        Err(Errno::from_raw(-ret as i32))
+    } else {
+        Ok(())
+    }
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+pub fn clone3_probe() -> SysResult<()> {
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) }).map(drop)
+}
+
+/// What clone(2) takes for `args`: the flags word (exit signal in its low byte) and the pointer
+/// its third argument takes (where CLONE_PIDFD or CLONE_PARENT_SETTID store). None where only
+/// clone3 can do what `args` asks: flags above 32 bits (CLONE_INTO_CGROUP), chosen pids
+/// (set_tid), an exit signal past the low byte, or both a pidfd and a parent tid.
+fn clone_flags(args: &CloneArgs) -> Option<(u64, u64)> {
+    let pidfd = args.flags & CLONE_PIDFD != 0;
+    let settid = args.flags & libc::CLONE_PARENT_SETTID as u64 != 0;
+    if args.flags >> 32 != 0
+        || args.flags & libc::CSIGNAL as u64 != 0
+        || args.exit_signal > libc::CSIGNAL as u64
+        || args.set_tid != 0
+        || (pidfd && settid)
+    {
+        return None;
+    }
+    let ptr = if pidfd { args.pidfd } else { args.parent_tid };
+    Some((args.flags | args.exit_signal, ptr))
+}
+
+/// Creates a process with fork semantics (no new stack: the child continues on a copy of the
+/// caller's), with clone3, or with clone where clone3 is refused ([`clone3_usable`]) and `args`
+/// asks nothing clone cannot do (else ENOSYS). Returns 0 in the child and the child's pid in the
+/// caller.
 ///
 /// # Safety
 /// The child runs in a copy of a possibly multi-threaded process: until it execs or exits it may
 /// only make async-signal-safe calls and must never return into code that expects the caller's
-/// threads to exist.
-pub unsafe fn clone3(args: &mut CloneArgs) -> SysResult<libc::pid_t> {
-    // SAFETY: args points to a valid clone_args of the size passed; the caller upholds the
-    // post-fork restrictions stated above.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_clone3,
-            args as *mut CloneArgs,
-            std::mem::size_of::<CloneArgs>(),
-        )
+/// threads to exist. `args` must not ask for `CLONE_VM` (the child would share a stack).
+pub unsafe fn clone(args: &mut CloneArgs) -> SysResult<libc::pid_t> {
+    let ret = if clone3_usable() {
+        // SAFETY: args points to a valid clone_args of the size passed; the caller upholds the
+        // post-fork restrictions stated above.
+        unsafe {
+            libc::syscall(
+                libc::SYS_clone3,
+                args as *mut CloneArgs,
+                std::mem::size_of::<CloneArgs>(),
+            )
+        }
+    } else {
+        let Some((flags, ptr)) = clone_flags(args) else {
+            return Err(Errno::ENOSYS);
+        };
+        // clone(flags, no new stack, parent tid, child tid, tls) on x86_64; other architectures
+        // order the last two otherwise.
+        let (fourth, fifth) = if cfg!(target_arch = "x86_64") {
+            (args.child_tid, args.tls)
+        } else if cfg!(target_arch = "aarch64") {
+            (args.tls, args.child_tid)
+        } else {
+            return Err(Errno::ENOSYS);
+        };
+        // SAFETY: the pointers are the caller's, valid as for clone3; the caller upholds the
+        // post-fork restrictions.
+        unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                flags as c_long,
+                0 as c_long,
+                ptr as c_long,
+                fourth as c_long,
+                fifth as c_long,
+            )
+        }
     };
     check(ret).map(|p| p as libc::pid_t)
 }
 
-/// clone3 onto a stack of its own: the child calls `entry(arg)` there (it must never return)
-/// and the caller gets the child's pid. Made for `CLONE_VM | CLONE_VFORK` starts, where the child
-/// runs in the caller's memory while the calling thread waits for it to exec or exit; the
-/// caller's page tables are not copied, so the cost does not grow with the caller's size.
+/// Creates a process on a stack of its own, with clone3, or with clone where clone3 is refused
+/// (as [`clone`]): the child calls `entry(arg)` there (it must never return) and the caller gets
+/// the child's pid. Made for `CLONE_VM | CLONE_VFORK` starts, where the child runs in the
+/// caller's memory while the calling thread waits for it to exec or exit; the caller's page
+/// tables are not copied, so the cost does not grow with the caller's size.
 ///
 /// # Safety
 /// `args.stack`/`args.stack_size` must describe writable memory that outlives the child's use of
@@ -251,35 +347,67 @@ pub unsafe fn clone3(args: &mut CloneArgs) -> SysResult<libc::pid_t> {
 /// calling thread's thread-local storage): it may only make raw syscalls and
 /// async-signal-safe calls on memory prepared before, and must end in execve or _exit.
 #[cfg(target_arch = "x86_64")]
-pub unsafe fn clone3_on_stack(
+pub unsafe fn clone_on_stack(
     args: &mut CloneArgs,
     entry: unsafe extern "C" fn(usize) -> !,
     arg: usize,
 ) -> SysResult<libc::pid_t> {
     let ret: isize;
-    // SAFETY: the caller vouches for the stack and for what the child does. In the child the
-    // kernel has switched to the new stack: clear the frame pointer and call entry(arg), which
-    // never returns (ud2 guards the impossible). r12/r13 are callee-saved, so they reach the
-    // child unchanged; syscall clobbers rcx and r11.
-    unsafe {
-        std::arch::asm!(
-            "syscall",
-            "test rax, rax",
-            "jnz 2f",
-            "xor ebp, ebp",
-            "mov rdi, r12",
-            "call r13",
-            "ud2",
-            "2:",
-            inlateout("rax") libc::SYS_clone3 as isize => ret,
-            in("rdi") args as *mut CloneArgs,
-            in("rsi") std::mem::size_of::<CloneArgs>(),
-            in("r12") arg,
-            in("r13") entry as usize,
-            lateout("rcx") _,
-            lateout("r11") _,
-            options(nostack),
-        );
+    if clone3_usable() {
+        // SAFETY: the caller vouches for the stack and for what the child does. In the child the
+        // kernel has switched to the new stack: clear the frame pointer and call entry(arg),
+        // which never returns (ud2 guards the impossible). r12/r13 are callee-saved, so they
+        // reach the child unchanged; syscall clobbers rcx and r11.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone3 as isize => ret,
+                in("rdi") args as *mut CloneArgs,
+                in("rsi") std::mem::size_of::<CloneArgs>(),
+                in("r12") arg,
+                in("r13") entry as usize,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
+    } else {
+        let Some((flags, ptr)) = clone_flags(args) else {
+            return Err(Errno::ENOSYS);
+        };
+        // clone takes the stack's top, where clone3 takes its bottom and size.
+        let top = args.stack.wrapping_add(args.stack_size);
+        // SAFETY: as above; clone(flags, top, ptr, child_tid, tls) in x86_64's order.
+        unsafe {
+            std::arch::asm!(
+                "syscall",
+                "test rax, rax",
+                "jnz 2f",
+                "xor ebp, ebp",
+                "mov rdi, r12",
+                "call r13",
+                "ud2",
+                "2:",
+                inlateout("rax") libc::SYS_clone as isize => ret,
+                in("rdi") flags,
+                in("rsi") top,
+                in("rdx") ptr,
+                in("r10") args.child_tid,
+                in("r8") args.tls,
+                in("r12") arg,
+                in("r13") entry as usize,
+                lateout("rcx") _,
+                lateout("r11") _,
+                options(nostack),
+            );
+        }
     }
     if ret < 0 {
         Err(Errno::from_raw(-ret as i32))
@@ -357,7 +485,7 @@ pub fn keep_on_exec(fd: c_int) -> SysResult<()> {
 /// SIGCHLD handler takes its status away.
 ///
 /// # Safety
-/// Same contract as [`clone3`].
+/// Same contract as [`clone`].
 pub unsafe fn raw_fork(exit_signal: c_int) -> SysResult<libc::pid_t> {
     // SAFETY: clone with only an exit signal and null pointers is fork(); the caller upholds the
     // post-fork restrictions.

@@ -203,7 +203,7 @@ unsafe fn run_task(
     };
     // SAFETY: the stack is ours and outlives the task (CLONE_VFORK: this thread waits until it
     // has exited); what `entry` does is the caller's promise.
-    let pid = unsafe { sys::clone3_on_stack(&mut args, entry, arg) }?;
+    let pid = unsafe { sys::clone_on_stack(&mut args, entry, arg) }?;
     let _ = sys::retry(|| sys::waitpid_exited(pid));
     Ok(())
 }
@@ -228,7 +228,7 @@ fn make_net(user: c_int) -> Result<OwnedFd, String> {
             &ahead as *const NetAhead as usize,
         )
     }
-    .map_err(|e| format!("clone3 for a network namespace made ahead: {e}"))?;
+    .map_err(|e| format!("clone for a network namespace made ahead: {e}"))?;
     let fd = ahead.result.fd.load(Ordering::SeqCst);
     if fd >= 0 {
         // SAFETY: a descriptor the task opened in our table, owned by nothing else.
@@ -457,7 +457,7 @@ fn build(plan: &MountPlan, uid: u32, gid: u32) -> Result<Template, String> {
             &builder as *const Builder as usize,
         )
     }
-    .map_err(|e| format!("clone3 for the template's namespaces: {e}"))?;
+    .map_err(|e| format!("clone for the template's namespaces: {e}"))?;
     for fd in scratch.iter().copied().filter(|&fd| fd >= 0) {
         sys::close(fd);
     }

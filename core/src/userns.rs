@@ -233,12 +233,19 @@ fn run_helper(helper: &Path, pid: libc::pid_t, file: &str, map: &[IdRange]) -> R
             ))
         }
     };
+    // A setuid helper gains nothing in a process with no_new_privs (set by systemd's
+    // NoNewPrivileges=, or by an unprivileged parent that installed a seccomp filter).
+    let remedy = if sys::prctl(libc::PR_GET_NO_NEW_PRIVS, 0) == Ok(1) {
+        "this process runs with no_new_privs, so the setuid newuidmap/newgidmap gain no \
+         privileges: start it without no_new_privs (systemd: NoNewPrivileges=no, and no \
+         SystemCallFilter= for a non-root service), or use a single-id mapping"
+    } else {
+        "check /etc/subuid and /etc/subgid and that newuidmap/newgidmap are setuid root"
+    };
     Err(Error::Unsupported {
         feature: "subordinate id mapping".into(),
         reason: format!("{} failed ({outcome}): {}", helper.display(), stderr.trim()),
-        remedy: Some(
-            "check /etc/subuid and /etc/subgid and that newuidmap/newgidmap are setuid root".into(),
-        ),
+        remedy: Some(remedy.into()),
     })
 }
 

@@ -224,3 +224,87 @@ fn two_hundred_runs_leave_nothing_behind() {
     assert!(paths.iter().all(|p| !p.exists()), "cgroups left behind");
     assert!(count_procs(&parent) <= before, "processes left behind");
 }
+
+/// What `clone3_refused_limits` runs under, set by the test that starts it.
+const CLONE3_VAR: &str = "RSANDBOX_TEST_CLONE3_REFUSED";
+
+#[test]
+fn a_host_refusing_clone3_still_has_its_limits() {
+    let Some(_) = parent() else { return };
+    let mut cmd = std::process::Command::new(std::env::current_exe().unwrap());
+    cmd.args([
+        "--exact",
+        "clone3_refused_limits",
+        "--nocapture",
+        "--test-threads=1",
+    ])
+    .env(CLONE3_VAR, "1");
+    // SAFETY: the hook only makes two prctl calls (async-signal-safe).
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| refuse_clone3(libc::ENOSYS as u32));
+    }
+    let output = cmd.output().expect("run the refused host");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    eprintln!("{text}");
+    assert!(output.status.success());
+    assert!(
+        text.contains("clone3 refused: limits held"),
+        "the checks did not run"
+    );
+}
+
+/// Not a test of its own: run by the test above under a filter refusing clone3 with ENOSYS (a
+/// container runtime's default profile), where a sandbox moves itself into its cgroup. Otherwise
+/// it returns at once.
+#[test]
+fn clone3_refused_limits() {
+    if std::env::var(CLONE3_VAR).as_deref() != Ok("1") {
+        return;
+    }
+    // Control: the filter is in force (clone3 with no arguments would be EINVAL).
+    // SAFETY: clone3 with a null pointer and size 0 creates nothing.
+    let ret = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };
+    let errno = std::io::Error::last_os_error().raw_os_error();
+    assert_eq!((ret, errno), (-1, Some(libc::ENOSYS)));
+
+    // Memory: the hog is killed at the limit, which only its cgroup holds it to.
+    let r = run(&hog(256 << 20, 64 << 20));
+    assert_eq!(
+        r.verdict,
+        Verdict::MemoryLimit,
+        "{:?} {}",
+        r.status,
+        err(&r)
+    );
+    assert!(r.usage.oom_kills >= 1, "{:?}", r.usage);
+    let detail = &r.report.feature("cgroup").expect("a cgroup entry").detail;
+    assert!(detail.contains("clone3 is refused"), "{detail}");
+
+    // Processes: pids.max bites, and the cgroup namespace is rooted at the sandbox's cgroup.
+    let mut spec = limited(
+        "grep '^0::' /proc/self/cgroup; i=0; while [ $i -lt 20 ]; do sleep 3 & i=$((i+1)); done",
+    );
+    spec.limits.pids = Some(8);
+    let r = run(&spec);
+    assert!(out(&r).starts_with("0::/\n"), "{}", out(&r));
+    assert!(
+        err(&r).contains("fork") || err(&r).contains("Resource temporarily unavailable"),
+        "pids.max never bit: {}",
+        err(&r)
+    );
+    if let Some(peak) = r.usage.pids_peak {
+        assert!(peak <= 8, "pids.peak {peak}");
+    }
+    // Control: under a roomy pids.max the same loop starts every sleep.
+    let mut spec = limited("i=0; while [ $i -lt 20 ]; do sleep 1 & i=$((i+1)); done; wait");
+    spec.limits.pids = Some(64);
+    let r = run(&spec);
+    assert!(r.status.success(), "{}", err(&r));
+    assert_eq!(err(&r), "");
+    println!("clone3 refused: limits held");
+}

@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 mod shared;
 #[allow(unused_imports)]
 pub use shared::{
-    busybox_rootfs, marker, must_work, my_gid, my_uid, skip, subordinate_ids_missing, TempDir,
+    busybox_rootfs, marker, must_work, my_gid, my_uid, refuse_clone3, skip,
+    subordinate_ids_missing, TempDir,
 };
 
 /// The CLI under test: `$RSANDBOX_BIN` (the CI stages binaries where the unprivileged test user

@@ -144,6 +144,19 @@ pub(crate) struct Plan {
     /// The mount tree is a copy of a template's ([`crate::mounts::Build`]): the process that
     /// started us entered its namespaces first ([`Enter`]).
     pub in_template: bool,
+    /// Where clone3 is refused, clone cannot start the sandbox in its cgroup: its first process
+    /// moves itself there before anything else.
+    pub join_cgroup: Option<JoinCgroup>,
+}
+
+/// A cgroup the sandbox's first process moves itself into (see [`Plan::join_cgroup`]).
+pub(crate) struct JoinCgroup {
+    /// The cgroup's `cgroup.procs`, opened for writing by the caller: the kernel judges the move
+    /// by the credentials and cgroup namespace of whoever opened it.
+    pub procs: c_int,
+    /// Then make a cgroup namespace, which the clone could not (it would be rooted where the
+    /// process was born, not in its cgroup).
+    pub namespace: bool,
 }
 
 /// How a start from a template begins: a first process, sharing the caller's memory and
@@ -199,7 +212,7 @@ pub(crate) unsafe extern "C" fn enter_entry(arg: usize) -> ! {
         .and_then(|()| {
             // SAFETY: the caller prepared the arguments (stack included) for entry, as for a
             // start without a template, and waits for the child's exec.
-            unsafe { sys::clone3_on_stack(&mut *e.args, entry, e.target) }
+            unsafe { sys::clone_on_stack(&mut *e.args, entry, e.target) }
                 .map_err(|errno| (Step::Clone, errno))
         });
     match outcome {
@@ -214,7 +227,7 @@ pub(crate) unsafe extern "C" fn enter_entry(arg: usize) -> ! {
     sys::exit(0)
 }
 
-/// Entry of a sandbox started with `sys::clone3_on_stack`: `arg` is the address of the caller's
+/// Entry of a sandbox started with `sys::clone_on_stack`: `arg` is the address of the caller's
 /// `(&Plan, &mut [c_int])`, valid until this process execs or exits (the caller waits).
 ///
 /// # Safety
@@ -280,14 +293,14 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
     // SAFETY: cmd_stack was mapped by the caller for this; command_entry only makes raw syscalls
     // on the Plan and ends in execve or _exit, and we wait for that (CLONE_VFORK).
     let mut started =
-        unsafe { sys::clone3_on_stack(&mut args, command_entry, plan as *const Plan as usize) };
+        unsafe { sys::clone_on_stack(&mut args, command_entry, plan as *const Plan as usize) };
     if started.is_err() && args.set_tid != 0 {
         // A kernel that will not choose the number (EEXIST, EPERM, EINVAL): any number will do.
         args.set_tid = 0;
         args.set_tid_size = 0;
         // SAFETY: as above.
         started =
-            unsafe { sys::clone3_on_stack(&mut args, command_entry, plan as *const Plan as usize) };
+            unsafe { sys::clone_on_stack(&mut args, command_entry, plan as *const Plan as usize) };
     }
     let pid = match started {
         Ok(pid) => pid,
@@ -380,6 +393,15 @@ fn setup(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
     // helper, the command) and send no SIGCHLD, and the init would keep that through its exec:
     // it would never learn the command's status.
     sys::default_action(libc::SIGCHLD).map_err(step(Step::InitSignals))?;
+
+    // Into the cgroup first, so that all but these few instructions run there (and before the
+    // descriptor is closed below).
+    if let Some(join) = &plan.join_cgroup {
+        sys::write_all(join.procs, b"0").map_err(step(Step::JoinCgroup))?;
+        if join.namespace {
+            sys::unshare(libc::CLONE_NEWCGROUP).map_err(step(Step::JoinCgroup))?;
+        }
+    }
 
     // Drop every descriptor we did not ask for before anything else, so other sandboxes spawned
     // concurrently by other threads see their pipes close promptly.
@@ -548,8 +570,7 @@ fn start_net_helper(apart: &NetApart, net: &NetResult) -> Result<libc::pid_t, Er
     unsafe { &*apart.gone }.store(1, Ordering::SeqCst);
     // SAFETY: the stack is the command's, unused until the helper is reaped; net_helper makes only
     // raw syscalls that leave errno alone, writes only `net`, and ends in exit.
-    let r =
-        unsafe { sys::clone3_on_stack(&mut args, net_helper, net as *const NetResult as usize) };
+    let r = unsafe { sys::clone_on_stack(&mut args, net_helper, net as *const NetResult as usize) };
     if r.is_err() {
         // SAFETY: as above.
         unsafe { &*apart.gone }.store(0, Ordering::SeqCst);
