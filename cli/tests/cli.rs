@@ -717,6 +717,44 @@ fn a_reached_process_limit_is_explained_with_the_remedy() {
 }
 
 #[test]
+fn a_reached_descriptor_limit_is_explained_with_the_remedy() {
+    // Limits low enough to run out at different points of a start: its pipes, the clone, the
+    // mount tree.
+    for limit in [8, 12, 16] {
+        let mut cmd = cli(["run", "--", "true"]);
+        // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(move || {
+                let lim = libc::rlimit {
+                    rlim_cur: limit,
+                    rlim_max: limit,
+                };
+                if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let r = run_cmd(cmd, None);
+        // A start that fits under 12 or 16 descriptors is no failure; under 8 (the standard
+        // streams, the CLI's own and a start's pipes) none does.
+        if r.code == 0 && limit > 8 {
+            eprintln!("RLIMIT_NOFILE {limit}: the start fit");
+            continue;
+        }
+        assert_eq!(r.code, 125, "{r:?}");
+        assert!(
+            r.stderr.contains(&format!("RLIMIT_NOFILE ({limit} here)"))
+                && r.stderr.contains("ulimit -n"),
+            "{limit}: {r:?}"
+        );
+    }
+    // Control: the same start without the limit works.
+    assert_eq!(rsandbox(&["run", "--", "true"]).code, 0);
+}
+
+#[test]
 fn refused_user_namespaces_are_explained_with_the_remedy() {
     // A nested sandbox: root inside the outer one may lower max_user_namespaces for its own
     // namespace, which makes the inner rsandbox meet a host that refuses user namespaces.

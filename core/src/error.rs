@@ -317,7 +317,7 @@ pub enum Error {
         reason: String,
     },
     /// An OS error in the calling process.
-    #[error("{op}{}: {source}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default())]
+    #[error("{op}{}: {source}{}", path.as_ref().map(|p| format!(" {}", p.display())).unwrap_or_default(), remedy_suffix(remedy))]
     Io {
         /// The operation, e.g. "pipe2" or "waitid".
         op: &'static str,
@@ -326,7 +326,33 @@ pub enum Error {
         /// The underlying error.
         #[source]
         source: std::io::Error,
+        /// How to fix the host, where a limit of it is the cause (open descriptors).
+        remedy: Option<String>,
     },
+}
+
+/// What to do when descriptors run out (EMFILE: this process's limit; ENFILE: the system's).
+pub(crate) fn descriptor_remedy(errno: Errno) -> Option<String> {
+    match errno {
+        Errno::EMFILE => {
+            let limit = match crate::sys::soft_rlimit(crate::sys::rlimit::NOFILE) {
+                Ok(n) if n != libc::RLIM_INFINITY => format!(" ({n} here)"),
+                _ => String::new(),
+            };
+            Some(format!(
+                "this process has reached its limit of open descriptors, RLIMIT_NOFILE{limit}: a \
+                 start holds about 20 while it sets up, and each sandbox a few until it is waited \
+                 for; raise the limit (ulimit -n, LimitNOFILE= for a systemd service) or close \
+                 descriptors"
+            ))
+        }
+        Errno::ENFILE => Some(
+            "the system's table of open files is full: close files elsewhere, or raise \
+             fs.file-max"
+                .into(),
+        ),
+        _ => None,
+    }
 }
 
 fn remedy_suffix(remedy: &Option<String>) -> String {
@@ -385,7 +411,9 @@ impl Error {
     /// The remedy for host-caused failures.
     pub fn remedy(&self) -> Option<&str> {
         match self {
-            Error::Setup { remedy, .. } | Error::Unsupported { remedy, .. } => remedy.as_deref(),
+            Error::Setup { remedy, .. }
+            | Error::Unsupported { remedy, .. }
+            | Error::Io { remedy, .. } => remedy.as_deref(),
             _ => None,
         }
     }
@@ -398,7 +426,15 @@ impl Error {
     }
 
     pub(crate) fn io(op: &'static str, path: Option<PathBuf>, source: std::io::Error) -> Error {
-        Error::Io { op, path, source }
+        let remedy = source
+            .raw_os_error()
+            .and_then(|e| descriptor_remedy(Errno::from_raw(e)));
+        Error::Io {
+            op,
+            path,
+            source,
+            remedy,
+        }
     }
 
     pub(crate) fn os(op: &'static str, errno: Errno) -> Error {

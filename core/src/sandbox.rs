@@ -1553,7 +1553,7 @@ fn clone_error(e: Errno, flags: u64) -> Error {
     let remedy = match e {
         Errno::ENOSPC => Some(namespace_limit_remedy()),
         Errno::EAGAIN => Some(process_limit_remedy()),
-        _ => None,
+        _ => crate::error::descriptor_remedy(e),
     };
     Error::Setup {
         step: Step::Clone,
@@ -1666,7 +1666,7 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
                 "the mount point is missing under a read-only mount (a read-only bind or rootfs): create it in the source, or mount a tmpfs on a parent first"
                     .into(),
             ),
-        _ => None,
+        _ => crate::error::descriptor_remedy(errno),
     };
     Error::Setup {
         step,
