@@ -829,10 +829,11 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     }
     // With a small start and a CPU to spare, the network namespace is made beside the mount tree
     // (child::NetApart): the start takes less time, though not less work. Not where clone3 is
-    // refused: the helper takes pid 2, and only clone3 can give it back to the command.
+    // refused (asked again: a filter may have come since): the helper takes pid 2, and only
+    // clone3 can give it back to the command.
     let new_net = flags & libc::CLONE_NEWNET as u64 != 0;
     let net_apart = match &small {
-        Some((_, stacks)) if new_net && !wait_for_maps && spare_cpu && sys::clone3_usable() => {
+        Some((_, stacks)) if new_net && !wait_for_maps && spare_cpu && sys::clone3_recheck() => {
             Some(child::NetApart {
                 stack: stacks.command(),
                 gone: stacks.helper_gone(),
@@ -1146,7 +1147,9 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     // Kept open until the sandbox's first process has moved itself in (clone returned).
     let mut _procs = None;
     if let Some(cg) = &prep.cgroup {
-        if sys::clone3_usable() {
+        // Asked again at each start with a cgroup (one system call): a filter installed since the
+        // last start would refuse CLONE_INTO_CGROUP, which clone cannot do.
+        if sys::clone3_recheck() {
             // Born in its cgroup: nothing of the sandbox ever runs outside it.
             args.flags |= sys::CLONE_INTO_CGROUP;
             args.cgroup = cg.dir_fd() as u64;

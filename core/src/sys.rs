@@ -233,18 +233,32 @@ const CLONE3_NO: u8 = 2;
 /// flags clone3 keeps in memory: they expect callers to use clone, whose flags it can read. Asked
 /// once, without making a process: a kernel that has clone3 and lets it through refuses a call
 /// with no arguments with EINVAL. The answer is kept, so children (which may only make raw
-/// system calls) read it without asking again.
+/// system calls) read it without asking again; a clone3 refused later (a filter the program
+/// installed since) asks again ([`clone3_recheck`]).
 pub fn clone3_usable() -> bool {
     match CLONE3.load(Ordering::Relaxed) {
         CLONE3_YES => true,
         CLONE3_NO => false,
-        _ => {
-            let usable = clone3_probe() == Err(Errno::EINVAL);
-            let answer = if usable { CLONE3_YES } else { CLONE3_NO };
-            CLONE3.store(answer, Ordering::Relaxed);
-            usable
-        }
+        _ => clone3_recheck(),
     }
+}
+
+/// Asks again whether clone3 can be used, and keeps the answer. A refusal is for good: a seccomp
+/// filter, once installed, stays.
+pub fn clone3_recheck() -> bool {
+    if CLONE3.load(Ordering::Relaxed) == CLONE3_NO {
+        return false;
+    }
+    let usable = clone3_probe() == Err(Errno::EINVAL);
+    let answer = if usable { CLONE3_YES } else { CLONE3_NO };
+    CLONE3.store(answer, Ordering::Relaxed);
+    usable
+}
+
+/// Whether a clone3 that failed with `ret` (a negative errno) was refused as a call, not for
+/// what it asked: then the start goes on with clone.
+fn clone3_refused(ret: isize) -> bool {
+    (ret == -(libc::ENOSYS as isize) || ret == -(libc::EPERM as isize)) && !clone3_recheck()
 }
 
 /// clone3 with a null pointer and size 0: what the kernel, or a filter, answers (EINVAL where
@@ -296,17 +310,26 @@ fn clone_flags(args: &CloneArgs) -> Option<(u64, u64)> {
 /// only make async-signal-safe calls and must never return into code that expects the caller's
 /// threads to exist. `args` must not ask for `CLONE_VM` (the child would share a stack).
 pub unsafe fn clone(args: &mut CloneArgs) -> SysResult<libc::pid_t> {
-    let ret = if clone3_usable() {
+    if clone3_usable() {
         // SAFETY: args points to a valid clone_args of the size passed; the caller upholds the
         // post-fork restrictions stated above.
-        unsafe {
+        let ret = unsafe {
             libc::syscall(
                 libc::SYS_clone3,
                 args as *mut CloneArgs,
                 std::mem::size_of::<CloneArgs>(),
             )
+        };
+        let failed = if ret < 0 {
+            -(Errno::last() as isize)
+        } else {
+            0
+        };
+        if !clone3_refused(failed) {
+            return check(ret).map(|p| p as libc::pid_t);
         }
-    } else {
+    }
+    let ret = {
         let Some((flags, ptr)) = clone_flags(args) else {
             return Err(Errno::ENOSYS);
         };
@@ -352,7 +375,7 @@ pub unsafe fn clone_on_stack(
     entry: unsafe extern "C" fn(usize) -> !,
     arg: usize,
 ) -> SysResult<libc::pid_t> {
-    let ret: isize;
+    let mut ret: isize = -(libc::ENOSYS as isize);
     if clone3_usable() {
         // SAFETY: the caller vouches for the stack and for what the child does. In the child the
         // kernel has switched to the new stack: clear the frame pointer and call entry(arg),
@@ -378,7 +401,8 @@ pub unsafe fn clone_on_stack(
                 options(nostack),
             );
         }
-    } else {
+    }
+    if ret < 0 && clone3_refused(ret) {
         let Some((flags, ptr)) = clone_flags(args) else {
             return Err(Errno::ENOSYS);
         };

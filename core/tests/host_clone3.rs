@@ -19,13 +19,17 @@ use rsandbox::{ExitStatus, IdMapping, Process, Status, Stdio, Verdict};
 
 /// What the host's filter answers clone3 with, in the process `refused_host` checks.
 const ERRNO_VAR: &str = "RSANDBOX_TEST_CLONE3_ERRNO";
+/// Set: `refused_host` installs the filter itself, after a first start.
+const LATE_VAR: &str = "RSANDBOX_TEST_CLONE3_LATE";
 
 #[test]
 fn a_host_refusing_clone3_gets_every_sandbox() {
     let exe = std::env::current_exe().expect("test executable");
     {
         let (errno, name) = (libc::ENOSYS, "ENOSYS");
-        for fork_start in [false, true] {
+        // From the start, with both kinds of start; and installed by the program itself after a
+        // first start (which found clone3 usable).
+        for (fork_start, late) in [(false, false), (true, false), (false, true), (true, true)] {
             let mut cmd = Command::new(&exe);
             cmd.args(["--exact", "refused_host", "--nocapture", "--test-threads=1"])
                 .env(ERRNO_VAR, errno.to_string());
@@ -34,20 +38,25 @@ fn a_host_refusing_clone3_gets_every_sandbox() {
             } else {
                 cmd.env_remove("RSANDBOX_FORK_START");
             }
-            // SAFETY: the hook only makes two prctl calls (async-signal-safe).
-            unsafe { cmd.pre_exec(move || refuse_clone3(errno as u32)) };
+            if late {
+                cmd.env(LATE_VAR, "1");
+            } else {
+                // SAFETY: the hook only makes two system calls (async-signal-safe).
+                unsafe { cmd.pre_exec(move || refuse_clone3(errno as u32)) };
+            }
             let output = cmd.output().expect("run the refused host");
             let text = format!(
                 "{}{}",
                 String::from_utf8_lossy(&output.stdout),
                 String::from_utf8_lossy(&output.stderr)
             );
-            eprintln!("---- clone3 refused with {name}, fork start {fork_start}\n{text}");
-            assert!(output.status.success(), "{name}, fork start {fork_start}");
+            let case = format!("{name}, fork start {fork_start}, late {late}");
+            eprintln!("---- clone3 refused with {case}\n{text}");
+            assert!(output.status.success(), "{case}");
             // The run did the checks, not a vacuous pass.
             assert!(
                 text.contains("refused host: every check made"),
-                "{name}, fork start {fork_start}: the checks did not run"
+                "{case}: the checks did not run"
             );
         }
     }
@@ -63,6 +72,20 @@ fn refused_host() {
     else {
         return;
     };
+    if std::env::var_os(LATE_VAR).is_some() {
+        // A first start of each kind finds clone3 usable (and keeps that answer); then the
+        // program installs a filter of its own.
+        assert!(rsandbox::doctor()
+            .check("clone3")
+            .is_some_and(|c| c.available));
+        for template in [false, true, true] {
+            let mut spec = sh("exit 3");
+            spec.filesystem.template = template;
+            let r = rsandbox::run(&spec).expect("a start before the filter");
+            assert_eq!(r.status, ExitStatus::Exited(3), "{}", err(&r));
+        }
+        refuse_clone3(errno as u32).expect("install the filter");
+    }
     // Control: the filter is in force here (clone3 with no arguments would be EINVAL).
     // SAFETY: clone3 with a null pointer and size 0 creates nothing.
     let ret = unsafe { libc::syscall(libc::SYS_clone3, 0usize, 0usize) };

@@ -218,9 +218,9 @@ pub fn subordinate_ids_missing() -> Option<String> {
     None
 }
 
-/// Installs a seccomp filter that fails clone3 with `errno` and allows the rest, in the calling
-/// thread and what it starts (no_new_privs first, as an unprivileged process must): a host such
-/// as a container runtime's default profile. For a `pre_exec` hook (async-signal-safe).
+/// Installs a seccomp filter that fails clone3 with `errno` and allows the rest, in every thread
+/// of the process and what it starts (no_new_privs first, as an unprivileged process must): a
+/// host such as a container runtime's default profile. Async-signal-safe, for a `pre_exec` hook.
 pub fn refuse_clone3(errno: u32) -> std::io::Result<()> {
     const SECCOMP_DATA_NR: u32 = 0;
     let filter = [
@@ -253,13 +253,15 @@ pub fn refuse_clone3(errno: u32) -> std::io::Result<()> {
         len: filter.len() as u16,
         filter: filter.as_ptr() as *mut libc::sock_filter,
     };
-    // SAFETY: prctl with integer arguments, then with a pointer to a filter that outlives the
-    // call; both are async-signal-safe (this runs between fork and exec).
+    // SAFETY: prctl with integer arguments, then seccomp(2) with a pointer to a filter that
+    // outlives the call; both are async-signal-safe (for a pre_exec hook). TSYNC: every thread of
+    // the process gets it, as with a policy in force from the start.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-            || libc::prctl(
-                libc::PR_SET_SECCOMP,
-                libc::SECCOMP_MODE_FILTER,
+            || libc::syscall(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                libc::SECCOMP_FILTER_FLAG_TSYNC,
                 &prog as *const libc::sock_fprog,
             ) != 0
         {
