@@ -805,6 +805,41 @@ fn refused_user_namespaces_are_explained_with_the_remedy() {
     assert_eq!(r.stdout, "nested-ok\n");
 }
 
+/// Inside a sandbox whose seccomp filter refuses new namespaces (the default), a nested start
+/// fails with EPERM at the clone, and the error says that a seccomp filter is in force and what
+/// to allow. With nesting allowed but the outer filter still on, it fails at the first mount,
+/// with the same explanation. The control: with both allowed, the nested start works (see above).
+#[test]
+fn a_start_refused_by_a_seccomp_filter_names_the_filter() {
+    let binary = bin();
+    let bind = format!("{}:/run/rsbx", binary.display());
+    for (outer, step) in [
+        (vec!["--ro-bind", &bind], "step clone"),
+        (
+            vec!["--ro-bind", &bind, "--allow-nested-userns"],
+            "=> EPERM",
+        ),
+    ] {
+        let r = run_sh(&outer, "/run/rsbx run -- true");
+        assert_eq!(r.code, 125, "stderr: {}", r.stderr);
+        assert!(
+            r.stderr.contains(step) && r.stderr.contains("EPERM"),
+            "{}",
+            r.stderr
+        );
+        assert!(
+            r.stderr
+                .contains("remedy: this process runs under seccomp filters")
+                && r.stderr.contains("--allow-nested-userns"),
+            "{}",
+            r.stderr
+        );
+    }
+    // Outside any filter the same start works, and nothing mentions one.
+    let r = rsandbox(&["run", "--", "true"]);
+    assert_eq!(r.code, 0, "stderr: {}", r.stderr);
+}
+
 /// A namespace refused because a per-user limit is reached names the step, ENOSPC and the
 /// sysctl to raise. The limit is lowered to 0 inside a user namespace of the test's own (the
 /// host's limits are untouched); with it untouched, the same command runs (the negative control).

@@ -324,11 +324,15 @@ fn user_namespaces(uid: u32, gid: u32) -> Check {
             false
         }
     };
+    let confinement = crate::userns::confinement_remedy();
     if fixes.is_empty() {
-        fixes.push(
-            "use a kernel with CONFIG_USER_NS=y; look for a security policy (AppArmor, SELinux, a \
-             container's seccomp profile) denying unshare(CLONE_NEWUSER)",
-        );
+        fixes.push(match &confinement {
+            Some(remedy) => remedy,
+            None => {
+                "use a kernel with CONFIG_USER_NS=y; look for a security policy (AppArmor, \
+                 SELinux, a container's seccomp profile) denying unshare(CLONE_NEWUSER)"
+            }
+        });
     }
     Check::new(
         "user-namespaces",

@@ -1531,7 +1531,10 @@ fn enter_template(
             step: Step::EnterTemplate,
             detail: "setns into the mount tree's template".into(),
             errno,
-            remedy: None,
+            remedy: match errno {
+                Errno::EPERM => crate::userns::confinement_remedy(),
+                _ => crate::error::descriptor_remedy(errno),
+            },
         }),
         _ => Ok(Err(errno)),
     }
@@ -1556,6 +1559,7 @@ fn clone_error(e: Errno, flags: u64) -> Error {
     let remedy = match e {
         Errno::ENOSPC => Some(namespace_limit_remedy()),
         Errno::EAGAIN => Some(process_limit_remedy()),
+        Errno::EPERM => crate::userns::confinement_remedy(),
         _ => crate::error::descriptor_remedy(e),
     };
     Error::Setup {
@@ -1661,9 +1665,22 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
     };
     let remedy = match (step, errno) {
         (Step::UidMap | Step::GidMap | Step::DenySetgroups | Step::MakeRootPrivate | Step::CreateFilesystem, Errno::EPERM | Errno::EACCES) => {
-            crate::userns::userns_refusal().and_then(|e| e.remedy().map(str::to_string))
+            crate::userns::userns_refusal()
+                .and_then(|e| e.remedy().map(str::to_string))
+                .or_else(crate::userns::confinement_remedy)
         }
         (Step::NetworkNamespace, Errno::ENOSPC) => Some(namespace_limit_remedy()),
+        (
+            Step::NetworkNamespace
+            | Step::OpenSource
+            | Step::SetMountAttributes
+            | Step::AttachRoot
+            | Step::Mount
+            | Step::PivotRoot
+            | Step::DetachOldRoot
+            | Step::EnterTemplate,
+            Errno::EPERM,
+        ) => crate::userns::confinement_remedy(),
         (Step::ForkCommand | Step::NetworkNamespace, Errno::EAGAIN) => Some(process_limit_remedy()),
         (Step::CreateMountPoint, Errno::EROFS) => Some(
                 "the mount point is missing under a read-only mount (a read-only bind or rootfs): create it in the source, or mount a tmpfs on a parent first"

@@ -318,9 +318,49 @@ pub(crate) fn userns_refusal() -> Option<Error> {
     })
 }
 
+/// Where this process runs under seccomp filters (a container's profile, a service manager's
+/// policy, an outer sandbox), what to do about an EPERM that may be theirs: they often refuse new
+/// namespaces and mounts. None without a filter.
+pub(crate) fn confinement_remedy() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    confinement_remedy_from(&status)
+}
+
+fn confinement_remedy_from(status: &str) -> Option<String> {
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    };
+    if field("Seccomp") != Some("2") {
+        return None;
+    }
+    let count = match field("Seccomp_filters") {
+        Some(n) => format!(" (Seccomp_filters: {n} in /proc/self/status)"),
+        None => String::new(),
+    };
+    Some(format!(
+        "this process runs under seccomp filters{count}, which may refuse new namespaces or mounts: a container's seccomp profile, systemd's RestrictNamespaces= or \
+         SystemCallFilter=, or an outer sandbox; allow them there (an outer rsandbox: \
+         --allow-nested-userns, and --seccomp none --landlock off where the inner one mounts)"
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_seccomp_filter_in_the_status_gives_the_confinement_remedy() {
+        let filtered = "Name:\tx\nNoNewPrivs:\t1\nSeccomp:\t2\nSeccomp_filters:\t3\n";
+        let remedy = confinement_remedy_from(filtered).expect("a remedy");
+        assert!(remedy.contains("Seccomp_filters: 3"), "{remedy}");
+        // Controls: no filter (0), strict mode (1), no field (an old kernel).
+        for status in ["Seccomp:\t0\n", "Seccomp:\t1\n", "Name:\tx\n"] {
+            assert_eq!(confinement_remedy_from(status), None, "{status:?}");
+        }
+    }
 
     #[test]
     fn parses_subordinate_entries_by_name_or_uid() {
