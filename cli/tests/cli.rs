@@ -899,11 +899,7 @@ fn a_host_refusing_clone3_still_runs_sandboxes() {
         };
         // Control: the filter is in force, and `doctor` sees it.
         let doctor = refused(&["doctor"]);
-        let line = doctor
-            .stdout
-            .lines()
-            .find(|l| l.starts_with("clone3 "))
-            .unwrap_or_default();
+        let line = line_starting(&doctor.stdout, "clone3 ");
         assert!(
             line.contains("MISSING") && line.contains(name),
             "{doctor:?}"
@@ -919,11 +915,7 @@ fn a_host_refusing_clone3_still_runs_sandboxes() {
         assert_eq!(r.code, 6, "{name}: {r:?}");
         assert_eq!(r.stdout, "2\nrsandbox\n1\n", "{name}: {r:?}");
         for feature in ["namespace.pid", "namespace.net", "seccomp", "landlock"] {
-            let line = r
-                .stderr
-                .lines()
-                .find(|l| l.starts_with(&format!("{feature} ")))
-                .unwrap_or_default();
+            let line = line_starting(&r.stderr, &format!("{feature} "));
             assert!(line.contains("enforced"), "{name}, {feature}: {r:?}");
         }
         let r = refused(&["run", "--timeout", "0.5", "--", "sleep", "30"]);
@@ -931,10 +923,13 @@ fn a_host_refusing_clone3_still_runs_sandboxes() {
     }
     // Without the filter, doctor finds clone3.
     let doctor = rsandbox(&["doctor"]);
-    let line = doctor
-        .stdout
-        .lines()
-        .find(|l| l.starts_with("clone3 "))
-        .unwrap_or_default();
+    let line = line_starting(&doctor.stdout, "clone3 ");
     assert!(line.contains(" ok "), "{doctor:?}");
+}
+
+/// The first line of `text` that starts with `prefix` (empty if none).
+fn line_starting<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .unwrap_or_default()
 }

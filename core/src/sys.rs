@@ -377,30 +377,16 @@ pub unsafe fn clone_on_stack(
 ) -> SysResult<libc::pid_t> {
     let mut ret: isize = -(libc::ENOSYS as isize);
     if clone3_usable() {
-        // SAFETY: the caller vouches for the stack and for what the child does. In the child the
-        // kernel has switched to the new stack: clear the frame pointer and call entry(arg),
-        // which never returns (ud2 guards the impossible). r12/r13 are callee-saved, so they
-        // reach the child unchanged; syscall clobbers rcx and r11.
-        unsafe {
-            std::arch::asm!(
-                "syscall",
-                "test rax, rax",
-                "jnz 2f",
-                "xor ebp, ebp",
-                "mov rdi, r12",
-                "call r13",
-                "ud2",
-                "2:",
-                inlateout("rax") libc::SYS_clone3 as isize => ret,
-                in("rdi") args as *mut CloneArgs,
-                in("rsi") std::mem::size_of::<CloneArgs>(),
-                in("r12") arg,
-                in("r13") entry as usize,
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack),
-            );
-        }
+        let size = std::mem::size_of::<CloneArgs>() as u64;
+        // SAFETY: the caller vouches for the stack and for what the child does.
+        ret = unsafe {
+            clone_call(
+                libc::SYS_clone3,
+                [args as *mut CloneArgs as u64, size, 0, 0, 0],
+                entry,
+                arg,
+            )
+        };
     }
     if ret < 0 && clone3_refused(ret) {
         let Some((flags, ptr)) = clone_flags(args) else {
@@ -409,35 +395,65 @@ pub unsafe fn clone_on_stack(
         // clone takes the stack's top, where clone3 takes its bottom and size.
         let top = args.stack.wrapping_add(args.stack_size);
         // SAFETY: as above; clone(flags, top, ptr, child_tid, tls) in x86_64's order.
-        unsafe {
-            std::arch::asm!(
-                "syscall",
-                "test rax, rax",
-                "jnz 2f",
-                "xor ebp, ebp",
-                "mov rdi, r12",
-                "call r13",
-                "ud2",
-                "2:",
-                inlateout("rax") libc::SYS_clone as isize => ret,
-                in("rdi") flags,
-                in("rsi") top,
-                in("rdx") ptr,
-                in("r10") args.child_tid,
-                in("r8") args.tls,
-                in("r12") arg,
-                in("r13") entry as usize,
-                lateout("rcx") _,
-                lateout("r11") _,
-                options(nostack),
-            );
-        }
+        ret = unsafe {
+            clone_call(
+                libc::SYS_clone,
+                [flags, top, ptr, args.child_tid, args.tls],
+                entry,
+                arg,
+            )
+        };
     }
     if ret < 0 {
         Err(Errno::from_raw(-ret as i32))
     } else {
         Ok(ret as libc::pid_t)
     }
+}
+
+/// System call `nr` (clone3 or clone) with arguments `a`, whose child calls `entry(arg)` on the
+/// stack the kernel switched it to; returns the kernel's answer in the caller (negative errno on
+/// failure).
+///
+/// # Safety
+/// As for [`clone_on_stack`]: the arguments name a stack the child may use, and `entry` never
+/// returns.
+#[cfg(target_arch = "x86_64")]
+unsafe fn clone_call(
+    nr: c_long,
+    a: [u64; 5],
+    entry: unsafe extern "C" fn(usize) -> !,
+    arg: usize,
+) -> isize {
+    let ret: isize;
+    // SAFETY: the caller vouches for the arguments. In the child the kernel has switched to the
+    // new stack: clear the frame pointer and call entry(arg), which never returns (ud2 guards
+    // the impossible). r12/r13 are callee-saved, so they reach the child unchanged; syscall
+    // clobbers rcx and r11.
+    unsafe {
+        std::arch::asm!(
+            "syscall",
+            "test rax, rax",
+            "jnz 2f",
+            "xor ebp, ebp",
+            "mov rdi, r12",
+            "call r13",
+            "ud2",
+            "2:",
+            inlateout("rax") nr as isize => ret,
+            in("rdi") a[0],
+            in("rsi") a[1],
+            in("rdx") a[2],
+            in("r10") a[3],
+            in("r8") a[4],
+            in("r12") arg,
+            in("r13") entry as usize,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(nostack),
+        );
+    }
+    ret
 }
 
 /// A system call that returns the kernel's answer as is (negative errno on failure) and never

@@ -80,19 +80,19 @@ fn hog_helper() {
     println!("allocated {bytes}");
 }
 
+/// The run ended at its memory limit, by the kernel's OOM killer.
+#[track_caller]
+fn assert_oom_killed(r: &rsandbox::RunResult) {
+    assert_eq!(r.verdict, Verdict::MemoryLimit, "{:?} {}", r.status, err(r));
+    assert!(r.usage.oom_kills >= 1, "{:?}", r.usage);
+}
+
 #[test]
 fn memory_hog_is_oom_killed_at_the_limit() {
     let Some(_) = parent() else { return };
     let limit = 64 << 20;
     let r = run(&hog(256 << 20, limit));
-    assert_eq!(
-        r.verdict,
-        Verdict::MemoryLimit,
-        "{:?} {}",
-        r.status,
-        err(&r)
-    );
-    assert!(r.usage.oom_kills >= 1, "{:?}", r.usage);
+    assert_oom_killed(&r);
     assert_eq!(r.usage.memory_peak_source, "memory.peak");
     let peak = r.usage.memory_peak as f64;
     assert!(
@@ -274,14 +274,7 @@ fn clone3_refused_limits() {
 
     // Memory: the hog is killed at the limit, which only its cgroup holds it to.
     let r = run(&hog(256 << 20, 64 << 20));
-    assert_eq!(
-        r.verdict,
-        Verdict::MemoryLimit,
-        "{:?} {}",
-        r.status,
-        err(&r)
-    );
-    assert!(r.usage.oom_kills >= 1, "{:?}", r.usage);
+    assert_oom_killed(&r);
     let detail = &r.report.feature("cgroup").expect("a cgroup entry").detail;
     assert!(detail.contains("clone3 is refused"), "{detail}");
 
