@@ -315,3 +315,50 @@ def test_a_host_ignoring_or_reaping_sigchld_gets_every_result(host):
     assert r.returncode == 0, r.stderr
     expected = ["exit 3 5 exit-nonzero", "signal -9 signaled", "timeout raised"] * 3
     assert r.stdout.splitlines() == expected, (r.stdout, r.stderr)
+
+
+# In a child interpreter that installs a seccomp filter answering clone3 with ENOSYS, as the
+# default profiles of Docker and Podman do: starts fall back to clone.
+CLONE3_HOST = r"""
+import ctypes, errno, struct
+import rsandbox
+
+libc = ctypes.CDLL(None, use_errno=True)
+SYS_CLONE3, SYS_SECCOMP = 435, 317
+insns = [
+    (0x20, 0, 0, 0),                           # load the syscall number
+    (0x15, 0, 1, SYS_CLONE3),                  # clone3?
+    (0x06, 0, 0, 0x00050000 | errno.ENOSYS),   # then fail with ENOSYS
+    (0x06, 0, 0, 0x7FFF0000),                  # else allow
+]
+code = ctypes.create_string_buffer(b"".join(struct.pack("HBBI", *i) for i in insns))
+class Prog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+prog = Prog(len(insns), ctypes.addressof(code))
+assert libc.prctl(38, 1, 0, 0, 0) == 0                      # no_new_privs
+assert libc.syscall(SYS_SECCOMP, 1, 1, ctypes.byref(prog)) == 0, ctypes.get_errno()  # TSYNC
+# Control: the filter is in force (without it, clone3 with no arguments is EINVAL).
+assert libc.syscall(SYS_CLONE3, None, 0) == -1 and ctypes.get_errno() == errno.ENOSYS
+for _ in range(3):
+    r = rsandbox.run(["sh", "-c", "echo $$; hostname; exit 3"], capture_output=True, text=True)
+    print("exit", r.returncode, " ".join(r.stdout.split()), r.verdict)
+r = rsandbox.run(["sh", "-c", "kill -9 $$"])
+print("signal", r.returncode, r.verdict)
+try:
+    rsandbox.run(["sleep", "30"], timeout=0.3)
+    print("timeout not raised")
+except rsandbox.TimeoutExpired:
+    print("timeout raised")
+with rsandbox.Pool(1) as pool:
+    print("pooled", pool.run(["sh", "-c", "exit 4"]).returncode)
+"""
+
+
+def test_a_host_refusing_clone3_gets_every_sandbox():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", CLONE3_HOST], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    expected = ["exit 3 2 rsandbox exit-nonzero"] * 3 + ["signal -9 signaled", "timeout raised", "pooled 4"]
+    assert r.stdout.splitlines() == expected, (r.stdout, r.stderr)
