@@ -840,6 +840,35 @@ fn a_start_refused_by_a_seccomp_filter_names_the_filter() {
     assert_eq!(r.code, 0, "stderr: {}", r.stderr);
 }
 
+/// Without a proc filesystem on /proc (here a tmpfs over it, in a user and mount namespace of the
+/// test's own), the error says so, instead of blaming the kernel for the namespaces it cannot see.
+#[test]
+fn a_missing_proc_is_explained_with_the_remedy() {
+    let attempt = |cover: bool| {
+        let script = if cover {
+            "mount -t tmpfs none /proc && exec \"$0\" run -- true"
+        } else {
+            "exec \"$0\" run -- true"
+        };
+        let mut cmd = Command::new("unshare");
+        cmd.args(["-Urm", "sh", "-c", script])
+            .arg(bin())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        run_cmd(cmd, None)
+    };
+    let r = attempt(true);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(
+        r.stderr.contains("/proc is not a proc filesystem") && r.stderr.contains("mount -t proc"),
+        "{r:?}"
+    );
+    // Control: the same start with /proc in place works.
+    let r = attempt(false);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
 /// A namespace refused because a per-user limit is reached names the step, ENOSPC and the
 /// sysctl to raise. The limit is lowered to 0 inside a user namespace of the test's own (the
 /// host's limits are untouched); with it untouched, the same command runs (the negative control).

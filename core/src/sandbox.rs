@@ -326,15 +326,30 @@ struct Prepared {
 }
 
 /// Whether the kernel has the namespace `name` (its /proc/self/ns entry exists). Looked up once
-/// per process: a running kernel does not gain or lose namespace types.
+/// per process: a running kernel does not gain or lose namespace types. An answer found without
+/// a proc filesystem on /proc says nothing of the kernel, and is not kept.
 fn kernel_has_namespace(name: &str) -> bool {
     const NAMES: [&str; 8] = ["user", "mnt", "pid", "ipc", "uts", "net", "cgroup", "time"];
     static KNOWN: [std::sync::OnceLock<bool>; 8] = [const { std::sync::OnceLock::new() }; 8];
     let probe = || Path::new(&format!("/proc/self/ns/{name}")).exists();
-    match NAMES.iter().position(|n| *n == name) {
-        Some(i) => *KNOWN[i].get_or_init(probe),
-        None => probe(),
+    let Some(i) = NAMES.iter().position(|n| *n == name) else {
+        return probe();
+    };
+    if let Some(&known) = KNOWN[i].get() {
+        return known;
     }
+    let has = probe();
+    if has || proc_mounted() {
+        let _ = KNOWN[i].set(has);
+    }
+    has
+}
+
+/// Whether /proc is a proc filesystem here: the library reads its namespaces, id maps,
+/// descriptors and mount table there.
+fn proc_mounted() -> bool {
+    nix::sys::statfs::statfs("/proc")
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
 }
 
 fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &str) -> Result<u64> {
@@ -344,6 +359,20 @@ fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &st
         return Ok(0);
     }
     if !kernel_has_namespace(name) {
+        if !proc_mounted() {
+            return Err(Error::Unsupported {
+                feature: "/proc".into(),
+                reason: "/proc is not a proc filesystem in this process's mount namespace (it is \
+                         not mounted, or something covers it): the library reads this process's \
+                         namespaces, id maps, descriptors and mounts there"
+                    .into(),
+                remedy: Some(
+                    "mount it where this program runs (mount -t proc proc /proc), or start the \
+                     program where it is"
+                        .into(),
+                ),
+            });
+        }
         if want == Want::BestEffort {
             report.push(
                 &full,
