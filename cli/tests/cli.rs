@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -850,13 +850,7 @@ fn a_missing_proc_is_explained_with_the_remedy() {
         } else {
             "exec \"$0\" run -- true"
         };
-        let mut cmd = Command::new("unshare");
-        cmd.args(["-Urm", "sh", "-c", script])
-            .arg(bin())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        run_cmd(cmd, None)
+        run_unshared(&["-Urm"], script)
     };
     let r = attempt(true);
     assert_eq!(r.code, 125, "{r:?}");
@@ -880,14 +874,7 @@ fn a_namespace_limit_is_explained_with_the_sysctl_to_raise() {
         } else {
             ""
         };
-        let mut cmd = Command::new("unshare");
-        cmd.args(["-Ur", "sh", "-c"])
-            .arg(format!("{prefix}exec \"$0\" run -- /bin/true"))
-            .arg(bin())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        run_cmd(cmd, None)
+        run_unshared(&["-Ur"], &format!("{prefix}exec \"$0\" run -- /bin/true"))
     };
     let control = attempt(false);
     if control.code != 0 {

@@ -277,11 +277,25 @@ def test_python_m_rsandbox():
     assert d.returncode == 0 and '"checks"' in d.stdout
 
 
+# What the child interpreters below check besides their own: a sandbox killed by a signal, and
+# one killed at its timeout.
+SIGNAL_AND_TIMEOUT = r"""
+import rsandbox
+
+def signal_and_timeout():
+    r = rsandbox.run(["sh", "-c", "kill -9 $$"])
+    print("signal", r.returncode, r.verdict)
+    try:
+        rsandbox.run(["sleep", "30"], timeout=0.3)
+        print("timeout not raised")
+    except rsandbox.TimeoutExpired:
+        print("timeout raised")
+"""
+
 # In a child interpreter: SIGCHLD's disposition belongs to the whole process (and this one's
 # subprocess module needs the default).
-SIGCHLD_HOST = r"""
+SIGCHLD_HOST = SIGNAL_AND_TIMEOUT + r"""
 import signal, sys
-import rsandbox
 
 def reap_all(signum, frame):
     import os
@@ -295,13 +309,7 @@ signal.signal(signal.SIGCHLD, signal.SIG_IGN if sys.argv[1] == "ignore" else rea
 for _ in range(3):
     r = rsandbox.run(["sh", "-c", "sh -c 'exit 5'; echo $?; exit 3"], capture_output=True, text=True)
     print("exit", r.returncode, r.stdout.strip(), r.verdict)
-    r = rsandbox.run(["sh", "-c", "kill -9 $$"])
-    print("signal", r.returncode, r.verdict)
-    try:
-        rsandbox.run(["sleep", "30"], timeout=0.3)
-        print("timeout not raised")
-    except rsandbox.TimeoutExpired:
-        print("timeout raised")
+    signal_and_timeout()
 """
 
 
@@ -319,9 +327,8 @@ def test_a_host_ignoring_or_reaping_sigchld_gets_every_result(host):
 
 # In a child interpreter that installs a seccomp filter answering clone3 with ENOSYS, as the
 # default profiles of Docker and Podman do: starts fall back to clone.
-CLONE3_HOST = r"""
+CLONE3_HOST = SIGNAL_AND_TIMEOUT + r"""
 import ctypes, errno, struct
-import rsandbox
 
 libc = ctypes.CDLL(None, use_errno=True)
 SYS_CLONE3, SYS_SECCOMP = 435, 317
@@ -342,13 +349,7 @@ assert libc.syscall(SYS_CLONE3, None, 0) == -1 and ctypes.get_errno() == errno.E
 for _ in range(3):
     r = rsandbox.run(["sh", "-c", "echo $$; hostname; exit 3"], capture_output=True, text=True)
     print("exit", r.returncode, " ".join(r.stdout.split()), r.verdict)
-r = rsandbox.run(["sh", "-c", "kill -9 $$"])
-print("signal", r.returncode, r.verdict)
-try:
-    rsandbox.run(["sleep", "30"], timeout=0.3)
-    print("timeout not raised")
-except rsandbox.TimeoutExpired:
-    print("timeout raised")
+signal_and_timeout()
 with rsandbox.Pool(1) as pool:
     print("pooled", pool.run(["sh", "-c", "exit 4"]).returncode)
 """

@@ -84,6 +84,21 @@ pub fn run_cmd(mut cmd: Command, input: Option<&[u8]>) -> Run {
     Run::from_output(child.wait_with_output().unwrap())
 }
 
+/// Runs `unshare UNSHARE_ARGS... sh -c SCRIPT BIN` to completion, where `$0` in the script is the
+/// CLI under test: a host of the test's own making (namespaces whose limits or mounts it may
+/// change without touching the machine's).
+#[track_caller]
+pub fn run_unshared(unshare_args: &[&str], script: &str) -> Run {
+    let mut cmd = Command::new("unshare");
+    cmd.args(unshare_args)
+        .args(["sh", "-c", script])
+        .arg(bin())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    run_cmd(cmd, None)
+}
+
 /// Runs `rsandbox ARGS...` to completion.
 #[track_caller]
 pub fn rsandbox(args: &[&str]) -> Run {
