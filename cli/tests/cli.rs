@@ -861,6 +861,32 @@ fn a_missing_proc_is_explained_with_the_remedy() {
     // Control: the same start with /proc in place works.
     let r = attempt(false);
     assert_eq!(r.code, 0, "{r:?}");
+    // `doctor` says so first, and sends what reads /proc there, not to the kernel's build.
+    let doctor = run_unshared(&["-Urm"], "mount -t tmpfs none /proc && exec \"$0\" doctor");
+    let text = &doctor.stdout;
+    assert!(
+        text.lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("proc ") && l.contains("MISSING")),
+        "{text}"
+    );
+    let seccomp = text
+        .lines()
+        .skip_while(|l| !l.starts_with("seccomp "))
+        .nth(1);
+    assert!(
+        seccomp.is_some_and(|l| l.contains("mount /proc first")),
+        "{text}"
+    );
+    let doctor = run_unshared(&["-Urm"], "exec \"$0\" doctor");
+    assert!(
+        doctor
+            .stdout
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("proc ") && l.contains(" ok ")),
+        "{doctor:?}"
+    );
 }
 
 /// A namespace refused because a per-user limit is reached names the step, ENOSPC and the

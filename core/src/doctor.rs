@@ -71,33 +71,43 @@ impl Doctor {
 
 /// Runs every host check as the calling user.
 ///
-/// The checks, by name: `user-namespaces`, `subordinate-ids`, `overlay-in-userns`, `fuse`,
-/// `cgroup2`, `cgroup-delegation`, `seccomp`, `landlock`, `pidfd`, `clone3`, `mount-api`,
-/// `time-namespace`, `image-store`, `mount-template`. Two of them fork a child that enters a new user namespace,
-/// so the call takes a few milliseconds. Safe to call from a multi-threaded program.
+/// The checks, by name: `proc`, `user-namespaces`, `subordinate-ids`, `overlay-in-userns`,
+/// `fuse`, `cgroup2`, `cgroup-delegation`, `seccomp`, `landlock`, `pidfd`, `clone3`,
+/// `mount-api`, `time-namespace`, `image-store`, `mount-template`. Two of them fork a child that
+/// enters a new user namespace, so the call takes a few milliseconds. Safe to call from a
+/// multi-threaded program.
 pub fn doctor() -> Doctor {
     let (uid, gid) = (sys::getuid(), sys::getgid());
     let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let mounts = parse_mountinfo(&mountinfo);
-    Doctor {
-        uid,
-        checks: vec![
-            user_namespaces(uid, gid),
-            subordinate_ids(uid),
-            overlay_in_userns(uid, gid),
-            fuse(),
-            cgroup2(&mounts),
-            cgroup_delegation(cgroup2_mount(&mounts)),
-            seccomp(),
-            landlock(),
-            pidfd(),
-            clone3(),
-            mount_api(),
-            time_namespace(),
-            image_store(&crate::image::default_store()),
-            mount_template(),
-        ],
+    let proc = proc();
+    let mut checks = vec![
+        user_namespaces(uid, gid),
+        subordinate_ids(uid),
+        overlay_in_userns(uid, gid),
+        fuse(),
+        cgroup2(&mounts),
+        cgroup_delegation(cgroup2_mount(&mounts)),
+        seccomp(),
+        landlock(),
+        pidfd(),
+        clone3(),
+        mount_api(),
+        time_namespace(),
+        image_store(&crate::image::default_store()),
+        mount_template(),
+    ];
+    if !proc.available {
+        // What these read in /proc is missing, not what they look for.
+        for check in checks
+            .iter_mut()
+            .filter(|c| !c.available && READ_PROC.contains(&c.name.as_str()))
+        {
+            check.remedy = Some("mount /proc first (see proc): this check reads it".into());
+        }
     }
+    checks.insert(0, proc);
+    Doctor { uid, checks }
 }
 
 impl Check {
@@ -271,6 +281,30 @@ fn mount_overlay() -> Result<(), StepError> {
 // ---- the checks ----
 
 const MAX_USERNS_FIX: &str = "sysctl -w user.max_user_namespaces=15000";
+
+/// The checks that read /proc (this process's status, mounts, namespaces and id maps).
+const READ_PROC: [&str; 7] = [
+    "user-namespaces",
+    "overlay-in-userns",
+    "cgroup2",
+    "cgroup-delegation",
+    "seccomp",
+    "time-namespace",
+    "mount-template",
+];
+
+fn proc() -> Check {
+    if crate::sandbox::proc_mounted() {
+        return Check::new("proc", true, "/proc is a proc filesystem", "");
+    }
+    Check::new(
+        "proc",
+        false,
+        "/proc is not a proc filesystem in this mount namespace (not mounted, or covered): \
+         sandboxes cannot start",
+        "mount it where this program runs (mount -t proc proc /proc)",
+    )
+}
 
 fn user_namespaces(uid: u32, gid: u32) -> Check {
     let sysctls = [
@@ -1005,6 +1039,7 @@ mod tests {
         let d = doctor();
         let names: Vec<&str> = d.checks.iter().map(|c| c.name.as_str()).collect();
         let expected = [
+            "proc",
             "user-namespaces",
             "subordinate-ids",
             "overlay-in-userns",
@@ -1028,7 +1063,13 @@ mod tests {
         // The CI machine has these for every user (see notes/machine.md): a probe that stops
         // seeing them is broken.
         if std::env::var_os("RSANDBOX_MUST_WORK").is_some_and(|v| v == "1") {
-            let present = ["user-namespaces", "overlay-in-userns", "cgroup2", "seccomp"];
+            let present = [
+                "proc",
+                "user-namespaces",
+                "overlay-in-userns",
+                "cgroup2",
+                "seccomp",
+            ];
             for name in present.into_iter().chain([
                 "landlock",
                 "pidfd",

@@ -347,7 +347,7 @@ fn kernel_has_namespace(name: &str) -> bool {
 
 /// Whether /proc is a proc filesystem here: the library reads its namespaces, id maps,
 /// descriptors and mount table there.
-fn proc_mounted() -> bool {
+pub(crate) fn proc_mounted() -> bool {
     nix::sys::statfs::statfs("/proc")
         .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::PROC_SUPER_MAGIC)
 }
