@@ -302,7 +302,7 @@ fn proc() -> Check {
         false,
         "/proc is not a proc filesystem in this mount namespace (not mounted, or covered): \
          sandboxes cannot start",
-        "mount it where this program runs (mount -t proc proc /proc)",
+        crate::sandbox::PROC_REMEDY,
     )
 }
 

@@ -345,6 +345,9 @@ fn kernel_has_namespace(name: &str) -> bool {
     has
 }
 
+/// What to do where /proc is not a proc filesystem ([`proc_mounted`]).
+pub(crate) const PROC_REMEDY: &str = "mount it where this program runs (mount -t proc proc /proc)";
+
 /// Whether /proc is a proc filesystem here: the library reads its namespaces, id maps,
 /// descriptors and mount table there.
 pub(crate) fn proc_mounted() -> bool {
@@ -366,11 +369,7 @@ fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &st
                          not mounted, or something covers it): the library reads this process's \
                          namespaces, id maps, descriptors and mounts there"
                     .into(),
-                remedy: Some(
-                    "mount it where this program runs (mount -t proc proc /proc), or start the \
-                     program where it is"
-                        .into(),
-                ),
+                remedy: Some(PROC_REMEDY.into()),
             });
         }
         if want == Want::BestEffort {
