@@ -7,7 +7,8 @@
  * are released with sbx_string_free. Pointers returned directly (sbx_result_stdout,
  * sbx_result_report_json, sbx_result_json, sbx_last_error_message, sbx_version) are borrowed:
  * valid until the owning object is freed (or, for the last error, until the next call on the
- * same thread); never free them. No function consumes its arguments.
+ * same thread); never free them. No function consumes its arguments. A function that fails
+ * leaves NULL in its `*out`, so freeing it afterwards is always safe.
  *
  * Threads. sbx_spawn and sbx_run are safe to call from many threads at once, in programs with
  * any number of threads: the library allocates everything before it clones, and the sandbox
@@ -20,8 +21,10 @@
  * thread's) names the step, the path and the errno, and sbx_last_error_errno() gives the errno.
  * A panic inside the library never crosses this interface: it becomes SBX_ERR_PANIC.
  *
- * Strings are UTF-8 and NUL-terminated. Invalid UTF-8 is refused (SBX_ERR_INVALID_UTF8) and
- * leaves the object unchanged; it is never coerced.
+ * Strings are UTF-8 and NUL-terminated. Invalid UTF-8 is refused (SBX_ERR_INVALID_UTF8); it is
+ * never coerced. A setter that refuses its value (for any reason) leaves the object unchanged.
+ * Numbers are taken as they are: a setting of whole numbers refuses a fraction or a value out of
+ * its range (SBX_ERR_INVALID_SPEC) instead of rounding it.
  */
 
 #ifndef RSANDBOX_SANDBOX_H
@@ -268,7 +271,9 @@ int sbx_child_stream_fd(const sbx_child *child, int stream);
 sbx_result sbx_child_freeze(sbx_child *child, bool frozen);
 
 /*
- Frees a child handle; a sandbox still running is killed and reaped. NULL is a no-op.
+ Frees a child handle; a sandbox still running is killed and reaped, unless its configuration
+ set "die_with_parent" to 0: then it runs on as a child of this process, which reaps its init
+ (sbx_child_pid) with waitpid(pid, &status, __WALL). NULL is a no-op.
  */
 void sbx_child_free(sbx_child *child);
 

@@ -240,7 +240,15 @@ fn main() -> ExitCode {
     // Ordinary `run` command lines are read directly (see quick.rs); clap reads the rest.
     let command = match quick::parse_run(&argv) {
         Some(args) => Command::Run(Box::new(args)),
-        None => Cli::parse_from(argv).command,
+        None => match Cli::try_parse_from(argv) {
+            Ok(cli) => cli.command,
+            // --help and --version print and succeed; a usage error exits 125, as every other
+            // failure of this program's own, so that no code of the command's is taken.
+            Err(e) => {
+                let _ = e.print();
+                return ExitCode::from(if e.use_stderr() { EXIT_SETUP } else { 0 });
+            }
+        },
     };
     match command {
         Command::Diff {
@@ -437,6 +445,12 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
         *slot = Want::Off;
     }
     if a.share.contains(&NsArg::Net) {
+        if a.net == Some(NetArg::None) {
+            return Err(invalid(
+                "--net",
+                "--net none keeps the network to loopback in the sandbox's own network namespace, which --share net gives up: drop one of them".into(),
+            ));
+        }
         spec.network = Network::Host;
     }
     if a.time_ns {
@@ -535,14 +549,32 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
         })?),
         None => None,
     };
+    check_streams(&spec)?;
     let signals = ForwardedSignals::install();
     let result = if let Some(limit) = spec.output_limit {
         // Capture through pipes to apply the limit, then pass the output on.
         let mut spec = spec.clone();
-        spec.process.stdout = rsandbox::Stdio::Pipe;
-        spec.process.stderr = rsandbox::Stdio::Pipe;
+        spec.process.stdout = captured("stdout", &spec.process.stdout)?;
+        spec.process.stderr = captured("stderr", &spec.process.stderr)?;
         let mut child = rsandbox::spawn(&spec)?;
-        let r = child.communicate(None, Some(limit))?;
+        let pidfd = child.pidfd();
+        // Signals sent to this program are relayed while the output is read, as while waiting.
+        let mut relay = || {
+            while let Some(sig) = signals.as_ref().and_then(ForwardedSignals::read) {
+                // SAFETY: pidfd_send_signal on the sandbox's init, which the child keeps open.
+                unsafe {
+                    libc::syscall(
+                        libc::SYS_pidfd_send_signal,
+                        pidfd,
+                        sig,
+                        std::ptr::null::<libc::siginfo_t>(),
+                        0,
+                    )
+                };
+            }
+            false
+        };
+        let r = child.communicate_with(None, Some(limit), Duration::from_millis(50), &mut relay)?;
         child.release_for_exit();
         let _ = std::io::stdout().write_all(r.stdout.as_deref().unwrap_or_default());
         let _ = std::io::stderr().write_all(r.stderr.as_deref().unwrap_or_default());
@@ -579,6 +611,43 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
         }
     }
     Ok(result.status.shell_code().clamp(0, 255) as u8)
+}
+
+/// The command line has no use for a pipe: it would hold the other end and never use it (the
+/// command would wait on it forever).
+fn check_streams(spec: &Spec) -> Result<(), Error> {
+    let p = &spec.process;
+    let piped = [
+        ("stdin", &p.stdin),
+        ("stdout", &p.stdout),
+        ("stderr", &p.stderr),
+    ]
+    .into_iter()
+    .find(|(name, how)| {
+        **how == rsandbox::Stdio::Pipe && (*name == "stdin" || spec.output_limit.is_none())
+    });
+    match piped {
+        Some((name, _)) => Err(invalid(
+            &format!("process.{name}"),
+            "\"pipe\" leaves the other end with the caller, and the command line has no use for it: use \"inherit\", \"null\" or a file (--output-limit captures the output itself)".into(),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// How an output stream goes under --output-limit: what would reach this program's own output is
+/// captured (and passed on, up to the limit); /dev/null and stderr into stdout stay as they are;
+/// a file or descriptor is written by the command itself, where no limit can reach.
+fn captured(name: &str, how: &rsandbox::Stdio) -> Result<rsandbox::Stdio, Error> {
+    use rsandbox::Stdio;
+    match how {
+        Stdio::Inherit | Stdio::Pipe => Ok(Stdio::Pipe),
+        Stdio::Null | Stdio::Stdout => Ok(how.clone()),
+        Stdio::File { .. } | Stdio::Fd(_) => Err(invalid(
+            &format!("process.{name}"),
+            "--output-limit caps what this program passes on to its own output; a file or descriptor is written by the command directly, where the limit cannot apply: drop one of them".into(),
+        )),
+    }
 }
 
 /// Waits for the sandbox while relaying SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process.

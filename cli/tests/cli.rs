@@ -104,7 +104,7 @@ fn malformed_option_values_give_125() {
 }
 
 #[test]
-fn command_line_usage_errors_give_2() {
+fn command_line_usage_errors_give_125() {
     for args in [
         &["run", "--no-such-option", "--", "true"][..],
         &["run", "--root", "--uid", "5", "--", "true"][..],
@@ -113,9 +113,128 @@ fn command_line_usage_errors_give_2() {
         &["no-such-subcommand"][..],
     ] {
         let r = rsandbox(args);
-        assert_eq!(r.code, 2, "{args:?}: {r:?}");
+        // Never a code the command could have given (2 is common): this program's own.
+        assert_eq!(r.code, 125, "{args:?}: {r:?}");
         assert!(r.stderr.starts_with("error: "), "{args:?}: {r:?}");
     }
+    // Control: asking for help or the version is no error.
+    for args in [&["--help"][..], &["run", "--help"][..], &["--version"][..]] {
+        let r = rsandbox(args);
+        assert_eq!(r.code, 0, "{args:?}: {r:?}");
+        assert!(!r.stdout.is_empty(), "{args:?}: {r:?}");
+    }
+}
+
+/// Options that contradict each other, or that the sandbox could not honour as asked, are
+/// refused before anything runs, never dropped: each with the option and the reason.
+#[test]
+fn contradictory_or_unusable_options_are_refused() {
+    for (args, names) in [
+        (
+            &["--share", "uts", "--hostname", "foo"][..],
+            "UTS namespace",
+        ),
+        (&["--share", "net", "--net", "none"][..], "--share net"),
+        (&["--bind", "/tmp:/"][..], "cannot replace the root"),
+        (&["--tmpfs", "/scratch:0"][..], "at least 1 byte"),
+        (&["--landlock-rw", "relative"][..], "not an absolute path"),
+        (&["--timeout", "1e20"][..], "timeout"),
+        (&["--cpu-time", "1e20"][..], "cpu_time"),
+    ] {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--", "true"]);
+        let r = rsandbox(&all);
+        assert_eq!(r.code, 125, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(names), "{args:?}: {r:?}");
+    }
+    // Controls: each option alone is fine.
+    for args in [
+        &["--hostname", "foo"][..],
+        &["--share", "net"][..],
+        &["--net", "none"][..],
+        &["--tmpfs", "/scratch:1M"][..],
+        &["--timeout", "1e9"][..],
+    ] {
+        let mut all = vec!["run"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--", "true"]);
+        assert_eq!(rsandbox(&all).code, 0, "{args:?}");
+    }
+}
+
+/// A Landlock rule for a path the sandbox does not have grants nothing, and the report says so.
+#[test]
+fn a_landlock_rule_for_a_missing_path_is_reported_left_out() {
+    let r = rsandbox(&[
+        "run",
+        "--report",
+        "--landlock-rw",
+        "/no-such-dir-rsbx",
+        "--landlock-ro",
+        "/etc",
+        "--",
+        "true",
+    ]);
+    assert_eq!(r.code, 0, "{r:?}");
+    let line = line_starting(&r.stderr, "landlock");
+    assert!(
+        line.contains("rule for /no-such-dir-rsbx left out"),
+        "{line}"
+    );
+    // Control: the rule for a path that is there is not.
+    assert!(!line.contains("rule for /etc left out"), "{line}");
+}
+
+/// A spec's stream set to "pipe" would leave the command waiting on an end nobody uses; under
+/// --output-limit a file stream would escape the limit. Both are refused; stderr into stdout
+/// is captured with it.
+#[test]
+fn spec_streams_the_command_line_cannot_serve_are_refused() {
+    let dir = std::env::temp_dir().join(format!("rsbx-cli-streams-{}", marker()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let spec = |name: &str, process: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, format!("{{\"process\": {process}}}")).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let stdin_pipe = spec("in.json", r#"{"args": ["cat"], "stdin": "pipe"}"#);
+    let stdout_pipe = spec("out.json", r#"{"args": ["echo", "x"], "stdout": "pipe"}"#);
+    let out_file = dir.join("out.txt");
+    let stdout_file = spec(
+        "file.json",
+        &format!(
+            r#"{{"args": ["echo", "x"], "stdout": {{"file": {{"path": "{}"}}}}}}"#,
+            out_file.display()
+        ),
+    );
+    let merged = spec(
+        "merged.json",
+        r#"{"args": ["sh", "-c", "echo out; echo err >&2"], "stderr": "stdout"}"#,
+    );
+    for (args, field) in [
+        (vec!["run", "--spec", &stdin_pipe], "process.stdin"),
+        (vec!["run", "--spec", &stdout_pipe], "process.stdout"),
+        (
+            vec!["run", "--output-limit", "1K", "--spec", &stdout_file],
+            "process.stdout",
+        ),
+    ] {
+        let r = rsandbox(&args);
+        assert_eq!(r.code, 125, "{args:?}: {r:?}");
+        assert!(r.stderr.contains(field), "{args:?}: {r:?}");
+    }
+    // Controls: a file stream without the limit is written; a pipe under the limit is
+    // captured; stderr merged into stdout arrives on stdout.
+    assert_eq!(rsandbox(&["run", "--spec", &stdout_file]).code, 0);
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "x\n");
+    let r = rsandbox(&["run", "--output-limit", "1K", "--spec", &stdout_pipe]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "x\n"), "{r:?}");
+    let r = rsandbox(&["run", "--output-limit", "1K", "--spec", &merged]);
+    assert_eq!(r.code, 0, "{r:?}");
+    assert_eq!(r.stdout, "out\nerr\n", "{r:?}");
+    assert_eq!(r.stderr, "", "{r:?}");
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -321,6 +440,39 @@ fn sigterm_to_the_cli_is_forwarded_to_the_command() {
         "the command was killed by SIGTERM"
     );
     assert!(start.elapsed() < Duration::from_secs(10));
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors: {:?}",
+        pids_with(&m)
+    );
+}
+
+/// With --output-limit the CLI reads the output while it waits: signals are relayed all the same.
+#[test]
+fn signals_are_relayed_while_output_is_captured() {
+    let m = marker();
+    let mut child = cli([
+        "run",
+        "--output-limit",
+        "1K",
+        "--",
+        "sleep",
+        &format!("400{m}"),
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null())
+    .spawn()
+    .unwrap();
+    if !wait_for_sleeps(&m, 1, Duration::from_secs(10)) {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("the sleep never started");
+    }
+    send_signal(child.id(), libc::SIGTERM);
+    assert_eq!(
+        wait_within(&mut child, Duration::from_secs(10)),
+        128 + libc::SIGTERM
+    );
     assert!(
         gone_within(&m, Duration::from_secs(5)),
         "survivors: {:?}",

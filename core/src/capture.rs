@@ -16,6 +16,8 @@ pub(crate) struct Captured {
     pub stderr: Option<Vec<u8>>,
     pub stdout_truncated: bool,
     pub stderr_truncated: bool,
+    /// `interrupt` asked for the end, and the sandbox was killed.
+    pub interrupted: bool,
 }
 
 struct Sink {
@@ -95,6 +97,7 @@ pub(crate) fn communicate(
         set_nonblocking(f)?;
     }
     let mut exited = false;
+    let mut interrupted = false;
     while out.file.is_some() || err.file.is_some() || stdin.is_some() {
         let mut fds = [
             pollfd(stdin.as_ref().map(|f| f.as_raw_fd()), libc::POLLOUT),
@@ -117,6 +120,7 @@ pub(crate) fn communicate(
         child.watch()?;
         if interrupt() {
             child.kill(libc::SIGKILL)?;
+            interrupted = true;
             break;
         }
         if fds[0].revents != 0 {
@@ -153,6 +157,7 @@ pub(crate) fn communicate(
         stderr,
         stdout_truncated,
         stderr_truncated,
+        interrupted,
     })
 }
 

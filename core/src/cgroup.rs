@@ -285,7 +285,10 @@ fn finish_without(
     mut plan: Plan,
     reason: &str,
 ) -> Result<Plan> {
-    if !controllers_for(limits).is_empty() && limits.level == Want::Required {
+    // The CPU-time limit needs no controller, but its whole-sandbox form needs the cgroup's
+    // cpu.stat: per-process RLIMIT_CPU alone is the best-effort fallback.
+    let cgroup_limits = !controllers_for(limits).is_empty() || limits.cpu_time.is_some();
+    if cgroup_limits && limits.level == Want::Required {
         return Err(Error::Unsupported {
             feature: "cgroup limits".into(),
             reason: reason.into(),
@@ -375,9 +378,9 @@ fn limit_entries(l: &Limits, report: &mut Report, enabled: Option<&[&str]>, plan
         let secs = t.ceil() as u64;
         plan.rlimits.push((crate::sys::rlimit::CPU, secs));
         let how = if enabled.is_some() {
-            "the whole sandbox's cpu.stat usage is watched and the sandbox killed past it; RLIMIT_CPU per process as backstop"
+            format!("the whole sandbox's cpu.stat usage is watched and the sandbox killed past it; RLIMIT_CPU = {secs} s per process as backstop")
         } else {
-            "no cgroup: RLIMIT_CPU per process only (caveat: a process tree can use more in total)"
+            format!("no cgroup: fallback RLIMIT_CPU = {secs} s per process (caveat: whole seconds, rounded up; a process tree can use more in total)")
         };
         let status = if enabled.is_some() {
             Status::Enforced

@@ -126,6 +126,12 @@ pub(crate) fn plan(
     described.push("/dev read+write+ioctl".into());
     described.push("/proc read+write".into());
     let cstr = |p: &str| {
+        if !p.starts_with('/') {
+            return Err(Error::invalid(
+                "security.landlock",
+                format!("{p:?} is not an absolute path in the sandbox"),
+            ));
+        }
         CString::new(p).map_err(|_| Error::invalid("security.landlock", "path contains a NUL byte"))
     };
     for w in writable.iter().chain(&spec.write) {
@@ -257,9 +263,17 @@ fn add_path_rule(
     }
 }
 
-/// Applies the ruleset to the calling thread (after no_new_privs). Raw syscalls only; paths
-/// missing from the sandbox are skipped.
-pub(crate) fn apply(plan: &Plan) -> std::result::Result<(), nix::errno::Errno> {
+/// A record on the error pipe that is not a failure: rule `index` of the Landlock plan names
+/// a path the sandbox does not have (its errno says how), and was left out.
+pub(crate) const RULE_SKIPPED: u32 = 0x1a1d;
+
+/// Applies the ruleset to the calling thread (after no_new_privs). Raw syscalls only; a rule
+/// whose path the sandbox does not have is left out, and `skipped` is called with its index
+/// and errno.
+pub(crate) fn apply(
+    plan: &Plan,
+    skipped: &mut dyn FnMut(usize, nix::errno::Errno),
+) -> std::result::Result<(), nix::errno::Errno> {
     use nix::errno::Errno;
     let attr = RulesetAttr {
         handled_access_fs: plan.handled_fs,
@@ -287,10 +301,11 @@ pub(crate) fn apply(plan: &Plan) -> std::result::Result<(), nix::errno::Errno> {
     }
     let fd = fd as i32;
     let res = (|| {
-        for rule in &plan.rules {
+        for (index, rule) in plan.rules.iter().enumerate() {
             let access = rule.access & plan.handled_fs;
             match add_path_rule(fd, &rule.path, access) {
-                Ok(()) | Err(Errno::ENOENT) | Err(Errno::ENOTDIR) => {}
+                Ok(()) => {}
+                Err(e @ (Errno::ENOENT | Errno::ENOTDIR)) => skipped(index, e),
                 // A file takes only the rights that make sense for files.
                 Err(Errno::EINVAL) => {
                     let files = access & (EXECUTE | WRITE_FILE | READ_FILE | TRUNCATE | IOCTL_DEV);

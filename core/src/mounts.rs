@@ -609,7 +609,7 @@ impl MountPlan {
                 let source = absolute_host_path(&format!("{field}.source"), source)?;
                 let meta =
                     std::fs::metadata(&source).map_err(|e| not_found("bind source", &source, e))?;
-                let dest = sandbox_path(&format!("{field}.destination"), destination)?;
+                let dest = mount_destination(&format!("{field}.destination"), destination)?;
                 let mut attrs = NOSUID_NODEV;
                 let mut opts = vec!["nosuid", "nodev"];
                 if *readonly {
@@ -627,7 +627,13 @@ impl MountPlan {
                 size,
                 mode,
             } => {
-                let dest = sandbox_path(&format!("{field}.destination"), destination)?;
+                let dest = mount_destination(&format!("{field}.destination"), destination)?;
+                if *size == Some(0) {
+                    return Err(Error::invalid(
+                        format!("{field}.size"),
+                        "must be at least 1 byte (tmpfs would read 0 as no limit); leave it out for the default",
+                    ));
+                }
                 let size = size.map(|s| s.to_string());
                 let mode = format!("{:o}", mode.unwrap_or(0o755));
                 let mut opts = vec![(c"mode", mode.as_str())];
@@ -1248,6 +1254,20 @@ fn absolute_host_path(field: &str, path: &Path) -> Result<PathBuf> {
         ));
     }
     Ok(path.to_path_buf())
+}
+
+/// Where a mount of the spec goes: a sandbox path other than the root itself, which a mount
+/// cannot replace (the command's root is the tree below it).
+fn mount_destination(field: &str, path: &str) -> Result<String> {
+    let dest = sandbox_path(field, path)?;
+    if dest == "/" {
+        return Err(Error::invalid(
+            field,
+            "a mount cannot replace the root: make a directory the root with filesystem.root \
+             (--rootfs DIR), or layer it with an overlay root (--overlay)",
+        ));
+    }
+    Ok(dest)
 }
 
 /// A path inside the sandbox: absolute, normalised, no `..`, no NUL.

@@ -81,6 +81,10 @@ impl Pool {
         if size == 0 {
             return Err(Error::invalid("pool size", "must be at least 1"));
         }
+        // The jobs' limit, which the sandboxes started ahead do not use.
+        if let Some(t) = spec.timeout {
+            crate::sandbox::check_seconds("timeout", t)?;
+        }
         let first = start(spec)?;
         let shared = Arc::new(Shared {
             spec: spec.clone(),
@@ -112,10 +116,13 @@ impl Pool {
 
     /// Waits up to `timeout` until the pool is full; true if it is.
     pub fn wait_full(&self, timeout: Duration) -> bool {
-        let until = Instant::now() + timeout;
+        // A timeout past what the clock can represent waits as long as it takes.
+        let until = Instant::now().checked_add(timeout);
         let mut state = self.shared.lock();
         while state.ready.len() < self.shared.size {
-            let left = until.saturating_duration_since(Instant::now());
+            let left = until.map_or(Duration::MAX, |u| {
+                u.saturating_duration_since(Instant::now())
+            });
             if left.is_zero() {
                 return false;
             }
@@ -140,11 +147,8 @@ impl Pool {
         if process.args.is_empty() {
             return Err(Error::invalid("process.args", "must name a command"));
         }
-        if timeout.is_some_and(|t| !(t.is_finite() && t > 0.0)) {
-            return Err(Error::invalid(
-                "timeout",
-                "must be a positive number of seconds",
-            ));
+        if let Some(t) = timeout {
+            crate::sandbox::check_seconds("timeout", t)?;
         }
         // The job counts as running from before a sandbox is taken (so the refill, woken by the
         // taking, already sees it) until its result is in or its handle dropped.

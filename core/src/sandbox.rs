@@ -197,6 +197,9 @@ pub struct Child {
     reap_later: bool,
     /// Held until the result is in: a pool job's place among the pool's running jobs.
     pub(crate) job: Option<crate::pool::Running>,
+    /// What [`result_fd`](Self::result_fd) gives where a time limit is watched: made at its
+    /// first call.
+    wake: std::sync::OnceLock<Option<Wake>>,
     /// The write end of the command's stdin, when it is a pipe.
     pub stdin: Option<File>,
     /// The read end of the command's stdout, when it is a pipe.
@@ -473,6 +476,22 @@ fn image_user(user: &str, layers: &[std::path::PathBuf]) -> Result<(u32, Option<
     Ok((uid, gid))
 }
 
+/// The longest time limit a spec may set, in seconds (about 31 years): beyond it a deadline is
+/// no longer a point in time the clocks can represent.
+pub(crate) const MAX_SECONDS: f64 = 1e9;
+
+/// A time limit in seconds must be a positive number no larger than [`MAX_SECONDS`].
+pub(crate) fn check_seconds(field: &str, t: f64) -> Result<()> {
+    if t.is_finite() && t > 0.0 && t <= MAX_SECONDS {
+        Ok(())
+    } else {
+        Err(Error::invalid(
+            field,
+            format!("must be a positive number of seconds up to {MAX_SECONDS:e}, got {t}"),
+        ))
+    }
+}
+
 fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     let image = resolve_image(spec)?;
     let spec = image.as_ref().map_or(spec, |(s, _)| s);
@@ -491,12 +510,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     }
     let argv = to_cstrings("process.args", &p.args)?;
     if let Some(t) = spec.timeout {
-        if !(t.is_finite() && t > 0.0) {
-            return Err(Error::invalid(
-                "timeout",
-                format!("must be a positive number of seconds, got {t}"),
-            ));
-        }
+        check_seconds("timeout", t)?;
     }
     let ns = &spec.namespaces;
     if !ns.mount.wanted()
@@ -505,6 +519,15 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         return Err(Error::invalid(
             "namespaces.mount",
             "a rootfs or mounts need the mount namespace",
+        ));
+    }
+    if !ns.uts.wanted() && spec.hostname != crate::spec::DEFAULT_HOSTNAME {
+        return Err(Error::invalid(
+            "hostname",
+            format!(
+                "{:?} needs the sandbox's own UTS namespace, and namespaces.uts is off",
+                spec.hostname
+            ),
         ));
     }
     let caller = (sys::getuid(), sys::getgid());
@@ -1095,11 +1118,7 @@ fn validate_limits(l: &Limits) -> Result<()> {
         )?;
     }
     if let Some(t) = l.cpu_time {
-        positive(
-            "cpu_time",
-            t.is_finite() && t > 0.0,
-            format!("must be a positive number of seconds, got {t}"),
-        )?;
+        check_seconds("limits.cpu_time", t)?;
     }
     if l.level == Want::Off {
         return Err(Error::invalid(
@@ -1387,6 +1406,10 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
             break;
         }
         let failure = Failure::from_bytes(&buf);
+        if failure.step == crate::landlock::RULE_SKIPPED {
+            note_rule_skipped(&mut report, &plan, failure);
+            continue;
+        }
         let overlay = plan
             .mounts
             .as_ref()
@@ -1449,6 +1472,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         home,
         early_exit,
         reap_later: false,
+        wake: std::sync::OnceLock::new(),
         job: None,
         finished: None,
         timed_out: false,
@@ -1796,14 +1820,27 @@ impl Child {
         self.pidfd.as_raw_fd()
     }
 
-    /// A descriptor that becomes readable (poll(2)) once [`try_wait`](Self::try_wait) has a
-    /// result to give: the sandbox's status pipe when the result comes with the command's
-    /// status, ahead of the init's exit and the namespaces' teardown; else the pidfd.
+    /// A descriptor for an event loop: it becomes readable (poll(2)) when
+    /// [`try_wait`](Self::try_wait) has something to do, which it then does. That is when the
+    /// result is there (the sandbox's status pipe, when the result comes with the command's
+    /// status ahead of the init's exit and the namespaces' teardown; else the pidfd) and, where
+    /// the spec sets a wall-clock or CPU-time limit, when a limit is due to be checked (the
+    /// deadline; every 20 ms for CPU time), so that the limits hold for a caller that only
+    /// polls this and calls `try_wait`. Owned by the child.
     pub fn result_fd(&self) -> RawFd {
-        if self.early_exit {
+        let plain = if self.early_exit {
             self.status_r.as_raw_fd()
         } else {
             self.pidfd.as_raw_fd()
+        };
+        if self.deadline.is_none() && !self.cpu_watch() {
+            return plain;
+        }
+        // Without its descriptors (none left), the plain one: try_wait still checks the limits
+        // each time it is called.
+        match self.wake.get_or_init(|| Wake::new(self).ok()) {
+            Some(w) => w.epoll.as_raw_fd(),
+            None => plain,
         }
     }
 
@@ -1847,7 +1884,14 @@ impl Child {
 
     /// Like [`wait`](Self::wait), giving up after `timeout` (the sandbox keeps running).
     pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<RunResult>> {
-        let until = Instant::now() + timeout;
+        // A timeout past what the clock can represent: an hour at a time, for as long as it takes.
+        let Some(until) = Instant::now().checked_add(timeout) else {
+            loop {
+                if let Some(r) = self.wait_timeout(Duration::from_secs(3600))? {
+                    return Ok(Some(r));
+                }
+            }
+        };
         loop {
             if let Some(r) = self.try_wait()? {
                 return Ok(Some(r));
@@ -1892,6 +1936,9 @@ impl Child {
 
     /// Returns the result if the sandbox has exited, without blocking.
     pub fn try_wait(&mut self) -> Result<Option<RunResult>> {
+        if let Some(Some(w)) = self.wake.get() {
+            w.drain();
+        }
         if let Some(r) = &self.finished {
             return Ok(Some(RunResult {
                 report: self.report.clone(),
@@ -1997,6 +2044,10 @@ impl Child {
             // No record: the init was killed; its exit says how (the waitid path).
             _ => {
                 self.early_exit = false;
+                if let Some(Some(w)) = self.wake.get() {
+                    // At its end the pipe stays readable: from now on the pidfd says when.
+                    w.forget(self.status_r.as_raw_fd());
+                }
                 Ok(None)
             }
         }
@@ -2192,7 +2243,19 @@ impl Child {
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Result<RunResult> {
         let captured = crate::capture::communicate(self, input, limit, every, interrupt)?;
-        let mut result = self.wait()?;
+        // The streams are closed (or were never pipes); the command may run on: `interrupt`
+        // keeps its say until the end.
+        let slice = every.min(Duration::from_secs(3600));
+        let mut interrupted = captured.interrupted;
+        let mut result = loop {
+            if let Some(r) = self.wait_timeout(slice)? {
+                break r;
+            }
+            if !interrupted && interrupt() {
+                interrupted = true;
+                self.kill(libc::SIGKILL)?;
+            }
+        };
         result.stdout = captured.stdout;
         result.stderr = captured.stderr;
         result.stdout_truncated = captured.stdout_truncated;
@@ -2205,6 +2268,91 @@ impl Child {
         self.finished = Some(result.clone());
         result.report = report;
         Ok(result)
+    }
+}
+
+/// The descriptors behind [`Child::result_fd`] where a limit is watched: an epoll set of the
+/// pidfd, the status pipe (for a result that comes with the command's status) and a timer at
+/// the next check of a limit.
+#[derive(Debug)]
+struct Wake {
+    epoll: OwnedFd,
+    timer: OwnedFd,
+}
+
+impl Wake {
+    fn new(child: &Child) -> std::result::Result<Wake, Errno> {
+        // SAFETY: plain syscalls; each new descriptor is owned at once.
+        let epoll = unsafe {
+            OwnedFd::from_raw_fd(sys::check_int(libc::epoll_create1(libc::EPOLL_CLOEXEC))?)
+        };
+        // SAFETY: as above.
+        let timer = unsafe {
+            OwnedFd::from_raw_fd(sys::check_int(libc::timerfd_create(
+                libc::CLOCK_MONOTONIC,
+                libc::TFD_CLOEXEC | libc::TFD_NONBLOCK,
+            ))?)
+        };
+        let wake = Wake { epoll, timer };
+        wake.watch(child.pidfd.as_raw_fd())?;
+        if child.early_exit {
+            wake.watch(child.status_r.as_raw_fd())?;
+        }
+        wake.watch(wake.timer.as_raw_fd())?;
+        // First at the deadline (or the first CPU check), then every 20 ms while CPU time is
+        // watched; Instant is CLOCK_MONOTONIC, as the timer.
+        let first = child.watch_interval().unwrap_or(Duration::ZERO);
+        let every = if child.cpu_watch() {
+            Duration::from_millis(20)
+        } else {
+            Duration::ZERO
+        };
+        let spec = |d: Duration| libc::timespec {
+            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_nsec: d.subsec_nanos() as libc::c_long,
+        };
+        let setting = libc::itimerspec {
+            it_interval: spec(every),
+            // Zero would disarm it: a deadline already passed fires at once.
+            it_value: spec(first.max(Duration::from_nanos(1))),
+        };
+        // SAFETY: setting is a valid itimerspec; the old value is not asked for.
+        sys::check_int(unsafe {
+            libc::timerfd_settime(wake.timer.as_raw_fd(), 0, &setting, std::ptr::null_mut())
+        })?;
+        Ok(wake)
+    }
+
+    fn watch(&self, fd: RawFd) -> std::result::Result<(), Errno> {
+        let mut event = libc::epoll_event {
+            events: libc::EPOLLIN as u32,
+            u64: fd as u64,
+        };
+        // SAFETY: event is a valid epoll_event for the call.
+        sys::check_int(unsafe {
+            libc::epoll_ctl(self.epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event)
+        })
+        .map(drop)
+    }
+
+    fn forget(&self, fd: RawFd) {
+        // SAFETY: EPOLL_CTL_DEL takes no event.
+        unsafe {
+            libc::epoll_ctl(
+                self.epoll.as_raw_fd(),
+                libc::EPOLL_CTL_DEL,
+                fd,
+                std::ptr::null_mut(),
+            )
+        };
+    }
+
+    /// Takes the timer's expirations, so the set is readable again only when something new is
+    /// due.
+    fn drain(&self) {
+        let mut count = [0u8; 8];
+        // SAFETY: count is a writable 8-byte buffer; the timer is non-blocking.
+        unsafe { libc::read(self.timer.as_raw_fd(), count.as_mut_ptr().cast(), 8) };
     }
 }
 
@@ -2279,6 +2427,22 @@ fn status_lost() -> Error {
     }
 }
 
+/// Records in the report a Landlock rule the command's process left out (its path is not in
+/// the sandbox): the access it would have granted is not granted.
+fn note_rule_skipped(report: &mut Report, plan: &Plan, note: Failure) {
+    let path = plan
+        .landlock
+        .as_ref()
+        .and_then(|l| l.rules.get(note.index as usize))
+        .map_or_else(|| "?".into(), |r| r.path.to_string_lossy().into_owned());
+    if let Some(entry) = report.features.iter_mut().find(|f| f.name == "landlock") {
+        entry.detail.push_str(&format!(
+            "; rule for {path} left out: not in the sandbox ({:?}), so nothing there is granted",
+            Errno::from_raw(note.errno)
+        ));
+    }
+}
+
 /// The background reaper of sandboxes whose result was taken before their init had exited.
 ///
 /// An init exits after its result is sent, and its exit tears the sandbox's namespaces down,
@@ -2292,7 +2456,7 @@ mod reaper {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::{channel, Sender};
-    use std::sync::{Mutex, OnceLock};
+    use std::sync::Mutex;
 
     use crate::cgroup::Cgroup;
     use crate::sys;
@@ -2313,8 +2477,16 @@ mod reaper {
         max: usize,
         /// Handed over to the thread and not yet reaped.
         pending: AtomicUsize,
-        /// The reaper thread's queue, started at the first hand-over; None if it could not start.
-        queue: OnceLock<Mutex<Option<Sender<Job>>>>,
+        /// The reaper thread's queue, started at the first hand-over in this process.
+        queue: Mutex<Option<Queue>>,
+    }
+
+    struct Queue {
+        /// The process whose thread it is: a child forked from it has no copy of the thread,
+        /// and starts its own.
+        pid: u32,
+        /// None if the thread could not start.
+        tx: Option<Sender<Job>>,
     }
 
     static REAPER: Reaper = Reaper::new(MAX_PENDING);
@@ -2333,29 +2505,31 @@ mod reaper {
             Reaper {
                 max,
                 pending: AtomicUsize::new(0),
-                queue: OnceLock::new(),
+                queue: Mutex::new(None),
             }
         }
 
         pub(super) fn hand_over(&'static self, job: Job) {
+            let sender = {
+                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
+                let pid = std::process::id();
+                if queue.as_ref().is_none_or(|q| q.pid != pid) {
+                    if queue.is_some() {
+                        // Forked: what the parent's thread had pending is not ours to reap.
+                        self.pending.store(0, Ordering::SeqCst);
+                    }
+                    *queue = Some(Queue {
+                        pid,
+                        tx: self.start_thread(),
+                    });
+                }
+                queue.as_ref().and_then(|q| q.tx.clone())
+            };
             let nofile = sys::soft_rlimit(sys::rlimit::NOFILE).unwrap_or(u64::MAX);
             if self.pending.fetch_add(1, Ordering::SeqCst) >= bound(self.max, nofile) {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
                 return reap(job);
             }
-            let queue = self.queue.get_or_init(|| {
-                let (tx, rx) = channel::<Job>();
-                let started = std::thread::Builder::new()
-                    .name("rsandbox-reaper".into())
-                    .spawn(move || {
-                        for job in rx {
-                            reap(job);
-                            self.pending.fetch_sub(1, Ordering::SeqCst);
-                        }
-                    });
-                Mutex::new(started.ok().map(|_| tx))
-            });
-            let sender = queue.lock().ok().and_then(|q| q.clone());
             let refused = match sender {
                 Some(tx) => tx.send(job).err().map(|e| e.0),
                 None => Some(job),
@@ -2364,6 +2538,21 @@ mod reaper {
                 self.pending.fetch_sub(1, Ordering::SeqCst);
                 reap(job);
             }
+        }
+
+        /// Starts the thread that reaps what is queued; None if it cannot start.
+        fn start_thread(&'static self) -> Option<Sender<Job>> {
+            let (tx, rx) = channel::<Job>();
+            std::thread::Builder::new()
+                .name("rsandbox-reaper".into())
+                .spawn(move || {
+                    for job in rx {
+                        reap(job);
+                        self.pending.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+                .ok()
+                .map(|_| tx)
         }
 
         /// How many are handed over and not yet reaped.

@@ -190,6 +190,9 @@ impl Default for CgroupSpec {
     }
 }
 
+/// The sandbox's host name unless the spec sets one.
+pub(crate) const DEFAULT_HOSTNAME: &str = "rsandbox";
+
 impl Default for Spec {
     fn default() -> Self {
         Spec {
@@ -197,7 +200,7 @@ impl Default for Spec {
             user: User::default(),
             namespaces: Namespaces::default(),
             filesystem: Filesystem::default(),
-            hostname: "rsandbox".into(),
+            hostname: DEFAULT_HOSTNAME.into(),
             network: Network::None,
             timeout: None,
             die_with_parent: true,

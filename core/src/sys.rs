@@ -202,7 +202,7 @@ fn check(ret: c_long) -> SysResult<c_long> {
 }
 
 #[inline]
-fn check_int(ret: c_int) -> SysResult<c_int> {
+pub fn check_int(ret: c_int) -> SysResult<c_int> {
     if ret < 0 {
         Err(Errno::last())
     } else {

@@ -67,10 +67,18 @@ fn without_delegation_limits_are_refused_or_reported_with_their_fallback() {
         "{e}"
     );
 
+    // A required CPU-time budget alone fails the same way: per-process RLIMIT_CPU is only its
+    // best-effort fallback.
+    let mut cpu_only = spec.clone();
+    cpu_only.limits.memory = None;
+    cpu_only.limits.cpu_time = Some(5.0);
+    let e = rsandbox::spawn(&cpu_only).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+
     // Best-effort: the run goes ahead, the report says what is not enforced, and the rlimit
     // fallbacks are in force inside.
     spec.limits.level = Want::BestEffort;
-    spec.limits.cpu_time = Some(5.0);
+    spec.limits.cpu_time = Some(4.2);
     spec.process.args = vec!["/bin/sh".into(), "-c".into(), "ulimit -v; ulimit -t".into()];
     let r = run(&spec);
     assert_eq!(
@@ -83,10 +91,10 @@ fn without_delegation_limits_are_refused_or_reported_with_their_fallback() {
     let mem = r.report.feature("limit.memory").unwrap();
     assert_eq!(mem.status, Status::Skipped);
     assert!(mem.detail.contains("RLIMIT_AS"), "{mem:?}");
-    assert_eq!(
-        r.report.feature("limit.cpu-time").unwrap().status,
-        Status::Skipped
-    );
+    let cpu = r.report.feature("limit.cpu-time").unwrap();
+    assert_eq!(cpu.status, Status::Skipped);
+    // 4.2 s is enforced as 5 whole seconds (ulimit -t above), and the report says so.
+    assert!(cpu.detail.contains("RLIMIT_CPU = 5 s"), "{cpu:?}");
     assert!(r.usage.memory_peak_source.starts_with("ru_maxrss"));
 }
 

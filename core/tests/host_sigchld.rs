@@ -9,8 +9,10 @@ mod common;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use common::{out, sh, skip, subordinate_ids_missing};
-use rsandbox::{ExitStatus, IdMapping, Status, Verdict};
+use std::time::Duration;
+
+use common::{busybox_rootfs, fuse_usable, gone_within, out, sh, skip, subordinate_ids_missing};
+use rsandbox::{ExitStatus, IdMapping, Overlay, OverlayDriver, Root, Spec, Status, Upper, Verdict};
 
 /// Children reaped by the host's handler, sandboxes' or not.
 static REAPED: AtomicUsize = AtomicUsize::new(0);
@@ -80,6 +82,43 @@ fn every_result_arrives(host: &str, usage: Usage) {
             );
             assert_eq!(out(&r).trim(), "4", "{host}");
         }
+    }
+    // A fuse-overlayfs root: its daemon is another child of this process, stopped and waited
+    // for when the sandbox has ended (and whose exit the host may take first).
+    if let Some(lower) = busybox_rootfs().filter(|_| fuse_usable()) {
+        let mut spec = Spec::new([
+            "/bin/sh",
+            "-c",
+            "echo layered > /etc/written; cat /etc/marker /etc/written; exit 6",
+        ]);
+        spec.filesystem.root = Root::Overlay(Overlay {
+            lowers: vec![lower.path().to_path_buf()],
+            image: None,
+            upper: Upper::default(),
+            driver: OverlayDriver::Fuse,
+        });
+        spec.timeout = Some(60.0);
+        let r = rsandbox::run(&spec).unwrap_or_else(|e| panic!("{host}, fuse-overlayfs: {e}"));
+        assert_eq!(
+            r.status,
+            ExitStatus::Exited(6),
+            "{host}, fuse-overlayfs: {}",
+            common::err(&r)
+        );
+        assert_eq!(
+            out(&r),
+            "busybox-rootfs\nlayered\n",
+            "{host}, fuse-overlayfs"
+        );
+        assert!(
+            !lower.path().join("etc/written").exists(),
+            "{host}: the write reached the lower layer"
+        );
+        // Its command line names the lower layer.
+        assert!(
+            gone_within(&lower.arg(), Duration::from_secs(10)),
+            "{host}: fuse-overlayfs still runs after the sandbox ended"
+        );
     }
     for (round, template) in [false, true, true, false].into_iter().enumerate() {
         let what = format!("{host}, round {round}, template {template}");

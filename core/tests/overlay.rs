@@ -60,24 +60,6 @@ fn overlay_spec(l: &Layers, driver: OverlayDriver, upper: Upper, script: &str) -
     spec
 }
 
-/// Whether fuse-overlayfs can run here; skips (or fails under RSANDBOX_MUST_WORK) otherwise.
-fn fuse_usable() -> bool {
-    if !Path::new("/usr/bin/fuse-overlayfs").exists() {
-        skip("fuse-overlayfs is not installed (apt-get install fuse-overlayfs)");
-        return false;
-    }
-    if std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/fuse")
-        .is_err()
-    {
-        skip("/dev/fuse is not accessible read-write (chmod 0666 /dev/fuse; scripts/test does)");
-        return false;
-    }
-    true
-}
-
 fn drivers() -> Vec<OverlayDriver> {
     let mut d = vec![OverlayDriver::Kernel];
     if fuse_usable() {

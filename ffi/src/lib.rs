@@ -167,6 +167,7 @@ unsafe fn config_ref<'a>(cfg: *const sbx_config) -> Result<&'a sbx_config, sbx_r
     unsafe { cfg.as_ref() }.ok_or_else(|| fail_with(sbx_result::SBX_ERR_NULL, "config is NULL"))
 }
 
+/// Checks an output pointer and sets `*out` to NULL, which is what a failure leaves there.
 fn out_ptr<T>(out: *mut *mut T) -> Result<(), sbx_result> {
     if out.is_null() {
         Err(fail_with(
@@ -174,6 +175,8 @@ fn out_ptr<T>(out: *mut *mut T) -> Result<(), sbx_result> {
             "output pointer is NULL",
         ))
     } else {
+        // SAFETY: out is non-NULL and, by the interface's contract, writable.
+        unsafe { *out = std::ptr::null_mut() };
         Ok(())
     }
 }
@@ -373,6 +376,27 @@ pub unsafe extern "C" fn sbx_config_set_str(
             }
             "overlay_lower" | "upper" | "overlay_driver" | "image" | "image_tag"
             | "image_store" => {
+                // Refused settings change nothing: check before the root becomes an overlay.
+                let driver = match (name, value) {
+                    ("overlay_driver", "auto") => Some(rsandbox::OverlayDriver::Auto),
+                    ("overlay_driver", "kernel") => Some(rsandbox::OverlayDriver::Kernel),
+                    ("overlay_driver", "fuse") => Some(rsandbox::OverlayDriver::Fuse),
+                    ("overlay_driver", other) => {
+                        return fail_with(
+                            sbx_result::SBX_ERR_INVALID_SPEC,
+                            &format!("overlay_driver: unknown driver {other:?}"),
+                        )
+                    }
+                    _ => None,
+                };
+                let has_image =
+                    matches!(&spec.filesystem.root, Root::Overlay(ov) if ov.image.is_some());
+                if matches!(name, "image_tag" | "image_store") && !has_image {
+                    return fail_with(
+                        sbx_result::SBX_ERR_INVALID_SPEC,
+                        &format!("{name} needs \"image\" first"),
+                    );
+                }
                 let ov = match &mut spec.filesystem.root {
                     Root::Overlay(ov) => ov,
                     root => {
@@ -386,19 +410,7 @@ pub unsafe extern "C" fn sbx_config_set_str(
                 match name {
                     "overlay_lower" => ov.lowers.push(value.into()),
                     "upper" => ov.upper = rsandbox::Upper::Persistent { path: value.into() },
-                    "overlay_driver" => {
-                        ov.driver = match value {
-                            "auto" => rsandbox::OverlayDriver::Auto,
-                            "kernel" => rsandbox::OverlayDriver::Kernel,
-                            "fuse" => rsandbox::OverlayDriver::Fuse,
-                            other => {
-                                return fail_with(
-                                    sbx_result::SBX_ERR_INVALID_SPEC,
-                                    &format!("overlay_driver: unknown driver {other:?}"),
-                                )
-                            }
-                        }
-                    }
+                    "overlay_driver" => ov.driver = driver.unwrap_or_default(),
                     "image" => {
                         ov.image = Some(rsandbox::ImageSource {
                             layout: value.into(),
@@ -407,16 +419,12 @@ pub unsafe extern "C" fn sbx_config_set_str(
                         })
                     }
                     _ => {
-                        let Some(img) = ov.image.as_mut() else {
-                            return fail_with(
-                                sbx_result::SBX_ERR_INVALID_SPEC,
-                                &format!("{name} needs \"image\" first"),
-                            );
-                        };
-                        if name == "image_tag" {
-                            img.tag = Some(value.into());
-                        } else {
-                            img.store = Some(value.into());
+                        if let Some(img) = ov.image.as_mut() {
+                            if name == "image_tag" {
+                                img.tag = Some(value.into());
+                            } else {
+                                img.store = Some(value.into());
+                            }
                         }
                     }
                 }
@@ -484,33 +492,48 @@ pub unsafe extern "C" fn sbx_config_set_num(
                 &format!("{name}: {value} is not a non-negative number"),
             );
         }
-        let int = value as u64;
+        // Whole numbers up to `max`, for the settings that take them; never a silent truncation.
+        let whole = |max: f64| {
+            if value.fract() == 0.0 && value <= max {
+                Ok(value as u64)
+            } else {
+                Err(fail_with(
+                    sbx_result::SBX_ERR_INVALID_SPEC,
+                    &format!("{name}: {value} is not a whole number from 0 to {max}"),
+                ))
+            }
+        };
+        let int = || whole(u64::MAX as f64);
+        let id = || whole(f64::from(u32::MAX - 1)).map(|v| v as u32);
+        let fd = || whole(f64::from(i32::MAX)).map(|v| v as i32);
+        let flag = || whole(1.0).map(|v| v == 1);
         let spec = &mut cfg.spec;
         match name {
-            "uid" => spec.user.uid = Some(int as u32),
-            "gid" => spec.user.gid = Some(int as u32),
+            "uid" => spec.user.uid = Some(try_ffi!(id())),
+            "gid" => spec.user.gid = Some(try_ffi!(id())),
             "timeout" => spec.timeout = Some(value),
-            "output_limit" => spec.output_limit = Some(int),
-            "memory" => spec.limits.memory = Some(int),
-            "memory_swap" => spec.limits.memory_swap = Some(int),
-            "pids" => spec.limits.pids = Some(int),
+            "output_limit" => spec.output_limit = Some(try_ffi!(int())),
+            "memory" => spec.limits.memory = Some(try_ffi!(int())),
+            "memory_swap" => spec.limits.memory_swap = Some(try_ffi!(int())),
+            "pids" => spec.limits.pids = Some(try_ffi!(int())),
             "cpus" => spec.limits.cpus = Some(value),
-            "cpu_weight" => spec.limits.cpu_weight = Some(int),
+            "cpu_weight" => spec.limits.cpu_weight = Some(try_ffi!(int())),
             "cpu_time" => spec.limits.cpu_time = Some(value),
             "limits_best_effort" => {
-                spec.limits.level = if int != 0 {
+                spec.limits.level = if try_ffi!(flag()) {
                     Want::BestEffort
                 } else {
                     Want::Required
                 }
             }
-            "allow_nested_userns" => spec.security.allow_nested_userns = int != 0,
-            "mask_proc" => spec.security.mask_proc = int != 0,
-            "template" => spec.filesystem.template = int != 0,
-            "die_with_parent" => spec.die_with_parent = int != 0,
+            "allow_nested_userns" => spec.security.allow_nested_userns = try_ffi!(flag()),
+            "mask_proc" => spec.security.mask_proc = try_ffi!(flag()),
+            "template" => spec.filesystem.template = try_ffi!(flag()),
+            "die_with_parent" => spec.die_with_parent = try_ffi!(flag()),
             "upper_size" => {
+                let size = try_ffi!(int());
                 if let Root::Overlay(ov) = &mut spec.filesystem.root {
-                    ov.upper = rsandbox::Upper::Ephemeral { size: Some(int) };
+                    ov.upper = rsandbox::Upper::Ephemeral { size: Some(size) };
                 } else {
                     return fail_with(
                         sbx_result::SBX_ERR_INVALID_SPEC,
@@ -518,11 +541,15 @@ pub unsafe extern "C" fn sbx_config_set_num(
                     );
                 }
             }
-            "stdin_fd" => spec.process.stdin = rsandbox::Stdio::Fd(int as i32),
-            "stdout_fd" => spec.process.stdout = rsandbox::Stdio::Fd(int as i32),
-            "stderr_fd" => spec.process.stderr = rsandbox::Stdio::Fd(int as i32),
+            "stdin_fd" => spec.process.stdin = rsandbox::Stdio::Fd(try_ffi!(fd())),
+            "stdout_fd" => spec.process.stdout = rsandbox::Stdio::Fd(try_ffi!(fd())),
+            "stderr_fd" => spec.process.stderr = rsandbox::Stdio::Fd(try_ffi!(fd())),
             ns if ns.starts_with("namespace.") => {
-                let want = if int != 0 { Want::Required } else { Want::Off };
+                let want = if try_ffi!(flag()) {
+                    Want::Required
+                } else {
+                    Want::Off
+                };
                 let n = &mut spec.namespaces;
                 match &ns["namespace.".len()..] {
                     "user" => n.user = want,
@@ -542,7 +569,7 @@ pub unsafe extern "C" fn sbx_config_set_num(
                 }
             }
             "landlock" => {
-                spec.security.landlock.want = match int {
+                spec.security.landlock.want = match try_ffi!(whole(2.0)) {
                     0 => Want::Off,
                     1 => Want::BestEffort,
                     _ => Want::Required,
@@ -872,7 +899,9 @@ pub unsafe extern "C" fn sbx_child_freeze(child: *mut sbx_child, frozen: bool) -
     })
 }
 
-/// Frees a child handle; a sandbox still running is killed and reaped. NULL is a no-op.
+/// Frees a child handle; a sandbox still running is killed and reaped, unless its configuration
+/// set "die_with_parent" to 0: then it runs on as a child of this process, which reaps its init
+/// (sbx_child_pid) with waitpid(pid, &status, __WALL). NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn sbx_child_free(child: *mut sbx_child) {
     if !child.is_null() {
@@ -974,19 +1003,22 @@ unsafe fn bytes(data: Option<&[u8]>, len: *mut usize) -> *const u8 {
         // SAFETY: len is non-NULL and writable.
         unsafe { *len = data.map_or(0, <[u8]>::len) };
     }
-    data.map_or(std::ptr::null(), <[u8]>::as_ptr)
+    match data {
+        None => std::ptr::null(),
+        // Captured but empty: a valid address all the same, never a dangling one.
+        Some([]) => c"".as_ptr().cast(),
+        Some(d) => d.as_ptr(),
+    }
 }
 
 /// Whether stdout (stream 1) or stderr (stream 2) was cut at the output limit.
 #[no_mangle]
 pub unsafe extern "C" fn sbx_result_truncated(r: *const sbx_run_result, stream: c_int) -> bool {
     // SAFETY: result_ref handles NULL.
-    unsafe { result_ref(r) }.is_some_and(|r| {
-        if stream == 2 {
-            r.result.stderr_truncated
-        } else {
-            r.result.stdout_truncated
-        }
+    unsafe { result_ref(r) }.is_some_and(|r| match stream {
+        1 => r.result.stdout_truncated,
+        2 => r.result.stderr_truncated,
+        _ => false,
     })
 }
 

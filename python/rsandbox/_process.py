@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import codecs
 import io
 import json
 import os
@@ -81,24 +82,35 @@ class Result:
 
 
 def _result(args: List[str], raw: str, report: str, out: Optional[bytes], err: Optional[bytes],
-            decode: Callable[[Optional[bytes]], Any]) -> Result:
+            decode: Callable[[Optional[bytes], bool], Any]) -> Result:
     r = json.loads(raw)
     status = r["status"]
     sig = status.get("signaled")
     code = status["exited"] if "exited" in status else -sig
     u = r["usage"]
-    return Result(args=args, returncode=code, stdout=decode(out), stderr=decode(err), signal=sig,
+    stdout, stderr = decode(out, r["stdout_truncated"]), decode(err, r["stderr_truncated"])
+    return Result(args=args, returncode=code, stdout=stdout, stderr=stderr, signal=sig,
                   verdict=r["verdict"], wall_time=u["wall_time"], cpu_time=u["cpu_time"],
                   memory_peak=u["memory_peak"], oom_killed=u["oom_kills"] > 0,
                   timed_out=r["timed_out"], truncated=r["stdout_truncated"] or r["stderr_truncated"],
                   usage=u, _report_json=report)
 
 
-def _decoder(text: bool, encoding: Optional[str], errors: Optional[str]) -> Callable[[Optional[bytes]], Any]:
+def _decoder(text: bool, encoding: Optional[str],
+             errors: Optional[str]) -> Callable[[Optional[bytes], bool], Any]:
+    """Decodes a captured stream (bytes as they are without text mode); `cut`: the output limit
+    cut it, and a character split by the cut is left out rather than failing the whole result."""
     if not (text or encoding or errors):
-        return lambda b: b
+        return lambda b, cut: b
     enc, errs = encoding or "utf-8", errors or "strict"
-    return lambda b: None if b is None else b.decode(enc, errs)
+
+    def decode(b: Optional[bytes], cut: bool) -> Optional[str]:
+        if b is None:
+            return None
+        if cut:
+            return codecs.getincrementaldecoder(enc)(errs).decode(b, final=False)
+        return b.decode(enc, errs)
+    return decode
 
 
 def _stream(value: Any, name: str) -> Any:
@@ -193,7 +205,10 @@ def _timeout(value: Any, name: str = "timeout") -> Optional[float]:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
         raise config_error(f"{name}: expected a non-negative number of seconds, got {value!r}")
-    return float(value)
+    try:
+        return float(value)
+    except OverflowError:
+        raise config_error(f"{name}: {value!r} seconds is too large") from None
 
 
 class Process:
@@ -385,7 +400,7 @@ class Process:
 
     def _collected(self) -> Tuple[Any, Any]:
         joined = [b"".join(self._chunks[s]) if s in self._chunks else None for s in (1, 2)]
-        return self._decode(joined[0]), self._decode(joined[1])
+        return self._decode(joined[0], self._truncated), self._decode(joined[1], self._truncated)
 
     @staticmethod
     def _close(f: IO[Any]) -> None:

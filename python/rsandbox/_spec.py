@@ -34,6 +34,8 @@ def parse_size(value: Any, name: str) -> int:
             raise config_error(f"{name}: not a size: {value!r}") from None
     if n <= 0:
         raise config_error(f"{name}: must be positive, got {value!r}")
+    if n >= 1 << 64:
+        raise config_error(f"{name}: {value!r} is more than 2**64 bytes")
     return n
 
 
@@ -43,7 +45,11 @@ def _number(value: Any, name: str, *, integer: bool = False) -> Union[int, float
         kind = "an int" if integer else "a number"
         raise config_error(f"{name}: expected {kind}, got {type(value).__name__}")
     number: Union[int, float] = value
-    if not number > 0 or number == float("inf"):
+    try:
+        finite = float(number) != float("inf")
+    except OverflowError:  # an int too large for a float
+        finite = False
+    if not number > 0 or not finite or (integer and number >= 1 << 64):
         raise config_error(f"{name}: must be positive and finite, got {value!r}")
     return number
 

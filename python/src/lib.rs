@@ -123,7 +123,8 @@ impl NativeProcess {
         if let State::Finished { result, report } = &*self.lock() {
             return Ok(Some((result.clone(), report.clone(), None, None)));
         }
-        let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.max(0.0)));
+        // No deadline for a timeout too large for the clock (inf included).
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(seconds(t)));
         loop {
             let slice = match deadline {
                 Some(d) => d
@@ -222,6 +223,11 @@ fn interruptible(
     Ok(outcome(py, r))
 }
 
+/// A timeout in seconds as a Duration: none below zero (NaN included), saturating above.
+fn seconds(t: f64) -> Duration {
+    Duration::try_from_secs_f64(t.max(0.0)).unwrap_or(Duration::MAX)
+}
+
 /// How often a blocked run or wait lets Python handle its signals.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 
@@ -287,7 +293,7 @@ impl NativePool {
 
     /// Waits up to `timeout` seconds for the pool to be full.
     fn wait_full(&self, py: Python<'_>, timeout: f64) -> bool {
-        let t = Duration::from_secs_f64(timeout.max(0.0));
+        let t = seconds(timeout);
         py.detach(|| self.pool.wait_full(t))
     }
 

@@ -57,6 +57,36 @@ static void test_run_captures_output_and_status(void) {
     sbx_config_free(cfg);
 }
 
+/* The output limit: which stream was cut, and an empty captured stream is a valid (non-NULL)
+   address with length 0, where a stream not captured is NULL. */
+static void test_output_limit(void) {
+    sbx_config *cfg = config_for("echo 123456789");
+    CHECK(sbx_config_set_num(cfg, "output_limit", 4) == SBX_OK);
+    sbx_run_result *res = NULL;
+    CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_OK);
+    if (res != NULL) {
+        size_t len = 99;
+        const uint8_t *out = sbx_result_stdout(res, &len);
+        CHECK(len == 4 && out != NULL && memcmp(out, "1234", 4) == 0);
+        CHECK(sbx_result_truncated(res, 1));
+        CHECK(!sbx_result_truncated(res, 2));
+        CHECK(!sbx_result_truncated(res, 0) && !sbx_result_truncated(res, 9));
+        CHECK(sbx_result_verdict(res) == SBX_VERDICT_OUTPUT_LIMIT);
+        len = 99;
+        CHECK(sbx_result_stderr(res, &len) != NULL && len == 0);
+        sbx_result_free(res);
+    }
+    CHECK(sbx_config_set_str(cfg, "stderr", "null") == SBX_OK);
+    res = NULL;
+    CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_OK);
+    if (res != NULL) {
+        size_t len = 99;
+        CHECK(sbx_result_stderr(res, &len) == NULL && len == 0);
+        sbx_result_free(res);
+    }
+    sbx_config_free(cfg);
+}
+
 static void test_settings(void) {
     sbx_config *cfg = config_for("echo $GREETING; hostname; id -u; pwd");
     CHECK(sbx_config_set_env(cfg, "GREETING", "hi") == SBX_OK);
@@ -154,6 +184,33 @@ static void test_result_fd(void) {
     CHECK(sbx_child_result_fd(NULL) == -1);
     sbx_child_free(child);
     sbx_config_free(cfg);
+
+    /* With a wall-clock limit, an event loop that only polls the descriptor and waits with a
+     * zero timeout still has the limit enforced: the descriptor wakes at the deadline. */
+    cfg = config_for("sleep 5; exit 0");
+    CHECK(sbx_config_set_num(cfg, "timeout", 0.3) == SBX_OK);
+    child = NULL;
+    CHECK(sbx_spawn(cfg, &child) == SBX_OK);
+    if (child != NULL) {
+        sbx_run_result *res = NULL;
+        int wakes = 0;
+        while (res == NULL && wakes < 50) {
+            struct pollfd p = {.fd = sbx_child_result_fd(child), .events = POLLIN};
+            if (poll(&p, 1, 10000) != 1)
+                break;
+            wakes++;
+            if (sbx_child_wait(child, 0, &res) != SBX_OK)
+                CHECK(res == NULL);
+        }
+        /* The deadline, then the result: a few wake-ups, not a busy loop. */
+        CHECK(res != NULL && wakes <= 5);
+        CHECK(res != NULL && sbx_result_verdict(res) == SBX_VERDICT_WALL_TIMEOUT);
+        CHECK(res != NULL && sbx_result_signal(res) == SIGKILL);
+        CHECK(res != NULL && sbx_result_wall_time(res) < 3.0);
+        sbx_result_free(res);
+    }
+    sbx_child_free(child);
+    sbx_config_free(cfg);
 }
 
 static void test_timeout_verdict(void) {
@@ -213,6 +270,41 @@ static void test_errors(void) {
 
     CHECK(sbx_config_from_json("{\"process\": {\"argz\": []}}", &cfg) == SBX_ERR_INVALID_SPEC);
     CHECK(strstr(sbx_last_error_message(), "argz") != NULL);
+    /* A failure leaves NULL in *out, whatever was there. */
+    cfg = (sbx_config *)&passed;
+    CHECK(sbx_config_from_json("[", &cfg) == SBX_ERR_INVALID_SPEC);
+    CHECK(cfg == NULL);
+
+    /* Numbers are never rounded or wrapped into something else; a refused one changes nothing.
+     * Control: in-range values of each kind are taken. */
+    cfg = config_for("true");
+    CHECK(sbx_config_set_num(cfg, "uid", 4294967296.0) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_num(cfg, "gid", 5.5) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_num(cfg, "stdin_fd", 3e9) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_num(cfg, "namespace.pid", 0.5) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_num(cfg, "landlock", 7) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_num(cfg, "memory", 1e30) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_to_json(cfg, &js) == SBX_OK);
+    CHECK(js != NULL && strstr(js, "\"uid\": null") != NULL && strstr(js, "\"pid\": \"required\"") != NULL);
+    sbx_string_free(js);
+    CHECK(sbx_config_set_num(cfg, "uid", 1000) == SBX_OK);
+    CHECK(sbx_config_set_num(cfg, "namespace.ipc", 0) == SBX_OK);
+    CHECK(sbx_config_set_num(cfg, "landlock", 2) == SBX_OK);
+    CHECK(sbx_config_to_json(cfg, &js) == SBX_OK);
+    CHECK(js != NULL && strstr(js, "\"uid\": 1000") != NULL && strstr(js, "\"ipc\": \"off\"") != NULL);
+    sbx_string_free(js);
+    /* A refused string setting leaves the root as it was. */
+    CHECK(sbx_config_set_str(cfg, "rootfs", "/srv/root") == SBX_OK);
+    CHECK(sbx_config_set_str(cfg, "image_tag", "v1") == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_str(cfg, "overlay_driver", "bogus") == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_to_json(cfg, &js) == SBX_OK);
+    CHECK(js != NULL && strstr(js, "/srv/root") != NULL && strstr(js, "overlay") == NULL);
+    sbx_string_free(js);
+    /* A time limit past what a clock can hold is refused before anything starts. */
+    CHECK(sbx_config_set_num(cfg, "timeout", 1e20) == SBX_OK);
+    CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_ERR_INVALID_SPEC);
+    CHECK(strstr(sbx_last_error_message(), "timeout") != NULL);
+    sbx_config_free(cfg);
 
     CHECK(strlen(sbx_version()) > 0);
 }
@@ -315,6 +407,7 @@ int main(void) {
      * seccomp): SBX_TEST_NO_SPAWN=1 keeps to the calls that build, convert and refuse. */
     if (getenv("SBX_TEST_NO_SPAWN") == NULL) {
         test_run_captures_output_and_status();
+        test_output_limit();
         test_settings();
         test_spawn_wait_kill();
         test_timeout_verdict();

@@ -247,6 +247,95 @@ def test_ctrl_c_during_run_kills_the_sandbox(tmp_path):
     assert not marker.exists(), "the sandbox outlived the interrupt"
 
 
+@pytest.mark.parametrize("how", ["run", "run-devnull", "pool"])
+def test_ctrl_c_without_captured_output_kills_the_sandbox_at_once(how):
+    import subprocess
+    import time
+
+    start = time.monotonic()
+    _interrupt_after(0.5)
+    with pytest.raises(KeyboardInterrupt):
+        if how == "pool":
+            with rsandbox.Pool(1) as pool:
+                pool.run(["sleep", "30"])
+        else:
+            stdout = subprocess.DEVNULL if how == "run-devnull" else None
+            rsandbox.run(["sleep", "30"], stdout=stdout)
+    # Control of the timing: the command would have run 30 s.
+    assert time.monotonic() - start < 5
+
+
+def test_large_or_infinite_time_values():
+    # Past what a clock can hold: refused as configuration, not a crash.
+    for kwargs in ({"timeout": 1e300}, {"timeout": 10 ** 400},
+                   {"cpu_time": 1e300, "limits": "best-effort"}):
+        with pytest.raises(rsandbox.ConfigError):
+            rsandbox.run(["true"], **kwargs)
+    with pytest.raises(rsandbox.ConfigError):
+        rsandbox.run(["true"], memory=2 ** 70)
+    # An infinite wait is a wait without limit.
+    with rsandbox.Sandbox().spawn(["sh", "-c", "exit 3"]) as p:
+        assert p.wait(timeout=float("inf")) == 3
+    with rsandbox.Pool(1) as pool:
+        assert pool.wait_full(float("inf"))
+    # Control: the largest limit there is still runs.
+    assert rsandbox.run(["true"], timeout=1e9).returncode == 0
+
+
+def test_text_output_cut_inside_a_character_keeps_the_result():
+    # "aé" is 3 bytes in UTF-8: a 2-byte limit cuts the é in half.
+    r = rsandbox.run(["printf", "a\u00e9"], capture_output=True, text=True, output_limit=2)
+    assert r.stdout == "a" and r.truncated and r.verdict == "output-limit", r
+    with rsandbox.Pool(1, output_limit=2) as pool:
+        r = pool.run(["printf", "a\u00e9"], capture_output=True, text=True)
+        assert r.stdout == "a" and r.truncated, r
+    # Control: without the cut, the whole text; an invalid byte not at a cut still fails as
+    # subprocess's decoding does.
+    assert rsandbox.run(["printf", "a\u00e9"], capture_output=True, text=True).stdout == "a\u00e9"
+    with pytest.raises(UnicodeDecodeError):
+        rsandbox.run(["printf", "\\377"], capture_output=True, text=True)
+
+
+FORKED = r'''
+import os, sys
+import rsandbox
+
+rsandbox.run(["true"])
+pid = os.fork()
+if pid == 0:
+    code = 0
+    for _ in range(150):
+        code |= rsandbox.run(["true"]).returncode
+    import time
+    time.sleep(0.5)
+    zombies = 0
+    me = str(os.getpid())
+    for p in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{p}/stat").read().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if stat[1] == me and stat[0] == "Z":
+            zombies += 1
+    fds = len(os.listdir("/proc/self/fd"))
+    print(zombies, fds, flush=True)
+    os._exit(code)
+_, status = os.waitpid(pid, 0)
+sys.exit(os.waitstatus_to_exitcode(status))
+'''
+
+
+def test_a_forked_child_reaps_its_own_sandboxes():
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", FORKED], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r
+    zombies, fds = map(int, r.stdout.split())
+    # Without its own reaper, the child would hold 64 dying inits and a descriptor for each.
+    assert zombies <= 2 and fds < 20, r.stdout
+
+
 def test_no_descriptor_leaks_into_the_sandbox():
     r, w = os.pipe()
     os.set_inheritable(r, True)

@@ -766,7 +766,17 @@ fn exec_command(plan: &Plan) -> ! {
     }
     // Landlock needs no_new_privs (set above) and the final tree (built by the init).
     if let Some(ll) = &plan.landlock {
-        if let Err(e) = crate::landlock::apply(ll) {
+        // A rule left out is told to the caller, for the report.
+        let mut skipped = |index: usize, e: Errno| {
+            let note = Failure {
+                step: crate::landlock::RULE_SKIPPED,
+                errno: e as i32,
+                index: index as u32,
+                detail: 0,
+            };
+            let _ = sys::write_all(err_w, &note.to_bytes());
+        };
+        if let Err(e) = crate::landlock::apply(ll, &mut skipped) {
             die(Step::Landlock, e);
         }
     }

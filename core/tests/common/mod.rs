@@ -129,6 +129,24 @@ impl Drop for TempDir {
     }
 }
 
+/// Whether fuse-overlayfs can run here; skips (or fails under RSANDBOX_MUST_WORK) otherwise.
+pub fn fuse_usable() -> bool {
+    if !Path::new("/usr/bin/fuse-overlayfs").exists() {
+        skip("fuse-overlayfs is not installed (apt-get install fuse-overlayfs)");
+        return false;
+    }
+    if std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/fuse")
+        .is_err()
+    {
+        skip("/dev/fuse is not accessible read-write (chmod 0666 /dev/fuse; scripts/test does)");
+        return false;
+    }
+    true
+}
+
 /// A tiny rootfs made of static busybox, or None (with a skip) when busybox-static is missing.
 pub fn busybox_rootfs() -> Option<TempDir> {
     let busybox = ["/bin/busybox", "/usr/bin/busybox"]
