@@ -1127,3 +1127,69 @@ fn line_starting<'a>(text: &'a str, prefix: &str) -> &'a str {
         .find(|l| l.starts_with(prefix))
         .unwrap_or_default()
 }
+
+/// A resource limit above the hard limit names the resource, the values and the hard limit.
+#[test]
+fn an_rlimit_above_the_hard_limit_is_explained() {
+    // SAFETY: getrlimit fills a valid out-pointer.
+    let hard = unsafe {
+        let mut l: libc::rlimit = std::mem::zeroed();
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_max
+    };
+    if hard == libc::RLIM_INFINITY || hard >= 1 << 30 {
+        eprintln!("no finite hard limit on descriptors here: nothing to exceed");
+        return;
+    }
+    let over = (hard + 1).to_string();
+    let r = rsandbox(&["run", "--rlimit", &format!("nofile={over}"), "--", "true"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(
+        r.stderr.contains(&format!("RLIMIT_NOFILE, soft {over}"))
+            && r.stderr
+                .contains(&format!("the hard limit of nofile is {hard}")),
+        "{r:?}"
+    );
+    // Control: at the hard limit it runs.
+    let r = rsandbox(&["run", "--rlimit", &format!("nofile={hard}"), "--", "true"]);
+    assert_eq!(r.code, 0, "{r:?}");
+}
+
+/// A cgroup parent that is not in a cgroup2 filesystem is refused by name, before anything is
+/// made in it.
+#[test]
+fn a_cgroup_parent_outside_cgroup2_is_refused() {
+    let dir = TempDir::new("not-a-cgroup");
+    std::fs::write(dir.path().join("cgroup.procs"), "").unwrap();
+    let r = rsandbox(&[
+        "run",
+        "--cgroup-parent",
+        &dir.arg(),
+        "--memory",
+        "64M",
+        "--",
+        "true",
+    ]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(
+        r.stderr.contains("is not in a cgroup2 filesystem") && r.stderr.contains(&dir.arg()),
+        "{r:?}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert_eq!(left.len(), 1, "made in it: {left:?}");
+    let r = rsandbox(&[
+        "run",
+        "--cgroup-parent",
+        "/no-such-cgroup-rsbx",
+        "--memory",
+        "64M",
+        "--",
+        "true",
+    ]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert!(r.stderr.contains("does not exist"), "{r:?}");
+}

@@ -100,6 +100,27 @@ fn find_parent(explicit: Option<&Path>) -> std::result::Result<PathBuf, (String,
             None => return Err(("/proc/self/cgroup has no cgroup2 entry".into(), remedy())),
         },
     };
+    // A directory elsewhere (even one holding a file named cgroup.procs) is no cgroup.
+    match nix::sys::statfs::statfs(&parent) {
+        Ok(fs) if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => {}
+        Ok(_) => {
+            return Err((
+                format!(
+                    "{} ({source}) is not in a cgroup2 filesystem",
+                    parent.display()
+                ),
+                remedy(),
+            ))
+        }
+        Err(e) => {
+            let what = if e == Errno::ENOENT {
+                "does not exist".to_string()
+            } else {
+                format!("cannot be examined: {e:?}")
+            };
+            return Err((format!("{} ({source}) {what}", parent.display()), remedy()));
+        }
+    }
     let probe =
         CString::new(parent.join("cgroup.procs").as_os_str().as_bytes()).unwrap_or_default();
     // SAFETY: access() only reads the NUL-terminated path.
@@ -400,8 +421,47 @@ fn skipped_detail(status: Status, controller: &str, setting: String) -> String {
     }
 }
 
+/// Removes what sandboxes of processes that no longer exist left under `parent` (a process
+/// killed with SIGKILL cannot remove its sandboxes' cgroups): directories named as
+/// [`create_child`] names them, whose process is gone. The kernel refuses to remove one that
+/// still has processes or cgroups below it, so a sandbox that outlived its caller keeps its own.
+/// Once per parent in a process's life.
+fn sweep_leftovers(parent: &Path) {
+    static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    {
+        let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+        if swept.iter().any(|p| p == parent) {
+            return;
+        }
+        swept.push(parent.to_path_buf());
+    }
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("rsandbox-"))
+            .and_then(|rest| rest.split_once('-'))
+            .filter(|(_, n)| n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty())
+            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
+        else {
+            continue;
+        };
+        // SAFETY: signal 0 only checks whether the process exists.
+        let gone = pid > 0
+            && unsafe { libc::kill(pid, 0) } < 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if gone {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
+}
+
 fn create_child(parent: &Path, enabled: &[&str]) -> Result<Cgroup> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
+    sweep_leftovers(parent);
     let name = format!(
         "rsandbox-{}-{}",
         std::process::id(),

@@ -628,12 +628,7 @@ impl MountPlan {
                 mode,
             } => {
                 let dest = mount_destination(&format!("{field}.destination"), destination)?;
-                if *size == Some(0) {
-                    return Err(Error::invalid(
-                        format!("{field}.size"),
-                        "must be at least 1 byte (tmpfs would read 0 as no limit); leave it out for the default",
-                    ));
-                }
+                check_tmpfs_size(&format!("{field}.size"), *size)?;
                 let size = size.map(|s| s.to_string());
                 let mode = format!("{:o}", mode.unwrap_or(0o755));
                 let mut opts = vec![(c"mode", mode.as_str())];
@@ -1254,6 +1249,41 @@ fn absolute_host_path(field: &str, path: &Path) -> Result<PathBuf> {
         ));
     }
     Ok(path.to_path_buf())
+}
+
+/// The checks of the spec's mounts that hold whatever the host: destinations and sizes.
+pub(crate) fn check_mounts(fs: &crate::spec::Filesystem) -> Result<()> {
+    for (i, m) in fs.mounts.iter().enumerate() {
+        let field = format!("filesystem.mounts[{i}]");
+        match m {
+            Mount::Bind { destination, .. } => {
+                mount_destination(&format!("{field}.destination"), destination)?;
+            }
+            Mount::Tmpfs {
+                destination, size, ..
+            } => {
+                mount_destination(&format!("{field}.destination"), destination)?;
+                check_tmpfs_size(&format!("{field}.size"), *size)?;
+            }
+        }
+    }
+    if let Root::Overlay(ov) = &fs.root {
+        if let crate::spec::Upper::Ephemeral { size } = &ov.upper {
+            check_tmpfs_size("filesystem.root.overlay.upper.size", *size)?;
+        }
+    }
+    Ok(())
+}
+
+/// A tmpfs size: at least a byte (the kernel reads 0 as no limit at all).
+pub(crate) fn check_tmpfs_size(field: &str, size: Option<u64>) -> Result<()> {
+    if size == Some(0) {
+        return Err(Error::invalid(
+            field,
+            "must be at least 1 byte (tmpfs would read 0 as no limit); leave it out for the default",
+        ));
+    }
+    Ok(())
 }
 
 /// Where a mount of the spec goes: a sandbox path other than the root itself, which a mount

@@ -127,12 +127,7 @@ impl OverlayPlan {
         }
         let (ephemeral, persistent, staging_opts) = match &ov.upper {
             Upper::Ephemeral { size } => {
-                if *size == Some(0) {
-                    return Err(Error::invalid(
-                        "filesystem.root.overlay.upper.size",
-                        "must be at least 1 byte (tmpfs would read 0 as no limit); leave it out for the default",
-                    ));
-                }
+                crate::mounts::check_tmpfs_size("filesystem.root.overlay.upper.size", *size)?;
                 let mut opts = vec![(c"mode".to_owned(), Some(c"0755".to_owned()))];
                 if let Some(size) = size {
                     opts.push((

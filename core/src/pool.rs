@@ -510,6 +510,8 @@ fn dispatch(
     child.started = dispatched;
     // The job's result is its command's; the sandbox's teardown is not the job's time.
     child.early_exit = true;
+    // The agent starts the job's command from its own small memory, not from this process's.
+    child.starter_peak = 0;
     child.deadline = timeout.map(|t| dispatched + Duration::from_secs_f64(t));
     let detail = match cold {
         None => format!(

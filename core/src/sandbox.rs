@@ -197,6 +197,9 @@ pub struct Child {
     reap_later: bool,
     /// Held until the result is in: a pool job's place among the pool's running jobs.
     pub(crate) job: Option<crate::pool::Running>,
+    /// This process's peak resident memory when the command was started from it (bytes; 0 when
+    /// the command is started from elsewhere): the least the command's ru_maxrss can read.
+    pub(crate) starter_peak: u64,
     /// What [`result_fd`](Self::result_fd) gives where a time limit is watched: made at its
     /// first call.
     wake: std::sync::OnceLock<Option<Wake>>,
@@ -476,6 +479,106 @@ fn image_user(user: &str, layers: &[std::path::PathBuf]) -> Result<(u32, Option<
     Ok((uid, gid))
 }
 
+impl Spec {
+    /// Checks the values a start would refuse whatever the host: time limits, limits, the host
+    /// name, the namespaces the filesystem needs, mount destinations and sizes, the
+    /// environment's names, the working directory, Landlock's paths and rlimit names. What
+    /// depends on the host (paths that must exist, the kernel's features, delegation) is
+    /// checked when a sandbox starts. [`spawn`] makes these checks too.
+    pub fn check(&self) -> Result<()> {
+        if let Some(t) = self.timeout {
+            check_seconds("timeout", t)?;
+        }
+        let ns = &self.namespaces;
+        if !ns.mount.wanted()
+            && (self.filesystem.root != Root::HostView || !self.filesystem.mounts.is_empty())
+        {
+            return Err(Error::invalid(
+                "namespaces.mount",
+                "a rootfs or mounts need the mount namespace",
+            ));
+        }
+        if !ns.uts.wanted() && self.hostname != crate::spec::DEFAULT_HOSTNAME {
+            return Err(Error::invalid(
+                "hostname",
+                format!(
+                    "{:?} needs the sandbox's own UTS namespace, and namespaces.uts is off",
+                    self.hostname
+                ),
+            ));
+        }
+        if ns.uts.wanted()
+            && (self.hostname.is_empty()
+                || self.hostname.len() > 64
+                || self.hostname.contains('\0'))
+        {
+            return Err(Error::invalid(
+                "hostname",
+                "must be 1 to 64 bytes without NUL",
+            ));
+        }
+        validate_limits(&self.limits)?;
+        if let Some(cwd) = &self.process.cwd {
+            if !cwd.starts_with('/') {
+                return Err(Error::invalid(
+                    "process.cwd",
+                    format!("must be absolute: {cwd:?}"),
+                ));
+            }
+        }
+        command_env(&self.process, "/")?;
+        crate::mounts::check_mounts(&self.filesystem)?;
+        for path in self
+            .security
+            .landlock
+            .write
+            .iter()
+            .chain(&self.security.landlock.read)
+        {
+            if !path.starts_with('/') {
+                return Err(Error::invalid(
+                    "security.landlock",
+                    format!("{path:?} is not an absolute path in the sandbox"),
+                ));
+            }
+        }
+        if let Some(name) = self
+            .security
+            .rlimits
+            .keys()
+            .find(|n| !RLIMITS.iter().any(|(known, _)| known == n))
+        {
+            return Err(Error::invalid(
+                "security.rlimits",
+                format!(
+                    "unknown rlimit {name:?} (nofile, nproc, core, fsize, as, stack, memlock, cpu)"
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The resource limits a spec may set, by name.
+const RLIMITS: [(&str, u32); 8] = [
+    ("nofile", sys::rlimit::NOFILE),
+    ("nproc", sys::rlimit::NPROC),
+    ("core", sys::rlimit::CORE),
+    ("fsize", sys::rlimit::FSIZE),
+    ("as", sys::rlimit::AS),
+    ("stack", sys::rlimit::STACK),
+    ("memlock", sys::rlimit::MEMLOCK),
+    ("cpu", sys::rlimit::CPU),
+];
+
+/// The spec's name of a resource limit.
+fn rlimit_name(resource: u32) -> &'static str {
+    RLIMITS
+        .iter()
+        .find(|(_, r)| *r == resource)
+        .map_or("?", |(n, _)| n)
+}
+
 /// The longest time limit a spec may set, in seconds (about 31 years): beyond it a deadline is
 /// no longer a point in time the clocks can represent.
 pub(crate) const MAX_SECONDS: f64 = 1e9;
@@ -509,27 +612,8 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         ));
     }
     let argv = to_cstrings("process.args", &p.args)?;
-    if let Some(t) = spec.timeout {
-        check_seconds("timeout", t)?;
-    }
+    spec.check()?;
     let ns = &spec.namespaces;
-    if !ns.mount.wanted()
-        && (spec.filesystem.root != Root::HostView || !spec.filesystem.mounts.is_empty())
-    {
-        return Err(Error::invalid(
-            "namespaces.mount",
-            "a rootfs or mounts need the mount namespace",
-        ));
-    }
-    if !ns.uts.wanted() && spec.hostname != crate::spec::DEFAULT_HOSTNAME {
-        return Err(Error::invalid(
-            "hostname",
-            format!(
-                "{:?} needs the sandbox's own UTS namespace, and namespaces.uts is off",
-                spec.hostname
-            ),
-        ));
-    }
     let caller = (sys::getuid(), sys::getgid());
     let mut report = Report::default();
 
@@ -734,17 +818,9 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     )?;
 
     // Hostname.
-    let hostname = if flags & libc::CLONE_NEWUTS as u64 != 0 {
-        if spec.hostname.is_empty() || spec.hostname.len() > 64 || spec.hostname.contains('\0') {
-            return Err(Error::invalid(
-                "hostname",
-                "must be 1 to 64 bytes without NUL",
-            ));
-        }
-        Some(spec.hostname.as_bytes().to_vec())
-    } else {
-        None
-    };
+    // (Checked by Spec::check.)
+    let hostname =
+        (flags & libc::CLONE_NEWUTS as u64 != 0).then(|| spec.hostname.as_bytes().to_vec());
 
     // Standard streams and pipes.
     let StdioPlan {
@@ -802,7 +878,6 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         ov.set_fd_base(keep_fds.iter().copied().max().unwrap_or(2) + 1);
     }
 
-    validate_limits(&spec.limits)?;
     let cg = crate::cgroup::prepare(
         spec.cgroup.parent.as_deref(),
         spec.cgroup.want,
@@ -1004,27 +1079,19 @@ fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
     };
     report.push("capabilities", Want::Required, Status::Enforced, detail);
 
-    // rlimits: core 0 unless set.
+    // rlimits: core 0 unless set (names as in [`RLIMITS`]).
     let mut rlimits = Vec::new();
     let mut shown = Vec::new();
     let mut named = sec.rlimits.clone();
     named.entry("core".into()).or_insert(0);
     for (name, value) in &named {
-        let res = match name.as_str() {
-            "nofile" => sys::rlimit::NOFILE,
-            "nproc" => sys::rlimit::NPROC,
-            "core" => sys::rlimit::CORE,
-            "fsize" => sys::rlimit::FSIZE,
-            "as" => sys::rlimit::AS,
-            "stack" => sys::rlimit::STACK,
-            "memlock" => sys::rlimit::MEMLOCK,
-            "cpu" => sys::rlimit::CPU,
-            other => {
-                return Err(Error::invalid(
-                    "security.rlimits",
-                    format!("unknown rlimit {other:?} (nofile, nproc, core, fsize, as, stack, memlock, cpu)"),
-                ))
-            }
+        let Some(&(_, res)) = RLIMITS.iter().find(|(n, _)| n == name) else {
+            return Err(Error::invalid(
+                "security.rlimits",
+                format!(
+                    "unknown rlimit {name:?} (nofile, nproc, core, fsize, as, stack, memlock, cpu)"
+                ),
+            ));
         };
         rlimits.push((res, *value));
         shown.push(format!("{name}={value}"));
@@ -1181,6 +1248,9 @@ fn report_process(report: &mut Report, spec: &Spec, pid_ns: bool) {
 
 fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     let started = Instant::now();
+    // The kernel carries the peak of the memory a process executes from into its own peak, and
+    // the command executes from this process's memory: what its ru_maxrss can be worth.
+    let starter_peak = sys::self_peak_rss();
     let mut pidfd: c_int = -1;
     let mut args = sys::CloneArgs {
         flags: prep.clone_flags,
@@ -1472,6 +1542,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         home,
         early_exit,
         reap_later: false,
+        starter_peak,
         wake: std::sync::OnceLock::new(),
         job: None,
         finished: None,
@@ -1710,6 +1781,13 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
         Step::LoopbackUp => "ioctl(SIOCSIFFLAGS, \"lo\", IFF_UP)".to_string(),
         Step::NetworkNamespace => "unshare(CLONE_NEWNET), then setns into it".to_string(),
         Step::SetUid | Step::SetGid => format!("setresuid/setresgid({:?})", plan.switch_ids),
+        Step::Rlimits => match plan.rlimits.get(f.index as usize) {
+            Some(&(res, soft, hard)) => format!(
+                "setrlimit(RLIMIT_{}, soft {soft}, hard {hard})",
+                rlimit_name(res).to_uppercase()
+            ),
+            None => step.name().to_string(),
+        },
         _ => match (&plan.mounts, f.index) {
             (Some(m), i) if i != u32::MAX || is_mount_step(step) => m.describe(i),
             _ => step.name().to_string(),
@@ -1734,6 +1812,17 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
             Errno::EPERM,
         ) => crate::userns::confinement_remedy(),
         (Step::ForkCommand | Step::NetworkNamespace, Errno::EAGAIN) => Some(process_limit_remedy()),
+        (Step::Rlimits, Errno::EPERM) => plan.rlimits.get(f.index as usize).map(|&(res, _, _)| {
+            let hard = sys::hard_rlimit(res).map_or("unknown".into(), |h| {
+                if h == u64::MAX { "unlimited".to_string() } else { h.to_string() }
+            });
+            format!(
+                "a sandbox can lower its limits, never raise them: the hard limit of {} is {hard} \
+                 here; ask for at most that, or raise it for the caller first (ulimit -H, or \
+                 systemd's Limit*=)",
+                rlimit_name(res)
+            )
+        }),
         (Step::CreateMountPoint, Errno::EROFS) => Some(
                 "the mount point is missing under a read-only mount (a read-only bind or rootfs): create it in the source, or mount a tmpfs on a parent first"
                     .into(),
@@ -2104,6 +2193,14 @@ impl Child {
         };
         let (memory_peak, memory_peak_source) = match acct.memory_peak {
             Some(p) => (p, "memory.peak".to_string()),
+            // (With a margin for what this process grew by between the reading and the start.)
+            None if self.starter_peak > 0 && rss <= self.starter_peak + (1 << 20) => (
+                rss,
+                format!(
+                    "ru_maxrss, an upper bound: the kernel counts in it the peak of the process                      the command was started from ({} KiB here); a memory cgroup measures the                      sandbox alone",
+                    self.starter_peak / 1024
+                ),
+            ),
             None => (
                 rss,
                 "ru_maxrss (largest single process; no memory controller)".to_string(),

@@ -156,6 +156,15 @@ pub mod rlimit {
 
 /// The soft limit of one resource of the calling process.
 pub fn soft_rlimit(resource: u32) -> SysResult<u64> {
+    rlimit_pair(resource).map(|(soft, _)| soft)
+}
+
+/// The hard limit of one resource of the calling process.
+pub fn hard_rlimit(resource: u32) -> SysResult<u64> {
+    rlimit_pair(resource).map(|(_, hard)| hard)
+}
+
+fn rlimit_pair(resource: u32) -> SysResult<(u64, u64)> {
     let mut lim = libc::rlimit64 {
         rlim_cur: 0,
         rlim_max: 0,
@@ -170,7 +179,7 @@ pub fn soft_rlimit(resource: u32) -> SysResult<u64> {
             &mut lim as *mut libc::rlimit64,
         )
     })?;
-    Ok(lim.rlim_cur)
+    Ok((lim.rlim_cur, lim.rlim_max))
 }
 
 /// Sets one resource limit of the calling process (raw prlimit64, no libc state).
@@ -852,6 +861,19 @@ pub fn futex_wait(word: &std::sync::atomic::AtomicU32, value: u32) {
             std::ptr::null::<libc::timespec>(),
         )
     };
+}
+
+/// This process's peak resident set size in bytes (0 if unknown).
+pub fn self_peak_rss() -> u64 {
+    // SAFETY: usage is a valid out-pointer for getrusage.
+    unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        if libc::getrusage(libc::RUSAGE_SELF, &mut usage) == 0 {
+            (usage.ru_maxrss.max(0) as u64) * 1024
+        } else {
+            0
+        }
+    }
 }
 
 pub fn setsid() -> SysResult<()> {

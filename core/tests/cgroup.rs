@@ -220,3 +220,30 @@ fn many_runs_leave_no_cgroups_behind() {
     let left: Vec<_> = paths.iter().filter(|p| p.exists()).collect();
     assert!(left.is_empty(), "left behind: {left:?}");
 }
+
+/// A caller killed with SIGKILL cannot remove its sandboxes' cgroups: the next caller using the
+/// same parent removes those of processes that are gone, and nothing else.
+#[test]
+fn cgroups_left_by_a_killed_caller_are_swept() {
+    let Some(parent) = delegated() else { return };
+    // A parent no start of this test process has used yet (the sweep runs once per parent).
+    let fresh = parent.join(format!("sweep-{}", marker()));
+    std::fs::create_dir(&fresh).unwrap();
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    let gone_pid = gone.id();
+    gone.wait().unwrap();
+    let stale = fresh.join(format!("rsandbox-{gone_pid}-0"));
+    // Controls: a live process's, and a name that is not one of ours.
+    let live = fresh.join(format!("rsandbox-{}-999999", std::process::id()));
+    let foreign = fresh.join("rsandbox-of-someone-else");
+    for dir in [&stale, &live, &foreign] {
+        std::fs::create_dir(dir).unwrap();
+    }
+    let r = run(&in_cgroup(&fresh, "true"));
+    assert!(r.status.success(), "{}", err(&r));
+    assert!(!stale.exists(), "left behind: {}", stale.display());
+    assert!(live.exists() && foreign.exists());
+    for dir in [&live, &foreign, &fresh] {
+        std::fs::remove_dir(dir).unwrap();
+    }
+}

@@ -318,3 +318,35 @@ fn the_result_is_the_same_when_asked_again() {
     let polled = child.try_wait().expect("try_wait").expect("a result");
     assert_eq!(polled, first);
 }
+
+/// Without a memory cgroup the peak comes from ru_maxrss, where the kernel also counts the peak
+/// of the process the command was started from: the result says when that bounds the figure.
+#[test]
+fn memory_peak_says_when_the_callers_memory_bounds_it() {
+    let mut spec = sh("x=$(head -c 150000000 /dev/zero | tr '\\0' a); echo ${#x}");
+    spec.cgroup.want = rsandbox::Want::Off;
+    // A command that needs more than this process ever had: its own peak, as measured.
+    let r = run(&spec);
+    assert_eq!(out(&r).trim(), "150000000", "{}", err(&r));
+    assert!(r.usage.memory_peak >= 150_000_000, "{:?}", r.usage);
+    assert!(
+        r.usage.memory_peak_source.starts_with("ru_maxrss (largest"),
+        "{:?}",
+        r.usage
+    );
+    // After this process has had 400 MiB, a command's small peak is bounded by that: said so.
+    let mut big = vec![0u8; 400 << 20];
+    for page in big.chunks_mut(4096) {
+        page[0] = 1;
+    }
+    std::hint::black_box(&big);
+    spec.process.args = vec!["true".into()];
+    let r = run(&spec);
+    drop(big);
+    assert!(r.status.success());
+    assert!(
+        r.usage.memory_peak_source.contains("upper bound"),
+        "{:?}",
+        r.usage
+    );
+}

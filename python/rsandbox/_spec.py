@@ -142,7 +142,8 @@ class Spec:
 
     @classmethod
     def from_json(cls, text: Union[str, bytes]) -> "Spec":
-        """A spec from the library's JSON format; ConfigError names what is wrong."""
+        """A spec from the library's JSON format, checked as :meth:`validate` checks it;
+        ConfigError names what is wrong."""
         if isinstance(text, bytes):
             text = text.decode("utf-8", "replace")
         if not isinstance(text, str):
@@ -159,7 +160,11 @@ class Spec:
         return json.dumps(self.data, indent=2)
 
     def validate(self) -> "Spec":
-        """Checks the whole spec with the library; raises ConfigError, returns self."""
+        """Checks the spec with the library: its format, and every value a start would refuse
+        whatever the host (time limits, limits, host name, mount destinations and sizes,
+        environment names, paths that must be absolute). What depends on the host (paths that
+        must exist, the kernel's features, cgroup delegation) is checked when a sandbox starts.
+        Raises ConfigError; returns self."""
         Spec.from_json(self.to_json())
         return self
 

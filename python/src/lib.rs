@@ -182,7 +182,9 @@ const SIGKILL: i32 = 9;
 /// Validates a spec; returns it normalised.
 #[pyfunction]
 fn check_spec(json: &str) -> PyResult<String> {
-    spec_from(json)?.to_json().map_err(native)
+    let spec = spec_from(json)?;
+    spec.check().map_err(native)?;
+    spec.to_json().map_err(native)
 }
 
 /// Runs a spec to completion, capturing what the spec sends to pipes. A pending Python signal

@@ -282,6 +282,20 @@ def test_large_or_infinite_time_values():
     assert rsandbox.run(["true"], timeout=1e9).returncode == 0
 
 
+def test_validate_checks_values_without_starting():
+    for text in ('{"timeout": -1}', '{"hostname": ""}', '{"timeout": 1e300}',
+                 '{"filesystem": {"mounts": [{"type": "tmpfs", "destination": "/"}]}}',
+                 '{"process": {"cwd": "relative"}}', '{"process": {"env": {"A=B": "1"}}}',
+                 '{"limits": {"pids": 0}}'):
+        with pytest.raises(rsandbox.ConfigError):
+            rsandbox.Spec.from_json(text)
+    with pytest.raises(rsandbox.ConfigError):
+        rsandbox.Spec(timeout=5, hostname="x" * 65).validate()
+    # Control: sound values pass, and a host path that does not exist is left to the start.
+    rsandbox.Spec(timeout=5, hostname="ok").validate()
+    rsandbox.Spec.from_json('{"filesystem": {"root": {"directory": {"path": "/no-such-root"}}}}')
+
+
 def test_text_output_cut_inside_a_character_keeps_the_result():
     # "aé" is 3 bytes in UTF-8: a 2-byte limit cuts the é in half.
     r = rsandbox.run(["printf", "a\u00e9"], capture_output=True, text=True, output_limit=2)

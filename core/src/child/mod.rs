@@ -753,9 +753,13 @@ fn exec_command(plan: &Plan) -> ! {
             die(Step::Capabilities, e);
         }
     }
-    for &(resource, soft, hard) in &plan.rlimits {
+    for (i, &(resource, soft, hard)) in plan.rlimits.iter().enumerate() {
         if let Err(e) = sys::set_rlimit(resource, soft, hard) {
-            die(Step::Rlimits, e);
+            let f = Failure {
+                index: i as u32,
+                ..failure(Step::Rlimits, e)
+            };
+            fail(err_w, f, EXIT_SETUP_FAILED);
         }
     }
     if let Err(e) = sys::reset_signal_dispositions() {
