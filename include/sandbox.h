@@ -162,11 +162,13 @@ sbx_result sbx_config_set_str(sbx_config *cfg, const char *name, const char *val
  "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
  "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
  "template" (0/1: copy the default tree from this process's template from the second sandbox
- on), "die_with_parent" (0/1), "upper_size" (ephemeral upper cap), "stdin_fd"/"stdout_fd"/
+ on), "die_with_parent" (0/1), "upper_size" (ephemeral upper cap; 0: the default), "stdin_fd"/"stdout_fd"/
  "stderr_fd" (a descriptor of the caller), "namespace.NAME" (0/1 for user, mount, pid, ipc,
  uts, net, cgroup, time).
  */
-sbx_result sbx_config_set_num(sbx_config *cfg, const char *name, double value);
+sbx_result sbx_config_set_num(sbx_config *cfg,
+                              const char *name,
+                              double value);
 
 /*
  Adds a bind mount of host path `source` at sandbox path `destination`.
@@ -253,9 +255,12 @@ sbx_result sbx_child_kill(sbx_child *child, int signal);
 int sbx_child_pidfd(const sbx_child *child);
 
 /*
- A descriptor that becomes readable (poll(2)) once sbx_child_wait with a zero timeout has a
- result: the status pipe when the result comes with the command's status (before the sandbox's
- teardown), else the pidfd. Owned by the handle; -1 for NULL.
+ A descriptor for an event loop: it becomes readable (poll(2)) when sbx_child_wait with a zero
+ timeout has something to do, which it then does. That is when the result is there, and,
+ where the configuration sets "timeout" or "cpu_time", when a limit is due to be checked (at
+ the deadline; every 20 ms for CPU time, with a cgroup): so a wait that returns
+ SBX_ERR_TIMEOUT after a wake-up is expected, and the limits hold for a caller that only polls
+ this. Owned by the handle; -1 for NULL.
  */
 int sbx_child_result_fd(const sbx_child *child);
 

@@ -256,6 +256,19 @@ fn json_run(options: &[&str], script: &str) -> (i32, Value) {
     (r.code, read_json(std::path::Path::new(&path)))
 }
 
+/// Captured output that is not UTF-8 reaches the JSON result whole, as base64; text stays text.
+#[test]
+fn json_result_keeps_output_that_is_not_text() {
+    let (code, j) = json_run(
+        &["--output-limit", "100"],
+        r"printf 'a\377\376b'; printf 'ok' >&2",
+    );
+    assert_eq!(code, 0, "{j}");
+    assert_eq!(j["stdout"]["base64"], "Yf/+Yg==", "{j}");
+    // Control: UTF-8 output is a plain string.
+    assert_eq!(j["stderr"], "ok", "{j}");
+}
+
 #[test]
 fn json_result_of_finished_runs() {
     let (code, j) = json_run(&[], "exit 0");

@@ -182,11 +182,12 @@ fn printed_spec(options: &[&str]) -> Value {
     serde_json::from_str(&r.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {r:?}"))
 }
 
-/// Asserts a clap usage error: exit 2, `error: ` first, and `needle` in the message.
+/// Asserts a clap usage error: exit 125 (never a code the command could give), `error: ` first,
+/// and `needle` in the message.
 #[track_caller]
 fn assert_usage_error(args: &[&str], needle: &str) {
     let r = rsandbox(args);
-    assert_eq!(r.code, 2, "{args:?}: {r:?}");
+    assert_eq!(r.code, 125, "{args:?}: {r:?}");
     assert!(r.stderr.starts_with("error: "), "{args:?}: {r:?}");
     assert!(r.stderr.contains(needle), "{args:?}: {r:?}");
     assert!(!r.stdout.contains("ran"), "{args:?}: {r:?}");
@@ -332,7 +333,7 @@ fn auto_driver_reports_which_overlay_it_chose() {
 }
 
 #[test]
-fn overlay_usage_errors_give_2() {
+fn overlay_usage_errors_give_125() {
     assert_usage_error(
         &[
             "run",
@@ -524,7 +525,7 @@ fn diff_of_a_missing_upper_gives_125_and_names_the_path() {
     assert!(r.stderr.contains(&file), "{r:?}");
     // No upper at all is a usage error.
     let r = rsandbox(&["diff"]);
-    assert_eq!(r.code, 2, "{r:?}");
+    assert_eq!(r.code, 125, "{r:?}");
 }
 
 #[test]

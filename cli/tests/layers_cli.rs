@@ -130,7 +130,7 @@ fn upper_size_caps_the_ephemeral_upper() {
         "--",
         "true",
     ]);
-    assert_eq!(bad.code, 2, "{}", bad.stderr);
+    assert_eq!(bad.code, 125, "{}", bad.stderr);
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn layer_options_need_a_layered_root() {
     assert_eq!(r.code, 125);
     assert!(r.stderr.contains("--overlay"), "{}", r.stderr);
     let r = rsandbox(&["run", "--image", "/tmp/x", "--rootfs", "/tmp", "--", "true"]);
-    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert_eq!(r.code, 125, "{}", r.stderr);
 }
 
 #[test]

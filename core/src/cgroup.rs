@@ -421,12 +421,28 @@ fn skipped_detail(status: Status, controller: &str, setting: String) -> String {
     }
 }
 
+/// This process's PID namespace (its inode number), which a sandbox's cgroup name carries: a
+/// pid means something only in its own namespace. 0 when /proc cannot say.
+fn pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    static NS: OnceLock<u64> = OnceLock::new();
+    *NS.get_or_init(|| {
+        std::fs::metadata("/proc/self/ns/pid")
+            .map(|m| m.ino())
+            .unwrap_or(0)
+    })
+}
+
 /// Removes what sandboxes of processes that no longer exist left under `parent` (a process
 /// killed with SIGKILL cannot remove its sandboxes' cgroups): directories named as
-/// [`create_child`] names them, whose process is gone. The kernel refuses to remove one that
-/// still has processes or cgroups below it, so a sandbox that outlived its caller keeps its own.
-/// Once per parent in a process's life.
+/// [`create_child`] names them, by a process of this PID namespace that is gone. The kernel
+/// refuses to remove one that still has processes or cgroups below it, so a sandbox that
+/// outlived its caller keeps its own. Once per parent in a process's life.
 fn sweep_leftovers(parent: &Path) {
+    let ns = pid_namespace();
+    if ns == 0 {
+        return;
+    }
     static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
     {
         let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
@@ -440,15 +456,25 @@ fn sweep_leftovers(parent: &Path) {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(pid) = name
+        // rsandbox-PID-N-NS
+        let fields: Vec<&str> = name
             .to_str()
             .and_then(|n| n.strip_prefix("rsandbox-"))
-            .and_then(|rest| rest.split_once('-'))
-            .filter(|(_, n)| n.bytes().all(|b| b.is_ascii_digit()) && !n.is_empty())
-            .and_then(|(pid, _)| pid.parse::<libc::pid_t>().ok())
-        else {
+            .map(|rest| rest.split('-').collect())
+            .unwrap_or_default();
+        let [pid, n, their_ns] = fields[..] else {
             continue;
         };
+        let (Ok(pid), Ok(_), Ok(their_ns)) = (
+            pid.parse::<libc::pid_t>(),
+            n.parse::<u64>(),
+            their_ns.parse::<u64>(),
+        ) else {
+            continue;
+        };
+        if their_ns != ns {
+            continue;
+        }
         // SAFETY: signal 0 only checks whether the process exists.
         let gone = pid > 0
             && unsafe { libc::kill(pid, 0) } < 0
@@ -463,9 +489,10 @@ fn create_child(parent: &Path, enabled: &[&str]) -> Result<Cgroup> {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     sweep_leftovers(parent);
     let name = format!(
-        "rsandbox-{}-{}",
+        "rsandbox-{}-{}-{}",
         std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
+        COUNTER.fetch_add(1, Ordering::Relaxed),
+        pid_namespace()
     );
     let path = parent.join(name);
     std::fs::create_dir(&path).map_err(|e| Error::io("create cgroup", Some(path.clone()), e))?;

@@ -132,11 +132,20 @@ pub struct RunResult {
     pub timed_out: bool,
     /// Time and memory.
     pub usage: Usage,
-    /// Captured standard output (`run` with a piped or default stdout).
-    #[serde(with = "lossy_bytes", default, skip_serializing_if = "Option::is_none")]
+    /// Captured standard output (`run` with a piped or default stdout). In JSON: a string when
+    /// it is UTF-8 text, else `{"base64": "..."}` (as for `stderr`).
+    #[serde(
+        with = "output_bytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stdout: Option<Vec<u8>>,
     /// Captured standard error.
-    #[serde(with = "lossy_bytes", default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        with = "output_bytes",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
     pub stderr: Option<Vec<u8>>,
     /// stdout was cut at the output limit.
     pub stdout_truncated: bool,
@@ -146,19 +155,90 @@ pub struct RunResult {
     pub report: Report,
 }
 
-/// Output bytes appear in JSON as UTF-8 text (invalid sequences replaced).
-mod lossy_bytes {
-    use serde::{Deserialize, Deserializer, Serializer};
+/// Output bytes in JSON: a string when they are UTF-8 text, else `{"base64": "..."}`, so that
+/// nothing is lost or replaced.
+mod output_bytes {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    #[serde(untagged)]
+    enum Text {
+        Utf8(String),
+        Bytes { base64: String },
+    }
 
     pub fn serialize<S: Serializer>(v: &Option<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
-        match v {
-            Some(b) => s.serialize_some(&String::from_utf8_lossy(b)),
+        match v.as_deref().map(std::str::from_utf8) {
+            Some(Ok(text)) => s.serialize_some(text),
+            Some(Err(_)) => s.serialize_some(&Text::Bytes {
+                base64: encode(v.as_deref().unwrap_or_default()),
+            }),
             None => s.serialize_none(),
         }
     }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u8>>, D::Error> {
-        Ok(Option::<String>::deserialize(d)?.map(String::into_bytes))
+        match Option::<Text>::deserialize(d)? {
+            None => Ok(None),
+            Some(Text::Utf8(s)) => Ok(Some(s.into_bytes())),
+            Some(Text::Bytes { base64 }) => decode(&base64)
+                .map(Some)
+                .ok_or_else(|| serde::de::Error::custom("invalid base64 output")),
+        }
+    }
+
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    /// Standard base64 with padding (RFC 4648).
+    pub(super) fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
+        let text = text.trim_end_matches('=');
+        let mut out = Vec::with_capacity(text.len() * 3 / 4);
+        let (mut n, mut bits) = (0u32, 0);
+        for c in text.bytes() {
+            let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+            n = n << 6 | v;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((n >> bits) as u8);
+                n &= (1 << bits) - 1;
+            }
+        }
+        Some(out)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn base64_round_trips_every_length() {
+            assert_eq!(super::encode(b"a\xff\xfeb"), "Yf/+Yg==");
+            assert_eq!(super::encode(b"foobar"), "Zm9vYmFy");
+            let data: Vec<u8> = (0..=255).collect();
+            for len in 0..data.len() {
+                let text = super::encode(&data[..len]);
+                assert_eq!(text.len() % 4, 0);
+                assert_eq!(super::decode(&text).as_deref(), Some(&data[..len]));
+            }
+            assert_eq!(super::decode("Zm9v!"), None);
+        }
     }
 }
 
@@ -2194,10 +2274,12 @@ impl Child {
         let (memory_peak, memory_peak_source) = match acct.memory_peak {
             Some(p) => (p, "memory.peak".to_string()),
             // (With a margin for what this process grew by between the reading and the start.)
-            None if self.starter_peak > 0 && rss <= self.starter_peak + (1 << 20) => (
+            None if rss > 0 && self.starter_peak > 0 && rss <= self.starter_peak + (1 << 20) => (
                 rss,
                 format!(
-                    "ru_maxrss, an upper bound: the kernel counts in it the peak of the process                      the command was started from ({} KiB here); a memory cgroup measures the                      sandbox alone",
+                    "ru_maxrss, an upper bound: the kernel counts in it the peak of the process \
+                     the command was started from ({} KiB here); a memory cgroup measures the \
+                     sandbox alone",
                     self.starter_peak / 1024
                 ),
             ),
@@ -2611,8 +2693,11 @@ mod reaper {
                 let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
                 let pid = std::process::id();
                 if queue.as_ref().is_none_or(|q| q.pid != pid) {
-                    if queue.is_some() {
-                        // Forked: what the parent's thread had pending is not ours to reap.
+                    if let Some(stale) = queue.take() {
+                        // Forked: what the parent's thread had pending is not ours to reap, and
+                        // its queue is left as it is (dropping the last sender could wait on a
+                        // lock the parent's thread held at the fork). Its descriptors stay open.
+                        std::mem::forget(stale);
                         self.pending.store(0, Ordering::SeqCst);
                     }
                     *queue = Some(Queue {

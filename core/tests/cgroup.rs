@@ -232,18 +232,22 @@ fn cgroups_left_by_a_killed_caller_are_swept() {
     let mut gone = std::process::Command::new("true").spawn().unwrap();
     let gone_pid = gone.id();
     gone.wait().unwrap();
-    let stale = fresh.join(format!("rsandbox-{gone_pid}-0"));
-    // Controls: a live process's, and a name that is not one of ours.
-    let live = fresh.join(format!("rsandbox-{}-999999", std::process::id()));
+    use std::os::unix::fs::MetadataExt;
+    let ns = std::fs::metadata("/proc/self/ns/pid").unwrap().ino();
+    let stale = fresh.join(format!("rsandbox-{gone_pid}-0-{ns}"));
+    // Controls: a live process's; one from another PID namespace (where the pid means another
+    // process); a name that is not one of ours.
+    let live = fresh.join(format!("rsandbox-{}-999999-{ns}", std::process::id()));
+    let elsewhere = fresh.join(format!("rsandbox-{gone_pid}-0-{}", ns + 1));
     let foreign = fresh.join("rsandbox-of-someone-else");
-    for dir in [&stale, &live, &foreign] {
+    for dir in [&stale, &live, &elsewhere, &foreign] {
         std::fs::create_dir(dir).unwrap();
     }
     let r = run(&in_cgroup(&fresh, "true"));
     assert!(r.status.success(), "{}", err(&r));
     assert!(!stale.exists(), "left behind: {}", stale.display());
-    assert!(live.exists() && foreign.exists());
-    for dir in [&live, &foreign, &fresh] {
+    assert!(live.exists() && elsewhere.exists() && foreign.exists());
+    for dir in [&live, &elsewhere, &foreign, &fresh] {
         std::fs::remove_dir(dir).unwrap();
     }
 }

@@ -319,6 +319,10 @@ fn the_result_is_the_same_when_asked_again() {
     assert_eq!(polled, first);
 }
 
+/// Set: `memory_peak_of_a_large_caller` runs (in a process of its own: it leaves the process's
+/// peak memory at 400 MiB for good).
+const LARGE_CALLER_VAR: &str = "RSANDBOX_TEST_LARGE_CALLER";
+
 /// Without a memory cgroup the peak comes from ru_maxrss, where the kernel also counts the peak
 /// of the process the command was started from: the result says when that bounds the figure.
 #[test]
@@ -334,19 +338,41 @@ fn memory_peak_says_when_the_callers_memory_bounds_it() {
         "{:?}",
         r.usage
     );
-    // After this process has had 400 MiB, a command's small peak is bounded by that: said so.
+    // A caller that has had 400 MiB, in a process of its own.
+    let exe = std::env::current_exe().expect("test executable");
+    let output = std::process::Command::new(exe)
+        .args(["--exact", "memory_peak_of_a_large_caller", "--nocapture"])
+        .env(LARGE_CALLER_VAR, "1")
+        .output()
+        .expect("run the large caller");
+    let text = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{text}");
+    assert!(
+        text.contains("large caller: checked"),
+        "the check did not run: {text}"
+    );
+}
+
+/// The large caller of `memory_peak_says_when_the_callers_memory_bounds_it`.
+#[test]
+fn memory_peak_of_a_large_caller() {
+    if std::env::var_os(LARGE_CALLER_VAR).is_none() {
+        return;
+    }
     let mut big = vec![0u8; 400 << 20];
     for page in big.chunks_mut(4096) {
         page[0] = 1;
     }
     std::hint::black_box(&big);
-    spec.process.args = vec!["true".into()];
-    let r = run(&spec);
     drop(big);
+    let mut spec = sh("true");
+    spec.cgroup.want = rsandbox::Want::Off;
+    let r = run(&spec);
     assert!(r.status.success());
-    assert!(
-        r.usage.memory_peak_source.contains("upper bound"),
-        "{:?}",
-        r.usage
-    );
+    // A small command's figure is bounded by the caller's 400 MiB: said so, in plain words.
+    let source = &r.usage.memory_peak_source;
+    assert!(source.contains("upper bound"), "{:?}", r.usage);
+    assert!(r.usage.memory_peak >= 400 << 20, "{:?}", r.usage);
+    assert!(!source.contains("  "), "{source:?}");
+    eprintln!("large caller: checked");
 }

@@ -168,14 +168,17 @@ unsafe fn config_ref<'a>(cfg: *const sbx_config) -> Result<&'a sbx_config, sbx_r
 }
 
 /// Checks an output pointer and sets `*out` to NULL, which is what a failure leaves there.
-fn out_ptr<T>(out: *mut *mut T) -> Result<(), sbx_result> {
+///
+/// # Safety
+/// `out` is NULL or valid for writing a pointer.
+unsafe fn out_ptr<T>(out: *mut *mut T) -> Result<(), sbx_result> {
     if out.is_null() {
         Err(fail_with(
             sbx_result::SBX_ERR_NULL,
             "output pointer is NULL",
         ))
     } else {
-        // SAFETY: out is non-NULL and, by the interface's contract, writable.
+        // SAFETY: out is non-NULL, and the caller vouches that it is writable.
         unsafe { *out = std::ptr::null_mut() };
         Ok(())
     }
@@ -205,7 +208,8 @@ pub extern "C" fn sbx_last_error_errno() -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn sbx_config_new(out: *mut *mut sbx_config) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         let cfg = Box::new(sbx_config {
             spec: Spec::default(),
         });
@@ -222,7 +226,8 @@ pub unsafe extern "C" fn sbx_config_from_json(
     out: *mut *mut sbx_config,
 ) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         // SAFETY: text() checks for NULL; the caller passes a NUL-terminated string.
         let json = try_ffi!(unsafe { text(json, "json") });
         match Spec::from_json(json) {
@@ -243,7 +248,8 @@ pub unsafe extern "C" fn sbx_config_to_json(
     out: *mut *mut c_char,
 ) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         // SAFETY: config_ref checks for NULL.
         let cfg = try_ffi!(unsafe { config_ref(cfg) });
         match cfg.spec.to_json() {
@@ -472,7 +478,7 @@ pub unsafe extern "C" fn sbx_config_set_str(
 /// "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
 /// "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
 /// "template" (0/1: copy the default tree from this process's template from the second sandbox
-/// on), "die_with_parent" (0/1), "upper_size" (ephemeral upper cap), "stdin_fd"/"stdout_fd"/
+/// on), "die_with_parent" (0/1), "upper_size" (ephemeral upper cap; 0: the default), "stdin_fd"/"stdout_fd"/
 /// "stderr_fd" (a descriptor of the caller), "namespace.NAME" (0/1 for user, mount, pid, ipc,
 /// uts, net, cgroup, time).
 #[no_mangle]
@@ -492,21 +498,23 @@ pub unsafe extern "C" fn sbx_config_set_num(
                 &format!("{name}: {value} is not a non-negative number"),
             );
         }
-        // Whole numbers up to `max`, for the settings that take them; never a silent truncation.
-        let whole = |max: f64| {
-            if value.fract() == 0.0 && value <= max {
+        // Whole numbers below `limit`, for the settings that take them; never a silent
+        // truncation or saturation.
+        let whole = |limit: f64| {
+            if value.fract() == 0.0 && value < limit {
                 Ok(value as u64)
             } else {
                 Err(fail_with(
                     sbx_result::SBX_ERR_INVALID_SPEC,
-                    &format!("{name}: {value} is not a whole number from 0 to {max}"),
+                    &format!("{name}: {value} is not a whole number below {limit}"),
                 ))
             }
         };
-        let int = || whole(u64::MAX as f64);
-        let id = || whole(f64::from(u32::MAX - 1)).map(|v| v as u32);
-        let fd = || whole(f64::from(i32::MAX)).map(|v| v as i32);
-        let flag = || whole(1.0).map(|v| v == 1);
+        // 2^64, 2^32 - 1 (the invalid id, -1), 2^31: exactly representable.
+        let int = || whole(18_446_744_073_709_551_616.0);
+        let id = || whole(f64::from(u32::MAX)).map(|v| v as u32);
+        let fd = || whole(2_147_483_648.0).map(|v| v as i32);
+        let flag = || whole(2.0).map(|v| v == 1);
         let spec = &mut cfg.spec;
         match name {
             "uid" => spec.user.uid = Some(try_ffi!(id())),
@@ -531,9 +539,10 @@ pub unsafe extern "C" fn sbx_config_set_num(
             "template" => spec.filesystem.template = try_ffi!(flag()),
             "die_with_parent" => spec.die_with_parent = try_ffi!(flag()),
             "upper_size" => {
-                let size = try_ffi!(int());
+                // 0: the default size, as for sbx_config_add_tmpfs.
+                let size = Some(try_ffi!(int())).filter(|&s| s > 0);
                 if let Root::Overlay(ov) = &mut spec.filesystem.root {
-                    ov.upper = rsandbox::Upper::Ephemeral { size: Some(size) };
+                    ov.upper = rsandbox::Upper::Ephemeral { size };
                 } else {
                     return fail_with(
                         sbx_result::SBX_ERR_INVALID_SPEC,
@@ -569,7 +578,7 @@ pub unsafe extern "C" fn sbx_config_set_num(
                 }
             }
             "landlock" => {
-                spec.security.landlock.want = match try_ffi!(whole(2.0)) {
+                spec.security.landlock.want = match try_ffi!(whole(3.0)) {
                     0 => Want::Off,
                     1 => Want::BestEffort,
                     _ => Want::Required,
@@ -642,7 +651,8 @@ pub unsafe extern "C" fn sbx_run(
     out: *mut *mut sbx_run_result,
 ) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         // SAFETY: config_ref checks for NULL.
         let cfg = try_ffi!(unsafe { config_ref(cfg) });
         // SAFETY: input is NULL or points to input_len readable bytes.
@@ -683,7 +693,8 @@ unsafe fn deliver(result: RunResult, out: *mut *mut sbx_run_result) -> sbx_resul
 #[no_mangle]
 pub unsafe extern "C" fn sbx_spawn(cfg: *const sbx_config, out: *mut *mut sbx_child) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         // SAFETY: config_ref checks for NULL.
         let cfg = try_ffi!(unsafe { config_ref(cfg) });
         match rsandbox::spawn(&cfg.spec) {
@@ -709,7 +720,8 @@ pub unsafe extern "C" fn sbx_pool_new(
     out: *mut *mut sbx_pool,
 ) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         // SAFETY: config_ref checks for NULL.
         let cfg = try_ffi!(unsafe { config_ref(cfg) });
         match rsandbox::Pool::new(&cfg.spec, size) {
@@ -740,7 +752,8 @@ pub unsafe extern "C" fn sbx_pool_run(
     out: *mut *mut sbx_run_result,
 ) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         // SAFETY: pool_ref and config_ref check for NULL.
         let pool = try_ffi!(unsafe { pool_ref(pool) });
         // SAFETY: as above.
@@ -763,7 +776,8 @@ pub unsafe extern "C" fn sbx_pool_spawn(
     out: *mut *mut sbx_child,
 ) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         // SAFETY: pool_ref and config_ref check for NULL.
         let pool = try_ffi!(unsafe { pool_ref(pool) });
         // SAFETY: as above.
@@ -814,7 +828,8 @@ pub unsafe extern "C" fn sbx_child_wait(
     out: *mut *mut sbx_run_result,
 ) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         // SAFETY: a non-NULL pointer comes from sbx_spawn.
         let Some(c) = (unsafe { child.as_mut() }) else {
             return fail_with(sbx_result::SBX_ERR_NULL, "child is NULL");
@@ -855,9 +870,12 @@ pub unsafe extern "C" fn sbx_child_pidfd(child: *const sbx_child) -> c_int {
     unsafe { child.as_ref() }.map_or(-1, |c| c.child.pidfd())
 }
 
-/// A descriptor that becomes readable (poll(2)) once sbx_child_wait with a zero timeout has a
-/// result: the status pipe when the result comes with the command's status (before the sandbox's
-/// teardown), else the pidfd. Owned by the handle; -1 for NULL.
+/// A descriptor for an event loop: it becomes readable (poll(2)) when sbx_child_wait with a zero
+/// timeout has something to do, which it then does. That is when the result is there, and,
+/// where the configuration sets "timeout" or "cpu_time", when a limit is due to be checked (at
+/// the deadline; every 20 ms for CPU time, with a cgroup): so a wait that returns
+/// SBX_ERR_TIMEOUT after a wake-up is expected, and the limits hold for a caller that only polls
+/// this. Owned by the handle; -1 for NULL.
 #[no_mangle]
 pub unsafe extern "C" fn sbx_child_result_fd(child: *const sbx_child) -> c_int {
     // SAFETY: a non-NULL pointer comes from sbx_spawn.
@@ -1071,7 +1089,8 @@ pub unsafe extern "C" fn sbx_result_free(r: *mut sbx_run_result) {
 #[no_mangle]
 pub unsafe extern "C" fn sbx_doctor_json(out: *mut *mut c_char) -> sbx_result {
     guard(|| {
-        try_ffi!(out_ptr(out));
+        // SAFETY: the caller passes NULL or a writable `*out`, as the interface requires.
+        try_ffi!(unsafe { out_ptr(out) });
         let json = serde_json::to_string(&rsandbox::doctor()).unwrap_or_default();
         // SAFETY: out was checked non-NULL.
         unsafe { *out = CString::new(json).unwrap_or_default().into_raw() };

@@ -2,21 +2,29 @@
 ``run`` and ``doctor`` for hosts that have the Python package but not the ``rsandbox`` binary.
 
 Exit status of ``run``: the command's; 128+N when signal N killed it; 124 when ``--timeout``
-killed it; 125 when the sandbox could not be set up; 126/127 when the command cannot be
-executed / was not found.
+killed it; 125 when the sandbox could not be set up or the command line is wrong; 126/127
+when the command cannot be executed / was not found.
 """
 
 import argparse
 import dataclasses
 import json
 import sys
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, NoReturn, Optional
 
 import rsandbox
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 125, never a code the command could give (argparse's is 2)."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.print_usage(sys.stderr)
+        self.exit(125, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m rsandbox")
+    parser = _Parser(prog="python -m rsandbox")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run a command in a sandbox")
     run.add_argument("--timeout", type=float, help="wall-clock limit in seconds")

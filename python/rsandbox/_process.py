@@ -151,6 +151,11 @@ def _argv(args: Any) -> List[str]:
             raise config_error("args: expected str, got bytes")
         if "\0" in s:
             raise config_error(f"args: NUL byte in {s!r}")
+        try:
+            s.encode("utf-8")
+        except UnicodeEncodeError:
+            # os.fsdecode's surrogates stand for bytes that are not UTF-8.
+            raise config_error(f"args: {s!r} is not UTF-8 text (arguments are passed as UTF-8)") from None
         out.append(s)
     return out
 
@@ -239,6 +244,7 @@ class Process:
         self._chunks: Dict[int, List[bytes]] = {}
         self._sizes: Dict[int, int] = {}
         self._truncated = False
+        self._cut: Dict[int, bool] = {}
         self._input: Optional[memoryview] = None
         self._streams: Dict[int, int] = {}
         self._started = False
@@ -392,7 +398,7 @@ class Process:
             return
         room = len(data) if self._limit is None else max(0, self._limit - self._sizes[stream])
         if room < len(data):
-            self._truncated = True
+            self._truncated = self._cut[stream] = True
             data = data[:room]
         if data:
             self._chunks[stream].append(data)
@@ -400,7 +406,8 @@ class Process:
 
     def _collected(self) -> Tuple[Any, Any]:
         joined = [b"".join(self._chunks[s]) if s in self._chunks else None for s in (1, 2)]
-        return self._decode(joined[0], self._truncated), self._decode(joined[1], self._truncated)
+        return (self._decode(joined[0], self._cut.get(1, False)),
+                self._decode(joined[1], self._cut.get(2, False)))
 
     @staticmethod
     def _close(f: IO[Any]) -> None:

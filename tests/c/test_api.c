@@ -164,8 +164,9 @@ static void test_pipes_pidfd_and_namespaces(void) {
     sbx_config_free(cfg);
 }
 
-/* The result descriptor turns readable exactly when a zero-timeout wait has the result: not
-   while the command sleeps, and at its exit (without waiting for the sandbox's teardown). */
+/* Without a time limit, the result descriptor turns readable exactly when a zero-timeout wait has
+   the result: not while the command sleeps, and at its exit (without waiting for the sandbox's
+   teardown). */
 static void test_result_fd(void) {
     sbx_config *cfg = config_for("sleep 0.3; exit 4");
     sbx_child *child = NULL;

@@ -282,6 +282,17 @@ def test_large_or_infinite_time_values():
     assert rsandbox.run(["true"], timeout=1e9).returncode == 0
 
 
+def test_arguments_that_are_not_utf8_are_refused_by_name():
+    arg = os.fsdecode(b"\xff")
+    with pytest.raises(rsandbox.ConfigError, match="not UTF-8"):
+        rsandbox.run(["echo", arg])
+    with rsandbox.Pool(1) as pool:
+        with pytest.raises(rsandbox.ConfigError, match="not UTF-8"):
+            pool.run(["echo", arg])
+    # Control: non-ASCII UTF-8 is fine.
+    assert rsandbox.run(["echo", "\u00e9"], capture_output=True, text=True).stdout == "\u00e9\n"
+
+
 def test_validate_checks_values_without_starting():
     for text in ('{"timeout": -1}', '{"hostname": ""}', '{"timeout": 1e300}',
                  '{"filesystem": {"mounts": [{"type": "tmpfs", "destination": "/"}]}}',
@@ -378,6 +389,10 @@ def test_python_m_rsandbox():
     assert r.returncode == 124
     d = subprocess.run([sys.executable, "-m", "rsandbox", "doctor"], capture_output=True, text=True)
     assert d.returncode == 0 and '"checks"' in d.stdout
+    # A usage error is this program's own failure (125), never a code the command could give.
+    for bad in (["run", "--no-such-option", "--", "true"], ["run", "--timeout", "soon", "--", "true"], []):
+        r = subprocess.run([sys.executable, "-m", "rsandbox", *bad], capture_output=True, text=True)
+        assert r.returncode == 125 and "error:" in r.stderr, (bad, r)
 
 
 # What the child interpreters below check besides their own: a sandbox killed by a signal, and
