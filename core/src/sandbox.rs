@@ -277,8 +277,9 @@ pub struct Child {
     reap_later: bool,
     /// Held until the result is in: a pool job's place among the pool's running jobs.
     pub(crate) job: Option<crate::pool::Running>,
-    /// This process's peak resident memory when the command was started from it (bytes; 0 when
-    /// the command is started from elsewhere): the least the command's ru_maxrss can read.
+    /// The resident memory of this process the command's ru_maxrss counts (its peak for a start
+    /// sharing its memory, what it held for one copying it; bytes; 0 when the command is
+    /// started from elsewhere).
     pub(crate) starter_peak: u64,
     /// What [`result_fd`](Self::result_fd) gives where a time limit is watched: made at its
     /// first call.
@@ -606,7 +607,9 @@ impl Spec {
                 ));
             }
         }
-        command_env(&self.process, "/")?;
+        if let Some(k) = self.process.env.keys().find(|k| !env_name_ok(k)) {
+            return Err(env_name_error(k));
+        }
         crate::mounts::check_mounts(&self.filesystem)?;
         for path in self
             .security
@@ -1328,9 +1331,6 @@ fn report_process(report: &mut Report, spec: &Spec, pid_ns: bool) {
 
 fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     let started = Instant::now();
-    // The kernel carries the peak of the memory a process executes from into its own peak, and
-    // the command executes from this process's memory: what its ru_maxrss can be worth.
-    let starter_peak = sys::self_peak_rss();
     let mut pidfd: c_int = -1;
     let mut args = sys::CloneArgs {
         flags: prep.clone_flags,
@@ -1440,6 +1440,14 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
             Ok(0) => child::run(&prep.plan, &mut prep.scratch),
             other => other,
         },
+    };
+    // The kernel carries the peak of the memory a process executes from into its own, and the
+    // command executes from this process's memory (shared: its peak so far; copied: what it held
+    // when it was copied, about now): the least its ru_maxrss can read.
+    let starter_peak = if args.flags & libc::CLONE_VM as u64 != 0 {
+        sys::self_peak_rss()
+    } else {
+        sys::self_rss()
     };
     let pid = match cloned {
         Ok(pid) => pid,
@@ -2277,9 +2285,9 @@ impl Child {
             None if rss > 0 && self.starter_peak > 0 && rss <= self.starter_peak + (1 << 20) => (
                 rss,
                 format!(
-                    "ru_maxrss, an upper bound: the kernel counts in it the peak of the process \
-                     the command was started from ({} KiB here); a memory cgroup measures the \
-                     sandbox alone",
+                    "ru_maxrss, an upper bound: the kernel counts in it the memory of the \
+                     process the command was started from ({} KiB here); a memory cgroup \
+                     measures the sandbox alone",
                     self.starter_peak / 1024
                 ),
             ),
@@ -2849,15 +2857,23 @@ pub(crate) fn command_env(
         }
     }
     for (k, v) in &p.env {
-        if k.is_empty() || k.contains('=') {
-            return Err(Error::invalid(
-                format!("process.env[{k:?}]"),
-                "a variable name must be non-empty and contain no '='",
-            ));
+        if !env_name_ok(k) {
+            return Err(env_name_error(k));
         }
         env.insert(k.clone(), v.clone());
     }
     Ok(env)
+}
+
+fn env_name_ok(name: &str) -> bool {
+    !name.is_empty() && !name.contains('=')
+}
+
+fn env_name_error(name: &str) -> Error {
+    Error::invalid(
+        format!("process.env[{name:?}]"),
+        "a variable name must be non-empty and contain no '='",
+    )
 }
 
 /// The command's standard streams: the descriptors (in this process) it gets as 0, 1 and 2, our

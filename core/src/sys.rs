@@ -876,6 +876,17 @@ pub fn self_peak_rss() -> u64 {
     }
 }
 
+/// This process's resident set size now, in bytes (0 if unknown).
+pub fn self_rss() -> u64 {
+    let pages = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+        .unwrap_or(0);
+    // SAFETY: sysconf has no memory effects.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(0) as u64;
+    pages * page
+}
+
 pub fn setsid() -> SysResult<()> {
     // SAFETY: no arguments.
     check_int(unsafe { libc::setsid() }).map(drop)
