@@ -1206,3 +1206,141 @@ fn a_cgroup_parent_outside_cgroup2_is_refused() {
     assert_eq!(r.code, 125, "{r:?}");
     assert!(r.stderr.contains("does not exist"), "{r:?}");
 }
+
+/// Where something asked for (or implied) is not in force as it would be by default, the report
+/// says so; each claim is checked inside the sandbox, with the default as control.
+#[test]
+fn the_report_says_what_is_not_in_force() {
+    // A limit's rlimit fallback and the spec's own rlimit for the same resource: the lower one.
+    let r = rsandbox(&[
+        "run",
+        "--report",
+        "--limits",
+        "best-effort",
+        "--memory",
+        "16M",
+        "--rlimit",
+        "as=1G",
+        "--",
+        "sh",
+        "-c",
+        "ulimit -v",
+    ]);
+    assert_eq!((r.code, r.stdout.trim()), (0, "16384"), "{r:?}");
+    assert!(
+        line_starting(&r.stderr, "rlimits").contains("the lower applies"),
+        "{r:?}"
+    );
+
+    // Nested user namespaces: refused by the default profile only.
+    let r = rsandbox(&[
+        "run",
+        "--report",
+        "--",
+        "sh",
+        "-c",
+        "unshare -U true; echo $?",
+    ]);
+    assert_ne!(r.stdout.trim(), "0", "{r:?}");
+    assert!(
+        line_starting(&r.stderr, "nested-userns").contains("enforced"),
+        "{r:?}"
+    );
+    let r = rsandbox(&[
+        "run",
+        "--report",
+        "--seccomp",
+        "none",
+        "--",
+        "sh",
+        "-c",
+        "unshare -U true; echo $?",
+    ]);
+    assert_eq!(r.stdout.trim(), "0", "{r:?}");
+    assert!(
+        line_starting(&r.stderr, "nested-userns").contains("SKIPPED"),
+        "{r:?}"
+    );
+
+    // No PID namespace: the host's /proc, unmasked (control: masked by default).
+    let r = rsandbox(&["run", "--report", "--share", "pid", "--", "true"]);
+    assert!(
+        line_starting(&r.stderr, "mount /proc/*").contains("not masked"),
+        "{r:?}"
+    );
+    let r = rsandbox(&["run", "--report", "--", "true"]);
+    assert!(
+        line_starting(&r.stderr, "mount /proc/*").contains("enforced"),
+        "{r:?}"
+    );
+
+    // No mount namespace: host processes are listed in the host's /proc.
+    let r = rsandbox(&[
+        "run",
+        "--report",
+        "--share",
+        "mount",
+        "--",
+        "sh",
+        "-c",
+        "ls /proc | grep -c '^[0-9]'",
+    ]);
+    assert!(r.stdout.trim().parse::<u32>().unwrap_or(0) > 2, "{r:?}");
+    assert!(
+        line_starting(&r.stderr, "namespace.pid").contains("host processes are listed"),
+        "{r:?}"
+    );
+
+    // Landlock off, with rules: they are named as not applied.
+    let r = rsandbox(&[
+        "run",
+        "--report",
+        "--landlock",
+        "off",
+        "--landlock-rw",
+        "/data",
+        "--",
+        "true",
+    ]);
+    assert!(
+        line_starting(&r.stderr, "landlock").contains("(/data) are not applied"),
+        "{r:?}"
+    );
+
+    // As root without a user namespace, a kept capability is a real one over the host.
+    if my_uid() == 0 {
+        for (share, scope) in [
+            (&["--share", "user"][..], "over the host"),
+            (&[][..], "inside the sandbox's user namespace"),
+        ] {
+            let mut args = vec!["run", "--report", "--cap-keep", "CAP_DAC_OVERRIDE"];
+            args.extend_from_slice(share);
+            args.extend_from_slice(&["--", "true"]);
+            let r = rsandbox(&args);
+            assert!(
+                line_starting(&r.stderr, "capabilities").contains(scope),
+                "{r:?}"
+            );
+        }
+    }
+}
+
+/// Mounts nest whatever order they are given in: the outer one first.
+#[test]
+fn a_mount_given_before_its_parent_is_not_hidden() {
+    let dir = TempDir::new("nested-mount");
+    std::fs::write(dir.path().join("f"), "inside\n").unwrap();
+    let src = format!("{}:/sandbox/tests", dir.arg());
+    // Given inner first (and the command line puts binds before tmpfs anyway).
+    let r = rsandbox(&[
+        "run",
+        "--ro-bind",
+        &src,
+        "--tmpfs",
+        "/sandbox",
+        "--",
+        "cat",
+        "/sandbox/tests/f",
+    ]);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "inside\n"), "{r:?}");
+}

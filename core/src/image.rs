@@ -45,17 +45,17 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsStr;
+use std::ffi::{CString, OsStr};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
 use nix::errno::Errno;
-use nix::fcntl::AT_FDCWD;
-use nix::sys::stat::{Mode, SFlag, UtimensatFlags};
+use nix::sys::stat::{Mode, SFlag};
 use nix::sys::time::TimeSpec;
 use oci_spec::image::{
     Arch, Descriptor, Digest, DigestAlgorithm, ImageConfiguration, ImageIndex, ImageManifest,
@@ -646,6 +646,18 @@ fn store_dir(store: &Path, alg: &str) -> Result<PathBuf> {
         .create(&dir)
         .map_err(|e| Error::io("create the layer store", Some(dir.clone()), e))?;
     check_private(&dir)?;
+    // Nobody else may even reach the layers: a world-writable directory of an image (its /tmp)
+    // would otherwise take files from any user of the host, into every later sandbox.
+    let meta = fs::metadata(&dir).map_err(|e| Error::io("stat", Some(dir.clone()), e))?;
+    if meta.mode() & 0o077 != 0 {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).map_err(|e| {
+            Error::io(
+                "make the layer store private (chmod 700)",
+                Some(dir.clone()),
+                e,
+            )
+        })?;
+    }
     Ok(dir)
 }
 
@@ -951,7 +963,9 @@ fn extract(plan: &LayerPlan<'_>, root: &Path) -> Result<Vec<String>> {
         hasher: Hasher::new(plan.diff_id.algorithm()),
         state: Rc::clone(&state),
     });
-    archive.set_preserve_permissions(true);
+    // Permission bits, without set-user-ID and set-group-ID: inert in a sandbox (no_new_privs),
+    // they would work for anyone on the host who could reach the store.
+    archive.set_preserve_permissions(false);
     archive.set_preserve_mtime(true);
     archive.set_preserve_ownerships(false);
     archive.set_unpack_xattrs(false);
@@ -1126,7 +1140,8 @@ impl Extractor<'_> {
             .mode()
             .map_err(|e| invalid(self.blob, format!("bad mode: {e}")))?;
         Ok(DirMeta {
-            mode: mode & 0o7777,
+            // The sticky bit stays (an image's /tmp needs it); set-group-ID does not.
+            mode: mode & 0o1777,
             mtime: header.mtime().ok().and_then(|t| i64::try_from(t).ok()),
         })
     }
@@ -1313,28 +1328,53 @@ impl Extractor<'_> {
         Ok(())
     }
 
-    /// Sets the recorded directory modes and mtimes, deepest first.
+    /// Sets the recorded directory modes and mtimes, deepest first. Each directory is opened
+    /// beneath the layer's root without following any symbolic link: a later entry of the
+    /// layer may have replaced a directory on the way with a link (to anywhere), and what is
+    /// then at the path is not the directory the layer made.
     fn finish_dirs(&mut self) -> Result<()> {
+        let root = File::open(self.root)
+            .map_err(|e| Error::io("open the layer's root", Some(self.root.to_path_buf()), e))?;
         let mut dirs: Vec<(&PathBuf, &DirMeta)> = self.dirs.iter().collect();
         dirs.sort_by_key(|(p, _)| std::cmp::Reverse(p.components().count()));
         for (path, meta) in dirs {
-            // A later whiteout or entry may have replaced it.
-            if !fs::symlink_metadata(path).is_ok_and(|m| m.is_dir()) {
+            let Ok(rel) = path.strip_prefix(self.root) else {
                 continue;
-            }
+            };
+            // The layer's root itself ("./" in the tar) is "." beneath itself.
+            let rel = if rel.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                rel
+            };
+            let Ok(rel) = CString::new(rel.as_os_str().as_bytes()) else {
+                continue;
+            };
+            let opened = crate::sys::open_beneath_no_links(
+                root.as_raw_fd(),
+                &rel,
+                libc::O_RDONLY | libc::O_DIRECTORY,
+            );
+            let dir = match opened {
+                // SAFETY: a new descriptor, owned here.
+                Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+                // Replaced since (by a whiteout, a file or a link, on the way or at the end).
+                Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        "open a layer directory",
+                        Some(path.clone()),
+                        e.into(),
+                    ))
+                }
+            };
             if let Some(mtime) = meta.mtime {
                 let t = TimeSpec::new(mtime, 0);
-                nix::sys::stat::utimensat(AT_FDCWD, path, &t, &t, UtimensatFlags::NoFollowSymlink)
-                    .map_err(|errno| {
-                        Error::io(
-                            "utimensat",
-                            Some(path.clone()),
-                            io::Error::from_raw_os_error(errno as i32),
-                        )
-                    })?;
+                nix::sys::stat::futimens(&dir, &t, &t)
+                    .map_err(|e| Error::io("futimens", Some(path.clone()), e.into()))?;
             }
-            fs::set_permissions(path, fs::Permissions::from_mode(meta.mode))
-                .map_err(|e| Error::io("chmod", Some(path.clone()), e))?;
+            nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(meta.mode))
+                .map_err(|e| Error::io("fchmod", Some(path.clone()), e.into()))?;
         }
         Ok(())
     }

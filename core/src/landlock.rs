@@ -82,7 +82,21 @@ pub(crate) fn plan(
     report: &mut Report,
 ) -> Result<Option<Plan>> {
     if spec.want == Want::Off {
-        report.push("landlock", Want::Off, Status::Off, "not requested".into());
+        let rules: Vec<&str> = spec
+            .write
+            .iter()
+            .chain(&spec.read)
+            .map(String::as_str)
+            .collect();
+        let detail = if rules.is_empty() {
+            "off, as asked".to_string()
+        } else {
+            format!(
+                "off, as asked: its rules ({}) are not applied",
+                rules.join(", ")
+            )
+        };
+        report.push("landlock", Want::Off, Status::Off, detail);
         return Ok(None);
     }
     let abi = abi();

@@ -395,8 +395,27 @@ impl MountPlan {
                 plan.bind_default(root, Path::new("/proc"), "/proc", sys::MOUNT_ATTR_RDONLY)?;
             }
         }
-        if fs.proc && pid_ns && mask_proc {
-            plan.mask_proc()?;
+        if fs.proc && mask_proc {
+            let proc_mounted = plan
+                .entries
+                .iter()
+                .rev()
+                .find(|e| e.destination == "/proc")
+                .is_some_and(|e| e.status == Status::Enforced);
+            if pid_ns && proc_mounted {
+                plan.mask_proc()?;
+            } else {
+                let mut e = entry("/proc/*", "", "mask", &[]);
+                e.status = Status::Skipped;
+                e.detail = if proc_mounted {
+                    "not masked: /proc is the host's (no PID namespace of its own), bound \
+                     read-only, so its files can be read"
+                } else {
+                    "not masked: the sandbox has no /proc"
+                }
+                .into();
+                plan.entries.push(e);
+            }
         }
         if fs.dev {
             plan.dev(root)?;
@@ -421,7 +440,16 @@ impl MountPlan {
             ];
             plan.new_fs(root, &dest, "tmpfs", &opts, NOSUID_NODEV, true)?;
         }
-        for (i, m) in fs.mounts.iter().enumerate() {
+        // Outer mounts before the mounts inside them, whatever order they were given in (as
+        // given for the same depth): a mount made before one over its parent would be hidden.
+        let mut order: Vec<(usize, &Mount)> = fs.mounts.iter().enumerate().collect();
+        order.sort_by_key(|(_, m)| {
+            Path::new(m.destination())
+                .components()
+                .filter(|c| matches!(c, Component::Normal(_)))
+                .count()
+        });
+        for (i, m) in order {
             plan.user_mount(root, i, m)?;
         }
         // Templates are made for the default host view only: a caller's binds would make one

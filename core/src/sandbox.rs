@@ -728,7 +728,12 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         libc::CLONE_NEWPID,
         "pid",
         &mut report,
-        "own PID namespace; an init is pid 1 and host processes are invisible",
+        if ns.mount.wanted() {
+            "own PID namespace; an init is pid 1 and host processes are invisible"
+        } else {
+            "own PID namespace; an init is pid 1; /proc is still the host's (no mount namespace of \
+             its own): host processes are listed there, though no signal reaches them"
+        },
     )?;
     flags |= ns_flag(
         ns.ipc,
@@ -1006,9 +1011,24 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     report_process(&mut report, spec, pid_ns);
     let security = plan_security(spec, &mut report)?;
     let mut rlimits: Vec<(u32, u64, u64)> = rlimits;
-    for (res, v) in &security.rlimits {
-        rlimits.retain(|(r, _, _)| r != res);
-        rlimits.push((*res, *v, *v));
+    for &(res, v) in &security.rlimits {
+        match rlimits.iter_mut().find(|(r, _, _)| *r == res) {
+            // Both a limit's fallback and the spec's own: the lower of each applies, so that
+            // neither claim in the report is left out of force.
+            Some(both) => {
+                both.1 = both.1.min(v);
+                both.2 = both.2.min(v);
+                if let Some(entry) = report.features.iter_mut().find(|f| f.name == "rlimits") {
+                    entry.detail.push_str(&format!(
+                        "; {}: a limit's fallback sets it too, the lower applies (soft {}, hard {})",
+                        rlimit_name(res),
+                        both.1,
+                        both.2
+                    ));
+                }
+            }
+            None => rlimits.push((res, v, v)),
+        }
     }
     if let Some((_, img)) = &image {
         let mut detail = format!("{} ({} layers)", img.manifest_digest, img.layers.len());
@@ -1158,7 +1178,15 @@ fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
     let detail = if kept.is_empty() {
         "all sets empty (effective, permitted, inheritable, ambient, bounding)".to_string()
     } else {
-        format!("kept inside the user namespace only: {}; every other capability dropped, bounding set included", kept.join(", "))
+        let scope = if spec.namespaces.user.wanted() {
+            "inside the sandbox's user namespace only"
+        } else {
+            "over the host (no user namespace of its own: these are the caller's real capabilities)"
+        };
+        format!(
+            "kept {scope}: {}; every other capability dropped, bounding set included",
+            kept.join(", ")
+        )
     };
     report.push("capabilities", Want::Required, Status::Enforced, detail);
 
@@ -1226,6 +1254,28 @@ fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
             Some(f.program)
         }
     };
+    // Nested user namespaces: refused by a rule of the default profile only.
+    let (status, detail) = match (&sec.seccomp, sec.allow_nested_userns) {
+        (_, true) => (Status::Off, "allowed, as asked".to_string()),
+        (crate::spec::Seccomp::Default, false) => (
+            Status::Enforced,
+            "refused by the default seccomp profile (unshare and clone with CLONE_NEWUSER: EPERM; \
+             clone3: ENOSYS)"
+                .to_string(),
+        ),
+        (_, false) => (
+            Status::Skipped,
+            "not refused: the refusal is a rule of the default seccomp profile, which this \
+             sandbox does not use; keep the default profile, or add the rule to your own"
+                .to_string(),
+        ),
+    };
+    let level = if sec.allow_nested_userns {
+        Want::Off
+    } else {
+        Want::BestEffort
+    };
+    report.push("nested-userns", level, status, detail);
     Ok(SecurityPlan {
         keep_caps,
         last_cap,

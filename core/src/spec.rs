@@ -403,7 +403,8 @@ pub enum Network {
 pub struct Filesystem {
     /// What `/` is.
     pub root: Root,
-    /// Extra mounts, applied in order after the root's own.
+    /// Extra mounts, made after the root's own: outer destinations before those inside them
+    /// (so that none hides another), in the given order at the same depth.
     pub mounts: Vec<Mount>,
     /// An empty writable directory (tmpfs) created at this path; the default cwd and `HOME`.
     pub workdir: Option<String>,

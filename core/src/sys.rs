@@ -685,6 +685,29 @@ pub fn open_in_root(root: c_int, path: &CStr, flags: c_int) -> SysResult<c_int> 
     check(ret).map(|fd| fd as c_int)
 }
 
+/// openat2 that follows no symbolic link at all and stays beneath `dir`: `path` names what is
+/// there, under its own name, or the call fails (ELOOP for a link on the way).
+pub fn open_beneath_no_links(dir: c_int, path: &CStr, flags: c_int) -> SysResult<c_int> {
+    const RESOLVE_NO_SYMLINKS: u64 = 0x04;
+    const RESOLVE_BENEATH: u64 = 0x08;
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: path is NUL-terminated; how is a valid open_how of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    check(ret).map(|fd| fd as c_int)
+}
+
 pub fn mkdirat(dirfd: c_int, name: &CStr, mode: libc::mode_t) -> SysResult<()> {
     // SAFETY: name is NUL-terminated.
     check_int(unsafe { libc::mkdirat(dirfd, name.as_ptr(), mode) }).map(drop)

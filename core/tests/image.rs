@@ -736,6 +736,57 @@ fn entries_replace_symlinks_instead_of_writing_through_them() {
     assert!(reason.contains("which the layer does not hold"), "{reason}");
 }
 
+/// A directory's mode and time are set at the end of a layer: by then a later entry may have
+/// made a directory on its path a link to anywhere, which must not be followed. Set-user-ID and
+/// set-group-ID bits are dropped (they would work for anyone who reached the store).
+#[test]
+fn a_layer_cannot_change_a_directory_outside_through_a_replaced_link() {
+    let tmp = TempDir::new("image-dir-link");
+    let victim = tmp.path().join("victim");
+    fs::create_dir_all(victim.join("x")).unwrap();
+    fs::set_permissions(victim.join("x"), fs::Permissions::from_mode(0o700)).unwrap();
+    let before = fs::metadata(victim.join("x")).unwrap();
+    let items = vec![
+        dir("sub", 0o755),
+        symlink("d", "sub"),
+        dir("d/x", 0o777),
+        symlink("d", victim.to_str().unwrap()),
+        // Controls: the layer's own directory gets its mode (sticky bit included), and a file
+        // keeps its execute bits.
+        dir("kept", 0o1750),
+        file_mode("tool", "#!/bin/sh\n", 0o6755),
+    ];
+    let mut layout = Layout::new(&tmp.path().join("layout"));
+    layout.add(
+        Some("x"),
+        &ImageSpec::new(vec![LayerSpec::new(Comp::None, items)]),
+    );
+    let img = image::unpack(&layout.dir, Some("x"), &tmp.path().join("store")).unwrap();
+    let after = fs::metadata(victim.join("x")).unwrap();
+    assert_eq!(
+        after.mode() & 0o7777,
+        0o700,
+        "the layer changed a directory outside"
+    );
+    assert_eq!(
+        after.mtime(),
+        before.mtime(),
+        "the layer re-timed a directory outside"
+    );
+    let layer = &img.layers[0];
+    assert_eq!(
+        fs::metadata(layer.join("kept")).unwrap().mode() & 0o7777,
+        0o1750
+    );
+    assert_eq!(
+        fs::metadata(layer.join("tool")).unwrap().mode() & 0o7777,
+        0o755
+    );
+    // Nobody else can reach the unpacked layers.
+    let store = fs::metadata(tmp.path().join("store/sha256")).unwrap();
+    assert_eq!(store.mode() & 0o077, 0);
+}
+
 const CHILD_ENV: &str = "RSANDBOX_IMAGE_TEST_CHILD";
 
 /// Not a test on its own: the other process of `concurrent_unpacks_yield_one_intact_layer`.
