@@ -639,12 +639,27 @@ impl Hasher {
 
 /// `store/<alg>`, created private to the caller, after checking nobody else can write to it.
 fn store_dir(store: &Path, alg: &str) -> Result<PathBuf> {
+    if !store.is_absolute() {
+        return Err(Error::invalid(
+            "filesystem.root.overlay.image.store",
+            format!("must be an absolute path: {}", store.display()),
+        ));
+    }
     let dir = store.join(alg);
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(&dir)
-        .map_err(|e| Error::io("create the layer store", Some(dir.clone()), e))?;
+        .map_err(|source| Error::Io {
+            op: "create the layer store",
+            path: Some(dir.clone()),
+            source,
+            remedy: Some(
+                "give a store directory this user may create (--image-store DIR, or \
+                 RSANDBOX_IMAGE_STORE)"
+                    .into(),
+            ),
+        })?;
     check_private(&dir)?;
     // Nobody else may even reach the layers: a world-writable directory of an image (its /tmp)
     // would otherwise take files from any user of the host, into every later sandbox.

@@ -138,19 +138,13 @@ impl OverlayPlan {
                 (true, None, opts)
             }
             Upper::Persistent { path } => {
-                let (upper, work) = persistent_dirs(path)?;
-                for l in &lowers {
-                    if upper.starts_with(l) || l.starts_with(&upper) {
-                        return Err(Error::invalid(
-                            "filesystem.root.overlay.upper",
-                            format!(
-                                "the upper {} and the lower {} overlap: one lies inside the other (the kernel would fail with ELOOP)",
-                                upper.display(),
-                                l.display()
-                            ),
-                        ));
-                    }
+                // Checked before anything is created (and again after, on the real paths): a
+                // refused upper leaves nothing in a lower.
+                if path.is_absolute() {
+                    check_upper_overlap(&planned_path(path), &lowers)?;
                 }
+                let (upper, work) = persistent_dirs(path)?;
+                check_upper_overlap(&upper, &lowers)?;
                 (
                     false,
                     Some((upper, work)),
@@ -683,6 +677,84 @@ fn sleep_ms(ms: i64) {
 }
 
 /// The persistent upper (created if missing) and its work directory, a hidden sibling.
+impl OverlayPlan {
+    /// Locks a persistent upper for one sandbox (flock on its directory, taken without waiting);
+    /// None for an ephemeral one.
+    pub(crate) fn lock_upper(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+        let Some((upper, _)) = &self.persistent else {
+            return Ok(None);
+        };
+        let dir = std::fs::File::open(upper)
+            .map_err(|e| Error::io("open the upper directory", Some(upper.clone()), e))?;
+        use std::os::fd::AsRawFd;
+        // A sandbox whose result is in may still be exiting (its init holds the lock until it
+        // is gone, which takes milliseconds): a second to let it go.
+        let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
+        let errno = loop {
+            // SAFETY: flock on a descriptor owned here; the lock goes with its open file.
+            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(dir.into()));
+            }
+            let e = Errno::last();
+            if e != Errno::EWOULDBLOCK || std::time::Instant::now() >= until {
+                break e;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        match errno {
+            Errno::EWOULDBLOCK => Err(Error::invalid(
+                "filesystem.root.overlay.upper",
+                format!(
+                    "{} is the upper of another sandbox that is still running: overlayfs leaves \
+                     two mounts of one upper undefined; wait for it to end, or give each \
+                     sandbox its own",
+                    upper.display()
+                ),
+            )),
+            e => Err(Error::os("flock the upper directory", e)),
+        }
+    }
+}
+
+/// Where `path` will be once created: its deepest existing ancestor resolved, the rest as given.
+fn planned_path(path: &Path) -> PathBuf {
+    let mut existing = path;
+    let mut rest = Vec::new();
+    while std::fs::symlink_metadata(existing).is_err() {
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_os_string());
+                existing = parent;
+            }
+            _ => break,
+        }
+    }
+    let mut out = std::fs::canonicalize(existing).unwrap_or_else(|_| existing.to_path_buf());
+    out.extend(rest.iter().rev());
+    out
+}
+
+/// An upper (or its work directory beside it) inside a lower, or a lower inside either: the
+/// kernel would fail with ELOOP, and writes would land in the lower.
+fn check_upper_overlap(upper: &Path, lowers: &[PathBuf]) -> Result<()> {
+    let work = sidecar(upper, "work");
+    for l in lowers {
+        for (what, p) in [("upper", upper), ("upper's work directory", work.as_path())] {
+            if p.starts_with(l) || l.starts_with(p) {
+                return Err(Error::invalid(
+                    "filesystem.root.overlay.upper",
+                    format!(
+                        "the {what} {} and the lower {} overlap: one lies inside the other (the kernel would fail with ELOOP)",
+                        p.display(),
+                        l.display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn persistent_dirs(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let field = "filesystem.root.overlay.upper.persistent.path";
     if !path.is_absolute() {

@@ -410,6 +410,8 @@ struct Prepared {
     net_ahead: Option<OwnedFd>,
     /// The command's default HOME (and working directory).
     home: String,
+    /// The lock on a persistent upper, which the init inherits (this copy closes after the clone).
+    _upper_lock: Option<OwnedFd>,
 }
 
 /// Whether the kernel has the namespace `name` (its /proc/self/ns entry exists). Looked up once
@@ -949,8 +951,15 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         }
     }
     let small = small.ok();
+    // A persistent upper serves one sandbox at a time (overlayfs leaves sharing one undefined):
+    // a lock its init holds for the sandbox's whole life.
+    let upper_lock = match mounts.as_ref().and_then(|m| m.overlay()) {
+        Some(ov) => ov.lock_upper()?,
+        None => None,
+    };
     let mut keep_fds: Vec<c_int> = stdio.to_vec();
     keep_fds.extend([err_w.as_raw_fd(), ctl_r.as_raw_fd(), status_w.as_raw_fd()]);
+    keep_fds.extend(upper_lock.as_ref().map(|fd| fd.as_raw_fd()));
     if let Some((fd, _)) = &small {
         keep_fds.push(*fd);
     }
@@ -1115,6 +1124,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         }),
         in_template: template.is_some(),
         join_cgroup: None,
+        upper_lock: upper_lock.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
     };
     Ok(Prepared {
         plan,
@@ -1135,6 +1145,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         home,
         template,
         net_ahead,
+        _upper_lock: upper_lock,
     })
 }
 
@@ -1503,6 +1514,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         Ok(pid) => pid,
         Err(e) => return Err(clone_error(e, prep.clone_flags)),
     };
+    let upper_locked = prep._upper_lock.is_some();
     // SAFETY: clone3 with CLONE_PIDFD stored a new descriptor that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let Prepared {
@@ -1661,7 +1673,9 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     // With rsandbox-init and no cgroup to remove, the result is the command's status record: the
     // kernel's teardown of the namespaces (about a millisecond) goes on after it, and the
     // library's reaper collects the init. With a cgroup, wait returns once it is removed.
-    let early_exit = start_skipped.is_none() && cgroup.is_none();
+    // A persistent upper is free for the next sandbox once the init has exited (it holds the
+    // lock): the result waits for that, as for a cgroup.
+    let early_exit = start_skipped.is_none() && cgroup.is_none() && !upper_locked;
     Ok(Child {
         pid,
         command_pid,

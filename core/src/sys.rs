@@ -667,16 +667,21 @@ pub fn fsmount(fsfd: c_int, attr_flags: u64) -> SysResult<c_int> {
 /// openat2 with `RESOLVE_IN_ROOT`: `path` is resolved as if `root` were `/`, so symlinks inside a
 /// rootfs can never lead outside it.
 pub fn open_in_root(root: c_int, path: &CStr, flags: c_int) -> SysResult<c_int> {
+    openat2(root, path, flags, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+}
+
+/// openat2 with close-on-exec added to `flags`.
+fn openat2(dir: c_int, path: &CStr, flags: c_int, resolve: u64) -> SysResult<c_int> {
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: 0,
-        resolve: RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        resolve,
     };
     // SAFETY: path is NUL-terminated; how is a valid open_how of the size passed.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_openat2,
-            root,
+            dir,
             path.as_ptr(),
             &how as *const OpenHow,
             std::mem::size_of::<OpenHow>(),
@@ -690,22 +695,12 @@ pub fn open_in_root(root: c_int, path: &CStr, flags: c_int) -> SysResult<c_int> 
 pub fn open_beneath_no_links(dir: c_int, path: &CStr, flags: c_int) -> SysResult<c_int> {
     const RESOLVE_NO_SYMLINKS: u64 = 0x04;
     const RESOLVE_BENEATH: u64 = 0x08;
-    let how = OpenHow {
-        flags: (flags | libc::O_CLOEXEC | libc::O_NOFOLLOW) as u64,
-        mode: 0,
-        resolve: RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
-    };
-    // SAFETY: path is NUL-terminated; how is a valid open_how of the size passed.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_openat2,
-            dir,
-            path.as_ptr(),
-            &how as *const OpenHow,
-            std::mem::size_of::<OpenHow>(),
-        )
-    };
-    check(ret).map(|fd| fd as c_int)
+    openat2(
+        dir,
+        path,
+        flags | libc::O_NOFOLLOW,
+        RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS,
+    )
 }
 
 pub fn mkdirat(dirfd: c_int, name: &CStr, mode: libc::mode_t) -> SysResult<()> {

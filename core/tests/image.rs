@@ -787,6 +787,23 @@ fn a_layer_cannot_change_a_directory_outside_through_a_replaced_link() {
     assert_eq!(store.mode() & 0o077, 0);
 }
 
+/// A relative store is refused before anything is unpacked (it would land wherever the
+/// process happens to be).
+#[test]
+fn a_relative_store_is_refused_before_unpacking() {
+    let tmp = TempDir::new("image-relative-store");
+    let mut layout = Layout::new(&tmp.path().join("layout"));
+    layout.add(
+        Some("x"),
+        &ImageSpec::new(vec![LayerSpec::new(Comp::None, vec![file("f", "x")])]),
+    );
+    let e = image::unpack(&layout.dir, Some("x"), Path::new("relative-store-rsbx")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{e}");
+    assert!(!Path::new("relative-store-rsbx").exists());
+    // Control: an absolute one unpacks.
+    image::unpack(&layout.dir, Some("x"), &tmp.path().join("store")).unwrap();
+}
+
 const CHILD_ENV: &str = "RSANDBOX_IMAGE_TEST_CHILD";
 
 /// Not a test on its own: the other process of `concurrent_unpacks_yield_one_intact_layer`.

@@ -384,6 +384,26 @@ fn bad_overlay_input_is_refused_clearly() {
     let e = rsandbox::spawn(&spec).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidSpec);
     assert!(e.to_string().contains("overlap"), "{e}");
+    // Refused before anything is made in the lower.
+    assert!(!l.top.join("upper").exists() && !l.top.join(".upper.work").exists());
+    // A lower that is the upper's work directory beside it.
+    let beside = l.top.parent().unwrap().join("beside");
+    let work = l.top.parent().unwrap().join(".beside.work");
+    std::fs::create_dir_all(&work).unwrap();
+    let mut spec = overlay_spec(
+        &l,
+        OverlayDriver::Kernel,
+        Upper::Persistent {
+            path: beside.clone(),
+        },
+        "true",
+    );
+    if let Root::Overlay(ov) = &mut spec.filesystem.root {
+        ov.lowers.push(work.clone());
+    }
+    let e = rsandbox::spawn(&spec).unwrap_err();
+    assert!(e.to_string().contains("work directory"), "{e}");
+    assert!(!beside.exists(), "{}", beside.display());
     // No lowers at all.
     let mut spec = overlay_spec(&l, OverlayDriver::Kernel, Upper::default(), "true");
     if let Root::Overlay(ov) = &mut spec.filesystem.root {
@@ -548,4 +568,43 @@ fn runs_from_a_local_oci_image_with_its_config() {
     let e = rsandbox::spawn(&spec).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidImage);
     assert!(e.to_string().contains("v1"), "{e}");
+}
+
+/// A persistent upper serves one sandbox at a time: a second one while the first runs is
+/// refused by name; once the first has ended, the upper is free again.
+#[test]
+fn a_persistent_upper_is_not_shared_by_two_running_sandboxes() {
+    let Some(l) = layers() else { return };
+    let upper = l.top.parent().unwrap().join("shared-upper");
+    let spec = |script: &str| {
+        overlay_spec(
+            &l,
+            OverlayDriver::Kernel,
+            Upper::Persistent {
+                path: upper.clone(),
+            },
+            script,
+        )
+    };
+    let mut first = rsandbox::spawn(&spec("sleep 30")).unwrap();
+    let e = rsandbox::spawn(&spec("true")).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{e}");
+    assert!(e.to_string().contains("still running"), "{e}");
+    first.kill(libc::SIGKILL).unwrap();
+    first.wait().unwrap();
+    drop(first);
+    // The init holds the lock until the sandbox is gone; it may still be exiting.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match rsandbox::run(&spec("echo free")) {
+            Ok(r) => {
+                assert_eq!(out(&r), "free\n", "{}", err(&r));
+                break;
+            }
+            Err(e) if Instant::now() < deadline && e.to_string().contains("still running") => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }

@@ -147,6 +147,8 @@ pub(crate) struct Plan {
     /// Where clone3 is refused, clone cannot start the sandbox in its cgroup: its first process
     /// moves itself there before anything else.
     pub join_cgroup: Option<JoinCgroup>,
+    /// The lock on a persistent upper (-1 for none): kept by the init until the sandbox ends.
+    pub upper_lock: c_int,
 }
 
 /// A cgroup the sandbox's first process moves itself into (see [`Plan::join_cgroup`]).
@@ -313,10 +315,15 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
     // The command has executed, or failed and said why on the error pipe; the init reaps it.
     let _ = sys::write_all(plan.status_w, &pid.to_ne_bytes());
     let ctl = if plan.die_with_parent { plan.ctl_r } else { -1 };
-    let kept = sys::keep_on_exec(plan.status_w).and_then(|()| match ctl {
-        -1 => Ok(()),
-        fd => sys::keep_on_exec(fd),
-    });
+    let kept = sys::keep_on_exec(plan.status_w)
+        .and_then(|()| match ctl {
+            -1 => Ok(()),
+            fd => sys::keep_on_exec(fd),
+        })
+        .and_then(|()| match plan.upper_lock {
+            -1 => Ok(()),
+            fd => sys::keep_on_exec(fd),
+        });
     if let Err(e) = kept {
         let _ = sys::kill(pid, libc::SIGKILL);
         fail(plan.err_w, failure(Step::ExecInit, e), EXIT_SETUP_FAILED);
