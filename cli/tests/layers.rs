@@ -466,6 +466,58 @@ fn diff_json_has_added_modified_and_deleted() {
     assert_eq!((d.code, d.stdout.as_str()), (0, ""), "{d:?}");
 }
 
+/// What a sandbox does in its upper cannot hide its changes from diff: a directory named like
+/// an opaque marker or a whiteout is an added directory, and a directory made unreadable is
+/// listed as such while the rest of the diff stands.
+#[test]
+fn diff_is_not_fooled_by_names_or_an_unreadable_directory() {
+    if my_uid() == 0 {
+        // root reads any directory: nothing is unreadable.
+        eprintln!("as root every directory is readable: the unreadable case is the user's");
+    }
+    let Some(l) = layers() else { return };
+    let dir = Scratch::new("cli-diff-tricks");
+    let up = dir.join("u");
+    let r = sh_in(
+        &["--overlay", &l.all(), "--upper", &up],
+        "mkdir -p /w/.wh..wh..opq /w/.wh.etc; echo x > /w/.wh..wh..opq/hidden; \
+         mkdir /hide; echo y > /hide/f; chmod 000 /hide; echo z > /etc/appended",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let d = rsandbox(&["diff", "--json", &up]);
+    assert_eq!(d.code, 0, "{d:?}");
+    let v: Value = serde_json::from_str(&d.stdout).unwrap_or_else(|e| panic!("{e}: {d:?}"));
+    let added: Vec<&str> = v["added"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for path in [
+        "/w/.wh..wh..opq",
+        "/w/.wh..wh..opq/hidden",
+        "/w/.wh.etc",
+        "/hide",
+    ] {
+        assert!(added.contains(&path), "{path} not added: {v}");
+    }
+    assert!(v["deleted"].as_array().unwrap().is_empty(), "{v}");
+    assert_eq!(v["modified"], json!(["/etc/appended"]), "{v}");
+    if my_uid() != 0 {
+        assert_eq!(v["unreadable"], json!(["/hide"]), "{v}");
+    }
+    // The text form marks it too.
+    let t = rsandbox(&["diff", &up]);
+    if my_uid() != 0 {
+        assert!(t.stdout.lines().any(|l| l == "? /hide"), "{t:?}");
+    }
+    // Leave the scratch removable.
+    let _ = std::fs::set_permissions(
+        std::path::Path::new(&up).join("hide"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    );
+}
+
 #[test]
 fn diff_with_explicit_lowers_needs_no_record() {
     let Some(l) = layers() else { return };

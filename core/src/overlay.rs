@@ -813,6 +813,10 @@ pub struct Diff {
     pub modified: Vec<String>,
     /// Paths deleted (whiteouts).
     pub deleted: Vec<String>,
+    /// Directories of the upper this user cannot read (a sandbox can make one so): what they
+    /// hold is not in the lists above.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unreadable: Vec<String>,
 }
 
 /// Reads the changes recorded in a persistent `upper`. `lowers` (top-most first) tell added from
@@ -843,8 +847,14 @@ pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Diff> {
         lowers
     };
     let mut changes = BTreeMap::new();
-    walk(upper, Path::new(""), lowers, &mut changes)?;
     let mut d = Diff::default();
+    walk(
+        upper,
+        Path::new(""),
+        lowers,
+        &mut changes,
+        &mut d.unreadable,
+    )?;
     for (path, kind) in changes {
         match kind {
             Change::Added => d.added.push(path),
@@ -872,10 +882,20 @@ fn walk(
     rel: &Path,
     lowers: &[PathBuf],
     out: &mut BTreeMap<String, Change>,
+    unreadable: &mut Vec<String>,
 ) -> Result<()> {
     let dir = upper.join(rel);
-    let entries = std::fs::read_dir(&dir)
-        .map_err(|e| Error::io("read upper directory", Some(dir.clone()), e))?;
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        // A directory the sandbox made unreadable: said so, and the rest of the diff stands.
+        Err(e)
+            if e.kind() == std::io::ErrorKind::PermissionDenied && !rel.as_os_str().is_empty() =>
+        {
+            unreadable.push(format!("/{}", rel.display()));
+            return Ok(());
+        }
+        Err(e) => return Err(Error::io("read upper directory", Some(dir.clone()), e)),
+    };
     for entry in entries {
         let entry = entry.map_err(|e| Error::io("read upper directory", Some(dir.clone()), e))?;
         let name = entry.file_name();
@@ -886,14 +906,16 @@ fn walk(
             .metadata()
             .map_err(|e| Error::io("stat", Some(entry.path()), e))?;
         let ft = meta.file_type();
-        if name_s == ".wh..wh..opq" || name_s == ".wh..opq" {
+        // Whiteouts and opaque markers are never directories: a directory of such a name is
+        // one the sandbox made, and is taken as it is.
+        if (name_s == ".wh..wh..opq" || name_s == ".wh..opq") && !ft.is_dir() {
             // fuse-overlayfs's opaque markers: only news when they hide a lower directory.
             if !rel.as_os_str().is_empty() && in_lowers(lowers, rel) {
                 out.insert(format!("/{}", rel.display()), Change::Modified);
             }
         } else if ft.is_char_device() && meta.rdev() == 0 {
             out.insert(shown, Change::Deleted);
-        } else if let Some(hidden) = name_s.strip_prefix(".wh.") {
+        } else if let Some(hidden) = name_s.strip_prefix(".wh.").filter(|_| !ft.is_dir()) {
             out.insert(format!("/{}", rel.join(hidden).display()), Change::Deleted);
         } else if ft.is_dir() {
             let existed = in_lowers(lowers, &child);
@@ -903,7 +925,7 @@ fn walk(
             } else if opaque {
                 out.insert(shown, Change::Modified);
             }
-            walk(upper, &child, lowers, out)?;
+            walk(upper, &child, lowers, out, unreadable)?;
         } else {
             let kind = if in_lowers(lowers, &child) {
                 Change::Modified
