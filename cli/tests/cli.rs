@@ -1232,7 +1232,8 @@ fn the_report_says_what_is_not_in_force() {
         "{r:?}"
     );
 
-    // Nested user namespaces: refused by the default profile only.
+    // Nested user namespaces: refused by the default profile, and without it by the sandbox's
+    // own user namespace's limit; allowed only when asked.
     let r = rsandbox(&[
         "run",
         "--report",
@@ -1256,9 +1257,25 @@ fn the_report_says_what_is_not_in_force() {
         "-c",
         "unshare -U true; echo $?",
     ]);
+    assert_ne!(r.stdout.trim(), "0", "{r:?}");
+    assert!(
+        line_starting(&r.stderr, "nested-userns").contains("max_user_namespaces = 0"),
+        "{r:?}"
+    );
+    let r = rsandbox(&[
+        "run",
+        "--report",
+        "--seccomp",
+        "none",
+        "--allow-nested-userns",
+        "--",
+        "sh",
+        "-c",
+        "unshare -U true; echo $?",
+    ]);
     assert_eq!(r.stdout.trim(), "0", "{r:?}");
     assert!(
-        line_starting(&r.stderr, "nested-userns").contains("SKIPPED"),
+        line_starting(&r.stderr, "nested-userns").contains("allowed"),
         "{r:?}"
     );
 

@@ -96,11 +96,14 @@ pub enum Step {
     /// Moving into the sandbox's cgroup from inside, where clone3 (which starts a process in its
     /// cgroup) is refused, and making the cgroup namespace there.
     JoinCgroup,
+    /// Setting the sandbox's user namespace's `max_user_namespaces` to 0 (no nested user
+    /// namespaces where the default seccomp profile does not refuse them).
+    DenyNestedUserns,
 }
 
 impl Step {
     /// All steps, for decoding the number that crosses the pipe.
-    const ALL: [Step; 39] = [
+    const ALL: [Step; 40] = [
         Step::Clone,
         Step::CloseFds,
         Step::DenySetgroups,
@@ -140,6 +143,7 @@ impl Step {
         Step::NetworkNamespace,
         Step::EnterTemplate,
         Step::JoinCgroup,
+        Step::DenyNestedUserns,
     ];
 
     pub(crate) fn from_u32(n: u32) -> Option<Step> {
@@ -188,6 +192,7 @@ impl Step {
             Step::NetworkNamespace => "network-namespace",
             Step::EnterTemplate => "enter-template",
             Step::JoinCgroup => "join-cgroup",
+            Step::DenyNestedUserns => "deny-nested-userns",
         }
     }
 }

@@ -1019,6 +1019,36 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         .collect();
     report_process(&mut report, spec, pid_ns);
     let security = plan_security(spec, &mut report)?;
+    // Without the default profile's rule, the sandbox's own user namespace refuses nested ones
+    // (only ever its own: never without CLONE_NEWUSER, where the limit would be the host's).
+    let deny_nested_userns = !spec.security.allow_nested_userns
+        && !matches!(spec.security.seccomp, crate::spec::Seccomp::Default)
+        && flags & libc::CLONE_NEWUSER as u64 != 0;
+    if deny_nested_userns {
+        let keeps_resource = spec.security.capabilities.iter().any(|c| {
+            c.eq_ignore_ascii_case("CAP_SYS_RESOURCE") || c.eq_ignore_ascii_case("SYS_RESOURCE")
+        });
+        if let Some(entry) = report
+            .features
+            .iter_mut()
+            .find(|f| f.name == "nested-userns")
+        {
+            entry.status = if keeps_resource {
+                Status::Skipped
+            } else {
+                Status::Enforced
+            };
+            entry.detail = if keeps_resource {
+                "max_user_namespaces = 0 in the sandbox's user namespace, but the command keeps \
+                 CAP_SYS_RESOURCE and may raise it again"
+                    .into()
+            } else {
+                "refused: max_user_namespaces = 0 in the sandbox's user namespace (the default \
+                 seccomp profile's rule is not in use)"
+                    .into()
+            };
+        }
+    }
     let mut rlimits: Vec<(u32, u64, u64)> = rlimits;
     for &(res, v) in &security.rlimits {
         match rlimits.iter_mut().find(|(r, _, _)| *r == res) {
@@ -1125,6 +1155,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         in_template: template.is_some(),
         join_cgroup: None,
         upper_lock: upper_lock.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        deny_nested_userns,
     };
     Ok(Prepared {
         plan,

@@ -149,6 +149,8 @@ pub(crate) struct Plan {
     pub join_cgroup: Option<JoinCgroup>,
     /// The lock on a persistent upper (-1 for none): kept by the init until the sandbox ends.
     pub upper_lock: c_int,
+    /// Set the sandbox's own user namespace's `max_user_namespaces` to 0.
+    pub deny_nested_userns: bool,
 }
 
 /// A cgroup the sandbox's first process moves itself into (see [`Plan::join_cgroup`]).
@@ -446,6 +448,13 @@ fn setup(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
             Ok(_) => sys::exit(EXIT_SETUP_FAILED),
             Err(e) => return Err(failure(Step::WaitForMaps, e)),
         }
+    }
+
+    // Nested user namespaces, where no seccomp rule refuses them: the limit of this (the
+    // sandbox's own) user namespace, which /proc/sys shows to its members.
+    if plan.deny_nested_userns {
+        sys::write_file(c"/proc/sys/user/max_user_namespaces", b"0")
+            .map_err(step(Step::DenyNestedUserns))?;
     }
 
     // The network namespace is made beside the mount tree, and always joined before going on:
