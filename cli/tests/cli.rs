@@ -423,10 +423,12 @@ fn the_sandbox_dies_with_the_cli() {
     );
 }
 
-/// Starts `rsandbox run -- ARGS`, waits until `sleeps` sleep processes with `m` run, sends
-/// `signal` to the CLI and returns its exit code.
-fn signal_cli(args: &[String], m: &str, sleeps: usize, signal: i32) -> i32 {
-    let mut all = vec!["run".to_string(), "--".to_string()];
+/// Starts `rsandbox run OPTIONS -- ARGS`, waits until `sleeps` sleep processes with `m` run,
+/// sends `signal` to the CLI and returns its exit code.
+fn signal_cli(options: &[&str], args: &[String], m: &str, sleeps: usize, signal: i32) -> i32 {
+    let mut all = vec!["run".to_string()];
+    all.extend(options.iter().map(|o| o.to_string()));
+    all.push("--".to_string());
     all.extend_from_slice(args);
     let mut child = cli(&all)
         .stdout(Stdio::null())
@@ -446,7 +448,13 @@ fn signal_cli(args: &[String], m: &str, sleeps: usize, signal: i32) -> i32 {
 fn sigterm_to_the_cli_is_forwarded_to_the_command() {
     let m = marker();
     let start = Instant::now();
-    let code = signal_cli(&["sleep".into(), format!("400{m}")], &m, 1, libc::SIGTERM);
+    let code = signal_cli(
+        &[],
+        &["sleep".into(), format!("400{m}")],
+        &m,
+        1,
+        libc::SIGTERM,
+    );
     assert_eq!(
         code,
         128 + libc::SIGTERM,
@@ -464,28 +472,9 @@ fn sigterm_to_the_cli_is_forwarded_to_the_command() {
 #[test]
 fn signals_are_relayed_while_output_is_captured() {
     let m = marker();
-    let mut child = cli([
-        "run",
-        "--output-limit",
-        "1K",
-        "--",
-        "sleep",
-        &format!("400{m}"),
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .unwrap();
-    if !wait_for_sleeps(&m, 1, Duration::from_secs(10)) {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the sleep never started");
-    }
-    send_signal(child.id(), libc::SIGTERM);
-    assert_eq!(
-        wait_within(&mut child, Duration::from_secs(10)),
-        128 + libc::SIGTERM
-    );
+    let args = ["sleep".to_string(), format!("400{m}")];
+    let code = signal_cli(&["--output-limit", "1K"], &args, &m, 1, libc::SIGTERM);
+    assert_eq!(code, 128 + libc::SIGTERM);
     assert!(
         gone_within(&m, Duration::from_secs(5)),
         "survivors: {:?}",
@@ -500,7 +489,7 @@ fn sigint_sighup_and_sigquit_to_the_cli_are_forwarded_too() {
         .enumerate()
     {
         let m = marker();
-        let code = signal_cli(&["sleep".into(), format!("41{i}{m}")], &m, 1, signal);
+        let code = signal_cli(&[], &["sleep".into(), format!("41{i}{m}")], &m, 1, signal);
         assert_eq!(
             code,
             128 + signal,
@@ -519,6 +508,7 @@ fn a_forwarded_signal_leaves_no_background_process() {
     let m = marker();
     let script = format!("sleep 420{m} & sleep 421{m}; :");
     let code = signal_cli(
+        &[],
         &["/bin/sh".into(), "-c".into(), script],
         &m,
         2,
