@@ -217,6 +217,7 @@ pub(crate) fn prepare(
         Err((reason, remedy)) => {
             if want == Want::Required {
                 return Err(Error::Unsupported {
+                    errno: None,
                     feature: "cgroup v2 delegation".into(),
                     reason,
                     remedy: Some(remedy),
@@ -268,6 +269,7 @@ pub(crate) fn prepare(
     }
     if !missing.is_empty() && limits.level == Want::Required {
         return Err(Error::Unsupported {
+            errno: None,
             feature: "cgroup limits".into(),
             reason: format!("controllers unavailable: {}", missing.join(", ")),
             remedy: Some(format!(
@@ -311,6 +313,7 @@ fn finish_without(
     let cgroup_limits = !controllers_for(limits).is_empty() || limits.cpu_time.is_some();
     if cgroup_limits && limits.level == Want::Required {
         return Err(Error::Unsupported {
+            errno: None,
             feature: "cgroup limits".into(),
             reason: reason.into(),
             remedy: Some(format!(

@@ -312,6 +312,9 @@ pub enum Error {
         reason: String,
         /// How to make it available.
         remedy: Option<String>,
+        /// The errno of the host's refusal, where one was seen (the clone refused for a user
+        /// namespace, the kernel overlay mount, /dev/fuse's open).
+        errno: Option<Errno>,
     },
     /// An OCI image layout, manifest, config or layer is unusable.
     #[error("invalid image {}: {reason}", path.display())]
@@ -391,7 +394,27 @@ impl Error {
             | Error::Setup { errno, .. } => Some(*errno),
             Error::ExecutableNotFound { .. } => Some(Errno::ENOENT),
             Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
+            Error::Unsupported { errno, .. } => *errno,
             _ => None,
+        }
+    }
+
+    /// This error with `errno` as the errno of the host's refusal, where the error kind carries
+    /// one that was not known where it was made.
+    pub(crate) fn with_errno(self, errno: Errno) -> Error {
+        match self {
+            Error::Unsupported {
+                feature,
+                reason,
+                remedy,
+                errno: None,
+            } => Error::Unsupported {
+                feature,
+                reason,
+                remedy,
+                errno: Some(errno),
+            },
+            other => other,
         }
     }
 

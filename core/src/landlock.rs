@@ -109,6 +109,7 @@ pub(crate) fn plan(
         };
         if spec.want == Want::Required {
             return Err(Error::Unsupported {
+                errno: None,
                 feature: "Landlock".into(),
                 reason,
                 remedy: Some("boot a kernel with CONFIG_SECURITY_LANDLOCK and `lsm=landlock,...`, or lower min_abi".into()),
@@ -180,6 +181,7 @@ pub(crate) fn plan(
             ));
         } else if spec.want == Want::Required {
             return Err(Error::Unsupported {
+                errno: None,
                 feature: "Landlock TCP rules".into(),
                 reason: format!("they need ABI 4, the kernel has {abi}"),
                 remedy: None,

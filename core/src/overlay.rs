@@ -169,6 +169,11 @@ impl OverlayPlan {
             )),
             None => Ok(()),
         };
+        // The errno of /dev/fuse's open, when that is why fuse-overlayfs cannot be used.
+        let device_errno = match (&fuse_paths, &fuse.binary, fuse.device) {
+            (Ok(()), Some(_), Err(e)) => Some(e),
+            _ => None,
+        };
         let fuse_usable = fuse_paths.and_then(|()| fuse.usable());
         let (kernel, fuse_binary, fuse_unusable) = match ov.driver {
             OverlayDriver::Kernel => (true, None, None),
@@ -176,6 +181,7 @@ impl OverlayPlan {
                 Ok(b) => (false, Some(b), None),
                 Err((reason, remedy)) => {
                     return Err(Error::Unsupported {
+                        errno: device_errno,
                         feature: "fuse-overlayfs".into(),
                         reason,
                         remedy: Some(remedy),
@@ -301,6 +307,7 @@ impl OverlayPlan {
             ),
         };
         Error::Unsupported {
+            errno: Some(errno),
             feature: "overlay root".into(),
             reason,
             remedy: Some(remedy),

@@ -453,6 +453,7 @@ fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &st
     if !kernel_has_namespace(name) {
         if !proc_mounted() {
             return Err(Error::Unsupported {
+                errno: None,
                 feature: "/proc".into(),
                 reason: "/proc is not a proc filesystem in this process's mount namespace (it is \
                          not mounted, or something covers it): the library reads this process's \
@@ -471,6 +472,7 @@ fn ns_flag(want: Want, flag: c_int, name: &str, report: &mut Report, detail: &st
             return Ok(0);
         }
         return Err(Error::Unsupported {
+            errno: Some(Errno::ENOENT),
             feature: format!("{name} namespace"),
             reason: format!("/proc/self/ns/{name} does not exist: the kernel lacks it"),
             remedy: Some(
@@ -944,6 +946,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     if agent {
         if let Err(why) = &small {
             return Err(Error::Unsupported {
+                errno: None,
                 feature: "sandbox pool".into(),
                 reason: format!("pooled sandboxes need the start without copying the caller, and here {why}"),
                 remedy: Some("use the kernel overlay driver and a single-id mapping, or spawn without a pool".into()),
@@ -1859,7 +1862,7 @@ fn clone_error(e: Errno, flags: u64) -> Error {
         && matches!(e, Errno::EPERM | Errno::ENOSPC | Errno::EACCES)
     {
         if let Some(err) = crate::userns::userns_refusal() {
-            return err;
+            return err.with_errno(e);
         }
     }
     let remedy = match e {
@@ -2474,6 +2477,7 @@ impl Child {
 
     fn freezer(&self) -> Result<&Cgroup> {
         self.cgroup.as_ref().ok_or_else(|| Error::Unsupported {
+            errno: None,
             feature: "freeze".into(),
             reason: "the sandbox has no cgroup (see the report's cgroup entry)".into(),
             remedy: Some("run with a delegated cgroup (--cgroup-parent)".into()),
@@ -2696,6 +2700,8 @@ const REAPED_ELSEWHERE: &str =
 /// The error of a sandbox whose init another part of this process reaped before it reported.
 fn status_lost() -> Error {
     Error::Unsupported {
+        // What waiting for it then gets.
+        errno: Some(Errno::ECHILD),
         feature: "the sandbox's exit status".into(),
         reason: format!(
             "another part of this process reaped the sandbox's init before it reported the \

@@ -31,6 +31,7 @@ pub(crate) fn default_filter(allow_nested_userns: bool) -> Result<Filter> {
     cell.get_or_init(|| build_default(allow_nested_userns).map_err(|e| e.to_string()))
         .clone()
         .map_err(|reason| Error::Unsupported {
+            errno: None,
             feature: "seccomp".into(),
             reason,
             remedy: Some("apt-get install libseccomp2; check `rsandbox doctor`".into()),
@@ -39,6 +40,7 @@ pub(crate) fn default_filter(allow_nested_userns: bool) -> Result<Filter> {
 
 fn err(what: impl std::fmt::Display) -> Error {
     Error::Unsupported {
+        errno: None,
         feature: "seccomp".into(),
         reason: what.to_string(),
         remedy: None,

@@ -143,6 +143,7 @@ fn check_id(which: &'static str, id: u32) -> Result<()> {
 fn no_range(which: &'static str, file: &str, name: Option<&str>, uid: u32) -> Error {
     let who = name.map_or_else(|| uid.to_string(), str::to_string);
     Error::Unsupported {
+        errno: None,
         feature: format!("subordinate {which} range"),
         reason: format!("{file} has no entry for {who}"),
         remedy: Some(format!(
@@ -185,6 +186,7 @@ fn find_helper(name: &str) -> Result<PathBuf> {
         }
     }
     Err(Error::Unsupported {
+        errno: None,
         feature: format!("subordinate id mapping ({name})"),
         reason: format!("{name} is not installed"),
         remedy: Some("apt-get install uidmap".into()),
@@ -243,6 +245,7 @@ fn run_helper(helper: &Path, pid: libc::pid_t, file: &str, map: &[IdRange]) -> R
         "check /etc/subuid and /etc/subgid and that newuidmap/newgidmap are setuid root"
     };
     Err(Error::Unsupported {
+        errno: None,
         feature: "subordinate id mapping".into(),
         reason: format!("{} failed ({outcome}): {}", helper.display(), stderr.trim()),
         remedy: Some(remedy.into()),
@@ -312,6 +315,7 @@ pub(crate) fn userns_refusal() -> Option<Error> {
         return None;
     };
     Some(Error::Unsupported {
+        errno: None,
         feature: "user namespaces".into(),
         reason: reason.into(),
         remedy: Some(remedy.into()),

@@ -425,15 +425,17 @@ fn bad_overlay_input_is_refused_clearly() {
 #[test]
 fn inaccessible_dev_fuse_is_explained() {
     // Only meaningful where /dev/fuse is closed to this user; elsewhere there is nothing to show.
-    if std::fs::OpenOptions::new()
+    let open_errno = match std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/fuse")
-        .is_ok()
     {
-        eprintln!("/dev/fuse is open to this user: nothing to check");
-        return;
-    }
+        Ok(_) => {
+            eprintln!("/dev/fuse is open to this user: nothing to check");
+            return;
+        }
+        Err(e) => e.raw_os_error(),
+    };
     let Some(l) = layers() else { return };
     let e = rsandbox::spawn(&overlay_spec(
         &l,
@@ -447,6 +449,31 @@ fn inaccessible_dev_fuse_is_explained() {
         e.to_string().contains("chmod 0666 /dev/fuse") || e.to_string().contains("fuse-overlayfs"),
         "{e}"
     );
+    // Where the device is the cause (fuse-overlayfs installed), the error carries its errno.
+    if std::path::Path::new("/usr/bin/fuse-overlayfs").exists() {
+        assert_eq!(e.errno().map(|n| n as i32), open_errno, "{e}");
+    }
+}
+
+#[test]
+fn kernel_refusal_carries_its_errno() {
+    // Real root can take a lower with mounts below it; a user namespace cannot (they are locked).
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        eprintln!("root can mount a lower with submounts: nothing to refuse");
+        return;
+    }
+    let mut spec = Spec::new(["true"]);
+    spec.filesystem.root = Root::Overlay(Overlay {
+        lowers: vec!["/".into()],
+        image: None,
+        upper: Upper::default(),
+        driver: OverlayDriver::Kernel,
+    });
+    let e = rsandbox::spawn(&spec).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Unsupported, "{e}");
+    assert!(e.to_string().contains("mounts below it"), "{e}");
+    assert_eq!(e.errno(), Some(rsandbox::Errno::EINVAL), "{e}");
 }
 
 #[test]

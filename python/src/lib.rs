@@ -160,6 +160,7 @@ impl NativeProcess {
         match &mut *self.lock() {
             State::Running(c) => if frozen { c.freeze() } else { c.thaw() }.map_err(native),
             State::Finished { .. } => Err(native(Error::Unsupported {
+                errno: None,
                 feature: "freeze".into(),
                 reason: "the sandbox has exited".into(),
                 remedy: None,

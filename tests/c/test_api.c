@@ -1,5 +1,7 @@
 /* C tests of libsandbox: every call, every error path. Exit status 0 when all checks pass; the
  * last line is "N passed, M failed". */
+#include <errno.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <unistd.h>
@@ -327,6 +329,38 @@ static void test_errors_spawn(void) {
     CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_ERR_INVALID_SPEC);
     CHECK(res == NULL);
     sbx_config_free(cfg);
+
+    /* A host refusal carries its errno: the kernel's refusal of a lower with mounts below it
+     * (locked inside a user namespace; real root can take it). */
+    if (geteuid() != 0) {
+        cfg = config_for("true");
+        CHECK(sbx_config_set_str(cfg, "overlay_lower", "/") == SBX_OK);
+        CHECK(sbx_config_set_str(cfg, "overlay_driver", "kernel") == SBX_OK);
+        CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_ERR_UNSUPPORTED);
+        CHECK(strstr(sbx_last_error_message(), "mounts below it") != NULL);
+        CHECK(sbx_last_error_errno() == EINVAL);
+        CHECK(res == NULL);
+        sbx_config_free(cfg);
+    }
+    /* The fuse driver where /dev/fuse is closed to this user
+     * and fuse-overlayfs is installed (the error's cause is then the device's open). */
+    int fuse = open("/dev/fuse", O_RDWR | O_CLOEXEC);
+    int fuse_errno = errno;
+    if (fuse >= 0) {
+        close(fuse);
+        fprintf(stderr, "  (/dev/fuse is open to this user: no refusal to check)\n");
+    } else if (access("/usr/bin/fuse-overlayfs", X_OK) != 0) {
+        fprintf(stderr, "  (fuse-overlayfs is not installed: no device refusal to check)\n");
+    } else {
+        cfg = config_for("true");
+        CHECK(sbx_config_set_str(cfg, "overlay_lower", "/usr") == SBX_OK);
+        CHECK(sbx_config_set_str(cfg, "overlay_driver", "fuse") == SBX_OK);
+        CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_ERR_UNSUPPORTED);
+        CHECK(strstr(sbx_last_error_message(), "/dev/fuse") != NULL);
+        CHECK(sbx_last_error_errno() == fuse_errno);
+        CHECK(res == NULL);
+        sbx_config_free(cfg);
+    }
 }
 
 static void test_pool(void) {

@@ -1,6 +1,7 @@
 """Every isolation option of `rsandbox.run` / `Spec`, each shown to take effect inside the sandbox
 (and, for the security ones, with a negative control showing the default differs)."""
 
+import errno
 import gzip
 import hashlib
 import io
@@ -165,6 +166,8 @@ def test_kernel_driver_refuses_a_lower_with_submounts():
     with pytest.raises(rsandbox.UnsupportedError) as e:
         sh("true", overlay=["/"], overlay_driver="kernel")
     assert "mounts below it" in str(e.value) and e.value.remedy
+    # The kernel's refusal, as its errno.
+    assert e.value.errno == errno.EINVAL, e.value
 
 
 def test_image_from_a_local_oci_layout(tmp_path, busybox_root):
