@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -777,6 +777,7 @@ fn persistent_dirs(path: &Path) -> Result<(PathBuf, PathBuf)> {
     let work = sidecar(&upper, "work");
     std::fs::create_dir_all(&work)
         .map_err(|e| Error::io("create overlay work directory", Some(work.clone()), e))?;
+    open_kernel_workdir(&work);
     let (a, b) = (std::fs::metadata(&upper), std::fs::metadata(&work));
     if let (Ok(a), Ok(b)) = (a, b) {
         if a.dev() != b.dev() {
@@ -791,6 +792,21 @@ fn persistent_dirs(path: &Path) -> Result<(PathBuf, PathBuf)> {
         }
     }
     Ok((upper, work))
+}
+
+/// The kernel driver leaves `WORK/work` at mode 000 (it empties and remakes it at each mount),
+/// and fuse-overlayfs takes that same directory as its own: a fuse mount after a kernel one could
+/// not open it. Made 0700 when it is ours; one that is not is left for fuse-overlayfs to name.
+fn open_kernel_workdir(work: &Path) {
+    let inner = work.join("work");
+    let Ok(meta) = std::fs::symlink_metadata(&inner) else {
+        return;
+    };
+    // SAFETY: geteuid cannot fail.
+    let ours = meta.uid() == unsafe { libc::geteuid() };
+    if meta.is_dir() && meta.mode() & 0o7777 == 0 && ours {
+        let _ = std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o700));
+    }
 }
 
 /// `DIR/.NAME.SUFFIX` beside `upper` = `DIR/NAME`.

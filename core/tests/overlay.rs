@@ -498,6 +498,43 @@ fn persistent_upper_mode_bits_follow_chmod() {
     assert_eq!(mode, 0o640);
 }
 
+#[test]
+fn persistent_upper_passes_between_the_drivers() {
+    let Some(l) = layers() else { return };
+    if !fuse_usable() {
+        return;
+    }
+    let up = TempDir::new("drivers");
+    let upper = up.path().join("u");
+    let step = |driver: OverlayDriver, script: &str| {
+        let spec = overlay_spec(
+            &l,
+            driver,
+            Upper::Persistent {
+                path: upper.clone(),
+            },
+            script,
+        );
+        let r = run(&spec);
+        assert!(r.status.success(), "{driver:?}: {}", err(&r));
+        out(&r)
+    };
+    // Kernel first (it leaves its work directory's inner directory at mode 000), then fuse, then
+    // the kernel again: each sees what the one before wrote.
+    assert_eq!(
+        step(OverlayDriver::Kernel, "echo k >/data/k; cat /data/k"),
+        "k\n"
+    );
+    assert_eq!(
+        step(OverlayDriver::Fuse, "echo f >/data/f; cat /data/k /data/f"),
+        "k\nf\n"
+    );
+    assert_eq!(
+        step(OverlayDriver::Kernel, "cat /data/k /data/f /data/base.txt"),
+        "k\nf\nbottom\n"
+    );
+}
+
 #[path = "oci_util/mod.rs"]
 mod oci_util;
 
