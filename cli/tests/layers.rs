@@ -518,6 +518,95 @@ fn diff_is_not_fooled_by_names_or_an_unreadable_directory() {
     );
 }
 
+/// A file named `.wh.NAME` is a whiteout only where fuse-overlayfs wrote the upper (the record
+/// beside it says which drivers did); a directory whose own mode changed is listed as modified,
+/// one copied up for a change below it is not.
+#[test]
+fn diff_knows_the_driver_and_sees_a_directory_changed_itself() {
+    let Some(l) = layers() else { return };
+    for (driver, _) in drivers() {
+        let dir = Scratch::new("cli-diff-driver");
+        let upper = dir.path().join("u");
+        let up = upper.display().to_string();
+        // fuse-overlayfs refuses names starting with .wh. (they are its whiteouts).
+        let script = if driver == "kernel" {
+            "chmod 750 /etc; echo x > /etc/.wh.doomed; echo y > /etc/.wh.nothing-below; \
+             mkdir -p /bin/sub; echo z >> /etc/appended"
+        } else {
+            "chmod 750 /etc; mkdir -p /bin/sub; echo z >> /etc/appended; rm /etc/doomed"
+        };
+        let r = sh_in(
+            &[
+                "--overlay",
+                &l.all(),
+                "--overlay-driver",
+                driver,
+                "--upper",
+                &up,
+            ],
+            script,
+        );
+        assert_eq!(r.code, 0, "{driver}: {r:?}");
+        let record: Value =
+            serde_json::from_str(&std::fs::read_to_string(sidecar(&upper)).unwrap()).unwrap();
+        assert_eq!(
+            record["fuse"],
+            json!(driver == "fuse"),
+            "{driver}: {record}"
+        );
+        let d = rsandbox(&["diff", "--json", &up]);
+        let v: Value = serde_json::from_str(&d.stdout).unwrap_or_else(|e| panic!("{e}: {d:?}"));
+        if driver == "kernel" {
+            assert_eq!(
+                v,
+                json!({
+                    "added": ["/bin/sub", "/etc/.wh.doomed", "/etc/.wh.nothing-below"],
+                    "modified": ["/etc", "/etc/appended"],
+                    "deleted": [],
+                }),
+                "{driver}: {d:?}"
+            );
+        } else {
+            assert_eq!(
+                v,
+                json!({
+                    "added": ["/bin/sub"],
+                    "modified": ["/etc", "/etc/appended"],
+                    "deleted": ["/etc/doomed"],
+                }),
+                "{driver}: {d:?}"
+            );
+        }
+    }
+    // An upper whose past is unknown (a record without the driver, as before it was kept): a
+    // .wh. file over something a lower has is taken as the whiteout it may be.
+    let dir = Scratch::new("cli-diff-unknown");
+    let upper = dir.path().join("u");
+    let up = upper.display().to_string();
+    let r = sh_in(
+        &[
+            "--overlay",
+            &l.all(),
+            "--overlay-driver",
+            "kernel",
+            "--upper",
+            &up,
+        ],
+        "echo x > /etc/.wh.doomed; echo y > /etc/.wh.nothing-below",
+    );
+    assert_eq!(r.code, 0, "{r:?}");
+    let lowers = format!(
+        "{{\"lowers\": [\"{}\", \"{}\", \"{}\"]}}",
+        l.top, l.mid, l.base
+    );
+    std::fs::write(sidecar(&upper), lowers).unwrap();
+    let d = rsandbox(&["diff", &up]);
+    assert_eq!(
+        d.stdout, "A /etc/.wh.nothing-below\nD /etc/doomed\n",
+        "{d:?}"
+    );
+}
+
 #[test]
 fn diff_with_explicit_lowers_needs_no_record() {
     let Some(l) = layers() else { return };

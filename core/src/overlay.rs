@@ -472,17 +472,41 @@ impl OverlayPlan {
         }
     }
 
-    /// The persistent upper and its lowers, recorded beside it for `diff`.
+    /// The persistent upper and its lowers, recorded beside it for `diff`, with whether
+    /// fuse-overlayfs has mounted it before (kept from the record there).
     pub fn record_layers(&self) -> Result<()> {
         let Some((upper, _)) = &self.persistent else {
             return Ok(());
         };
+        let fuse = match LayerRecord::read(upper) {
+            Some(before) => before.fuse,
+            // Without a record, only an empty upper has a known past.
+            None => std::fs::read_dir(upper)
+                .is_ok_and(|mut d| d.next().is_none())
+                .then_some(false),
+        };
+        LayerRecord {
+            lowers: self.lowers.clone(),
+            fuse,
+        }
+        .write(upper)
+    }
+
+    /// Notes in the persistent upper's record that fuse-overlayfs mounts it (its whiteouts may
+    /// then be `.wh.NAME` files). Where that cannot be written, the record goes: `diff` then
+    /// knows the upper's past as little as before records were kept, and never reads a
+    /// fuse whiteout as a file.
+    pub fn record_fuse(&self) {
+        let Some((upper, _)) = &self.persistent else {
+            return;
+        };
         let record = LayerRecord {
             lowers: self.lowers.clone(),
+            fuse: Some(true),
         };
-        let path = sidecar(upper, "layers.json");
-        let text = serde_json::to_string_pretty(&record).unwrap_or_default();
-        std::fs::write(&path, text).map_err(|e| Error::io("write layer record", Some(path), e))
+        if record.write(upper).is_err() {
+            let _ = std::fs::remove_file(sidecar(upper, "layers.json"));
+        }
     }
 }
 
@@ -821,9 +845,29 @@ fn sidecar(upper: &Path, suffix: &str) -> PathBuf {
         .join(format!(".{name}.{suffix}"))
 }
 
+/// What is recorded beside a persistent upper.
 #[derive(Serialize, Deserialize)]
 struct LayerRecord {
     lowers: Vec<PathBuf>,
+    /// Whether fuse-overlayfs has ever mounted the upper: where it cannot make a whiteout device
+    /// it writes a file `.wh.NAME` instead, which the kernel driver takes as an ordinary name.
+    /// None where the upper's past is unknown (written before this was kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fuse: Option<bool>,
+}
+
+impl LayerRecord {
+    fn read(upper: &Path) -> Option<LayerRecord> {
+        let canon = std::fs::canonicalize(upper).unwrap_or_else(|_| upper.into());
+        let text = std::fs::read_to_string(sidecar(&canon, "layers.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    fn write(&self, upper: &Path) -> Result<()> {
+        let path = sidecar(upper, "layers.json");
+        let text = serde_json::to_string_pretty(self).unwrap_or_default();
+        std::fs::write(&path, text).map_err(|e| Error::io("write layer record", Some(path), e))
+    }
 }
 
 /// What a sandbox changed, read from a persistent upper directory.
@@ -831,8 +875,9 @@ struct LayerRecord {
 pub struct Diff {
     /// Paths that did not exist in any lower layer.
     pub added: Vec<String>,
-    /// Paths that exist in a lower layer and were changed (content, metadata, or an opaque
-    /// directory that replaced its lower contents).
+    /// Paths that exist in a lower layer and were changed: a file's content or metadata, a
+    /// directory's own mode or owner (not one copied up only for a change below it), or an
+    /// opaque directory that replaced its lower contents.
     pub modified: Vec<String>,
     /// Paths deleted (whiteouts).
     pub deleted: Vec<String>,
@@ -843,7 +888,10 @@ pub struct Diff {
 }
 
 /// Reads the changes recorded in a persistent `upper`. `lowers` (top-most first) tell added from
-/// modified; when empty, the layers recorded beside the upper at spawn time are used.
+/// modified; when empty, the layers recorded beside the upper at spawn time are used. The record
+/// also tells whether fuse-overlayfs has mounted the upper: only then is a file `.wh.NAME` a
+/// whiteout (the kernel driver's whiteouts are devices, and `.wh.NAME` an ordinary name to it);
+/// for an upper without that record, it is one where a lower has NAME.
 pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Diff> {
     let meta = std::fs::metadata(upper).map_err(|e| Error::PathNotFound {
         what: "upper directory",
@@ -857,27 +905,25 @@ pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Diff> {
             errno: Errno::ENOTDIR,
         });
     }
+    let record = LayerRecord::read(upper);
+    let fuse = record.as_ref().and_then(|r| r.fuse);
     let recorded;
     let lowers = if lowers.is_empty() {
-        let canon = std::fs::canonicalize(upper).unwrap_or_else(|_| upper.into());
-        recorded = std::fs::read_to_string(sidecar(&canon, "layers.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str::<LayerRecord>(&t).ok())
-            .map(|r| r.lowers)
-            .unwrap_or_default();
+        recorded = record.map(|r| r.lowers).unwrap_or_default();
         &recorded[..]
     } else {
         lowers
     };
     let mut changes = BTreeMap::new();
     let mut d = Diff::default();
-    walk(
+    let mut walk = Walk {
         upper,
-        Path::new(""),
         lowers,
-        &mut changes,
-        &mut d.unreadable,
-    )?;
+        fuse,
+        out: &mut changes,
+        unreadable: &mut d.unreadable,
+    };
+    walk.dir(Path::new(""))?;
     for (path, kind) in changes {
         match kind {
             Change::Added => d.added.push(path),
@@ -895,70 +941,110 @@ enum Change {
 }
 
 fn in_lowers(lowers: &[PathBuf], rel: &Path) -> bool {
-    lowers
-        .iter()
-        .any(|l| l.join(rel).symlink_metadata().is_ok())
+    top_lower(lowers, rel).is_some()
 }
 
-fn walk(
-    upper: &Path,
-    rel: &Path,
-    lowers: &[PathBuf],
-    out: &mut BTreeMap<String, Change>,
-    unreadable: &mut Vec<String>,
-) -> Result<()> {
-    let dir = upper.join(rel);
-    let entries = match std::fs::read_dir(&dir) {
-        Ok(entries) => entries,
-        // A directory the sandbox made unreadable: said so, and the rest of the diff stands.
-        Err(e)
-            if e.kind() == std::io::ErrorKind::PermissionDenied && !rel.as_os_str().is_empty() =>
-        {
-            unreadable.push(format!("/{}", rel.display()));
-            return Ok(());
-        }
-        Err(e) => return Err(Error::io("read upper directory", Some(dir.clone()), e)),
-    };
-    for entry in entries {
-        let entry = entry.map_err(|e| Error::io("read upper directory", Some(dir.clone()), e))?;
-        let name = entry.file_name();
-        let name_s = name.to_string_lossy();
-        let child = rel.join(&name);
-        let shown = format!("/{}", child.display());
-        let meta = entry
-            .metadata()
-            .map_err(|e| Error::io("stat", Some(entry.path()), e))?;
-        let ft = meta.file_type();
-        // Whiteouts and opaque markers are never directories: a directory of such a name is
-        // one the sandbox made, and is taken as it is.
-        if (name_s == ".wh..wh..opq" || name_s == ".wh..opq") && !ft.is_dir() {
-            // fuse-overlayfs's opaque markers: only news when they hide a lower directory.
-            if !rel.as_os_str().is_empty() && in_lowers(lowers, rel) {
-                out.insert(format!("/{}", rel.display()), Change::Modified);
-            }
-        } else if ft.is_char_device() && meta.rdev() == 0 {
-            out.insert(shown, Change::Deleted);
-        } else if let Some(hidden) = name_s.strip_prefix(".wh.").filter(|_| !ft.is_dir()) {
-            out.insert(format!("/{}", rel.join(hidden).display()), Change::Deleted);
-        } else if ft.is_dir() {
-            let existed = in_lowers(lowers, &child);
-            let opaque = is_opaque(&entry.path());
-            if !existed {
-                out.insert(shown, Change::Added);
-            } else if opaque {
-                out.insert(shown, Change::Modified);
-            }
-            walk(upper, &child, lowers, out, unreadable)?;
-        } else {
-            let kind = if in_lowers(lowers, &child) {
-                Change::Modified
-            } else {
-                Change::Added
-            };
-            out.insert(shown, kind);
+/// What the top-most lower holding `rel` has there.
+fn top_lower(lowers: &[PathBuf], rel: &Path) -> Option<std::fs::Metadata> {
+    lowers
+        .iter()
+        .find_map(|l| l.join(rel).symlink_metadata().ok())
+}
+
+/// A walk of an upper: what it read so far.
+struct Walk<'a> {
+    upper: &'a Path,
+    lowers: &'a [PathBuf],
+    /// Whether fuse-overlayfs has mounted the upper (None: not known).
+    fuse: Option<bool>,
+    out: &'a mut BTreeMap<String, Change>,
+    unreadable: &'a mut Vec<String>,
+}
+
+impl Walk<'_> {
+    /// Whether a file `.wh.NAME` at `rel` (NAME = `hidden`) is a whiteout: fuse-overlayfs writes
+    /// such files where it cannot make a whiteout device, and refuses the name otherwise, while
+    /// under the kernel driver it is a file like any other. One hides only what a lower has.
+    fn fuse_whiteout(&self, rel: &Path, hidden: &str) -> bool {
+        match self.fuse {
+            Some(false) => false,
+            _ => self.lowers.is_empty() || in_lowers(self.lowers, &rel.join(hidden)),
         }
     }
-    Ok(())
+
+    fn dir(&mut self, rel: &Path) -> Result<()> {
+        let dir = self.upper.join(rel);
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            // A directory the sandbox made unreadable: said so, and the rest of the diff stands.
+            Err(e)
+                if e.kind() == std::io::ErrorKind::PermissionDenied
+                    && !rel.as_os_str().is_empty() =>
+            {
+                self.unreadable.push(format!("/{}", rel.display()));
+                return Ok(());
+            }
+            Err(e) => return Err(Error::io("read upper directory", Some(dir.clone()), e)),
+        };
+        for entry in entries {
+            let entry =
+                entry.map_err(|e| Error::io("read upper directory", Some(dir.clone()), e))?;
+            let name = entry.file_name();
+            let name_s = name.to_string_lossy();
+            let child = rel.join(&name);
+            let shown = format!("/{}", child.display());
+            let meta = entry
+                .metadata()
+                .map_err(|e| Error::io("stat", Some(entry.path()), e))?;
+            let ft = meta.file_type();
+            // Whiteouts and opaque markers are never directories: a directory of such a name is
+            // one the sandbox made, and is taken as it is.
+            let hidden = name_s
+                .strip_prefix(".wh.")
+                .filter(|h| !ft.is_dir() && self.fuse_whiteout(rel, h));
+            if (name_s == ".wh..wh..opq" || name_s == ".wh..opq")
+                && !ft.is_dir()
+                && self.fuse != Some(false)
+            {
+                // fuse-overlayfs's opaque markers: only news when they hide a lower directory.
+                if !rel.as_os_str().is_empty() && in_lowers(self.lowers, rel) {
+                    self.out
+                        .insert(format!("/{}", rel.display()), Change::Modified);
+                }
+            } else if ft.is_char_device() && meta.rdev() == 0 {
+                self.out.insert(shown, Change::Deleted);
+            } else if let Some(hidden) = hidden {
+                self.out
+                    .insert(format!("/{}", rel.join(hidden).display()), Change::Deleted);
+            } else if ft.is_dir() {
+                match top_lower(self.lowers, &child) {
+                    None => {
+                        self.out.insert(shown, Change::Added);
+                    }
+                    Some(below) => {
+                        // Copied up for a change below it, or changed itself: its own mode or
+                        // owner differs from the directory it covers (or it covers a non-directory),
+                        // or it hides the lowers' contents.
+                        let changed = !below.is_dir()
+                            || below.mode() & 0o7777 != meta.mode() & 0o7777
+                            || (below.uid(), below.gid()) != (meta.uid(), meta.gid());
+                        if changed || is_opaque(&entry.path()) {
+                            self.out.insert(shown, Change::Modified);
+                        }
+                    }
+                }
+                self.dir(&child)?;
+            } else {
+                let kind = if in_lowers(self.lowers, &child) {
+                    Change::Modified
+                } else {
+                    Change::Added
+                };
+                self.out.insert(shown, kind);
+            }
+        }
+        Ok(())
+    }
 }
 
 fn is_opaque(dir: &Path) -> bool {

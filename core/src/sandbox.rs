@@ -1671,6 +1671,8 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         if let (FUSE_REQUEST, Some((ov, staging)), None) = (failure.step, overlay, &fuse_helper) {
             match crate::overlay::start_fuse(ov, staging, pid) {
                 Ok(helper) => {
+                    // Noted before the fuse mount can write to the upper.
+                    ov.record_fuse();
                     note_fuse(
                         &mut report,
                         ov,
