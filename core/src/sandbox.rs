@@ -86,7 +86,8 @@ pub enum Verdict {
     Signaled,
     /// Killed because the wall-clock limit passed.
     WallTimeout,
-    /// Killed because the CPU-time limit passed.
+    /// The CPU-time limit was spent: the sandbox was killed for it, or ended having used more
+    /// (where the limit falls back to RLIMIT_CPU, which limits each process alone).
     CpuTimeout,
     /// The OOM killer ended a process at the memory limit, and the command failed.
     MemoryLimit,
@@ -1053,6 +1054,18 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         }
     }
     let mut rlimits: Vec<(u32, u64, u64)> = rlimits;
+    if !rlimits.is_empty() {
+        if let Some(entry) = report.features.iter_mut().find(|f| f.name == "rlimits") {
+            let fallbacks: Vec<String> = rlimits
+                .iter()
+                .map(|&(res, soft, _)| format!("{}={soft}", rlimit_name(res)))
+                .collect();
+            entry.detail.push_str(&format!(
+                "; set as the limits' fallbacks (see limit.*): {}",
+                fallbacks.join(", ")
+            ));
+        }
+    }
     for &(res, v) in &security.rlimits {
         match rlimits.iter_mut().find(|(r, _, _)| *r == res) {
             // Both a limit's fallback and the spec's own: the lower of each applies, so that
@@ -2350,22 +2363,25 @@ impl Child {
         }
         let secs = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
         let rss = (usage.ru_maxrss.max(0) as u64) * 1024;
-        let user_time = acct
-            .user_usec
-            .map_or(secs(usage.ru_utime), |u| u as f64 / 1e6);
-        let system_time = acct
-            .system_usec
-            .map_or(secs(usage.ru_stime), |u| u as f64 / 1e6);
+        // The cgroup counts processes the init never reaped; the init's record counts what it
+        // reaped up to the moment it exited, which the cgroup's lazily gathered statistics may
+        // not have caught up with yet (a process ended by RLIMIT_CPU can show less than its
+        // limit there). The larger of the two is the more complete.
+        let reaped = (secs(usage.ru_utime), secs(usage.ru_stime));
+        let (user_time, system_time) = match (acct.user_usec, acct.system_usec) {
+            (Some(u), Some(s)) if (u + s) as f64 / 1e6 >= reaped.0 + reaped.1 => {
+                (u as f64 / 1e6, s as f64 / 1e6)
+            }
+            _ => reaped,
+        };
         let cpu_used = user_time + system_time;
         let oom_kills = acct.oom_kills.unwrap_or(0);
-        // RLIMIT_CPU, the backstop, ends a process with SIGXCPU, then SIGKILL.
+        // The budget is spent whether the sandbox was stopped for it (by the watch, or by
+        // RLIMIT_CPU's SIGXCPU) or ended having used more (RLIMIT_CPU, the fallback without a
+        // cgroup, limits each process alone).
         let over_cpu = self
             .cpu_limit_usec
-            .is_some_and(|l| cpu_used * 1e6 >= l as f64 * 0.98)
-            && matches!(
-                status,
-                ExitStatus::Signaled(libc::SIGXCPU) | ExitStatus::Signaled(libc::SIGKILL)
-            );
+            .is_some_and(|l| cpu_used * 1e6 >= l as f64);
         let verdict = if self.timed_out {
             Verdict::WallTimeout
         } else if self.cpu_timed_out || over_cpu {

@@ -98,6 +98,44 @@ fn without_delegation_limits_are_refused_or_reported_with_their_fallback() {
     assert!(r.usage.memory_peak_source.starts_with("ru_maxrss"));
 }
 
+/// Without a cgroup the CPU-time budget falls back to RLIMIT_CPU, which limits each process
+/// alone: processes that each stay under it but spend more than the budget together end with
+/// the cpu-timeout verdict (their exit status stays as it was), and a budget they stay within
+/// gives ok (the control). The rlimits entry of the report names the fallback.
+#[test]
+fn a_cpu_budget_spent_by_several_processes_is_a_cpu_timeout() {
+    // Three processes of ~0.4 s of CPU each, one after the other.
+    let burn = "for i in 1 2 3; do python3 -c 'import time\nt = time.process_time()\nwhile time.process_time() - t < 0.4: pass'; done";
+    let spec_with = |budget: f64| {
+        let mut spec = sh(burn);
+        spec.cgroup.want = Want::Off;
+        spec.limits.level = Want::BestEffort;
+        spec.limits.cpu_time = Some(budget);
+        spec.timeout = Some(60.0);
+        spec
+    };
+    let r = run(&spec_with(1.0));
+    // Where this process's cgroup takes a child (root here), the whole sandbox is watched and
+    // killed at the budget instead: the same verdict.
+    let watched = r.report.feature("limit.cpu-time").unwrap().status == Status::Enforced;
+    if !watched {
+        assert!(r.status.success(), "{:?} {}", r.status, err(&r));
+    }
+    assert!(r.usage.cpu_time >= 1.0, "{:?}", r.usage);
+    assert_eq!(
+        r.verdict,
+        Verdict::CpuTimeout,
+        "{:?} {:?}",
+        r.status,
+        r.usage
+    );
+    let rlimits = &r.report.feature("rlimits").unwrap().detail;
+    assert!(rlimits.contains("cpu=1"), "{rlimits}");
+    let r = run(&spec_with(30.0));
+    assert!(r.status.success(), "{:?} {}", r.status, err(&r));
+    assert_eq!(r.verdict, Verdict::Ok, "{:?}", r.usage);
+}
+
 #[test]
 fn a_cgroup_of_its_own_with_accounting_and_clean_removal() {
     let Some(parent) = delegated() else { return };
