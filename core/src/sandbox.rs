@@ -3300,6 +3300,12 @@ mod small {
             // SAFETY: a descriptor just created and owned by nothing else.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
             sys::write_all(owned.as_raw_fd(), INIT).ok()?;
+            // Execute-only: a process executing a file it cannot read is not dumpable from its
+            // exec on, so the sandbox's command never has a moment to trace its init.
+            // SAFETY: fchmod on a descriptor owned here.
+            if unsafe { libc::fchmod(owned.as_raw_fd(), 0o111) } != 0 {
+                return None;
+            }
             let seals =
                 libc::F_SEAL_SEAL | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_WRITE;
             // SAFETY: F_ADD_SEALS with an integer argument.

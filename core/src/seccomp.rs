@@ -55,6 +55,7 @@ fn build_default(allow_nested_userns: bool) -> Result<Filter> {
             (export(&ctx)?, count)
         }
     };
+    let program = refuse_unreviewed(program);
     let nested = if allow_nested_userns {
         "nested user namespaces allowed"
     } else {
@@ -63,9 +64,51 @@ fn build_default(allow_nested_userns: bool) -> Result<Filter> {
     Ok(Filter {
         program,
         summary: format!(
-            "default profile: {count} syscalls or argument patterns refused with EPERM (mount family, modules, kexec, bpf, keyrings, process_vm_writev, clock setting, TIOCSTI, …); {nested}; foreign architectures (i386, x32) killed"
+            "default profile: {count} syscalls or argument patterns refused with EPERM (mount family, modules, kexec, bpf, io_uring, keyrings, process_vm_writev, clock setting, TIOCSTI, …); syscalls from number {} on (newer than the profile) refused with ENOSYS; {nested}; foreign architectures (i386, x32) killed",
+            rules::FIRST_UNREVIEWED
         ),
     })
+}
+
+/// `program` behind a guard that refuses native syscalls numbered from
+/// [`rules::FIRST_UNREVIEWED`] on with ENOSYS (the rest, and other architectures' calls, go on to
+/// `program`). Prepended: the program's jumps are relative and forward, so none moves.
+#[cfg(target_arch = "x86_64")]
+fn refuse_unreviewed(program: Vec<libc::sock_filter>) -> Vec<libc::sock_filter> {
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const X32_BIT: u32 = 0x4000_0000;
+    const SECCOMP_RET_ERRNO: u32 = 0x0005_0000;
+    let load = |offset: u32| libc::sock_filter {
+        code: (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16,
+        jt: 0,
+        jf: 0,
+        k: offset,
+    };
+    let jump = |op: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: (libc::BPF_JMP | op | libc::BPF_K) as u16,
+        jt,
+        jf,
+        k,
+    };
+    let guard = [
+        load(4), // arch
+        jump(libc::BPF_JEQ, AUDIT_ARCH_X86_64, 0, 4),
+        load(0),                            // number
+        jump(libc::BPF_JGE, X32_BIT, 2, 0), // x32: the program kills it
+        jump(libc::BPF_JGE, rules::FIRST_UNREVIEWED, 0, 1),
+        libc::sock_filter {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: SECCOMP_RET_ERRNO | libc::ENOSYS as u32,
+        },
+    ];
+    guard.into_iter().chain(program).collect()
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn refuse_unreviewed(program: Vec<libc::sock_filter>) -> Vec<libc::sock_filter> {
+    program
 }
 
 /// The default profile compiled to BPF by build.rs (with this same libseccomp and rules), so a
@@ -389,9 +432,11 @@ mod tests {
                 let (verdict, steps) = evaluate(&program, nr, AUDIT_ARCH_X86_64, [0; 6]);
                 longest = longest.max(steps);
                 total += steps;
-                let expected = if denied.contains(&nr) {
+                let expected = if denied.contains(&nr)
+                    || rules::DENIED_NUMBERS.iter().any(|&(_, n)| n as u32 == nr)
+                {
                     ret_errno(libc::EPERM)
-                } else if !nested && nr == number("clone3") {
+                } else if nr >= rules::FIRST_UNREVIEWED || (!nested && nr == number("clone3")) {
                     ret_errno(libc::ENOSYS)
                 } else {
                     RET_ALLOW

@@ -166,6 +166,65 @@ fn ptrace_of_other_processes_is_refused() {
     );
 }
 
+/// The init (pid 1) runs without the command's seccomp filter and Landlock domain: the command
+/// must not reach it through ptrace or its /proc files (its descriptors, its memory, which in a
+/// start that copies the caller is the caller's) even where Landlock, whose scoping also keeps
+/// it out, is off, and even keeping CAP_SYS_PTRACE (which also makes the start copy the
+/// caller). Control: the same probes reach a process of the command's own.
+#[test]
+fn the_init_is_out_of_reach_without_landlock() {
+    let probe = "import ctypes, os, sys, time\n\
+                 libc = ctypes.CDLL(None, use_errno=True)\n\
+                 target = int(sys.argv[1]) if len(sys.argv) > 1 else 1\n\
+                 if target == 0:\n    target = os.fork()\n    \
+                 if target == 0:\n        time.sleep(5); os._exit(0)\n    time.sleep(0.2)\n\
+                 def reach(what, f):\n    \
+                 try:\n        f(); print(what, 'reached')\n    \
+                 except OSError as e:\n        print(what, 'refused', e.errno)\n\
+                 reach('environ', lambda: open('/proc/%d/environ' % target, 'rb').read())\n\
+                 def fds():\n    \
+                 names = os.listdir('/proc/%d/fd' % target)\n    \
+                 [os.close(os.open('/proc/%d/fd/%s' % (target, n), os.O_RDONLY)) for n in names]\n    \
+                 if not names: raise OSError(0, 'none')\n\
+                 reach('fd', fds)\n\
+                 reach('mem', lambda: open('/proc/%d/mem' % target, 'rb'))\n\
+                 r = libc.ptrace(16, target, 0, 0)\n\
+                 print('ptrace', 'reached' if r == 0 else 'refused')";
+    for keep_ptrace in [false, true] {
+        for target in ["1", "0"] {
+            let Some(mut spec) = py(probe) else { return };
+            spec.process.args.push(target.into());
+            spec.security.landlock.want = Want::Off;
+            if keep_ptrace {
+                spec.security.capabilities = vec!["CAP_SYS_PTRACE".into()];
+            }
+            let r = run(&spec);
+            let text = out(&r);
+            assert_eq!(
+                text.lines().count(),
+                4,
+                "{keep_ptrace} {target}: {}",
+                said(&r)
+            );
+            for line in text.lines() {
+                if target == "1" {
+                    assert!(
+                        line.contains("refused"),
+                        "{keep_ptrace}: init {line}: {}",
+                        said(&r)
+                    );
+                } else {
+                    assert!(
+                        line.ends_with("reached"),
+                        "{keep_ptrace}: own child {line}: {}",
+                        said(&r)
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn loopback_of_the_host_is_unreachable_without_host_network() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -242,6 +301,47 @@ fn keyrings_and_modules_are_refused() {
     assert!(
         !out(&r).contains(&format!("add_key -1 {}", libc::EPERM)),
         "{}",
+        said(&r)
+    );
+}
+
+/// io_uring (a second path to many syscalls, outside the filter's view) and open_tree_attr (a
+/// copy of a mount without its read-only flag or masks, like open_tree) are refused by the
+/// default profile, even to root inside keeping CAP_SYS_ADMIN. Control: without the filter the
+/// kernel takes both.
+#[test]
+fn io_uring_and_open_tree_attr_are_refused() {
+    // io_uring_setup(1, params) and open_tree_attr(AT_FDCWD, "/", OPEN_TREE_CLONE, NULL, 0).
+    let script = "import ctypes; libc=ctypes.CDLL(None,use_errno=True)\n\
+                  params=ctypes.create_string_buffer(120)\n\
+                  r=libc.syscall(425,1,params); print('io_uring_setup', r, ctypes.get_errno())\n\
+                  r=libc.syscall(467,-100,b'/',1,None,0); print('open_tree_attr', r, ctypes.get_errno())";
+    let Some(mut spec) = py(script) else { return };
+    spec.user.uid = Some(0);
+    spec.user.gid = Some(0);
+    spec.security.capabilities = vec!["CAP_SYS_ADMIN".into()];
+    let r = run(&spec);
+    for call in ["io_uring_setup", "open_tree_attr"] {
+        assert!(
+            out(&r).contains(&format!("{call} -1 {}", libc::EPERM)),
+            "{call}: {}",
+            said(&r)
+        );
+    }
+    spec.security.seccomp = Seccomp::None;
+    let r = run(&spec);
+    let io_uring_open = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled")
+        .map_or(true, |v| v.trim() == "0");
+    if io_uring_open {
+        assert!(
+            !out(&r).contains("io_uring_setup -1"),
+            "io_uring refused without the filter: {}",
+            said(&r)
+        );
+    }
+    assert!(
+        !out(&r).contains(&format!("open_tree_attr -1 {}", libc::EPERM)),
+        "open_tree_attr refused without the filter: {}",
         said(&r)
     );
 }

@@ -47,6 +47,7 @@ enum {
     NR_exit_group = 231,
     NR_signalfd4 = 289,
     NR_close = 3,
+    NR_prctl = 157,
 };
 
 #define SIGCHLD 17
@@ -290,6 +291,11 @@ __attribute__((used)) void init_main(i64 *sp)
         agent_main();
     if (argc < 5)
         quit(125);
+    /* Not dumpable: the command can neither trace this process nor open its /proc files (its
+     * descriptors among them), with or without Landlock. The library executes this program
+     * from a file it cannot read, which makes it so from its exec on; this covers a setup
+     * process privileged enough to read it anyway. */
+    SYS(NR_prctl, 4 /* PR_SET_DUMPABLE */, 0, 0, 0);
     status_fd = parse(argv[1]);
     ctl_fd = parse(argv[2]);
     main_pid = parse(argv[3]);

@@ -260,7 +260,11 @@ pub(crate) fn run(plan: &Plan, scratch: &mut [c_int]) -> ! {
         start_small(plan, small);
     }
     // The command is a child of this process, which stays behind as its init (woken by its
-    // SIGCHLD).
+    // SIGCHLD). The init, a copy of the caller's memory, is not dumpable before the command
+    // exists: the command (whose exec makes it dumpable again) can then neither trace it nor
+    // open its /proc files, even keeping CAP_SYS_PTRACE and without Landlock. (This memory is
+    // our own copy: a start sharing the caller's never comes here.)
+    let _ = sys::prctl(libc::PR_SET_DUMPABLE, 0);
     // SAFETY: we are single-threaded (a fresh clone) and the child only makes raw syscalls.
     match unsafe { sys::raw_fork(libc::SIGCHLD) } {
         Ok(0) => exec_command(plan),
