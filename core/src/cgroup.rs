@@ -446,9 +446,10 @@ fn sweep_leftovers(parent: &Path) {
     if ns == 0 {
         return;
     }
-    static SWEPT: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+    static SWEPT: crate::forksafe::PerProcess<Vec<PathBuf>> =
+        crate::forksafe::PerProcess::new(Vec::new);
     {
-        let mut swept = SWEPT.lock().unwrap_or_else(|p| p.into_inner());
+        let mut swept = SWEPT.lock();
         if swept.iter().any(|p| p == parent) {
             return;
         }

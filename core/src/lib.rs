@@ -27,6 +27,7 @@ mod cgroup;
 mod child;
 pub mod doctor;
 pub mod error;
+mod forksafe;
 pub mod image;
 mod landlock;
 mod mounts;

@@ -233,7 +233,8 @@ pub(crate) struct MountPlan {
 /// host facts (looked up once per process): nothing on disk is checked for it. A process that
 /// starts many sandboxes of a kind plans their tree once.
 type PlanKey = (Filesystem, (u32, u32), bool, bool);
-static PLANS: std::sync::Mutex<Vec<(PlanKey, Arc<MountPlan>)>> = std::sync::Mutex::new(Vec::new());
+static PLANS: crate::forksafe::PerProcess<Vec<(PlanKey, Arc<MountPlan>)>> =
+    crate::forksafe::PerProcess::new(Vec::new);
 /// More kinds than this: the oldest plan is forgotten.
 const MAX_PLANS: usize = 8;
 
@@ -251,19 +252,16 @@ pub(crate) fn plan(
         return MountPlan::new(fs, ids, pid_ns, fuse, mask_proc).map(Arc::new);
     }
     let same = |k: &PlanKey| k.0 == *fs && k.1 == ids && k.2 == pid_ns && k.3 == mask_proc;
-    if let Ok(plans) = PLANS.lock() {
-        if let Some((_, p)) = plans.iter().find(|(k, _)| same(k)) {
-            return Ok(p.clone());
-        }
+    if let Some((_, p)) = PLANS.lock().iter().find(|(k, _)| same(k)) {
+        return Ok(p.clone());
     }
     let made = Arc::new(MountPlan::new(fs, ids, pid_ns, fuse, mask_proc)?);
-    if let Ok(mut plans) = PLANS.lock() {
-        if !plans.iter().any(|(k, _)| same(k)) {
-            if plans.len() >= MAX_PLANS {
-                plans.remove(0);
-            }
-            plans.push(((fs.clone(), ids, pid_ns, mask_proc), made.clone()));
+    let mut plans = PLANS.lock();
+    if !plans.iter().any(|(k, _)| same(k)) {
+        if plans.len() >= MAX_PLANS {
+            plans.remove(0);
         }
+        plans.push(((fs.clone(), ids, pid_ns, mask_proc), made.clone()));
     }
     Ok(made)
 }

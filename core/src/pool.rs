@@ -36,6 +36,9 @@ const MAX_JOB: usize = (1 << 20) - 1;
 /// # Ok::<(), rsandbox::Error>(())
 /// ```
 pub struct Pool {
+    /// The process that made the pool: a child forked from it holds a copy, of sandboxes and a
+    /// refill thread that are not its own.
+    owner: u32,
     shared: Arc<Shared>,
     refill: Option<std::thread::JoinHandle<()>>,
 }
@@ -104,18 +107,31 @@ impl Pool {
             .spawn(move || refill(&worker))
             .map_err(|e| Error::io("start the pool's refill thread", None, e))?;
         Ok(Pool {
+            owner: std::process::id(),
             shared,
             refill: Some(refill),
         })
     }
 
-    /// How many sandboxes are ready now.
+    /// Whether this process made the pool (not a fork of the process that did).
+    fn owned(&self) -> bool {
+        std::process::id() == self.owner
+    }
+
+    /// How many sandboxes are ready now (none for a forked process's copy of the pool).
     pub fn ready(&self) -> usize {
+        if !self.owned() {
+            return 0;
+        }
         self.shared.lock().ready.len()
     }
 
-    /// Waits up to `timeout` until the pool is full; true if it is.
+    /// Waits up to `timeout` until the pool is full; true if it is (never for a forked
+    /// process's copy of the pool).
     pub fn wait_full(&self, timeout: Duration) -> bool {
+        if !self.owned() {
+            return false;
+        }
         // A timeout past what the clock can represent waits as long as it takes.
         let until = Instant::now().checked_add(timeout);
         let mut state = self.shared.lock();
@@ -144,6 +160,21 @@ impl Pool {
     /// [`spawn`](Self::spawn) with this job's own wall-clock limit (seconds from its start)
     /// instead of the spec's.
     pub fn spawn_with_timeout(&self, process: &Process, timeout: Option<f64>) -> Result<Child> {
+        if !self.owned() {
+            // Its sandboxes are the other process's: a job sent to one would be run there, and
+            // its result read by both.
+            return Err(Error::Unsupported {
+                errno: None,
+                feature: "a pool copied by fork".into(),
+                reason: format!(
+                    "process {} made this pool; process {} is a fork of it, and the pool's \
+                     sandboxes and refill thread are the other process's",
+                    self.owner,
+                    std::process::id()
+                ),
+                remedy: Some("make a new pool in the forked process".into()),
+            });
+        }
         if process.args.is_empty() {
             return Err(Error::invalid("process.args", "must name a command"));
         }
@@ -303,6 +334,12 @@ impl Drop for Running {
 impl Drop for Pool {
     /// Stops the refill thread and kills every sandbox still waiting for a job.
     fn drop(&mut self) {
+        if !self.owned() {
+            // A fork's copy: the refill thread is not in this process (nothing to join), and the
+            // state may be locked by that thread's copy. The sandboxes are the other process's.
+            std::mem::forget(self.refill.take());
+            return;
+        }
         self.shared.lock().closing = true;
         self.shared.changed.notify_all();
         if let Some(t) = self.refill.take() {

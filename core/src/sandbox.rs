@@ -247,6 +247,9 @@ mod output_bytes {
 /// `die_with_parent` off (then the sandbox runs on, like a dropped `std::process::Child`).
 #[derive(Debug)]
 pub struct Child {
+    /// The process that started the sandbox: a child forked from it holds a copy of this handle,
+    /// which must neither take the result nor end the sandbox.
+    owner: u32,
     pid: libc::pid_t,
     command_pid: libc::pid_t,
     pid_ns: bool,
@@ -1726,6 +1729,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     // lock): the result waits for that, as for a cgroup.
     let early_exit = start_skipped.is_none() && cgroup.is_none() && !upper_locked;
     Ok(Child {
+        owner: std::process::id(),
         pid,
         command_pid,
         pid_ns: plan.pid_ns,
@@ -2146,6 +2150,7 @@ impl Child {
 
     /// Sends `signal` to every process of the sandbox. SIGKILL ends the sandbox at once.
     pub fn kill(&mut self, signal: i32) -> Result<()> {
+        self.own()?;
         if self.finished.is_some() {
             return Ok(());
         }
@@ -2224,8 +2229,32 @@ impl Child {
         }
     }
 
+    /// Refuses a handle this process holds only as a copy made by fork: the sandbox, its result
+    /// and its end are the starting process's.
+    fn own(&self) -> Result<()> {
+        let this = std::process::id();
+        if this == self.owner {
+            return Ok(());
+        }
+        Err(Error::Unsupported {
+            errno: Some(Errno::ECHILD),
+            feature: "a sandbox handle copied by fork".into(),
+            reason: format!(
+                "process {} started this sandbox; process {this} is a fork of it and holds a \
+                 copy of the handle, whose result and end are the starting process's",
+                self.owner
+            ),
+            remedy: Some(
+                "wait for and signal a sandbox in the process that started it; a forked \
+                 process starts sandboxes of its own"
+                    .into(),
+            ),
+        })
+    }
+
     /// Returns the result if the sandbox has exited, without blocking.
     pub fn try_wait(&mut self) -> Result<Option<RunResult>> {
+        self.own()?;
         if let Some(Some(w)) = self.wake.get() {
             w.drain();
         }
@@ -2662,6 +2691,14 @@ impl Wake {
 
 impl Drop for Child {
     fn drop(&mut self) {
+        if std::process::id() != self.owner {
+            // A copy made by fork (the forked process exiting, say): the sandbox goes on for
+            // the process that started it. The copied descriptors close; the cgroup and a pool's
+            // count of running jobs are left alone.
+            std::mem::forget(self.cgroup.take());
+            std::mem::forget(self.job.take());
+            return;
+        }
         if self.reap_later {
             // The command is done; the init is exiting. Reap it (and remove the cgroup) off the
             // caller's path.
@@ -2762,9 +2799,9 @@ mod reaper {
     use std::os::fd::{AsRawFd, OwnedFd};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::mpsc::{channel, Sender};
-    use std::sync::Mutex;
 
     use crate::cgroup::Cgroup;
+    use crate::forksafe::PerProcess;
     use crate::sys;
 
     /// Sandboxes handed over and not yet reaped, at most.
@@ -2783,14 +2820,11 @@ mod reaper {
         max: usize,
         /// Handed over to the thread and not yet reaped.
         pending: AtomicUsize,
-        /// The reaper thread's queue, started at the first hand-over in this process.
-        queue: Mutex<Option<Queue>>,
+        /// The reaper thread's queue, started at the first hand-over in each process.
+        queue: PerProcess<Option<Queue>>,
     }
 
     struct Queue {
-        /// The process whose thread it is: a child forked from it has no copy of the thread,
-        /// and starts its own.
-        pid: u32,
         /// None if the thread could not start.
         tx: Option<Sender<Job>>,
     }
@@ -2811,24 +2845,19 @@ mod reaper {
             Reaper {
                 max,
                 pending: AtomicUsize::new(0),
-                queue: Mutex::new(None),
+                queue: PerProcess::new(|| None),
             }
         }
 
         pub(super) fn hand_over(&'static self, job: Job) {
             let sender = {
-                let mut queue = self.queue.lock().unwrap_or_else(|p| p.into_inner());
-                let pid = std::process::id();
-                if queue.as_ref().is_none_or(|q| q.pid != pid) {
-                    if let Some(stale) = queue.take() {
-                        // Forked: what the parent's thread had pending is not ours to reap, and
-                        // its queue is left as it is (dropping the last sender could wait on a
-                        // lock the parent's thread held at the fork). Its descriptors stay open.
-                        std::mem::forget(stale);
-                        self.pending.store(0, Ordering::SeqCst);
-                    }
+                // A forked child has a queue of its own (no copy of the parent's thread comes
+                // with the fork), and what the parent's thread had pending is not its to reap:
+                // the count starts again.
+                let mut queue = self.queue.lock();
+                if queue.is_none() {
+                    self.pending.store(0, Ordering::SeqCst);
                     *queue = Some(Queue {
-                        pid,
                         tx: self.start_thread(),
                     });
                 }
@@ -3119,7 +3148,7 @@ mod small {
     use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
     use std::os::raw::c_int;
     use std::sync::atomic::{AtomicU32, Ordering};
-    use std::sync::{Mutex, OnceLock};
+    use std::sync::OnceLock;
 
     use crate::sys;
 
@@ -3151,12 +3180,13 @@ mod small {
     /// Mappings of finished starts, kept for the next ones: a fresh mapping costs an mmap, three
     /// mprotects, a page fault at each first touch and an munmap, whose TLB flush interrupts
     /// every other thread of the caller. At most [`SPARE_MAX`] are kept (a few pages each).
-    static SPARE: Mutex<Vec<Spare>> = Mutex::new(Vec::new());
+    static SPARE: crate::forksafe::PerProcess<Vec<Spare>> =
+        crate::forksafe::PerProcess::new(Vec::new);
     const SPARE_MAX: usize = 4;
 
     impl Stacks {
         fn new() -> Option<Stacks> {
-            let spare = SPARE.lock().ok().and_then(|mut s| s.pop());
+            let spare = SPARE.lock().pop();
             if let Some(Spare(base)) = spare {
                 return Some(Stacks {
                     base,
@@ -3266,7 +3296,8 @@ mod small {
                 }
             }
             // No process uses the mapping any more: keep it for the next start, or unmap it.
-            if let Ok(mut spare) = SPARE.lock() {
+            {
+                let mut spare = SPARE.lock();
                 if spare.len() < SPARE_MAX {
                     spare.push(Spare(self.base));
                     return;
@@ -3387,7 +3418,7 @@ mod small {
         }
 
         /// The tests share the spare list: one at a time.
-        static ONE: Mutex<()> = Mutex::new(());
+        static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
         #[test]
         fn finished_stacks_are_kept_for_the_next_start_up_to_a_bound() {
@@ -3395,10 +3426,7 @@ mod small {
             let made: Vec<Stacks> = (0..SPARE_MAX + 2).map(|_| Stacks::new().unwrap()).collect();
             let bases: Vec<usize> = made.iter().map(|s| s.base as usize).collect();
             drop(made);
-            assert!(
-                SPARE.lock().unwrap().len() <= SPARE_MAX,
-                "the spare list is bounded"
-            );
+            assert!(SPARE.lock().len() <= SPARE_MAX, "the spare list is bounded");
             // Some were kept (still mapped), those past the bound unmapped. Another test's thread
             // may map something where one was: a kept one is known by its three guard pages.
             let kept = |base: usize| {
@@ -3459,7 +3487,7 @@ mod small {
                     "word {i}: given back before the task left"
                 );
                 leaving.join().unwrap();
-                let kept = SPARE.lock().unwrap().iter().any(|s| s.0 as usize == base);
+                let kept = SPARE.lock().iter().any(|s| s.0 as usize == base);
                 assert!(
                     kept || perms_at(base).is_empty(),
                     "word {i}: kept or unmapped"
@@ -3475,7 +3503,7 @@ mod small {
             stacks.words[1].store(1, Ordering::SeqCst);
             drop(stacks);
             assert!(
-                !SPARE.lock().unwrap().iter().any(|s| s.0 as usize == base),
+                !SPARE.lock().iter().any(|s| s.0 as usize == base),
                 "a mapping a task may still use must not be reused"
             );
             assert_eq!(

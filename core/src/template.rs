@@ -6,11 +6,12 @@
 use std::os::fd::{AsRawFd, FromRawFd, IntoRawFd, OwnedFd};
 use std::os::raw::c_int;
 use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 use nix::errno::Errno;
 
 use crate::error::Step;
+use crate::forksafe::PerProcess;
 use crate::mounts::{Build, MountPlan};
 use crate::sys;
 
@@ -130,15 +131,14 @@ struct Refill {
     thread: Option<(u32, bool)>,
 }
 
-static REFILL: Mutex<Refill> = Mutex::new(Refill {
+static REFILL: PerProcess<Refill> = PerProcess::new(|| Refill {
     queue: Vec::new(),
     thread: None,
 });
-static REFILL_WAKE: Condvar = Condvar::new();
 
 /// Asks the refill thread to top up `template`'s network namespaces.
 fn refill(template: &Arc<Template>) {
-    let mut r = REFILL.lock().unwrap_or_else(|e| e.into_inner());
+    let mut r = REFILL.lock();
     let pid = std::process::id();
     // A forked child has no copy of its parent's thread: it starts its own.
     if r.thread.is_none_or(|(started_in, _)| started_in != pid) {
@@ -156,18 +156,18 @@ fn refill(template: &Arc<Template>) {
     if !r.queue.iter().any(|w| w.ptr_eq(&weak)) {
         r.queue.push(weak);
     }
-    REFILL_WAKE.notify_one();
+    REFILL.notify_one();
 }
 
 /// The refill thread: lives as long as the process, asleep unless a start has taken a namespace.
 fn refill_thread() {
     loop {
         let next = {
-            let mut r = REFILL.lock().unwrap_or_else(|e| e.into_inner());
+            let mut r = REFILL.lock();
             loop {
                 match r.queue.pop() {
                     Some(w) => break w,
-                    None => r = REFILL_WAKE.wait(r).unwrap_or_else(|e| e.into_inner()),
+                    None => r = REFILL.wait(r),
                 }
             }
         };
@@ -289,7 +289,7 @@ fn here() -> Option<Place> {
     Some([id(c"/proc/thread-self/ns/mnt")?, id(c"/")?])
 }
 
-static CACHE: Mutex<Cache> = Mutex::new(Cache {
+static CACHE: PerProcess<Cache> = PerProcess::new(|| Cache {
     entries: Vec::new(),
     seen: Vec::new(),
     mountinfo: None,
@@ -353,7 +353,7 @@ pub(crate) fn get(plan: &MountPlan) -> Option<Result<Arc<Template>, String>> {
     let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
     // The shared ops and the ids the template maps.
     let key = plan.template_key(&format!("{uid}:{gid}\n"))?;
-    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    let mut cache = CACHE.lock();
     if cache.entries.is_empty() && !cache.seen.contains(&key) {
         // The first start of its kind, and no template to check: nothing to watch yet (a
         // process that starts one sandbox, such as the CLI, never looks at the mount table).
