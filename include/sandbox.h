@@ -208,9 +208,11 @@ sbx_result sbx_spawn(const sbx_config *cfg, sbx_child **out);
 sbx_result sbx_pool_new(const sbx_config *cfg, uintptr_t size, sbx_pool **out);
 
 /*
- Runs the process of `job` (its argv, environment, working directory and streams; every other
- setting is the pool's) in a pooled sandbox, feeding it `input` (may be NULL) and capturing
- its output, like `sbx_run`. The result's report has a "pool" entry.
+ Runs the process of `job` (its argv, environment, working directory and streams) in a pooled
+ sandbox, within the job's timeout if its config sets one (else the pool's), feeding it `input`
+ (may be NULL) and capturing its output, like `sbx_run`. Every other setting is the pool's: a
+ job config that sets one is refused (`SBX_ERR_INVALID_SPEC`, naming it). The result's report
+ has a "pool" entry.
  */
 sbx_result sbx_pool_run(const sbx_pool *pool,
                         const sbx_config *job,
@@ -219,7 +221,8 @@ sbx_result sbx_pool_run(const sbx_pool *pool,
                         sbx_run_result **out);
 
 /*
- Starts the process of `job` in a pooled sandbox, like `sbx_spawn`.
+ Starts the process of `job` in a pooled sandbox, like `sbx_spawn`; `job` as for
+ `sbx_pool_run`.
  */
 sbx_result sbx_pool_spawn(const sbx_pool *pool, const sbx_config *job, sbx_child **out);
 

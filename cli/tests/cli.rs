@@ -267,6 +267,9 @@ fn json_result_keeps_output_that_is_not_text() {
     assert_eq!(j["stdout"]["base64"], "Yf/+Yg==", "{j}");
     // Control: UTF-8 output is a plain string.
     assert_eq!(j["stderr"], "ok", "{j}");
+    // Sizes take K, M, G and T, as in Python.
+    let (code, j) = json_run(&["--output-limit", "1T"], "printf ok");
+    assert_eq!((code, &j["stdout"]), (0, &serde_json::json!("ok")), "{j}");
 }
 
 #[test]
@@ -347,6 +350,38 @@ fn json_result_of_setup_errors() {
     assert!(e["kind"].is_string(), "{j}");
     assert!(e["message"].as_str().unwrap().contains(&missing), "{j}");
     assert_eq!(e["errno"], "ENOENT", "{j}");
+    assert_eq!(e["path"], missing.as_str(), "{j}");
+
+    // An option the parser refuses writes the file too, whichever way the file is named.
+    for (args, bad) in [
+        (
+            vec!["--json-result", path.as_str(), "--net", "bogus"],
+            "bogus",
+        ),
+        (
+            vec!["--timeout", "-1", "--json-result", path.as_str()],
+            "-1",
+        ),
+    ] {
+        let _ = std::fs::remove_file(&path);
+        let mut argv = vec!["run"];
+        argv.extend(args);
+        argv.extend(["--", "true"]);
+        let r = rsandbox(&argv);
+        assert_eq!(r.code, 125, "{r:?}");
+        let j = read_json(std::path::Path::new(&path));
+        assert_eq!(j["verdict"], "setup-error", "{j}");
+        assert_eq!(j["error"]["kind"], "invalid-spec", "{j}");
+        assert!(j["error"]["message"].as_str().unwrap().contains(bad), "{j}");
+    }
+    let eq = format!("--json-result={path}");
+    let _ = std::fs::remove_file(&path);
+    let r = rsandbox(&["run", &eq, "--memory", "1e3", "--", "true"]);
+    assert_eq!(r.code, 125, "{r:?}");
+    assert_eq!(
+        read_json(std::path::Path::new(&path))["verdict"],
+        "setup-error"
+    );
 
     // A failure inside the sandbox names its step.
     let name = format!("no-such-command-{}", marker());

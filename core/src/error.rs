@@ -277,11 +277,18 @@ pub enum Error {
         /// Why, and what would make it mappable.
         reason: String,
     },
-    /// The command is not present in the sandbox's filesystem.
-    #[error("executable not found in sandbox: {name}")]
+    /// The command is not present in the sandbox's filesystem, or the interpreter it asks for is
+    /// not.
+    #[error("executable not found in sandbox: {name}{}", not_found_suffix(*errno, *interpreter_missing))]
     ExecutableNotFound {
         /// The name as given in argv\[0\].
         name: String,
+        /// What the last lookup gave: ENOENT, or ENOTDIR, ELOOP, ENAMETOOLONG for a path that
+        /// cannot name a file.
+        errno: Errno,
+        /// The file is there, but the interpreter its `#!` line names (or an ELF program's
+        /// dynamic loader) is not.
+        interpreter_missing: bool,
     },
     /// The command exists but the kernel refused to execute it.
     #[error("cannot execute {name} in sandbox: {errno:?} ({})", errno.desc())]
@@ -363,6 +370,18 @@ pub(crate) fn descriptor_remedy(errno: Errno) -> Option<String> {
     }
 }
 
+fn not_found_suffix(errno: Errno, interpreter_missing: bool) -> String {
+    if interpreter_missing {
+        " exists, but the interpreter it asks for (its #! line, or an ELF program's dynamic \
+         loader) is not in the sandbox"
+            .into()
+    } else if errno != Errno::ENOENT {
+        format!(" ({errno:?}: {})", errno.desc())
+    } else {
+        String::new()
+    }
+}
+
 fn remedy_suffix(remedy: &Option<String>) -> String {
     match remedy {
         Some(r) => format!("; remedy: {r}"),
@@ -391,8 +410,8 @@ impl Error {
         match self {
             Error::PathNotFound { errno, .. }
             | Error::NotExecutable { errno, .. }
+            | Error::ExecutableNotFound { errno, .. }
             | Error::Setup { errno, .. } => Some(*errno),
-            Error::ExecutableNotFound { .. } => Some(Errno::ENOENT),
             Error::Io { source, .. } => source.raw_os_error().map(Errno::from_raw),
             Error::Unsupported { errno, .. } => *errno,
             _ => None,

@@ -1282,7 +1282,12 @@ pub(crate) fn check_mounts(fs: &crate::spec::Filesystem) -> Result<()> {
     for (i, m) in fs.mounts.iter().enumerate() {
         let field = format!("filesystem.mounts[{i}]");
         match m {
-            Mount::Bind { destination, .. } => {
+            Mount::Bind {
+                source,
+                destination,
+                ..
+            } => {
+                absolute_host_path(&format!("{field}.source"), source)?;
                 mount_destination(&format!("{field}.destination"), destination)?;
             }
             Mount::Tmpfs {
@@ -1297,6 +1302,9 @@ pub(crate) fn check_mounts(fs: &crate::spec::Filesystem) -> Result<()> {
         if let crate::spec::Upper::Ephemeral { size } = &ov.upper {
             check_tmpfs_size("filesystem.root.overlay.upper.size", *size)?;
         }
+    }
+    if let Some(work) = &fs.workdir {
+        mount_destination("filesystem.workdir", work)?;
     }
     Ok(())
 }

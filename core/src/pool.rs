@@ -18,13 +18,15 @@ use crate::child::Failure;
 use crate::error::{Error, Result};
 use crate::report::Status;
 use crate::sandbox::{command_env, open_stdio, spawn_agent, Child, RunResult, StdioPlan};
-use crate::spec::{Process, Spec, Stdio, Want};
+use crate::spec::{Process, Root, Spec, Stdio, Upper, Want};
 use crate::sys;
 
 /// Must match JOB_MAGIC in child/init.c.
 const JOB_MAGIC: u32 = 0x5253_4a42;
 /// The agent's receive buffer (MAX_JOB in child/init.c) less the terminating NUL.
 const MAX_JOB: usize = (1 << 20) - 1;
+/// The agent's table of string pointers (MAX_PTRS in child/init.c).
+const MAX_PTRS: usize = 16384;
 
 /// A pool of sandboxes of one spec, started ahead of their jobs.
 ///
@@ -46,6 +48,9 @@ pub struct Pool {
 struct Shared {
     spec: Spec,
     size: usize,
+    /// The sandboxes hold a persistent upper, one at a time: the refill starts none while a job
+    /// runs, and a job waits for a start under way instead of making its own.
+    exclusive: bool,
     state: Mutex<State>,
     changed: Condvar,
 }
@@ -64,6 +69,8 @@ struct State {
     last_done: Option<Instant>,
     /// The last error of the background refill (a later start that succeeds clears it).
     failure: Option<String>,
+    /// The refill is starting a sandbox.
+    starting: bool,
 }
 
 /// A started sandbox whose agent waits for its job.
@@ -84,6 +91,13 @@ impl Pool {
         if size == 0 {
             return Err(Error::invalid("pool size", "must be at least 1"));
         }
+        if size > 1 && persistent_upper(spec) {
+            return Err(Error::invalid(
+                "pool size",
+                "a persistent upper serves one sandbox at a time (each holds it until it ends): \
+                 a pool over one holds one sandbox",
+            ));
+        }
         // The jobs' limit, which the sandboxes started ahead do not use.
         if let Some(t) = spec.timeout {
             crate::sandbox::check_seconds("timeout", t)?;
@@ -92,12 +106,14 @@ impl Pool {
         let shared = Arc::new(Shared {
             spec: spec.clone(),
             size,
+            exclusive: persistent_upper(spec),
             state: Mutex::new(State {
                 ready: VecDeque::from([first]),
                 closing: false,
                 running: 0,
                 last_done: None,
                 failure: None,
+                starting: false,
             }),
             changed: Condvar::new(),
         });
@@ -189,6 +205,12 @@ impl Pool {
         loop {
             let taken = {
                 let mut state = self.shared.lock();
+                while self.shared.exclusive && state.ready.is_empty() && state.starting {
+                    state = match self.shared.changed.wait(state) {
+                        Ok(s) => s,
+                        Err(p) => p.into_inner(),
+                    };
+                }
                 let taken = state.ready.pop_front();
                 // Only an empty pool gives the refill something to do while a job runs.
                 if state.ready.is_empty() {
@@ -276,9 +298,13 @@ enum Next {
 }
 
 impl State {
-    fn next(&self, size: usize, now: Instant) -> Next {
+    fn next(&self, size: usize, exclusive: bool, now: Instant) -> Next {
         if self.closing {
             return Next::Stop;
+        }
+        // Over a persistent upper, a start waits for the running job to let go of it.
+        if exclusive && self.running > 0 {
+            return Next::Wait;
         }
         refill_next(self.ready.len(), size, self.running, self.last_done, now)
     }
@@ -345,7 +371,10 @@ impl Drop for Pool {
         if let Some(t) = self.refill.take() {
             let _ = t.join();
         }
-        self.shared.lock().ready.clear();
+        let ready = std::mem::take(&mut self.shared.lock().ready);
+        for r in ready {
+            r.child.discard();
+        }
     }
 }
 
@@ -362,9 +391,12 @@ fn refill(shared: &Shared) {
         {
             let mut state = shared.lock();
             loop {
-                state = match state.next(shared.size, Instant::now()) {
+                state = match state.next(shared.size, shared.exclusive, Instant::now()) {
                     Next::Stop => return,
-                    Next::Start => break,
+                    Next::Start => {
+                        state.starting = true;
+                        break;
+                    }
                     Next::Wait => match shared.changed.wait(state) {
                         Ok(s) => s,
                         Err(p) => p.into_inner(),
@@ -381,15 +413,23 @@ fn refill(shared: &Shared) {
                 backoff = Duration::from_millis(10);
                 let mut state = shared.lock();
                 state.failure = None;
+                state.starting = false;
+                shared.changed.notify_all();
                 if state.closing {
+                    drop(state);
+                    r.child.discard();
                     return;
                 }
                 state.ready.push_back(r);
-                shared.changed.notify_all();
             }
             Err(e) => {
                 // Jobs still run (started on the spot, which reports the error); retry later.
-                shared.lock().failure = Some(e.to_string());
+                {
+                    let mut state = shared.lock();
+                    state.failure = Some(e.to_string());
+                    state.starting = false;
+                }
+                shared.changed.notify_all();
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -447,7 +487,126 @@ fn dispatch(
         socket,
         since,
     } = ready;
-    let env = command_env(process, &child.home)?;
+    // A job refused before it reaches the agent spends the sandbox: it is ended, not leaked.
+    let (message, stdio) =
+        match job_message(process, &child.home).and_then(|m| Ok((m, open_stdio(process)?))) {
+            Ok(prepared) => prepared,
+            Err(e) => {
+                child.discard();
+                return Err(e);
+            }
+        };
+    let StdioPlan {
+        sources,
+        parent_ends,
+        child_ends,
+    } = stdio;
+    let dispatched = Instant::now();
+    match send_job(socket.as_raw_fd(), &message, &sources) {
+        Ok(()) => {}
+        // The agent is gone: this sandbox died while it waited.
+        Err(crate::Errno::EPIPE | crate::Errno::ECONNRESET | crate::Errno::ECONNREFUSED) => {
+            child.discard();
+            return Ok(None);
+        }
+        Err(e) => {
+            child.discard();
+            return Err(Error::os("send the job to a pooled sandbox", e));
+        }
+    }
+    drop(child_ends);
+    // End of file: the job was executed (the agent's last reference closed). A record: it failed.
+    let mut buf = [0u8; Failure::SIZE];
+    let n = sys::retry(|| sys::read_full(socket.as_raw_fd(), &mut buf))
+        .map_err(|e| Error::os("read a pooled sandbox's answer", e))?;
+    if n == Failure::SIZE {
+        let failure = Failure::from_bytes(&buf);
+        let _ = child.kill(libc::SIGKILL);
+        let _ = child.wait();
+        return Err(crate::sandbox::decode_job_failure(failure, process));
+    }
+    let [stdin, stdout, stderr] = parent_ends.map(|fd| fd.map(std::fs::File::from));
+    child.stdin = stdin;
+    child.stdout = stdout;
+    child.stderr = stderr;
+    child.started = dispatched;
+    // The job's result is its command's; the sandbox's teardown is not the job's time. Except
+    // with a persistent upper: the next sandbox may take it only once this one's init has
+    // exited, so the result waits for that, as a cold start's does.
+    child.early_exit = !persistent_upper(&shared.spec);
+    // The agent starts the job's command from its own small memory, not from this process's.
+    child.starter_peak = 0;
+    child.deadline = timeout.map(|t| dispatched + Duration::from_secs_f64(t));
+    // What of the sandbox is its own (and so this job's alone), from its report.
+    let own: Vec<&str> = [
+        ("namespace.pid", "PID namespace and init"),
+        ("namespace.mnt", "mounts"),
+        ("namespace.net", "network"),
+        ("namespace.ipc", "IPC"),
+        ("cgroup", "cgroup"),
+    ]
+    .into_iter()
+    .filter(|(name, _)| {
+        child
+            .report
+            .feature(name)
+            .is_some_and(|f| f.status == Status::Enforced)
+    })
+    .map(|(_, what)| what)
+    .collect();
+    let detail = match cold {
+        None => format!(
+            "started {:.1} ms ahead of this job in a pool of {}; one job per sandbox: its own {} are this job's alone",
+            dispatched.duration_since(since).as_secs_f64() * 1e3,
+            shared.size,
+            if own.is_empty() { "processes".to_string() } else { own.join(", ") }
+        ),
+        Some(took) => format!(
+            "the pool of {} had none ready: started for this job ({:.1} ms){}",
+            shared.size,
+            took.as_secs_f64() * 1e3,
+            shared
+                .lock()
+                .failure
+                .as_ref()
+                .map(|f| format!("; the pool's last start failed: {f}"))
+                .unwrap_or_default()
+        ),
+    };
+    child.report.push(
+        "pool",
+        Want::BestEffort,
+        if cold.is_none() {
+            Status::Enforced
+        } else {
+            Status::Skipped
+        },
+        detail,
+    );
+    // The job's limit replaces what the start said (its sandbox had none while it waited).
+    child.report.features.retain(|f| f.name != "wall-timeout");
+    match timeout {
+        Some(t) => child.report.push(
+            "wall-timeout",
+            Want::Required,
+            Status::Enforced,
+            format!("{t} s from the job's start, then the whole sandbox is killed"),
+        ),
+        None => child
+            .report
+            .push("wall-timeout", Want::Off, Status::Off, "no limit".into()),
+    }
+    Ok(Some(child))
+}
+
+/// Whether the sandboxes of `spec` hold a persistent upper (each until it has ended).
+fn persistent_upper(spec: &Spec) -> bool {
+    matches!(&spec.filesystem.root, Root::Overlay(ov) if matches!(ov.upper, Upper::Persistent { .. }))
+}
+
+/// The job as the agent reads it (see child/init.c): counts, cwd, PATH candidates, argv, envp.
+fn job_message(process: &Process, home: &str) -> Result<Vec<u8>> {
+    let env = command_env(process, home)?;
     let candidates = crate::sandbox::exec_candidates(
         &process.args[0],
         env.get("PATH").map(String::as_str).unwrap_or(""),
@@ -515,78 +674,18 @@ fn dispatch(
             ),
         ));
     }
-    let StdioPlan {
-        sources,
-        parent_ends,
-        child_ends,
-    } = open_stdio(process)?;
-    let dispatched = Instant::now();
-    match send_job(socket.as_raw_fd(), &message, &sources) {
-        Ok(()) => {}
-        // The agent is gone: this sandbox died while it waited.
-        Err(crate::Errno::EPIPE | crate::Errno::ECONNRESET | crate::Errno::ECONNREFUSED) => {
-            return Ok(None)
-        }
-        Err(e) => return Err(Error::os("send the job to a pooled sandbox", e)),
+    // The agent's table of pointers: every string, and three NULLs.
+    if fields + env.len() + 3 > MAX_PTRS {
+        return Err(Error::invalid(
+            "process",
+            format!(
+                "{} arguments and variables; a pooled job takes at most {}",
+                process.args.len() + env.len(),
+                MAX_PTRS - 3 - 1 - candidates.len()
+            ),
+        ));
     }
-    drop(child_ends);
-    // End of file: the job was executed (the agent's last reference closed). A record: it failed.
-    let mut buf = [0u8; Failure::SIZE];
-    let n = sys::retry(|| sys::read_full(socket.as_raw_fd(), &mut buf))
-        .map_err(|e| Error::os("read a pooled sandbox's answer", e))?;
-    if n == Failure::SIZE {
-        let failure = Failure::from_bytes(&buf);
-        let _ = child.kill(libc::SIGKILL);
-        let _ = child.wait();
-        return Err(crate::sandbox::decode_job_failure(failure, process));
-    }
-    let [stdin, stdout, stderr] = parent_ends.map(|fd| fd.map(std::fs::File::from));
-    child.stdin = stdin;
-    child.stdout = stdout;
-    child.stderr = stderr;
-    child.started = dispatched;
-    // The job's result is its command's; the sandbox's teardown is not the job's time.
-    child.early_exit = true;
-    // The agent starts the job's command from its own small memory, not from this process's.
-    child.starter_peak = 0;
-    child.deadline = timeout.map(|t| dispatched + Duration::from_secs_f64(t));
-    let detail = match cold {
-        None => format!(
-            "started {:.1} ms ahead of this job in a pool of {}; one job per sandbox: namespaces, mounts, cgroup and init are this job's alone",
-            dispatched.duration_since(since).as_secs_f64() * 1e3,
-            shared.size
-        ),
-        Some(took) => format!(
-            "the pool of {} had none ready: started for this job ({:.1} ms){}",
-            shared.size,
-            took.as_secs_f64() * 1e3,
-            shared
-                .lock()
-                .failure
-                .as_ref()
-                .map(|f| format!("; the pool's last start failed: {f}"))
-                .unwrap_or_default()
-        ),
-    };
-    child.report.push(
-        "pool",
-        Want::BestEffort,
-        if cold.is_none() {
-            Status::Enforced
-        } else {
-            Status::Skipped
-        },
-        detail,
-    );
-    if let Some(t) = timeout {
-        child.report.push(
-            "wall-timeout",
-            Want::Required,
-            Status::Enforced,
-            format!("{t} s from the job's start, then the whole sandbox is killed"),
-        );
-    }
-    Ok(Some(child))
+    Ok(message)
 }
 
 /// sendmsg of `message` with the three descriptors as SCM_RIGHTS.

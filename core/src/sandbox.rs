@@ -607,7 +607,18 @@ impl Spec {
             ));
         }
         validate_limits(&self.limits)?;
+        // An empty argv is for a start to refuse: a spec may be completed with one later.
+        if self.process.args.first().is_some_and(String::is_empty) {
+            return Err(Error::invalid(
+                "process.args[0]",
+                "the command name is empty",
+            ));
+        }
+        to_cstrings("process.args", &self.process.args)?;
         if let Some(cwd) = &self.process.cwd {
+            if cwd.contains('\0') {
+                return Err(Error::invalid("process.cwd", "contains a NUL byte"));
+            }
             if !cwd.starts_with('/') {
                 return Err(Error::invalid(
                     "process.cwd",
@@ -617,6 +628,12 @@ impl Spec {
         }
         if let Some(k) = self.process.env.keys().find(|k| !env_name_ok(k)) {
             return Err(env_name_error(k));
+        }
+        if let Some((k, _)) = self.process.env.iter().find(|(_, v)| v.contains('\0')) {
+            return Err(Error::invalid(
+                format!("process.env[{k:?}]"),
+                "the value contains a NUL byte",
+            ));
         }
         crate::mounts::check_mounts(&self.filesystem)?;
         for path in self
@@ -696,14 +713,8 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
             "argv is empty: nothing to run",
         ));
     }
-    if p.args[0].is_empty() {
-        return Err(Error::invalid(
-            "process.args[0]",
-            "the command name is empty",
-        ));
-    }
-    let argv = to_cstrings("process.args", &p.args)?;
     spec.check()?;
+    let argv = to_cstrings("process.args", &p.args)?;
     let ns = &spec.namespaces;
     let caller = (sys::getuid(), sys::getgid());
     let mut report = Report::default();
@@ -1149,6 +1160,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         caps: Some((security.keep_caps, security.last_cap)),
         landlock: security.landlock,
         seccomp: security.seccomp,
+        session_keyring: security.session_keyring,
         exec: Exec {
             candidates,
             _argv: argv,
@@ -1206,6 +1218,8 @@ struct SecurityPlan {
     rlimits: Vec<(u32, u64)>,
     landlock: Option<crate::landlock::Plan>,
     seccomp: Option<Vec<libc::sock_filter>>,
+    /// Join a session keyring of its own before exec (see child::KEYRING_SKIPPED).
+    session_keyring: bool,
 }
 
 fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
@@ -1315,6 +1329,19 @@ fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
             Some(f.program)
         }
     };
+    // Keyrings: the command inherits the caller's session keyring (its keys, its secrets).
+    // The default profile refuses the keyring calls; otherwise it gets an empty one of its own.
+    let session_keyring = !matches!(sec.seccomp, crate::spec::Seccomp::Default);
+    if session_keyring {
+        report.push(
+            "keyring",
+            Want::Required,
+            Status::Enforced,
+            "a session keyring of its own, empty: the caller's keys are out of reach (the \
+             seccomp profile in use lets the command use keyrings)"
+                .into(),
+        );
+    }
     // Nested user namespaces: refused by a rule of the default profile only.
     let (status, detail) = match (&sec.seccomp, sec.allow_nested_userns) {
         (_, true) => (Status::Off, "allowed, as asked".to_string()),
@@ -1343,6 +1370,7 @@ fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
         rlimits,
         landlock,
         seccomp,
+        session_keyring,
     })
 }
 
@@ -1680,6 +1708,17 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
             note_rule_skipped(&mut report, &plan, failure);
             continue;
         }
+        if failure.step == crate::child::KEYRING_SKIPPED {
+            if let Some(entry) = report.features.iter_mut().find(|f| f.name == "keyring") {
+                entry.status = Status::Skipped;
+                entry.detail = format!(
+                    "no session keyring of its own ({:?}): the command holds the caller's, whose \
+                     keys the seccomp profile in use lets it read",
+                    Errno::from_raw(failure.errno)
+                );
+            }
+            continue;
+        }
         let overlay = plan
             .mounts
             .as_ref()
@@ -1965,11 +2004,7 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
     }
     let name = spec.process.args[0].clone();
     if step == Step::Exec {
-        return if f.detail == 0 {
-            Error::ExecutableNotFound { name }
-        } else {
-            Error::NotExecutable { name, errno }
-        };
+        return exec_error(name, errno, f.detail);
     }
     let detail = match step {
         Step::DenySetgroups => "write(\"/proc/self/setgroups\", \"deny\")".to_string(),
@@ -2066,13 +2101,7 @@ pub(crate) fn decode_job_failure(f: Failure, process: &crate::spec::Process) -> 
     let step = Step::from_u32(f.step).unwrap_or(Step::Exec);
     let name = process.args[0].clone();
     match step {
-        Step::Exec if errno != Errno::EINVAL || f.detail != 0 => {
-            if f.detail == 0 {
-                Error::ExecutableNotFound { name }
-            } else {
-                Error::NotExecutable { name, errno }
-            }
-        }
+        Step::Exec if errno != Errno::EINVAL || f.detail != 0 => exec_error(name, errno, f.detail),
         _ => Error::Setup {
             step,
             detail: match step {
@@ -2082,6 +2111,25 @@ pub(crate) fn decode_job_failure(f: Failure, process: &crate::spec::Process) -> 
             },
             errno,
             remedy: None,
+        },
+    }
+}
+
+/// The error of a command that could not be executed (`detail` as child::EXEC_*).
+fn exec_error(name: String, errno: Errno, detail: u32) -> Error {
+    match (detail, errno) {
+        (_, Errno::E2BIG) => Error::invalid(
+            "process",
+            format!(
+                "the arguments and environment of {name} are more than execve takes (E2BIG: the \
+                 kernel's limit is a quarter of the stack limit, and 128 KiB for one string)"
+            ),
+        ),
+        (crate::child::EXEC_REFUSED, _) => Error::NotExecutable { name, errno },
+        (detail, _) => Error::ExecutableNotFound {
+            name,
+            errno,
+            interpreter_missing: detail == crate::child::EXEC_NO_INTERPRETER,
         },
     }
 }
@@ -2539,6 +2587,15 @@ impl Child {
     pub fn release_for_exit(mut self) {
         if self.reap_later && self.cgroup.is_none() && self.fuse.is_none() {
             self.reap_later = false;
+        }
+    }
+
+    /// Ends a sandbox nobody will take a result from (a pool's, never given a job or refused
+    /// one) and leaves its init to the background reaper, whatever `die_with_parent` says: the
+    /// caller never saw it, so it must not linger, nor its init stay a zombie.
+    pub(crate) fn discard(mut self) {
+        if self.kill(libc::SIGKILL).is_ok() {
+            self.reap_later = true;
         }
     }
 

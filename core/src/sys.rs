@@ -944,6 +944,12 @@ pub fn execve(path: &CStr, argv: &[*const libc::c_char], envp: &[*const libc::c_
     Errno::last()
 }
 
+/// Whether `path` names something (following links), without opening it.
+pub fn exists(path: &CStr) -> bool {
+    // SAFETY: path is NUL-terminated; faccessat reads it only.
+    unsafe { libc::faccessat(libc::AT_FDCWD, path.as_ptr(), libc::F_OK, 0) == 0 }
+}
+
 /// Lets another runnable task on this CPU go first.
 pub fn yield_now() {
     // SAFETY: no arguments; it cannot fail on Linux.

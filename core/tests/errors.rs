@@ -240,3 +240,107 @@ fn spec_json_round_trip_and_unknown_fields() {
     let spec = Spec::from_json(r#"{"process": {"args": ["true"]}}"#).unwrap();
     assert_eq!(spec.hostname, "rsandbox");
 }
+
+/// `Spec::check` refuses what every start would refuse whatever the host, naming the field; a
+/// spec without argv (to be given later) is sound.
+#[test]
+fn check_refuses_what_every_start_refuses() {
+    type Change = Box<dyn Fn(&mut Spec)>;
+    let cases: Vec<(&str, Change)> = vec![
+        (
+            "filesystem.workdir",
+            Box::new(|s| s.filesystem.workdir = Some("work".into())),
+        ),
+        (
+            "filesystem.mounts[0].source",
+            Box::new(|s| {
+                s.filesystem.mounts.push(rsandbox::Mount::Bind {
+                    source: "rel".into(),
+                    destination: "/x".into(),
+                    readonly: true,
+                })
+            }),
+        ),
+        (
+            "process.cwd",
+            Box::new(|s| s.process.cwd = Some("/w\0rk".into())),
+        ),
+        (
+            "process.env[\"A\"]",
+            Box::new(|s| {
+                s.process.env.insert("A".into(), "x\0y".into());
+            }),
+        ),
+        (
+            "process.args[0]",
+            Box::new(|s| s.process.args = vec![String::new()]),
+        ),
+        (
+            "process.args[1]",
+            Box::new(|s| s.process.args = vec!["echo".into(), "a\0b".into()]),
+        ),
+    ];
+    for (field, change) in cases {
+        let mut spec = Spec::new(["true"]);
+        change(&mut spec);
+        let e = spec.check().unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{field}: {e}");
+        assert!(e.to_string().contains(field), "{field}: {e}");
+        // A start refuses it the same way.
+        if !spec.process.args.is_empty() {
+            assert_eq!(
+                rsandbox::spawn(&spec).unwrap_err().kind(),
+                ErrorKind::InvalidSpec
+            );
+        }
+    }
+    let mut spec = Spec::new(["true"]);
+    spec.process.args.clear();
+    spec.check().unwrap();
+}
+
+/// An exec that fails says why: a path that cannot name a file gives its errno, a file whose
+/// interpreter is missing says so (and the same from a pooled sandbox), arguments too large
+/// for execve are the spec's fault. Control: a plain missing file is just not found.
+#[test]
+fn exec_failures_name_their_cause() {
+    let dir = TempDir::new("exec");
+    let script = dir.path().join("badinterp.sh");
+    std::fs::write(&script, "#!/nonexistent/interp\necho hi\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let with_dir = |argv: Vec<String>| {
+        let mut spec = Spec::new(argv);
+        spec.filesystem.mounts.push(Mount::Bind {
+            source: dir.path().to_path_buf(),
+            destination: "/d".into(),
+            readonly: true,
+        });
+        spec
+    };
+    let e = error_of(&with_dir(vec!["/d/badinterp.sh".into()]));
+    assert_eq!(e.kind(), ErrorKind::ExecutableNotFound, "{e}");
+    assert!(e.to_string().contains("interpreter"), "{e}");
+    assert_eq!(e.errno(), Some(rsandbox::Errno::ENOENT));
+    let e = error_of(&with_dir(vec!["/etc/passwd/x".into()]));
+    assert_eq!(e.kind(), ErrorKind::ExecutableNotFound, "{e}");
+    assert_eq!(e.errno(), Some(rsandbox::Errno::ENOTDIR), "{e}");
+    assert!(e.to_string().contains("ENOTDIR"), "{e}");
+    let e = error_of(&with_dir(vec!["true".into(), "a".repeat(140_000)]));
+    assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{e}");
+    assert!(e.to_string().contains("E2BIG"), "{e}");
+    // Control.
+    let e = error_of(&with_dir(vec!["/d/nothing".into()]));
+    assert_eq!(e.kind(), ErrorKind::ExecutableNotFound, "{e}");
+    assert_eq!(e.to_string(), "executable not found in sandbox: /d/nothing");
+    // The pool's agent tells the same.
+    let Ok(pool) = rsandbox::Pool::new(&with_dir(vec!["true".into()]), 1) else {
+        return skip("no pool here");
+    };
+    let job = rsandbox::Process {
+        args: vec!["/d/badinterp.sh".into()],
+        ..Default::default()
+    };
+    let e = pool.run(&job, None).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::ExecutableNotFound, "{e}");
+    assert!(e.to_string().contains("interpreter"), "{e}");
+}

@@ -346,6 +346,52 @@ fn io_uring_and_open_tree_attr_are_refused() {
     );
 }
 
+/// The caller's session keyring (its keys: credentials, tokens) is out of reach of a command
+/// whose seccomp profile allows the keyring calls: it gets an empty session keyring of its own.
+/// Control: a plain child of the same caller thread finds the key.
+#[test]
+fn the_callers_keys_are_out_of_reach_without_the_default_profile() {
+    // This thread's own session keyring (creds are per thread), so nothing is added to the
+    // session of whoever runs the tests.
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) and add_key with NUL-terminated strings.
+    let key = unsafe {
+        libc::syscall(libc::SYS_keyctl, 1, std::ptr::null::<libc::c_char>());
+        libc::syscall(
+            libc::SYS_add_key,
+            c"user".as_ptr(),
+            c"rsbx-test-key".as_ptr(),
+            c"hunter2".as_ptr(),
+            7usize,
+            -3i32, // KEY_SPEC_SESSION_KEYRING
+        )
+    };
+    if key < 0 {
+        return skip(&format!(
+            "cannot add a key here: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let script = "import ctypes; libc=ctypes.CDLL(None,use_errno=True)\n\
+                  r=libc.syscall(249,b'user',b'rsbx-test-key',None,0)\n\
+                  print('found' if r > 0 else 'absent %d' % ctypes.get_errno())";
+    let Some(mut spec) = py(script) else { return };
+    spec.security.seccomp = Seccomp::None;
+    let r = run(&spec);
+    assert_eq!(
+        out(&r),
+        format!("absent {}\n", libc::ENOKEY),
+        "{}",
+        said(&r)
+    );
+    let keyring = r.report.feature("keyring").expect("a keyring entry");
+    assert_eq!(keyring.status, rsandbox::Status::Enforced, "{keyring:?}");
+    let control = std::process::Command::new("python3")
+        .args(["-c", script])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&control.stdout), "found\n");
+}
+
 #[test]
 fn nested_user_namespaces_cannot_regain_capabilities() {
     let script = "import ctypes; libc=ctypes.CDLL(None,use_errno=True)\n\

@@ -385,3 +385,98 @@ fn the_refill_waits_while_a_job_runs() {
     a.wait().unwrap();
     b.wait().unwrap();
 }
+
+/// A pool over a persistent upper holds one sandbox (each holds the upper until it has ended),
+/// and its jobs follow one another on it without being refused: a job's result waits for its
+/// sandbox to let go of the upper, as a cold start's does.
+#[test]
+fn a_pool_over_a_persistent_upper_runs_job_after_job() {
+    let _serial = serial();
+    let Some(rootfs) = busybox_rootfs() else {
+        return;
+    };
+    let dir = TempDir::new("pool-upper");
+    let mut spec = Spec::default();
+    spec.filesystem.root = rsandbox::Root::Overlay(rsandbox::Overlay {
+        lowers: vec![rootfs.path().to_path_buf()],
+        image: None,
+        upper: rsandbox::Upper::Persistent {
+            path: dir.path().join("u"),
+        },
+        driver: rsandbox::OverlayDriver::Kernel,
+    });
+    let e = Pool::new(&spec, 2)
+        .err()
+        .expect("a pool of 2 over one upper");
+    assert_eq!(e.kind(), rsandbox::ErrorKind::InvalidSpec, "{e}");
+    assert!(e.to_string().contains("one sandbox at a time"), "{e}");
+    let Some(pool) = pool(&spec, 1) else {
+        return;
+    };
+    for i in 0..12 {
+        let r = pool
+            .run(&job(&format!("echo {i} >>/log; tail -n 1 /log")), None)
+            .unwrap_or_else(|e| panic!("job {i}: {e}"));
+        assert_eq!(out(&r), format!("{i}\n"), "job {i}: {}", err(&r));
+    }
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("u/log"))
+            .unwrap()
+            .lines()
+            .count(),
+        12
+    );
+}
+
+/// The report of a pooled job says what its sandbox is: one wall-timeout entry (the job's), and
+/// a pool entry that names only what the sandbox has of its own.
+#[test]
+fn a_pooled_jobs_report_is_its_own() {
+    let _serial = serial();
+    let mut spec = Spec::default();
+    spec.namespaces.pid = rsandbox::Want::Off;
+    spec.filesystem.proc = false;
+    let Some(pool) = pool(&spec, 1) else {
+        return;
+    };
+    let mut child = pool.spawn_with_timeout(&job("true"), Some(5.0)).unwrap();
+    let r = child.wait().unwrap();
+    let timeouts: Vec<_> = r
+        .report
+        .features
+        .iter()
+        .filter(|f| f.name == "wall-timeout")
+        .collect();
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    assert_eq!(timeouts[0].status, Status::Enforced, "{timeouts:?}");
+    let p = feature(&r, "pool").unwrap();
+    assert!(!p.detail.contains("PID namespace"), "{}", p.detail);
+    assert!(p.detail.contains("mounts"), "{}", p.detail);
+    // Without a limit for the job: one entry, off.
+    let r = pool.run(&job("true"), None).unwrap();
+    let timeouts: Vec<_> = r
+        .report
+        .features
+        .iter()
+        .filter(|f| f.name == "wall-timeout")
+        .collect();
+    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+    assert_eq!(timeouts[0].status, Status::Off, "{timeouts:?}");
+}
+
+/// A job with more arguments than the agent's table holds is refused by name before it is sent,
+/// and the pool goes on.
+#[test]
+fn a_job_too_long_for_the_agent_is_refused_by_name() {
+    let _serial = serial();
+    let Some(pool) = pool(&Spec::default(), 1) else {
+        return;
+    };
+    let mut long = job("echo $#");
+    long.args.extend((0..17_000).map(|i| i.to_string()));
+    let e = pool.run(&long, None).unwrap_err();
+    assert_eq!(e.kind(), rsandbox::ErrorKind::InvalidSpec, "{e}");
+    assert!(e.to_string().contains("a pooled job takes at most"), "{e}");
+    let r = pool.run(&job("echo ok"), None).unwrap();
+    assert_eq!(out(&r), "ok\n");
+}

@@ -740,9 +740,41 @@ unsafe fn pool_ref<'a>(pool: *const sbx_pool) -> Result<&'a sbx_pool, sbx_result
     unsafe { pool.as_ref() }.ok_or_else(|| fail_with(sbx_result::SBX_ERR_NULL, "pool is NULL"))
 }
 
-/// Runs the process of `job` (its argv, environment, working directory and streams; every other
-/// setting is the pool's) in a pooled sandbox, feeding it `input` (may be NULL) and capturing
-/// its output, like `sbx_run`. The result's report has a "pool" entry.
+/// The process and the timeout of a pooled job's config; a config that sets anything else (the
+/// pool's to decide) is refused, naming what it sets.
+fn pool_job(job: &Spec) -> Result<(&rsandbox::Process, Option<f64>), sbx_result> {
+    let mut rest = job.clone();
+    rest.process = rsandbox::Process::default();
+    rest.timeout = None;
+    if rest == Spec::default() {
+        return Ok((&job.process, job.timeout));
+    }
+    let set: Vec<String> = match (
+        serde_json::to_value(&rest),
+        serde_json::to_value(Spec::default()),
+    ) {
+        (Ok(serde_json::Value::Object(job)), Ok(serde_json::Value::Object(default))) => job
+            .into_iter()
+            .filter(|(k, v)| default.get(k) != Some(v))
+            .map(|(k, _)| k)
+            .collect(),
+        _ => Vec::new(),
+    };
+    Err(fail_with(
+        sbx_result::SBX_ERR_INVALID_SPEC,
+        &format!(
+            "a pooled job's config gives its process and its timeout; every other setting is the \
+             pool's, and this one sets {}: set those in the pool's config (sbx_pool_new)",
+            set.join(", ")
+        ),
+    ))
+}
+
+/// Runs the process of `job` (its argv, environment, working directory and streams) in a pooled
+/// sandbox, within the job's timeout if its config sets one (else the pool's), feeding it `input`
+/// (may be NULL) and capturing its output, like `sbx_run`. Every other setting is the pool's: a
+/// job config that sets one is refused (`SBX_ERR_INVALID_SPEC`, naming it). The result's report
+/// has a "pool" entry.
 #[no_mangle]
 pub unsafe extern "C" fn sbx_pool_run(
     pool: *const sbx_pool,
@@ -758,9 +790,16 @@ pub unsafe extern "C" fn sbx_pool_run(
         let pool = try_ffi!(unsafe { pool_ref(pool) });
         // SAFETY: as above.
         let job = try_ffi!(unsafe { config_ref(job) });
+        let (process, timeout) = try_ffi!(pool_job(&job.spec));
         // SAFETY: input is NULL or points to input_len readable bytes.
         let input = unsafe { input_slice(input, input_len) };
-        match pool.pool.run(&job.spec.process, input) {
+        let ran = match timeout {
+            Some(t) => pool
+                .pool
+                .run_with(process, input, Some(t), Duration::MAX, &mut || false),
+            None => pool.pool.run(process, input),
+        };
+        match ran {
             // SAFETY: out was checked non-NULL.
             Ok(r) => unsafe { deliver(r, out) },
             Err(e) => fail(e),
@@ -768,7 +807,8 @@ pub unsafe extern "C" fn sbx_pool_run(
     })
 }
 
-/// Starts the process of `job` in a pooled sandbox, like `sbx_spawn`.
+/// Starts the process of `job` in a pooled sandbox, like `sbx_spawn`; `job` as for
+/// `sbx_pool_run`.
 #[no_mangle]
 pub unsafe extern "C" fn sbx_pool_spawn(
     pool: *const sbx_pool,
@@ -782,7 +822,12 @@ pub unsafe extern "C" fn sbx_pool_spawn(
         let pool = try_ffi!(unsafe { pool_ref(pool) });
         // SAFETY: as above.
         let job = try_ffi!(unsafe { config_ref(job) });
-        match pool.pool.spawn(&job.spec.process) {
+        let (process, timeout) = try_ffi!(pool_job(&job.spec));
+        let spawned = match timeout {
+            Some(t) => pool.pool.spawn_with_timeout(process, Some(t)),
+            None => pool.pool.spawn(process),
+        };
+        match spawned {
             Ok(child) => {
                 // SAFETY: out was checked non-NULL.
                 unsafe { *out = Box::into_raw(Box::new(sbx_child { child })) };

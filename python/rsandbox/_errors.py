@@ -66,15 +66,19 @@ class SandboxPermissionError(SandboxError, PermissionError):
 
 
 class TimeoutExpired(SandboxError):
-    """Like :class:`subprocess.TimeoutExpired`: ``timeout`` passed. From :func:`rsandbox.run` the
-    sandbox has been killed; ``output``/``stdout`` and ``stderr`` hold what it wrote before."""
+    """Like :class:`subprocess.TimeoutExpired`: ``timeout`` passed. From :func:`rsandbox.run` and
+    ``Pool.run`` the sandbox has been killed; ``output``/``stdout`` and ``stderr`` hold what it
+    wrote before, and ``result`` is the whole result (verdict ``wall-timeout``, the usage, the
+    report). Where the sandbox keeps running (``Process.wait``), ``result`` is None."""
 
-    def __init__(self, cmd: Sequence[str], timeout: float, output: Any = None, stderr: Any = None) -> None:
+    def __init__(self, cmd: Sequence[str], timeout: float, output: Any = None, stderr: Any = None,
+                 result: Any = None) -> None:
         super().__init__(f"Command '{cmd}' timed out after {timeout} seconds", kind="timeout")
         self.cmd = cmd
         self.timeout = timeout
         self.output = output
         self.stderr = stderr
+        self.result = result
 
     @property
     def stdout(self) -> Any:

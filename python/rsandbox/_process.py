@@ -45,8 +45,8 @@ class Result:
     then N). ``verdict`` is one of ``ok``, ``exit-nonzero``, ``signaled``, ``wall-timeout``,
     ``cpu-timeout``, ``memory-limit``, ``output-limit``. Times are seconds; ``memory_peak`` is
     bytes (the cgroup's memory.peak when the sandbox had a cgroup, else the peak RSS; ``usage``
-    says which). ``truncated``: output went past ``output_limit`` and the rest was dropped.
-    ``report`` is the enforcement report: every feature asked for, enforced or skipped and why.
+    says which). ``truncated``: output went past ``output_limit`` and the rest was dropped;
+    ``stdout_truncated`` and ``stderr_truncated`` say which stream. ``report`` is the enforcement report: every feature asked for, enforced or skipped and why.
     """
 
     args: List[str]
@@ -62,6 +62,8 @@ class Result:
     timed_out: bool
     truncated: bool
     usage: Dict[str, Any] = field(repr=False)
+    stdout_truncated: bool = field(default=False, repr=False)
+    stderr_truncated: bool = field(default=False, repr=False)
     # Set on first use, from ``_report_json`` (see __getattr__): most callers never read it.
     report: Dict[str, Any] = field(init=False, repr=False)
     # The report as the native module gives it.
@@ -93,7 +95,8 @@ def _result(args: List[str], raw: str, report: str, out: Optional[bytes], err: O
                   verdict=r["verdict"], wall_time=u["wall_time"], cpu_time=u["cpu_time"],
                   memory_peak=u["memory_peak"], oom_killed=u["oom_kills"] > 0,
                   timed_out=r["timed_out"], truncated=r["stdout_truncated"] or r["stderr_truncated"],
-                  usage=u, _report_json=report)
+                  usage=u, stdout_truncated=r["stdout_truncated"],
+                  stderr_truncated=r["stderr_truncated"], _report_json=report)
 
 
 def _decoder(text: bool, encoding: Optional[str],
@@ -596,7 +599,7 @@ def _finish(argv: List[str], raw: str, report: str, out: Optional[bytes], err: O
             check: bool) -> Result:
     r = _result(argv, raw, report, out, err, _decoder(text, encoding, errors))
     if r.timed_out:
-        raise TimeoutExpired(argv, limit or 0.0, r.stdout, r.stderr)
+        raise TimeoutExpired(argv, limit or 0.0, r.stdout, r.stderr, r)
     if check:
         r.check_returncode()
     return r

@@ -12,7 +12,7 @@ from ._errors import config_error, raise_native
 __all__ = ["Spec", "Size", "PathArg", "Bind"]
 
 PathArg = Union[str, "os.PathLike[str]"]
-#: Bytes as an int, or a string with a K, M or G suffix (``"256M"``).
+#: Bytes as an int, or a string with a K, M, G or T suffix (``"256M"``).
 Size = Union[int, str]
 #: A read-only bind: a host path seen at the same place, or ``(host_path, sandbox_path)``.
 Bind = Union[PathArg, Tuple[PathArg, PathArg]]
@@ -20,8 +20,9 @@ Bind = Union[PathArg, Tuple[PathArg, PathArg]]
 _UNITS = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 
 
-def parse_size(value: Any, name: str) -> int:
-    """Bytes from an int or a string like ``"256M"``; positive, or ConfigError."""
+def parse_size(value: Any, name: str, *, zero: bool = False) -> int:
+    """Bytes from an int or a string like ``"256M"`` (K, M, G, T); positive (or 0 where
+    ``zero``), or ConfigError."""
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise config_error(f"{name}: expected bytes as an int or a str like '256M', got {type(value).__name__}")
     if isinstance(value, int):
@@ -32,8 +33,8 @@ def parse_size(value: Any, name: str) -> int:
             n = int(text[:-1]) * _UNITS[text[-1]] if text and text[-1] in _UNITS else int(text)
         except ValueError:
             raise config_error(f"{name}: not a size: {value!r}") from None
-    if n <= 0:
-        raise config_error(f"{name}: must be positive, got {value!r}")
+    if n < 0 or (n == 0 and not zero):
+        raise config_error(f"{name}: must be {'0 or more' if zero else 'positive'}, got {value!r}")
     if n >= 1 << 64:
         raise config_error(f"{name}: {value!r} is more than 2**64 bytes")
     return n
@@ -287,7 +288,8 @@ class Spec:
         if limits is not None:
             lim["level"] = _choice(limits, "limits", ("required", "best-effort", "off"))
         if output_limit is not None:
-            d["output_limit"] = parse_size(output_limit, "output_limit")
+            # 0 keeps no output at all: any is past the limit.
+            d["output_limit"] = parse_size(output_limit, "output_limit", zero=True)
         if timeout is not None:
             d["timeout"] = _number(timeout, "timeout")
         if cgroup_parent is not None:

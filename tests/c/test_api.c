@@ -404,6 +404,19 @@ static void test_pool(void) {
     }
     sbx_config_free(job);
     sbx_config_free(missing);
+    /* A job's own timeout is kept; a job config setting what is the pool's is refused by name. */
+    job = config_for("sleep 5");
+    CHECK(sbx_config_set_num(job, "timeout", 0.3) == SBX_OK);
+    CHECK(sbx_pool_run(pool, job, NULL, 0, &res) == SBX_OK);
+    CHECK(res != NULL && sbx_result_verdict(res) == SBX_VERDICT_WALL_TIMEOUT);
+    sbx_result_free(res);
+    res = NULL;
+    CHECK(sbx_config_set_str(job, "hostname", "job-host") == SBX_OK);
+    CHECK(sbx_pool_run(pool, job, NULL, 0, &res) == SBX_ERR_INVALID_SPEC && res == NULL);
+    CHECK(strstr(sbx_last_error_message(), "hostname") != NULL);
+    CHECK(sbx_pool_spawn(pool, job, &child) == SBX_ERR_INVALID_SPEC && child == NULL);
+    sbx_config_free(job);
+    job = NULL;
     CHECK(sbx_pool_run(NULL, job, NULL, 0, &res) == SBX_ERR_NULL);
     CHECK(sbx_pool_ready(NULL) == 0);
     sbx_pool_free(pool);

@@ -127,6 +127,10 @@ def test_timeout_expired_is_like_subprocess():
     assert e.value.timeout == 0.5 and e.value.stdout == e.value.output == b"partial\n"
     assert e.value.cmd == ["sh", "-c", "echo partial; sleep 100"]
     assert "timed out after 0.5 seconds" in str(e.value)
+    # Unlike subprocess, the whole result comes with it: a grader keeps the verdict and usage.
+    r = e.value.result
+    assert r.verdict == "wall-timeout" and r.timed_out and r.stdout == b"partial\n", r
+    assert 0.4 < r.wall_time < 10 and r.report["features"], r
     # A spec's own timeout raises the same way.
     with pytest.raises(rsandbox.TimeoutExpired) as e:
         rsandbox.run(["sleep", "100"], spec=rsandbox.Spec(timeout=0.3))

@@ -58,8 +58,9 @@ def test_job_timeout_counts_from_the_job():
     with rsandbox.Pool(1, timeout=0.5) as pool:
         time.sleep(0.8)
         assert pool.run(["sh", "-c", "sleep 0.2; echo ok"], capture_output=True).stdout == b"ok\n"
-        with pytest.raises(rsandbox.TimeoutExpired):
+        with pytest.raises(rsandbox.TimeoutExpired) as e:
             pool.run(["sleep", "10"], timeout=0.3)
+        assert e.value.result.verdict == "wall-timeout", e.value.result
 
 
 def test_popen_like_spawn_from_a_pool():
@@ -119,3 +120,41 @@ def test_closing_a_pool_kills_its_waiting_sandboxes():
 def test_bad_pool_size(size):
     with pytest.raises(rsandbox.ConfigError):
         rsandbox.Pool(size)
+
+
+DETACHED_POOL = r'''
+import os, time
+import rsandbox
+spec = rsandbox.Spec()
+spec.data["die_with_parent"] = False
+def zombies():
+    n = 0
+    for p in os.listdir("/proc"):
+        try:
+            stat = open(f"/proc/{p}/stat").read().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if stat[1] == str(os.getpid()) and stat[0] == "Z":
+            n += 1
+    return n
+for _ in range(3):
+    pool = rsandbox.Pool(3, spec)
+    pool.wait_full(30)
+    assert pool.run(["true"]).returncode == 0
+    pool.wait_full(30)
+    pool.close()
+deadline = time.monotonic() + 10
+while zombies() and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(zombies())
+'''
+
+
+def test_closing_a_pool_ends_and_reaps_its_sandboxes_even_without_die_with_parent():
+    # The sandboxes a pool started ahead were never the caller's: closing the pool ends them and
+    # reaps their inits, whatever die_with_parent says (else one zombie per unused sandbox).
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", DETACHED_POOL], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "0", r

@@ -90,6 +90,13 @@ def test_results_pickle_and_copy_with_their_report():
 def test_output_limit_truncates():
     r = rsandbox.run(["head", "-c", "100000", "/dev/zero"], capture_output=True, output_limit=1000)
     assert len(r.stdout) == 1000 and r.truncated and r.verdict == "output-limit"
+    assert r.stdout_truncated and not r.stderr_truncated, r
+    r = rsandbox.run(["sh", "-c", "head -c 5000 /dev/zero >&2"], capture_output=True, output_limit=1000)
+    assert r.stderr_truncated and not r.stdout_truncated and r.truncated, r
+    # 0 keeps nothing, as on the other surfaces; sizes take the same suffixes as the CLI's.
+    r = rsandbox.run(["echo", "x"], capture_output=True, output_limit=0)
+    assert r.stdout == b"" and r.truncated and r.verdict == "output-limit", r
+    assert rsandbox.run(["echo", "x"], capture_output=True, output_limit="1T").stdout == b"x\n"
 
 
 MIB = 1 << 20
@@ -297,13 +304,18 @@ def test_validate_checks_values_without_starting():
     for text in ('{"timeout": -1}', '{"hostname": ""}', '{"timeout": 1e300}',
                  '{"filesystem": {"mounts": [{"type": "tmpfs", "destination": "/"}]}}',
                  '{"process": {"cwd": "relative"}}', '{"process": {"env": {"A=B": "1"}}}',
-                 '{"limits": {"pids": 0}}'):
+                 '{"limits": {"pids": 0}}', '{"filesystem": {"workdir": "work"}}',
+                 '{"filesystem": {"mounts": [{"type": "bind", "source": "rel", "destination": "/x"}]}}',
+                 '{"process": {"cwd": "/w\\u0000rk"}}', '{"process": {"env": {"A": "x\\u0000y"}}}',
+                 '{"process": {"args": [""]}}', '{"process": {"args": ["echo", "a\\u0000b"]}}'):
         with pytest.raises(rsandbox.ConfigError):
             rsandbox.Spec.from_json(text)
     with pytest.raises(rsandbox.ConfigError):
         rsandbox.Spec(timeout=5, hostname="x" * 65).validate()
     # Control: sound values pass, and a host path that does not exist is left to the start.
     rsandbox.Spec(timeout=5, hostname="ok").validate()
+    # A spec without argv (given at each run) is sound.
+    rsandbox.Spec.from_json('{"process": {"args": []}}')
     rsandbox.Spec.from_json('{"filesystem": {"root": {"directory": {"path": "/no-such-root"}}}}')
 
 

@@ -48,6 +48,7 @@ enum {
     NR_signalfd4 = 289,
     NR_close = 3,
     NR_prctl = 157,
+    NR_faccessat = 269,
 };
 
 #define SIGCHLD 17
@@ -252,11 +253,15 @@ static __attribute__((noreturn)) void agent_main(void)
         if (r < 0)
             agent_fail((int)report_fd, STEP_CHDIR, r, 0, 125);
     }
-    /* PATH search as the other start does it: past missing entries, remembering refusals. */
+    /* PATH search as the other start does it: past missing entries, remembering refusals, and
+     * a file that is there but gives ENOENT (its interpreter is missing). */
     i64 refused = 0, last = -2 /* ENOENT */;
+    int no_interpreter = 0;
     for (unsigned i = 0; i < ncand; i++) {
         i64 e = SYS(NR_execve, cands[i], av, ev, 0);
-        if (e == -2 || e == -20 /* ENOTDIR */ || e == -40 /* ELOOP */ || e == -36 /* ENAMETOOLONG */)
+        if (e == -2 && SYS(NR_faccessat, -100 /* AT_FDCWD */, cands[i], 0 /* F_OK */, 0) == 0)
+            no_interpreter = 1;
+        else if (e == -2 || e == -20 /* ENOTDIR */ || e == -40 /* ELOOP */ || e == -36 /* ENAMETOOLONG */)
             last = e;
         else if (e == -13 /* EACCES */ || e == -1 /* EPERM */ || e == -21 /* EISDIR */) {
             if (!refused)
@@ -266,8 +271,11 @@ static __attribute__((noreturn)) void agent_main(void)
             break;
         }
     }
+    /* The details are child/mod.rs's EXEC_REFUSED and EXEC_NO_INTERPRETER. */
     if (refused)
         agent_fail((int)report_fd, STEP_EXEC, refused, 1, 126);
+    if (no_interpreter)
+        agent_fail((int)report_fd, STEP_EXEC, -2, 2, 127);
     agent_fail((int)report_fd, STEP_EXEC, last, 0, 127);
 }
 

@@ -102,6 +102,16 @@ pub(crate) struct NetApart {
 }
 
 /// Everything the sandbox needs, prepared before clone.
+/// How an exec failed (Failure::detail at Step::Exec): nothing at any candidate path, a file the
+/// kernel refused to execute, or a file whose interpreter is missing.
+pub(crate) const EXEC_NOT_FOUND: u32 = 0;
+pub(crate) const EXEC_REFUSED: u32 = 1;
+pub(crate) const EXEC_NO_INTERPRETER: u32 = 2;
+
+/// A notice on the error pipe: the command could not join a session keyring of its own.
+pub(crate) const KEYRING_SKIPPED: u32 = 0x6b65;
+const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+
 pub(crate) struct Plan {
     /// Write these maps from inside (single-id mapping).
     pub own_maps: Option<OwnMaps>,
@@ -129,6 +139,8 @@ pub(crate) struct Plan {
     pub landlock: Option<crate::landlock::Plan>,
     /// seccomp program loaded last before execve.
     pub seccomp: Option<Vec<libc::sock_filter>>,
+    /// Join a new, empty session keyring before execve.
+    pub session_keyring: bool,
     pub exec: Exec,
     /// Sources of the command's fds 0, 1, 2, as numbered in the caller.
     pub stdio: [c_int; 3],
@@ -788,6 +800,27 @@ fn exec_command(plan: &Plan) -> ! {
     if let Err(e) = sys::prctl(libc::PR_SET_NO_NEW_PRIVS, 1) {
         die(Step::NoNewPrivs, e);
     }
+    if plan.session_keyring {
+        // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): an anonymous keyring, no memory read.
+        let joined = unsafe {
+            libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_JOIN_SESSION_KEYRING,
+                std::ptr::null::<libc::c_char>(),
+            )
+        };
+        if joined < 0 {
+            // Told to the caller (the report says the keyring is shared), not fatal: a user's
+            // key quota may be spent by other sandboxes.
+            let note = Failure {
+                step: KEYRING_SKIPPED,
+                errno: Errno::last() as i32,
+                index: u32::MAX,
+                detail: 0,
+            };
+            let _ = sys::write_all(err_w, &note.to_bytes());
+        }
+    }
     // Landlock needs no_new_privs (set above) and the final tree (built by the init).
     if let Some(ll) = &plan.landlock {
         // A rule left out is told to the caller, for the report.
@@ -822,6 +855,8 @@ fn exec_command(plan: &Plan) -> ! {
     // PATH search, execvp-style: keep going past missing entries, remember refusals.
     let mut refused: Option<Errno> = None;
     let mut last = Errno::ENOENT;
+    // A file that is there but gives ENOENT: its interpreter (#! line, ELF loader) is not.
+    let mut no_interpreter = false;
     if let Some(fd) = plan.exec_fd {
         refused = Some(sys::execve_fd(
             fd,
@@ -837,6 +872,7 @@ fn exec_command(plan: &Plan) -> ! {
     {
         let e = sys::execve(path, &plan.exec.argv_ptrs, &plan.exec.envp_ptrs);
         match e {
+            Errno::ENOENT if sys::exists(path) => no_interpreter = true,
             Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::ENAMETOOLONG => last = e,
             Errno::EACCES | Errno::EPERM | Errno::EISDIR => {
                 refused.get_or_insert(e);
@@ -851,11 +887,21 @@ fn exec_command(plan: &Plan) -> ! {
         Some(e) => (e, EXIT_NOT_EXECUTABLE),
         None => (last, EXIT_NOT_FOUND),
     };
+    let detail = match (refused, no_interpreter) {
+        (Some(_), _) => EXEC_REFUSED,
+        (None, true) => EXEC_NO_INTERPRETER,
+        (None, false) => EXEC_NOT_FOUND,
+    };
+    let errno = if detail == EXEC_NO_INTERPRETER {
+        Errno::ENOENT
+    } else {
+        errno
+    };
     let f = Failure {
         step: Step::Exec as u32,
         errno: errno as i32,
         index: u32::MAX,
-        detail: refused.is_some() as u32,
+        detail,
     };
     fail(err_w, f, code)
 }
