@@ -74,10 +74,12 @@ pub(crate) struct Plan {
     pub ports: Vec<(u64, u64)>,
 }
 
-/// Plans the ruleset. `writable` lists sandbox paths mounted writable (the root itself when it is).
+/// Plans the ruleset. `writable` lists sandbox paths mounted writable (the root itself when it is);
+/// `own_pids`: the sandbox has its own PID namespace.
 pub(crate) fn plan(
     spec: &Landlock,
     network: Network,
+    own_pids: bool,
     writable: &[String],
     report: &mut Report,
 ) -> Result<Option<Plan>> {
@@ -190,13 +192,31 @@ pub(crate) fn plan(
             notes.push(format!("TCP port rules SKIPPED (need ABI 4, have {abi})"));
         }
     }
+    // What reaches the host without scoping: its abstract unix sockets through the host's
+    // network namespace, and its processes (the caller's user's) through the host's PID
+    // namespace. In namespaces of its own there is nothing of the host's to reach.
     let mut scoped = 0;
+    let mut reach = Vec::new();
     if network == Network::Host {
+        scoped |= SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL;
+        reach.push("abstract unix sockets");
+    }
+    if !own_pids {
+        scoped |= SCOPE_SIGNAL;
+        reach.push("processes (signals)");
+    }
+    if scoped != 0 {
         if abi >= 6 {
-            scoped = SCOPE_ABSTRACT_UNIX | SCOPE_SIGNAL;
-            notes.push("scoped: abstract unix sockets and signals stay inside".into());
+            notes.push(format!(
+                "scoped: {} of the host stay out of reach",
+                reach.join(" and ")
+            ));
         } else {
-            notes.push(format!("scoping SKIPPED (needs ABI 6, have {abi}): host abstract unix sockets are reachable"));
+            scoped = 0;
+            notes.push(format!(
+                "scoping SKIPPED (needs ABI 6, have {abi}): the host's {} are reachable",
+                reach.join(" and ")
+            ));
         }
     }
     let status = if notes.iter().any(|n| n.contains("SKIPPED")) {

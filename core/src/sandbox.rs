@@ -847,6 +847,42 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         ),
         |m| (m.inside_uid, m.inside_gid),
     );
+    // The command's uid on the host: the kernel lets uid 0 write global settings in /proc/sys
+    // and read what root owns, capabilities or not.
+    let host_uid = match &maps {
+        Some(m) => m
+            .uid
+            .iter()
+            .find(|r| (r.inside..r.inside.saturating_add(r.count)).contains(&m.inside_uid))
+            .map_or(u32::MAX, |r| r.outside + (m.inside_uid - r.inside)),
+        None => inside_ids.0,
+    };
+    if spec.filesystem.proc && !spec.security.mask_proc {
+        let mut detail = "off, as asked: /proc/sys is writable as far as the command's ids and \
+                          capabilities allow, and the files the masks hide are visible"
+            .to_string();
+        if host_uid == 0 {
+            detail.push_str(
+                "; the command is the host's uid 0, which the kernel lets write global settings \
+                 in /proc/sys (kernel.core_pattern runs a program as root on the host) and \
+                 /proc/sysrq-trigger without any capability: keep the masks unless the command \
+                 is trusted with the host",
+            );
+        }
+        report.push("proc-masks", Want::Off, Status::Off, detail);
+    }
+    if host_uid == 0 {
+        report.push(
+            "unprivileged-on-host",
+            Want::BestEffort,
+            Status::Skipped,
+            "the command runs as the host's uid 0 (the caller's, or mapped to it): without \
+             capabilities, but files root owns in the host view are readable as root's (and \
+             writable where mounted writable); an unprivileged caller, or a subordinate range, \
+             keeps the command from being root on the host"
+                .into(),
+        );
+    }
 
     // Filesystem.
     let mounts = if mount_ns {
@@ -1300,7 +1336,13 @@ fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
         .map(|m| m.destination.clone())
         .collect();
     writable.dedup();
-    let landlock = crate::landlock::plan(&sec.landlock, spec.network, &writable, report)?;
+    let landlock = crate::landlock::plan(
+        &sec.landlock,
+        spec.network,
+        spec.namespaces.pid.wanted(),
+        &writable,
+        report,
+    )?;
 
     // seccomp.
     let seccomp = match &sec.seccomp {

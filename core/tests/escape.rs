@@ -128,10 +128,27 @@ fn host_processes_can_be_neither_seen_nor_signalled() {
     );
     let r = run(&sh(&script));
     assert_eq!(out(&r), "", "{}", said(&r));
-    // Control: sharing the PID namespace shows and reaches it.
+    // Sharing the PID namespace shows it; Landlock's scoping (ABI 6) still keeps signals from
+    // reaching it, and the report says which.
     let mut spec = sh(&script);
     spec.namespaces.pid = Want::Off;
     spec.filesystem.proc = true;
+    let r = run(&spec);
+    let landlock = r.report.feature("landlock").unwrap().detail.clone();
+    let scoped = landlock.contains("processes (signals) of the host stay out of reach");
+    assert!(
+        scoped || landlock.contains("SKIPPED") || landlock.contains("Landlock is not"),
+        "{landlock}"
+    );
+    assert!(out(&r).contains("seen"), "{}", said(&r));
+    assert_eq!(
+        out(&r).contains("signalled"),
+        !scoped,
+        "{landlock}: {}",
+        said(&r)
+    );
+    // Control: without Landlock, the shared PID namespace reaches it.
+    spec.security.landlock.want = Want::Off;
     let r = run(&spec);
     host.kill().ok();
     host.wait().ok();
@@ -465,6 +482,18 @@ fn proc_sys_is_read_only_and_sensitive_proc_files_are_masked() {
     let r = run(&spec);
     assert_eq!(out(&r), "0\n", "{}", said(&r));
     assert!(!err(&r).contains("Read-only file system"), "{}", said(&r));
+    // The report says the masks are off, and what that means when the command is the host's
+    // root (a root caller's sandbox maps it there).
+    let masks = r.report.feature("proc-masks").expect("a proc-masks entry");
+    assert_eq!(masks.status, rsandbox::Status::Off, "{masks:?}");
+    let host_root = my_uid() == 0;
+    assert_eq!(
+        masks.detail.contains("host's uid 0"),
+        host_root,
+        "{masks:?}"
+    );
+    let on_host = r.report.feature("unprivileged-on-host");
+    assert_eq!(on_host.is_some(), host_root, "{on_host:?}");
 }
 
 #[test]
