@@ -84,11 +84,15 @@ fn own_cgroup(mount: &Path) -> Option<PathBuf> {
 
 /// Where the sandbox's cgroup goes: the spec's parent, `RSANDBOX_CGROUP_PARENT`, or the caller's
 /// own cgroup. Relative paths are taken under the cgroup2 mount.
-fn find_parent(explicit: Option<&Path>) -> std::result::Result<PathBuf, (String, String)> {
+/// Why no cgroup can be made: the reason, the remedy, and the errno behind it where there is one.
+type Refusal = (String, String, Option<Errno>);
+
+fn find_parent(explicit: Option<&Path>) -> std::result::Result<PathBuf, Refusal> {
     let Some(mount) = cgroup2_mount() else {
         return Err((
             "no cgroup2 filesystem is mounted".into(),
             "boot with systemd.unified_cgroup_hierarchy=1, or mount cgroup2".into(),
+            None,
         ));
     };
     let env = std::env::var_os("RSANDBOX_CGROUP_PARENT").map(PathBuf::from);
@@ -97,7 +101,13 @@ fn find_parent(explicit: Option<&Path>) -> std::result::Result<PathBuf, (String,
         Some(p) => (mount.join(p), "given parent"),
         None => match own_cgroup(mount) {
             Some(p) => (p, "the caller's own cgroup"),
-            None => return Err(("/proc/self/cgroup has no cgroup2 entry".into(), remedy())),
+            None => {
+                return Err((
+                    "/proc/self/cgroup has no cgroup2 entry".into(),
+                    remedy(),
+                    None,
+                ))
+            }
         },
     };
     // A directory elsewhere (even one holding a file named cgroup.procs) is no cgroup.
@@ -110,6 +120,7 @@ fn find_parent(explicit: Option<&Path>) -> std::result::Result<PathBuf, (String,
                     parent.display()
                 ),
                 remedy(),
+                None,
             ))
         }
         Err(e) => {
@@ -118,7 +129,11 @@ fn find_parent(explicit: Option<&Path>) -> std::result::Result<PathBuf, (String,
             } else {
                 format!("cannot be examined: {e:?}")
             };
-            return Err((format!("{} ({source}) {what}", parent.display()), remedy()));
+            return Err((
+                format!("{} ({source}) {what}", parent.display()),
+                remedy(),
+                Some(e),
+            ));
         }
     }
     let probe =
@@ -134,9 +149,36 @@ fn find_parent(explicit: Option<&Path>) -> std::result::Result<PathBuf, (String,
                 source
             ),
             remedy(),
+            Some(e),
         ));
     }
     Ok(parent)
+}
+
+/// The controllers this host has bound to a cgroup v1 hierarchy (/proc/cgroups: a hierarchy id
+/// other than 0, which is cgroup2's), enabled ones only.
+pub(crate) fn v1_controllers() -> Vec<String> {
+    let text = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            match f[..] {
+                [name, hierarchy, _, "1"] if hierarchy != "0" => Some(name.to_string()),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
+/// What to do on a hybrid host whose cgroup v1 hierarchies hold `controllers`.
+pub(crate) fn hybrid_remedy(controllers: &[&str]) -> String {
+    format!(
+        "this host mounts {} in cgroup v1 hierarchies (a hybrid layout), where cgroup v2 cannot \
+         have them, delegated or not: boot with systemd.unified_cgroup_hierarchy=1 (cgroup v2 \
+         only) to give them to cgroup2",
+        controllers.join(", ")
+    )
 }
 
 fn remedy() -> String {
@@ -212,12 +254,24 @@ pub(crate) fn prepare(
         limit_entries(limits, report, None, &mut plan);
         return Ok(plan);
     }
+    // Limits whose controllers a cgroup v1 hierarchy holds: no delegation can bring them.
+    let v1 = v1_controllers();
+    let needed_on_v1: Vec<&str> = needed
+        .iter()
+        .copied()
+        .filter(|c| v1.iter().any(|v| v == c))
+        .collect();
     let parent = match find_parent(parent) {
         Ok(p) => p,
-        Err((reason, remedy)) => {
+        Err((reason, remedy, errno)) => {
+            let remedy = if needed_on_v1.is_empty() {
+                remedy
+            } else {
+                format!("{}; then: {remedy}", hybrid_remedy(&needed_on_v1))
+            };
             if want == Want::Required {
                 return Err(Error::Unsupported {
-                    errno: None,
+                    errno,
                     feature: "cgroup v2 delegation".into(),
                     reason,
                     remedy: Some(remedy),
@@ -229,7 +283,7 @@ pub(crate) fn prepare(
                 Status::Skipped,
                 format!("{reason}; remedy: {remedy}"),
             );
-            return finish_without(limits, report, plan, &reason);
+            return finish_without(limits, report, plan, (&reason, &remedy, errno));
         }
     };
     // Controllers: those the parent offers, enabled in its subtree_control (which is allowed only
@@ -238,10 +292,20 @@ pub(crate) fn prepare(
     let available: Vec<&str> = available.split_whitespace().collect();
     let mut enabled: Vec<&str> = Vec::new();
     let mut missing: Vec<String> = Vec::new();
+    // Controllers a cgroup v1 hierarchy holds (a hybrid host): no delegation brings them.
+    let mut on_v1: Vec<&str> = Vec::new();
     for c in ["memory", "pids", "cpu"] {
         if !available.contains(&c) {
             if needed.contains(&c) {
-                missing.push(format!("{c} (not offered by {})", parent.display()));
+                if needed_on_v1.contains(&c) {
+                    on_v1.push(c);
+                    missing.push(format!(
+                        "{c} (held by a cgroup v1 hierarchy on this host, so no cgroup2 \
+                         directory offers it)"
+                    ));
+                } else {
+                    missing.push(format!("{c} (not offered by {})", parent.display()));
+                }
             }
             continue;
         }
@@ -268,13 +332,17 @@ pub(crate) fn prepare(
         }
     }
     if !missing.is_empty() && limits.level == Want::Required {
+        let host = if on_v1.is_empty() {
+            remedy()
+        } else {
+            hybrid_remedy(&on_v1)
+        };
         return Err(Error::Unsupported {
             errno: None,
             feature: "cgroup limits".into(),
             reason: format!("controllers unavailable: {}", missing.join(", ")),
             remedy: Some(format!(
-                "{}; or accept best-effort limits (--limits best-effort)",
-                remedy()
+                "{host}; or accept best-effort limits (--limits best-effort)"
             )),
         });
     }
@@ -306,19 +374,18 @@ fn finish_without(
     limits: &Limits,
     report: &mut Report,
     mut plan: Plan,
-    reason: &str,
+    (reason, remedy, errno): (&str, &str, Option<Errno>),
 ) -> Result<Plan> {
     // The CPU-time limit needs no controller, but its whole-sandbox form needs the cgroup's
     // cpu.stat: per-process RLIMIT_CPU alone is the best-effort fallback.
     let cgroup_limits = !controllers_for(limits).is_empty() || limits.cpu_time.is_some();
     if cgroup_limits && limits.level == Want::Required {
         return Err(Error::Unsupported {
-            errno: None,
+            errno,
             feature: "cgroup limits".into(),
             reason: reason.into(),
             remedy: Some(format!(
-                "{}; or accept best-effort limits (--limits best-effort)",
-                remedy()
+                "{remedy}; or accept best-effort limits (--limits best-effort)"
             )),
         });
     }

@@ -88,6 +88,7 @@ pub fn doctor() -> Doctor {
         fuse(),
         cgroup2(&mounts),
         cgroup_delegation(cgroup2_mount(&mounts)),
+        cgroup_limits(cgroup2_mount(&mounts)),
         seccomp(),
         landlock(),
         pidfd(),
@@ -283,11 +284,12 @@ fn mount_overlay() -> Result<(), StepError> {
 const MAX_USERNS_FIX: &str = "sysctl -w user.max_user_namespaces=15000";
 
 /// The checks that read /proc (this process's status, mounts, namespaces and id maps).
-const READ_PROC: [&str; 7] = [
+const READ_PROC: [&str; 8] = [
     "user-namespaces",
     "overlay-in-userns",
     "cgroup2",
     "cgroup-delegation",
+    "cgroup-limits",
     "seccomp",
     "time-namespace",
     "mount-template",
@@ -518,23 +520,80 @@ fn cgroup2(mounts: &[MountInfo]) -> Check {
     Check::new("cgroup2", true, detail, "")
 }
 
+/// The cgroup a sandbox's would be made in, and where that came from; Err: why there is none.
+fn sandbox_cgroup_parent(mount: &MountInfo) -> Result<(PathBuf, &'static str), &'static str> {
+    match std::env::var_os("RSANDBOX_CGROUP_PARENT") {
+        Some(p) => Ok((
+            cgroup_parent_dir(mount, Path::new(&p)),
+            "RSANDBOX_CGROUP_PARENT",
+        )),
+        None => {
+            let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+            let path = unified_cgroup(&text).ok_or("/proc/self/cgroup has no 0:: line")?;
+            Ok((cgroup_dir(mount, path), "/proc/self/cgroup"))
+        }
+    }
+}
+
+/// Whether the memory, pids and cpu limits can have a cgroup: the controllers the parent offers,
+/// and where it lacks them, whether a cgroup v1 hierarchy holds them (no delegation helps then).
+fn cgroup_limits(mount: Option<&MountInfo>) -> Check {
+    const NAME: &str = "cgroup-limits";
+    let Some(mount) = mount else {
+        return Check::new(NAME, false, "no cgroup2 mount (see cgroup2)", "");
+    };
+    let dir = match sandbox_cgroup_parent(mount) {
+        Ok((dir, _)) => dir,
+        Err(why) => return Check::new(NAME, false, why, ""),
+    };
+    let offered = fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let missing: Vec<&str> = ["memory", "pids", "cpu"]
+        .into_iter()
+        .filter(|c| !offered.split_whitespace().any(|o| o == *c))
+        .collect();
+    if missing.is_empty() {
+        return Check::new(
+            NAME,
+            true,
+            format!("{} offers memory, pids and cpu", dir.display()),
+            "",
+        );
+    }
+    let v1 = crate::cgroup::v1_controllers();
+    let on_v1: Vec<&str> = missing
+        .iter()
+        .copied()
+        .filter(|c| v1.iter().any(|v| v == c))
+        .collect();
+    let detail = format!(
+        "{} does not offer {}: those limits fall back to per-process rlimits (best effort) or \
+         are refused (required){}",
+        dir.display(),
+        missing.join(", "),
+        if on_v1.is_empty() {
+            String::new()
+        } else {
+            format!("; {} held by cgroup v1 hierarchies", on_v1.join(", "))
+        }
+    );
+    let remedy = if on_v1.is_empty() {
+        "delegate them: enable them in the parent's cgroup.subtree_control (systemd: \
+         Delegate=yes gives a user's scope memory, pids and cpu)"
+            .to_string()
+    } else {
+        crate::cgroup::hybrid_remedy(&on_v1)
+    };
+    Check::new(NAME, false, detail, &remedy)
+}
+
 fn cgroup_delegation(mount: Option<&MountInfo>) -> Check {
     const NAME: &str = "cgroup-delegation";
     let Some(mount) = mount else {
         return Check::new(NAME, false, "no cgroup2 mount (see cgroup2)", "");
     };
-    let (dir, source) = match std::env::var_os("RSANDBOX_CGROUP_PARENT") {
-        Some(p) => (
-            cgroup_parent_dir(mount, Path::new(&p)),
-            "RSANDBOX_CGROUP_PARENT",
-        ),
-        None => {
-            let text = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
-            let Some(path) = unified_cgroup(&text) else {
-                return Check::new(NAME, false, "/proc/self/cgroup has no 0:: line", "");
-            };
-            (cgroup_dir(mount, path), "/proc/self/cgroup")
-        }
+    let (dir, source) = match sandbox_cgroup_parent(mount) {
+        Ok(found) => found,
+        Err(why) => return Check::new(NAME, false, why, ""),
     };
     // Creating a child cgroup needs the directory; moving a process into it, cgroup.procs.
     let writable = access(&dir, AccessFlags::W_OK)
@@ -1034,6 +1093,23 @@ mod tests {
         assert!(check.available && check.remedy.is_none(), "{check:?}");
     }
 
+    /// On a hybrid host whose v1 hierarchies hold memory, pids and cpu, the limits check is
+    /// missing and gives the boot option, not delegation, as the remedy.
+    #[test]
+    fn cgroup_limits_on_a_hybrid_host_name_the_boot_option() {
+        let v1 = crate::cgroup::v1_controllers();
+        let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mounts = parse_mountinfo(&mountinfo);
+        let check = cgroup_limits(cgroup2_mount(&mounts));
+        if check.available || !v1.iter().any(|c| c == "memory") {
+            eprintln!("not a hybrid host lacking memory in cgroup2: {check:?}");
+            return;
+        }
+        let remedy = check.remedy.unwrap_or_default();
+        assert!(remedy.contains("unified_cgroup_hierarchy=1"), "{remedy}");
+        assert!(check.detail.contains("cgroup v1"), "{}", check.detail);
+    }
+
     #[test]
     fn doctor_makes_every_check_once() {
         let d = doctor();
@@ -1046,6 +1122,7 @@ mod tests {
             "fuse",
             "cgroup2",
             "cgroup-delegation",
+            "cgroup-limits",
             "seccomp",
             "landlock",
             "pidfd",

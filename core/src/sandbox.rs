@@ -2740,7 +2740,7 @@ impl Wake {
             Duration::ZERO
         };
         let spec = |d: Duration| libc::timespec {
-            tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
+            tv_sec: d.as_secs().min(i64::MAX as u64) as _,
             tv_nsec: d.subsec_nanos() as libc::c_long,
         };
         let setting = libc::itimerspec {

@@ -289,3 +289,41 @@ fn cgroups_left_by_a_killed_caller_are_swept() {
         std::fs::remove_dir(dir).unwrap();
     }
 }
+
+/// On a hybrid host (memory held by a cgroup v1 hierarchy), a required memory limit is refused
+/// with the remedy that can help, whether the caller has a delegated cgroup or not: no cgroup2
+/// directory can offer the controller.
+#[test]
+fn a_hybrid_hosts_limits_get_the_remedy_that_helps() {
+    let memory_on_v1 = std::fs::read_to_string("/proc/cgroups")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            matches!(f[..], ["memory", h, _, "1"] if h != "0")
+        });
+    if !memory_on_v1 {
+        eprintln!("memory is not held by a cgroup v1 hierarchy here: nothing to check");
+        return;
+    }
+    let mut parents = vec![None];
+    parents.extend(delegated_quietly().map(Some));
+    for parent in parents {
+        let mut spec = sh("true");
+        spec.cgroup.parent = parent.clone();
+        spec.limits.memory = Some(64 << 20);
+        let e = rsandbox::spawn(&spec).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Unsupported, "{parent:?}: {e}");
+        let remedy = e.remedy().unwrap_or_default();
+        assert!(
+            remedy.contains("systemd.unified_cgroup_hierarchy=1"),
+            "{parent:?}: {e}"
+        );
+    }
+}
+
+fn delegated_quietly() -> Option<PathBuf> {
+    std::env::var_os("RSANDBOX_TEST_CGROUP")
+        .map(PathBuf::from)
+        .filter(|p| p.join("cgroup.procs").exists())
+}

@@ -633,8 +633,8 @@ def run(args: Sequence[PathArg], *, stdin: Any = None, input: Any = None, captur
 
 
 def doctor() -> Dict[str, Any]:
-    """What this host and user can use: ``{"checks": [{"name", "status", "detail", "remedy"},
-    ...], ...}``, each missing feature with its remedy."""
+    """What this host and user can use: ``{"checks": [{"name", "available", "detail",
+    "remedy"}, ...], ...}``, each missing feature with its remedy (None where available)."""
     checks: Dict[str, Any] = json.loads(_rsandbox.doctor_json())
     return checks
 
