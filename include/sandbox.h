@@ -199,13 +199,15 @@ sbx_result sbx_run(const sbx_config *cfg,
 sbx_result sbx_spawn(const sbx_config *cfg, sbx_child **out);
 
 /*
- Starts a pool of `size` sandboxes of `cfg` (its argv is ignored: jobs bring theirs), started
+ Starts a pool of `size` sandboxes (1 to 1024) of `cfg` (its argv is ignored: jobs bring theirs), started
  ahead of their jobs. Each job runs in a sandbox of its own that served no job before, with
  the protections of a cold start; a job costs about one execve. The first sandbox starts
  before this returns (so a configuration that cannot work fails here), the others in a
  background thread that keeps the pool full. Free it with `sbx_pool_free`.
  */
-sbx_result sbx_pool_new(const sbx_config *cfg, uintptr_t size, sbx_pool **out);
+sbx_result sbx_pool_new(const sbx_config *cfg,
+                        uintptr_t size,
+                        sbx_pool **out);
 
 /*
  Runs the process of `job` (its argv, environment, working directory and streams) in a pooled

@@ -7,7 +7,8 @@
 //! state at its first use, leaving its parent's copy untouched (not dropped: that could wait on
 //! what the parent's threads were doing, or close descriptors the child never owned alone).
 
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::os::fd::RawFd;
+use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 
 /// `T` behind a lock of the calling process's own, made by `make` at its first use in a process.
@@ -78,6 +79,134 @@ impl<T> PerProcess<T> {
     /// Wakes one waiter of this process.
     pub(crate) fn notify_one(&self) {
         self.owned().wake.notify_one();
+    }
+}
+
+/// Descriptors this process holds only while a start is under way: the sandbox's ends of its
+/// pipes (and the lock on a persistent upper), which close here once the sandbox has them. A
+/// child forked meanwhile by another thread would hold copies for as long as it lives: this
+/// process would wait that long for the end of file that says the command was executed (and the
+/// upper would stay locked). The child closes its copies at once (a `pthread_atfork` handler):
+/// the thread that owned them is not in the child, so nothing there closes them again.
+pub(crate) struct InFlight {
+    slots: Vec<usize>,
+}
+
+const IN_FLIGHT: usize = 1024;
+static SLOTS: [AtomicI32; IN_FLIGHT] = [const { AtomicI32::new(-1) }; IN_FLIGHT];
+
+/// Threads in a window where [`Creating`] is held (the low bits), and a fork under way
+/// ([`FORKING`]): a fork lets the threads in a window finish and keeps others out until it is
+/// done, the readers and the writer of a lock that a forked child never inherits held.
+static WINDOWS: AtomicUsize = AtomicUsize::new(0);
+const FORKING: usize = 1 << (usize::BITS - 1);
+
+/// Held while descriptors that [`InFlight`] is to mark are made, and while they are unmarked and
+/// closed: a fork waits until that is done (the window is a few system calls), so no child gets
+/// an unmarked copy, nor closes a number that is another descriptor's by then.
+pub(crate) struct Creating(());
+
+impl Creating {
+    pub(crate) fn begin() -> Creating {
+        register_handlers();
+        loop {
+            let now = WINDOWS.load(Ordering::Acquire);
+            if now & FORKING == 0
+                && WINDOWS
+                    .compare_exchange_weak(now, now + 1, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            {
+                return Creating(());
+            }
+            if now & FORKING != 0 {
+                std::thread::yield_now();
+            }
+        }
+    }
+}
+
+impl Drop for Creating {
+    fn drop(&mut self) {
+        WINDOWS.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+fn register_handlers() {
+    static HANDLERS: std::sync::Once = std::sync::Once::new();
+    HANDLERS.call_once(|| {
+        // SAFETY: the handlers make only async-signal-safe calls (atomic operations,
+        // sched_yield, close) on static memory.
+        unsafe { libc::pthread_atfork(Some(before_fork), Some(after_fork), Some(close_in_child)) };
+    });
+}
+
+/// Before a fork: keeps new windows from opening, and lets the open ones close. Bounded (a
+/// thread forking from inside a window, from a signal handler say, must not wait for itself):
+/// after about a hundred thousand yields the fork goes on.
+extern "C" fn before_fork() {
+    while WINDOWS.fetch_or(FORKING, Ordering::AcqRel) & FORKING != 0 {
+        // Another thread's fork holds it: wait for its end.
+        // SAFETY: no arguments.
+        unsafe { libc::sched_yield() };
+    }
+    for _ in 0..100_000 {
+        if WINDOWS.load(Ordering::Acquire) & !FORKING == 0 {
+            return;
+        }
+        // SAFETY: no arguments.
+        unsafe { libc::sched_yield() };
+    }
+}
+
+/// After a fork, in the parent: windows may open again.
+extern "C" fn after_fork() {
+    WINDOWS.fetch_and(!FORKING, Ordering::AcqRel);
+}
+
+impl InFlight {
+    /// Marks `fds` until the returned value is dropped, which must come before they are closed.
+    /// Beyond the table's room (over a thousand at once), a descriptor goes unmarked.
+    pub(crate) fn hold(fds: &[RawFd]) -> InFlight {
+        register_handlers();
+        let mut held = InFlight {
+            slots: Vec::with_capacity(fds.len()),
+        };
+        held.add(fds);
+        held
+    }
+
+    /// Marks `fds` too.
+    pub(crate) fn add(&mut self, fds: &[RawFd]) {
+        for &fd in fds.iter().filter(|&&fd| fd >= 0) {
+            if let Some(i) = SLOTS.iter().position(|s| {
+                s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
+                    .is_ok()
+            }) {
+                self.slots.push(i);
+            }
+        }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        for &i in &self.slots {
+            SLOTS[i].store(-1, Ordering::Release);
+        }
+    }
+}
+
+/// In a child just forked: closes its copies of the descriptors in flight. The threads that
+/// held windows are not in the child: none is open there.
+extern "C" fn close_in_child() {
+    WINDOWS.store(0, Ordering::Release);
+    for slot in &SLOTS {
+        let fd = slot.swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: a copy of a descriptor another thread's start held at the fork; no code in
+            // this process closes it otherwise.
+            unsafe { libc::close(fd) };
+        }
     }
 }
 

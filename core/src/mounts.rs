@@ -1255,11 +1255,22 @@ fn cstring(what: &str, bytes: &[u8]) -> Result<CString> {
     CString::new(bytes).map_err(|_| Error::invalid(what, "contains a NUL byte"))
 }
 
+/// A host path of the spec that cannot be looked up: not found, or (EACCES, EPERM) there but out
+/// of this user's reach, which is no missing path.
 fn not_found(what: &'static str, path: &Path, e: std::io::Error) -> Error {
+    let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT));
+    if matches!(errno, Errno::EACCES | Errno::EPERM) {
+        let op = match what {
+            "rootfs" => "look up the rootfs",
+            "bind source" => "look up the bind source",
+            _ => "look up a host path of the spec",
+        };
+        return Error::io(op, Some(path.to_path_buf()), e);
+    }
     Error::PathNotFound {
         what,
         path: path.to_path_buf(),
-        errno: Errno::from_raw(e.raw_os_error().unwrap_or(libc::ENOENT)),
+        errno,
     }
 }
 

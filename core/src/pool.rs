@@ -25,6 +25,8 @@ use crate::sys;
 const JOB_MAGIC: u32 = 0x5253_4a42;
 /// The agent's receive buffer (MAX_JOB in child/init.c) less the terminating NUL.
 const MAX_JOB: usize = (1 << 20) - 1;
+/// The most sandboxes a pool keeps ready.
+pub(crate) const MAX_SIZE: usize = 1024;
 /// The agent's table of string pointers (MAX_PTRS in child/init.c).
 const MAX_PTRS: usize = 16384;
 
@@ -81,15 +83,18 @@ struct Ready {
 }
 
 impl Pool {
-    /// Starts `size` sandboxes of `spec` (its `process` is ignored: jobs bring theirs). The first
+    /// Starts `size` sandboxes of `spec` (1 to 1024; its `process` is ignored: jobs bring theirs). The first
     /// starts before this returns, so a spec that cannot work fails here; the others start in a
     /// background thread, which keeps `size` sandboxes ready. While jobs are running (until
     /// their result is taken), and for 2 ms after a result while its caller handles it, it
     /// starts new ones only when none is left, so a job does not share the CPU with a start it
     /// does not need.
     pub fn new(spec: &Spec, size: usize) -> Result<Pool> {
-        if size == 0 {
-            return Err(Error::invalid("pool size", "must be at least 1"));
+        if size == 0 || size > MAX_SIZE {
+            return Err(Error::invalid(
+                "pool size",
+                format!("must be 1 to {MAX_SIZE}, not {size}: each ready sandbox holds processes and descriptors"),
+            ));
         }
         if size > 1 && persistent_upper(spec) {
             return Err(Error::invalid(
@@ -439,7 +444,12 @@ fn refill(shared: &Shared) {
 
 /// Starts one sandbox of `spec` running the agent.
 fn start(spec: &Spec) -> Result<Ready> {
+    // The agent's end: a child forked meanwhile closes its copy (or the agent's end of file,
+    // which tells of a job executed, would wait for that child).
+    let creating = crate::forksafe::Creating::begin();
     let (ours, theirs) = seqpacket_pair()?;
+    let in_flight = crate::forksafe::InFlight::hold(&[theirs.as_raw_fd()]);
+    drop(creating);
     let mut spec = spec.clone();
     spec.process.args = vec!["rsandbox-agent".into()];
     spec.process.stdin = Stdio::Fd(theirs.as_raw_fd());
@@ -448,7 +458,10 @@ fn start(spec: &Spec) -> Result<Ready> {
     // The job's timeout counts from dispatch (see `dispatch`), not from here.
     spec.timeout = None;
     let child = spawn_agent(&spec)?;
+    let closing = crate::forksafe::Creating::begin();
+    drop(in_flight);
     drop(theirs);
+    drop(closing);
     Ok(Ready {
         child,
         socket: ours,
@@ -488,6 +501,7 @@ fn dispatch(
         since,
     } = ready;
     // A job refused before it reaches the agent spends the sandbox: it is ended, not leaked.
+    let creating = crate::forksafe::Creating::begin();
     let (message, stdio) =
         match job_message(process, &child.home).and_then(|m| Ok((m, open_stdio(process)?))) {
             Ok(prepared) => prepared,
@@ -501,6 +515,13 @@ fn dispatch(
         parent_ends,
         child_ends,
     } = stdio;
+    let in_flight = crate::forksafe::InFlight::hold(
+        &child_ends
+            .iter()
+            .map(|fd| fd.as_raw_fd())
+            .collect::<Vec<_>>(),
+    );
+    drop(creating);
     let dispatched = Instant::now();
     match send_job(socket.as_raw_fd(), &message, &sources) {
         Ok(()) => {}
@@ -514,7 +535,10 @@ fn dispatch(
             return Err(Error::os("send the job to a pooled sandbox", e));
         }
     }
+    let closing = crate::forksafe::Creating::begin();
+    drop(in_flight);
     drop(child_ends);
+    drop(closing);
     // End of file: the job was executed (the agent's last reference closed). A record: it failed.
     let mut buf = [0u8; Failure::SIZE];
     let n = sys::retry(|| sys::read_full(socket.as_raw_fd(), &mut buf))

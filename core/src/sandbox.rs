@@ -389,6 +389,8 @@ pub fn run_with_input(spec: &Spec, input: Option<&[u8]>) -> Result<RunResult> {
 
 /// The caller-side pieces of a spawn, prepared before clone.
 struct Prepared {
+    /// Unmarks the sandbox's ends (dropped first: before they close).
+    _in_flight: crate::forksafe::InFlight,
     plan: Plan,
     clone_flags: u64,
     maps: Option<IdMaps>,
@@ -965,7 +967,9 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     let hostname =
         (flags & libc::CLONE_NEWUTS as u64 != 0).then(|| spec.hostname.as_bytes().to_vec());
 
-    // Standard streams and pipes.
+    // Standard streams and pipes. The sandbox's ends are held here until the clone: a child
+    // forked meanwhile closes its copies (forksafe::InFlight).
+    let creating = crate::forksafe::Creating::begin();
     let StdioPlan {
         sources: stdio,
         parent_ends,
@@ -974,6 +978,18 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     let (err_r, err_w) = pipe()?;
     let (ctl_r, ctl_w) = pipe()?;
     let (status_r, status_w) = pipe()?;
+    let mut in_flight = crate::forksafe::InFlight::hold(&[
+        err_w.as_raw_fd(),
+        ctl_r.as_raw_fd(),
+        status_w.as_raw_fd(),
+    ]);
+    in_flight.add(
+        &child_ends
+            .iter()
+            .map(|fd| fd.as_raw_fd())
+            .collect::<Vec<_>>(),
+    );
+    drop(creating);
     // A start that does not copy the caller (and so costs the same from a large process) is
     // used whenever nothing needs the caller's help during setup: not for subordinate-range id
     // maps (the caller writes them) nor where fuse-overlayfs may be asked for.
@@ -1007,10 +1023,15 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     let small = small.ok();
     // A persistent upper serves one sandbox at a time (overlayfs leaves sharing one undefined):
     // a lock its init holds for the sandbox's whole life.
+    let creating = crate::forksafe::Creating::begin();
     let upper_lock = match mounts.as_ref().and_then(|m| m.overlay()) {
         Some(ov) => ov.lock_upper()?,
         None => None,
     };
+    if let Some(lock) = &upper_lock {
+        in_flight.add(&[lock.as_raw_fd()]);
+    }
+    drop(creating);
     let mut keep_fds: Vec<c_int> = stdio.to_vec();
     keep_fds.extend([err_w.as_raw_fd(), ctl_r.as_raw_fd(), status_w.as_raw_fd()]);
     keep_fds.extend(upper_lock.as_ref().map(|fd| fd.as_raw_fd()));
@@ -1225,6 +1246,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         deny_nested_userns,
     };
     Ok(Prepared {
+        _in_flight: in_flight,
         plan,
         clone_flags: flags,
         maps,
@@ -1638,6 +1660,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     // SAFETY: clone3 with CLONE_PIDFD stored a new descriptor that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let Prepared {
+        _in_flight,
         plan,
         maps,
         report,
@@ -1652,10 +1675,18 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         start_skipped,
         home,
         net_ahead,
+        _upper_lock,
         ..
     } = prep;
+    // Unmarked and closed with forks held off: a number still marked after its close could be
+    // another descriptor's by the time of a fork, and one closed after its unmarking could be
+    // copied unmarked.
+    let closing = crate::forksafe::Creating::begin();
+    drop(_in_flight);
     drop(_child_ends);
     drop(_pipe_child_ends);
+    drop(_upper_lock);
+    drop(closing);
     // The sandbox has joined the network namespace made ahead: our descriptor goes.
     let net_ahead = net_ahead.map(drop).is_some();
 

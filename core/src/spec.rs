@@ -233,10 +233,21 @@ impl Spec {
                 reason: "invalid JSON spec: expected an object ({...})".into(),
             });
         }
-        serde_json::from_str(text).map_err(|e| Error::InvalidSpec {
+        // The field at fault by its path (`limits.memory`, `process.args[1]`).
+        let mut de = serde_json::Deserializer::from_str(text);
+        let spec: Spec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+            let path = e.path().to_string();
+            let field = if path == "." { "spec".into() } else { path };
+            Error::InvalidSpec {
+                field,
+                reason: format!("invalid JSON spec: {}", e.inner()),
+            }
+        })?;
+        de.end().map_err(|e| Error::InvalidSpec {
             field: "spec".into(),
             reason: format!("invalid JSON spec: {e}"),
-        })
+        })?;
+        Ok(spec)
     }
 
     /// Serializes the spec to pretty-printed JSON.

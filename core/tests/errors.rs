@@ -344,3 +344,56 @@ fn exec_failures_name_their_cause() {
     assert_eq!(e.kind(), ErrorKind::ExecutableNotFound, "{e}");
     assert!(e.to_string().contains("interpreter"), "{e}");
 }
+
+/// A JSON spec with a value of the wrong type names the field by its path.
+#[test]
+fn json_spec_errors_name_the_field() {
+    for (text, field) in [
+        (r#"{"limits": {"memory": -1}}"#, "limits.memory"),
+        (r#"{"process": {"args": ["echo", 1]}}"#, "process.args[1]"),
+        (r#"{"user": {"uid": "0"}}"#, "user.uid"),
+        (r#"{"timeout": "5"}"#, "timeout"),
+    ] {
+        let e = Spec::from_json(text).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{text}: {e}");
+        assert!(
+            e.to_string()
+                .starts_with(&format!("invalid spec: {field}: ")),
+            "{text}: {e}"
+        );
+    }
+    // An unknown field is named with the ones there are; trailing text is refused.
+    let e = Spec::from_json(r#"{"limits": {"memroy": 1}}"#).unwrap_err();
+    assert!(
+        e.to_string().contains("memroy") && e.to_string().contains("memory"),
+        "{e}"
+    );
+    assert!(Spec::from_json("{} x").is_err());
+    // Control: the same fields with values of their type.
+    Spec::from_json(r#"{"limits": {"memory": 1}, "process": {"args": ["echo", "1"]}}"#).unwrap();
+}
+
+/// A bind source out of this user's reach is not reported as missing: the error is an I/O one
+/// naming the path and EACCES. Control: a missing one is path-not-found.
+#[test]
+fn an_unreachable_bind_source_is_not_called_missing() {
+    let bind = |source: &str| {
+        let mut spec = sh("true");
+        spec.filesystem.mounts.push(Mount::Bind {
+            source: source.into(),
+            destination: "/x".into(),
+            readonly: true,
+        });
+        spec
+    };
+    let e = error_of(&bind("/nonexistent/rsandbox-source"));
+    assert_eq!(e.kind(), ErrorKind::PathNotFound, "{e}");
+    if my_uid() == 0 || std::fs::metadata("/root/.").is_ok() {
+        eprintln!("/root is readable here: nothing out of reach to check");
+        return;
+    }
+    let e = error_of(&bind("/root/rsandbox-source"));
+    assert_eq!(e.kind(), ErrorKind::Io, "{e}");
+    assert_eq!(e.errno(), Some(rsandbox::Errno::EACCES), "{e}");
+    assert!(e.to_string().contains("/root/rsandbox-source"), "{e}");
+}

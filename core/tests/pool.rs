@@ -472,6 +472,13 @@ fn a_job_too_long_for_the_agent_is_refused_by_name() {
     let Some(pool) = pool(&Spec::default(), 1) else {
         return;
     };
+    for size in [0, 1025] {
+        let e = Pool::new(&Spec::default(), size)
+            .err()
+            .expect("a pool size out of range");
+        assert_eq!(e.kind(), rsandbox::ErrorKind::InvalidSpec, "{e}");
+        assert!(e.to_string().contains("1 to 1024"), "{e}");
+    }
     let mut long = job("echo $#");
     long.args.extend((0..17_000).map(|i| i.to_string()));
     let e = pool.run(&long, None).unwrap_err();

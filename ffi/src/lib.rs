@@ -515,7 +515,9 @@ pub unsafe extern "C" fn sbx_config_set_num(
         let id = || whole(f64::from(u32::MAX)).map(|v| v as u32);
         let fd = || whole(2_147_483_648.0).map(|v| v as i32);
         let flag = || whole(2.0).map(|v| v == 1);
-        let spec = &mut cfg.spec;
+        // Set on a copy: a refused value changes nothing.
+        let mut copy = cfg.spec.clone();
+        let spec = &mut copy;
         match name {
             "uid" => spec.user.uid = Some(try_ffi!(id())),
             "gid" => spec.user.gid = Some(try_ffi!(id())),
@@ -591,6 +593,17 @@ pub unsafe extern "C" fn sbx_config_set_num(
                 )
             }
         }
+        // Time limits and resource limits in their ranges (cpu_weight 1 to 10000, pids at least
+        // 1, a time a clock can hold...), checked as a start would check them.
+        let limits_only = Spec {
+            timeout: copy.timeout,
+            limits: copy.limits.clone(),
+            ..Spec::default()
+        };
+        if let Err(e) = limits_only.check() {
+            return fail(e);
+        }
+        cfg.spec = copy;
         sbx_result::SBX_OK
     })
 }
@@ -708,7 +721,7 @@ pub unsafe extern "C" fn sbx_spawn(cfg: *const sbx_config, out: *mut *mut sbx_ch
     })
 }
 
-/// Starts a pool of `size` sandboxes of `cfg` (its argv is ignored: jobs bring theirs), started
+/// Starts a pool of `size` sandboxes (1 to 1024) of `cfg` (its argv is ignored: jobs bring theirs), started
 /// ahead of their jobs. Each job runs in a sandbox of its own that served no job before, with
 /// the protections of a cold start; a job costs about one execve. The first sandbox starts
 /// before this returns (so a configuration that cannot work fails here), the others in a

@@ -303,10 +303,20 @@ static void test_errors(void) {
     CHECK(sbx_config_to_json(cfg, &js) == SBX_OK);
     CHECK(js != NULL && strstr(js, "/srv/root") != NULL && strstr(js, "overlay") == NULL);
     sbx_string_free(js);
-    /* A time limit past what a clock can hold is refused before anything starts. */
-    CHECK(sbx_config_set_num(cfg, "timeout", 1e20) == SBX_OK);
-    CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_ERR_INVALID_SPEC);
+    /* Limits out of their range are refused by the setter itself, naming the field, and leave
+     * the configuration as it was. */
+    CHECK(sbx_config_set_num(cfg, "timeout", 1e20) == SBX_ERR_INVALID_SPEC);
     CHECK(strstr(sbx_last_error_message(), "timeout") != NULL);
+    CHECK(sbx_config_set_num(cfg, "cpu_weight", 4294967295.0) == SBX_ERR_INVALID_SPEC);
+    CHECK(strstr(sbx_last_error_message(), "cpu_weight") != NULL);
+    CHECK(sbx_config_set_num(cfg, "pids", 0) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_num(cfg, "cpus", 0) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_to_json(cfg, &js) == SBX_OK);
+    CHECK(js != NULL && strstr(js, "\"timeout\": null") != NULL && strstr(js, "\"cpu_weight\": null") != NULL);
+    sbx_string_free(js);
+    /* Control: values in range. */
+    CHECK(sbx_config_set_num(cfg, "cpu_weight", 100) == SBX_OK);
+    CHECK(sbx_config_set_num(cfg, "timeout", 30) == SBX_OK);
     sbx_config_free(cfg);
 
     CHECK(strlen(sbx_version()) > 0);

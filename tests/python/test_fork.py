@@ -83,3 +83,44 @@ def test_a_forked_copy_neither_takes_nor_ends_the_parents_sandboxes():
     assert r.returncode == 0, r
     lines = r.stdout.splitlines()
     assert lines == ["refused refused refused 4", "0 5 6 7"], r
+
+
+def test_children_forked_during_starts_do_not_hold_them_up():
+    # A child forked while another thread's start holds the sandbox's ends of its pipes gets
+    # copies of them; the start waits for their end of file, so the child closes its copies at
+    # once (else each start overlapping a fork would wait for the child to exit: 3 s here).
+    r = script("""
+        import os, threading, time
+        import rsandbox
+        stop = threading.Event()
+        worst = [0.0, 0.0]
+        pool = rsandbox.Pool(2)
+        def busy(i, run):
+            while not stop.is_set():
+                t = time.monotonic()
+                assert run(["true"]).returncode == 0
+                worst[i] = max(worst[i], time.monotonic() - t)
+        threads = [threading.Thread(target=busy, args=(0, rsandbox.run)),
+                   threading.Thread(target=busy, args=(1, pool.run))]
+        for t in threads:
+            t.start()
+        kids = []
+        for _ in range(20):
+            pid = os.fork()
+            if pid == 0:
+                time.sleep(3)
+                os._exit(0)
+            kids.append(pid)
+            time.sleep(0.05)
+        time.sleep(0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        for k in kids:
+            os.waitpid(k, 0)
+        pool.close()
+        print("%.2f %.2f" % tuple(worst))
+    """)
+    assert r.returncode == 0, r
+    cold, pooled = map(float, r.stdout.split())
+    assert cold < 2 and pooled < 2, r.stdout
