@@ -460,6 +460,18 @@ mod tests {
                 evaluate(&program, ioctl, AUDIT_ARCH_X86_64, fionread).0,
                 RET_ALLOW
             );
+            // personality: a flag weakening memory protections is refused, the query is not.
+            let personality = number("personality");
+            let rie = [0x0040_0000, 0, 0, 0, 0, 0];
+            assert_eq!(
+                evaluate(&program, personality, AUDIT_ARCH_X86_64, rie).0,
+                ret_errno(libc::EPERM)
+            );
+            let query = [0xffff_ffff, 0, 0, 0, 0, 0];
+            assert_eq!(
+                evaluate(&program, personality, AUDIT_ARCH_X86_64, query).0,
+                RET_ALLOW
+            );
             let newuser = [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0];
             let unshare = evaluate(&program, number("unshare"), AUDIT_ARCH_X86_64, newuser).0;
             let expected = if nested {
