@@ -74,8 +74,6 @@ pub(crate) const FIRST_UNREVIEWED: u32 = 470;
 
 pub(crate) const TIOCSTI: u64 = 0x5412;
 pub(crate) const TIOCLINUX: u64 = 0x541C;
-/// Set in personality's query argument (0xffffffff), in no personality value.
-pub(crate) const PER_QUERY_BIT: u64 = 0x8000_0000;
 /// Personality flags that weaken memory protections.
 pub(crate) const PER_DANGEROUS: [u64; 3] = [
     0x0010_0000, /* MMAP_PAGE_ZERO */
@@ -125,15 +123,14 @@ pub(crate) fn default_context(
             )],
         )?;
     }
+    // (The query, 0xffffffff, which sets nothing, is let through by seccomp.rs's guard.)
     for flag in PER_DANGEROUS {
-        // With bit 31 clear: 0xffffffff asks for the current personality and sets nothing (gdb,
-        // setarch), and no personality value has that bit.
         ctx.add_rule_conditional(
             eperm,
             ScmpSyscall::from_name("personality")?,
             &[ScmpArgCompare::new(
                 0,
-                ScmpCompareOp::MaskedEqual(flag | PER_QUERY_BIT),
+                ScmpCompareOp::MaskedEqual(flag),
                 flag,
             )],
         )?;

@@ -409,6 +409,27 @@ fn the_callers_keys_are_out_of_reach_without_the_default_profile() {
     assert_eq!(String::from_utf8_lossy(&control.stdout), "found\n");
 }
 
+/// personality: flags that weaken memory protections are refused in any value (bit 31 set or
+/// not); the query (0xffffffff), which sets nothing, answers. Control: without the filter the
+/// flag is set.
+#[test]
+fn personality_flags_are_refused_and_the_query_answers() {
+    let script = "import ctypes; libc=ctypes.CDLL(None,use_errno=True)\n\
+                  q=libc.syscall(135,0xffffffff); print('query', q >= 0)\n\
+                  r=libc.syscall(135,0x80400000); print('set', r, ctypes.get_errno())";
+    let Some(mut spec) = py(script) else { return };
+    let r = run(&spec);
+    assert_eq!(
+        out(&r),
+        format!("query True\nset -1 {}\n", libc::EPERM),
+        "{}",
+        said(&r)
+    );
+    spec.security.seccomp = Seccomp::None;
+    let r = run(&spec);
+    assert!(out(&r).starts_with("query True\nset 0 "), "{}", said(&r));
+}
+
 #[test]
 fn nested_user_namespaces_cannot_regain_capabilities() {
     let script = "import ctypes; libc=ctypes.CDLL(None,use_errno=True)\n\
