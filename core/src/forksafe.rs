@@ -7,9 +7,23 @@
 //! state at its first use, leaving its parent's copy untouched (not dropped: that could wait on
 //! what the parent's threads were doing, or close descriptors the child never owned alone).
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
+
+/// A process as the library's per-process state tells them apart: its pid, and how many forks
+/// its memory has been through since the library first ran in it (a pid alone may be one a
+/// process that has exited had: a grandchild can get its grandparent's).
+pub(crate) type Process = (u32, u64);
+
+/// Forks this process's memory has been through (bumped in each child, see `close_in_child`).
+static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// The calling process (see [`Process`]).
+pub(crate) fn process() -> Process {
+    register_handlers();
+    (std::process::id(), GENERATION.load(Ordering::Acquire))
+}
 
 /// `T` behind a lock of the calling process's own, made by `make` at its first use in a process.
 pub(crate) struct PerProcess<T> {
@@ -20,7 +34,7 @@ pub(crate) struct PerProcess<T> {
 /// The state of one process. Never freed once published: a guard or a waiter may hold it for
 /// as long as the process lives, and a forked child's copy of its parent's is left alone.
 struct Owned<T> {
-    pid: u32,
+    process: Process,
     state: Mutex<T>,
     wake: Condvar,
 }
@@ -35,17 +49,17 @@ impl<T> PerProcess<T> {
 
     /// This process's state.
     fn owned(&self) -> &Owned<T> {
-        let pid = std::process::id();
+        let this = process();
         loop {
             let current = self.slot.load(Ordering::Acquire);
             // SAFETY: a published slot is never freed (see Owned).
             if let Some(owned) = unsafe { current.as_ref() } {
-                if owned.pid == pid {
+                if owned.process == this {
                     return owned;
                 }
             }
             let fresh = Box::into_raw(Box::new(Owned {
-                pid,
+                process: this,
                 state: Mutex::new((self.make)()),
                 wake: Condvar::new(),
             }));
@@ -127,7 +141,10 @@ impl Creating {
 
 impl Drop for Creating {
     fn drop(&mut self) {
-        WINDOWS.fetch_sub(1, Ordering::AcqRel);
+        // Never below zero: a child forked from inside a window starts with none open.
+        let _ = WINDOWS.fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+            (w & !FORKING != 0).then(|| w - 1)
+        });
     }
 }
 
@@ -140,22 +157,31 @@ fn register_handlers() {
     });
 }
 
-/// Before a fork: keeps new windows from opening, and lets the open ones close. Bounded (a
-/// thread forking from inside a window, from a signal handler say, must not wait for itself):
-/// after about a hundred thousand yields the fork goes on.
+/// Before a fork: keeps new windows from opening, and lets the open ones close (each is a few
+/// system calls). Bounded (a thread forking from inside a window, from a signal handler say,
+/// must not wait for itself): after a second the fork goes on.
 extern "C" fn before_fork() {
     while WINDOWS.fetch_or(FORKING, Ordering::AcqRel) & FORKING != 0 {
         // Another thread's fork holds it: wait for its end.
         // SAFETY: no arguments.
         unsafe { libc::sched_yield() };
     }
-    for _ in 0..100_000 {
-        if WINDOWS.load(Ordering::Acquire) & !FORKING == 0 {
-            return;
-        }
+    let until = monotonic_ns().saturating_add(1_000_000_000);
+    while WINDOWS.load(Ordering::Acquire) & !FORKING != 0 && monotonic_ns() < until {
         // SAFETY: no arguments.
         unsafe { libc::sched_yield() };
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds (async-signal-safe, unlike `Instant` in principle).
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64).saturating_mul(1_000_000_000) + ts.tv_nsec as u64
 }
 
 /// After a fork, in the parent: windows may open again.
@@ -164,19 +190,8 @@ extern "C" fn after_fork() {
 }
 
 impl InFlight {
-    /// Marks `fds` until the returned value is dropped, which must come before they are closed.
-    /// Beyond the table's room (over a thousand at once), a descriptor goes unmarked.
-    pub(crate) fn hold(fds: &[RawFd]) -> InFlight {
-        register_handlers();
-        let mut held = InFlight {
-            slots: Vec::with_capacity(fds.len()),
-        };
-        held.add(fds);
-        held
-    }
-
     /// Marks `fds` too.
-    pub(crate) fn add(&mut self, fds: &[RawFd]) {
+    fn add(&mut self, fds: &[RawFd]) {
         for &fd in fds.iter().filter(|&&fd| fd >= 0) {
             if let Some(i) = SLOTS.iter().position(|s| {
                 s.compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Relaxed)
@@ -188,11 +203,57 @@ impl InFlight {
     }
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        for &i in &self.slots {
+impl InFlight {
+    /// Unmarks everything marked.
+    fn release(&mut self) {
+        for i in self.slots.drain(..) {
             SLOTS[i].store(-1, Ordering::Release);
         }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The sandbox's ends of what a start makes for it (pipes, a socket, a lock), which this process
+/// holds until the clone: marked while held (see [`InFlight`]), then unmarked and closed together
+/// with forks held off, on every path (a number unmarked but still open could be copied
+/// unmarked; one closed but still marked could be another descriptor's in a child).
+pub(crate) struct Ends {
+    marks: InFlight,
+    fds: Vec<OwnedFd>,
+}
+
+impl Ends {
+    pub(crate) fn new() -> Ends {
+        register_handlers();
+        Ends {
+            marks: InFlight { slots: Vec::new() },
+            fds: Vec::new(),
+        }
+    }
+
+    /// Takes and marks `fd`, the sandbox's end of something just made (inside a [`Creating`]
+    /// window, where a copy by fork would keep a start waiting); returns its number.
+    pub(crate) fn keep(&mut self, fd: OwnedFd) -> RawFd {
+        let raw = fd.as_raw_fd();
+        self.marks.add(&[raw]);
+        self.fds.push(fd);
+        raw
+    }
+}
+
+impl Drop for Ends {
+    fn drop(&mut self) {
+        if self.fds.is_empty() {
+            return;
+        }
+        let _window = Creating::begin();
+        self.marks.release();
+        self.fds.clear();
     }
 }
 
@@ -200,6 +261,7 @@ impl Drop for InFlight {
 /// held windows are not in the child: none is open there.
 extern "C" fn close_in_child() {
     WINDOWS.store(0, Ordering::Release);
+    GENERATION.fetch_add(1, Ordering::AcqRel);
     for slot in &SLOTS {
         let fd = slot.swap(-1, Ordering::AcqRel);
         if fd >= 0 {

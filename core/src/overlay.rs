@@ -709,22 +709,30 @@ fn sleep_ms(ms: i64) {
 
 /// The persistent upper (created if missing) and its work directory, a hidden sibling.
 impl OverlayPlan {
-    /// Locks a persistent upper for one sandbox (flock on its directory, taken without waiting);
-    /// None for an ephemeral one.
-    pub(crate) fn lock_upper(&self) -> Result<Option<std::os::fd::OwnedFd>> {
+    /// Locks a persistent upper for one sandbox (flock on its directory, taken without waiting),
+    /// kept among the sandbox's ends (the init inherits it); its number, None for an ephemeral
+    /// upper.
+    pub(crate) fn lock_upper(
+        &self,
+        ends: &mut crate::forksafe::Ends,
+    ) -> Result<Option<std::os::fd::RawFd>> {
         let Some((upper, _)) = &self.persistent else {
             return Ok(None);
         };
+        // Opened and marked in a window (a child forked with an unmarked copy would hold the
+        // lock as long as it lives); locked outside it, where the wait may last.
+        let window = crate::forksafe::Creating::begin();
         let dir = std::fs::File::open(upper)
             .map_err(|e| Error::io("open the upper directory", Some(upper.clone()), e))?;
-        use std::os::fd::AsRawFd;
+        let dir = ends.keep(dir.into());
+        drop(window);
         // A sandbox whose result is in may still be exiting (its init holds the lock until it
         // is gone, which takes milliseconds): a second to let it go.
         let until = std::time::Instant::now() + std::time::Duration::from_secs(1);
         let errno = loop {
-            // SAFETY: flock on a descriptor owned here; the lock goes with its open file.
-            if unsafe { libc::flock(dir.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-                return Ok(Some(dir.into()));
+            // SAFETY: flock on a descriptor `ends` owns; the lock goes with its open file.
+            if unsafe { libc::flock(dir, libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Some(dir));
             }
             let e = Errno::last();
             if e != Errno::EWOULDBLOCK || std::time::Instant::now() >= until {

@@ -42,7 +42,7 @@ const MAX_PTRS: usize = 16384;
 pub struct Pool {
     /// The process that made the pool: a child forked from it holds a copy, of sandboxes and a
     /// refill thread that are not its own.
-    owner: u32,
+    owner: crate::forksafe::Process,
     shared: Arc<Shared>,
     refill: Option<std::thread::JoinHandle<()>>,
 }
@@ -123,12 +123,21 @@ impl Pool {
             changed: Condvar::new(),
         });
         let worker = Arc::clone(&shared);
-        let refill = std::thread::Builder::new()
+        let refill = match std::thread::Builder::new()
             .name("rsandbox-pool".into())
             .spawn(move || refill(&worker))
-            .map_err(|e| Error::io("start the pool's refill thread", None, e))?;
+        {
+            Ok(thread) => thread,
+            Err(e) => {
+                // The first sandbox never served: ended, whatever die_with_parent says.
+                if let Some(first) = shared.lock().ready.pop_front() {
+                    first.child.discard();
+                }
+                return Err(Error::io("start the pool's refill thread", None, e));
+            }
+        };
         Ok(Pool {
-            owner: std::process::id(),
+            owner: crate::forksafe::process(),
             shared,
             refill: Some(refill),
         })
@@ -136,7 +145,7 @@ impl Pool {
 
     /// Whether this process made the pool (not a fork of the process that did).
     fn owned(&self) -> bool {
-        std::process::id() == self.owner
+        crate::forksafe::process() == self.owner
     }
 
     /// How many sandboxes are ready now (none for a forked process's copy of the pool).
@@ -190,7 +199,7 @@ impl Pool {
                 reason: format!(
                     "process {} made this pool; process {} is a fork of it, and the pool's \
                      sandboxes and refill thread are the other process's",
-                    self.owner,
+                    self.owner.0,
                     std::process::id()
                 ),
                 remedy: Some("make a new pool in the forked process".into()),
@@ -210,6 +219,15 @@ impl Pool {
         loop {
             let taken = {
                 let mut state = self.shared.lock();
+                if self.shared.exclusive && state.running > 1 {
+                    // Another job holds the upper until its result is taken: this one would
+                    // wait on it (forever, were that result this caller's to take).
+                    return Err(Error::invalid(
+                        "pool",
+                        "this pool's persistent upper serves one job at a time, and another \
+                         job's result has not been taken yet: wait for it first",
+                    ));
+                }
                 while self.shared.exclusive && state.ready.is_empty() && state.starting {
                     state = match self.shared.changed.wait(state) {
                         Ok(s) => s,
@@ -413,28 +431,34 @@ fn refill(shared: &Shared) {
                 };
             }
         }
+        // `starting` is cleared however the start ends, a panic included (jobs wait on it); a
+        // sandbox made is among the ready ones by then.
+        struct Started<'a>(&'a Shared);
+        impl Drop for Started<'_> {
+            fn drop(&mut self) {
+                self.0.lock().starting = false;
+                self.0.changed.notify_all();
+            }
+        }
+        let started = Started(shared);
         match start(&shared.spec) {
             Ok(r) => {
                 backoff = Duration::from_millis(10);
                 let mut state = shared.lock();
                 state.failure = None;
-                state.starting = false;
-                shared.changed.notify_all();
                 if state.closing {
                     drop(state);
                     r.child.discard();
                     return;
                 }
                 state.ready.push_back(r);
+                drop(state);
+                drop(started);
             }
             Err(e) => {
                 // Jobs still run (started on the spot, which reports the error); retry later.
-                {
-                    let mut state = shared.lock();
-                    state.failure = Some(e.to_string());
-                    state.starting = false;
-                }
-                shared.changed.notify_all();
+                shared.lock().failure = Some(e.to_string());
+                drop(started);
                 std::thread::sleep(backoff);
                 backoff = (backoff * 2).min(Duration::from_secs(2));
             }
@@ -446,22 +470,20 @@ fn refill(shared: &Shared) {
 fn start(spec: &Spec) -> Result<Ready> {
     // The agent's end: a child forked meanwhile closes its copy (or the agent's end of file,
     // which tells of a job executed, would wait for that child).
-    let creating = crate::forksafe::Creating::begin();
+    let mut ends = crate::forksafe::Ends::new();
+    let window = crate::forksafe::Creating::begin();
     let (ours, theirs) = seqpacket_pair()?;
-    let in_flight = crate::forksafe::InFlight::hold(&[theirs.as_raw_fd()]);
-    drop(creating);
+    let theirs = ends.keep(theirs);
+    drop(window);
     let mut spec = spec.clone();
     spec.process.args = vec!["rsandbox-agent".into()];
-    spec.process.stdin = Stdio::Fd(theirs.as_raw_fd());
+    spec.process.stdin = Stdio::Fd(theirs);
     spec.process.stdout = Stdio::Null;
     spec.process.stderr = Stdio::Null;
     // The job's timeout counts from dispatch (see `dispatch`), not from here.
     spec.timeout = None;
     let child = spawn_agent(&spec)?;
-    let closing = crate::forksafe::Creating::begin();
-    drop(in_flight);
-    drop(theirs);
-    drop(closing);
+    drop(ends);
     Ok(Ready {
         child,
         socket: ours,
@@ -501,27 +523,21 @@ fn dispatch(
         since,
     } = ready;
     // A job refused before it reaches the agent spends the sandbox: it is ended, not leaked.
-    let creating = crate::forksafe::Creating::begin();
-    let (message, stdio) =
-        match job_message(process, &child.home).and_then(|m| Ok((m, open_stdio(process)?))) {
-            Ok(prepared) => prepared,
-            Err(e) => {
-                child.discard();
-                return Err(e);
-            }
-        };
+    // The job's ends of its streams are held until the agent has them (forksafe::Ends).
+    let mut ends = crate::forksafe::Ends::new();
+    let (message, stdio) = match job_message(process, &child.home)
+        .and_then(|m| Ok((m, open_stdio(process, &mut ends)?)))
+    {
+        Ok(prepared) => prepared,
+        Err(e) => {
+            child.discard();
+            return Err(e);
+        }
+    };
     let StdioPlan {
         sources,
         parent_ends,
-        child_ends,
     } = stdio;
-    let in_flight = crate::forksafe::InFlight::hold(
-        &child_ends
-            .iter()
-            .map(|fd| fd.as_raw_fd())
-            .collect::<Vec<_>>(),
-    );
-    drop(creating);
     let dispatched = Instant::now();
     match send_job(socket.as_raw_fd(), &message, &sources) {
         Ok(()) => {}
@@ -535,14 +551,16 @@ fn dispatch(
             return Err(Error::os("send the job to a pooled sandbox", e));
         }
     }
-    let closing = crate::forksafe::Creating::begin();
-    drop(in_flight);
-    drop(child_ends);
-    drop(closing);
+    drop(ends);
     // End of file: the job was executed (the agent's last reference closed). A record: it failed.
     let mut buf = [0u8; Failure::SIZE];
-    let n = sys::retry(|| sys::read_full(socket.as_raw_fd(), &mut buf))
-        .map_err(|e| Error::os("read a pooled sandbox's answer", e))?;
+    let n = match sys::retry(|| sys::read_full(socket.as_raw_fd(), &mut buf)) {
+        Ok(n) => n,
+        Err(e) => {
+            child.discard();
+            return Err(Error::os("read a pooled sandbox's answer", e));
+        }
+    };
     if n == Failure::SIZE {
         let failure = Failure::from_bytes(&buf);
         let _ = child.kill(libc::SIGKILL);

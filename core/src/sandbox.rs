@@ -249,7 +249,7 @@ mod output_bytes {
 pub struct Child {
     /// The process that started the sandbox: a child forked from it holds a copy of this handle,
     /// which must neither take the result nor end the sandbox.
-    owner: u32,
+    owner: crate::forksafe::Process,
     pid: libc::pid_t,
     command_pid: libc::pid_t,
     pid_ns: bool,
@@ -389,19 +389,18 @@ pub fn run_with_input(spec: &Spec, input: Option<&[u8]>) -> Result<RunResult> {
 
 /// The caller-side pieces of a spawn, prepared before clone.
 struct Prepared {
-    /// Unmarks the sandbox's ends (dropped first: before they close).
-    _in_flight: crate::forksafe::InFlight,
     plan: Plan,
     clone_flags: u64,
     maps: Option<IdMaps>,
     report: Report,
     // Keep the caller-side ends and the fds opened for the sandbox alive until clone.
     parent_ends: [Option<OwnedFd>; 3],
-    _child_ends: Vec<OwnedFd>,
+    /// The sandbox's ends (its streams, its ends of the pipes, the upper's lock), closed here
+    /// once it has them.
+    sandbox_ends: crate::forksafe::Ends,
     err_r: OwnedFd,
     ctl_w: OwnedFd,
     status_r: OwnedFd,
-    _pipe_child_ends: [OwnedFd; 3],
     scratch: Vec<c_int>,
     cgroup: Option<Cgroup>,
     cpu_limit_usec: Option<u64>,
@@ -416,8 +415,8 @@ struct Prepared {
     net_ahead: Option<OwnedFd>,
     /// The command's default HOME (and working directory).
     home: String,
-    /// The lock on a persistent upper, which the init inherits (this copy closes after the clone).
-    _upper_lock: Option<OwnedFd>,
+    /// Whether the init holds a persistent upper's lock (in `sandbox_ends` until the clone).
+    upper_locked: bool,
 }
 
 /// Whether the kernel has the namespace `name` (its /proc/self/ns entry exists). Looked up once
@@ -968,28 +967,20 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         (flags & libc::CLONE_NEWUTS as u64 != 0).then(|| spec.hostname.as_bytes().to_vec());
 
     // Standard streams and pipes. The sandbox's ends are held here until the clone: a child
-    // forked meanwhile closes its copies (forksafe::InFlight).
-    let creating = crate::forksafe::Creating::begin();
+    // forked meanwhile closes its copies (forksafe::Ends).
+    let mut ends = crate::forksafe::Ends::new();
     let StdioPlan {
         sources: stdio,
         parent_ends,
-        child_ends,
-    } = open_stdio(p)?;
+    } = open_stdio(p, &mut ends)?;
+    let window = crate::forksafe::Creating::begin();
     let (err_r, err_w) = pipe()?;
+    let err_w = ends.keep(err_w);
     let (ctl_r, ctl_w) = pipe()?;
+    let ctl_r = ends.keep(ctl_r);
     let (status_r, status_w) = pipe()?;
-    let mut in_flight = crate::forksafe::InFlight::hold(&[
-        err_w.as_raw_fd(),
-        ctl_r.as_raw_fd(),
-        status_w.as_raw_fd(),
-    ]);
-    in_flight.add(
-        &child_ends
-            .iter()
-            .map(|fd| fd.as_raw_fd())
-            .collect::<Vec<_>>(),
-    );
-    drop(creating);
+    let status_w = ends.keep(status_w);
+    drop(window);
     // A start that does not copy the caller (and so costs the same from a large process) is
     // used whenever nothing needs the caller's help during setup: not for subordinate-range id
     // maps (the caller writes them) nor where fuse-overlayfs may be asked for.
@@ -1023,18 +1014,13 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     let small = small.ok();
     // A persistent upper serves one sandbox at a time (overlayfs leaves sharing one undefined):
     // a lock its init holds for the sandbox's whole life.
-    let creating = crate::forksafe::Creating::begin();
     let upper_lock = match mounts.as_ref().and_then(|m| m.overlay()) {
-        Some(ov) => ov.lock_upper()?,
+        Some(ov) => ov.lock_upper(&mut ends)?,
         None => None,
     };
-    if let Some(lock) = &upper_lock {
-        in_flight.add(&[lock.as_raw_fd()]);
-    }
-    drop(creating);
     let mut keep_fds: Vec<c_int> = stdio.to_vec();
-    keep_fds.extend([err_w.as_raw_fd(), ctl_r.as_raw_fd(), status_w.as_raw_fd()]);
-    keep_fds.extend(upper_lock.as_ref().map(|fd| fd.as_raw_fd()));
+    keep_fds.extend([err_w, ctl_r, status_w]);
+    keep_fds.extend(upper_lock);
     if let Some((fd, _)) = &small {
         keep_fds.push(*fd);
     }
@@ -1093,7 +1079,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         })
         .collect();
     report_process(&mut report, spec, pid_ns);
-    let security = plan_security(spec, &mut report)?;
+    let security = plan_security(spec, pid_ns, &mut report)?;
     // Without the default profile's rule, the sandbox's own user namespace refuses nested ones
     // (only ever its own: never without CLONE_NEWUSER, where the limit would be the host's).
     let deny_nested_userns = !spec.security.allow_nested_userns
@@ -1227,9 +1213,9 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         },
         stdio,
         close_ranges,
-        err_w: err_w.as_raw_fd(),
-        ctl_r: ctl_r.as_raw_fd(),
-        status_w: status_w.as_raw_fd(),
+        err_w,
+        ctl_r,
+        status_w,
         exec_fd: if agent {
             small.as_ref().map(|(fd, _)| *fd)
         } else {
@@ -1242,21 +1228,19 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         }),
         in_template: template.is_some(),
         join_cgroup: None,
-        upper_lock: upper_lock.as_ref().map_or(-1, |fd| fd.as_raw_fd()),
+        upper_lock: upper_lock.unwrap_or(-1),
         deny_nested_userns,
     };
     Ok(Prepared {
-        _in_flight: in_flight,
         plan,
         clone_flags: flags,
         maps,
         report,
         parent_ends,
-        _child_ends: child_ends,
+        sandbox_ends: ends,
         err_r,
         ctl_w,
         status_r,
-        _pipe_child_ends: [err_w, ctl_r, status_w],
         scratch,
         cgroup: cg.cgroup,
         cpu_limit_usec: spec.limits.cpu_time.map(|t| (t * 1e6) as u64),
@@ -1265,7 +1249,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         home,
         template,
         net_ahead,
-        _upper_lock: upper_lock,
+        upper_locked: upper_lock.is_some(),
     })
 }
 
@@ -1280,7 +1264,8 @@ struct SecurityPlan {
     session_keyring: bool,
 }
 
-fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
+/// `pid_ns`: the sandbox has its own PID namespace (asked for, and the kernel has it).
+fn plan_security(spec: &Spec, pid_ns: bool, report: &mut Report) -> Result<SecurityPlan> {
     let sec = &spec.security;
     // Capabilities.
     let mut keep_caps = 0u64;
@@ -1358,13 +1343,7 @@ fn plan_security(spec: &Spec, report: &mut Report) -> Result<SecurityPlan> {
         .map(|m| m.destination.clone())
         .collect();
     writable.dedup();
-    let landlock = crate::landlock::plan(
-        &sec.landlock,
-        spec.network,
-        spec.namespaces.pid.wanted(),
-        &writable,
-        report,
-    )?;
+    let landlock = crate::landlock::plan(&sec.landlock, spec.network, pid_ns, &writable, report)?;
 
     // seccomp.
     let seccomp = match &sec.seccomp {
@@ -1656,37 +1635,27 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         Ok(pid) => pid,
         Err(e) => return Err(clone_error(e, prep.clone_flags)),
     };
-    let upper_locked = prep._upper_lock.is_some();
+    let upper_locked = prep.upper_locked;
     // SAFETY: clone3 with CLONE_PIDFD stored a new descriptor that we now own.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
     let Prepared {
-        _in_flight,
         plan,
         maps,
         report,
         parent_ends,
-        _child_ends,
+        sandbox_ends,
         err_r,
         ctl_w,
         status_r,
-        _pipe_child_ends,
         cgroup,
         cpu_limit_usec,
         start_skipped,
         home,
         net_ahead,
-        _upper_lock,
         ..
     } = prep;
-    // Unmarked and closed with forks held off: a number still marked after its close could be
-    // another descriptor's by the time of a fork, and one closed after its unmarking could be
-    // copied unmarked.
-    let closing = crate::forksafe::Creating::begin();
-    drop(_in_flight);
-    drop(_child_ends);
-    drop(_pipe_child_ends);
-    drop(_upper_lock);
-    drop(closing);
+    // The sandbox has its ends: ours close.
+    drop(sandbox_ends);
     // The sandbox has joined the network namespace made ahead: our descriptor goes.
     let net_ahead = net_ahead.map(drop).is_some();
 
@@ -1841,7 +1810,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
     // lock): the result waits for that, as for a cgroup.
     let early_exit = start_skipped.is_none() && cgroup.is_none() && !upper_locked;
     Ok(Child {
-        owner: std::process::id(),
+        owner: crate::forksafe::process(),
         pid,
         command_pid,
         pid_ns: plan.pid_ns,
@@ -2353,17 +2322,17 @@ impl Child {
     /// Refuses a handle this process holds only as a copy made by fork: the sandbox, its result
     /// and its end are the starting process's.
     fn own(&self) -> Result<()> {
-        let this = std::process::id();
-        if this == self.owner {
+        if crate::forksafe::process() == self.owner {
             return Ok(());
         }
         Err(Error::Unsupported {
             errno: Some(Errno::ECHILD),
             feature: "a sandbox handle copied by fork".into(),
             reason: format!(
-                "process {} started this sandbox; process {this} is a fork of it and holds a \
-                 copy of the handle, whose result and end are the starting process's",
-                self.owner
+                "process {} started this sandbox; process {} is a fork of it and holds a copy \
+                 of the handle, whose result and end are the starting process's",
+                self.owner.0,
+                std::process::id()
             ),
             remedy: Some(
                 "wait for and signal a sandbox in the process that started it; a forked \
@@ -2644,6 +2613,7 @@ impl Child {
     }
 
     fn freezer(&self) -> Result<&Cgroup> {
+        self.own()?;
         self.cgroup.as_ref().ok_or_else(|| Error::Unsupported {
             errno: None,
             feature: "freeze".into(),
@@ -2705,6 +2675,8 @@ impl Child {
         every: Duration,
         interrupt: &mut dyn FnMut() -> bool,
     ) -> Result<RunResult> {
+        // Before the streams are touched: a forked copy must not take the parent's output.
+        self.own()?;
         let captured = crate::capture::communicate(self, input, limit, every, interrupt)?;
         // The streams are closed (or were never pipes); the command may run on: `interrupt`
         // keeps its say until the end.
@@ -2821,7 +2793,7 @@ impl Wake {
 
 impl Drop for Child {
     fn drop(&mut self) {
-        if std::process::id() != self.owner {
+        if crate::forksafe::process() != self.owner {
             // A copy made by fork (the forked process exiting, say): the sandbox goes on for
             // the process that started it. The copied descriptors close; the cgroup and a pool's
             // count of running jobs are left alone.
@@ -3159,21 +3131,20 @@ fn env_name_error(name: &str) -> Error {
 pub(crate) struct StdioPlan {
     pub sources: [RawFd; 3],
     pub parent_ends: [Option<OwnedFd>; 3],
-    pub child_ends: Vec<OwnedFd>,
 }
 
-pub(crate) fn open_stdio(p: &crate::spec::Process) -> Result<StdioPlan> {
-    let mut child_ends = Vec::new();
+pub(crate) fn open_stdio(
+    p: &crate::spec::Process,
+    ends: &mut crate::forksafe::Ends,
+) -> Result<StdioPlan> {
     let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
     let mut stdio = [0, 1, 2];
     for (i, s) in [&p.stdin, &p.stdout, &p.stderr].into_iter().enumerate() {
         let fd = match s {
             Stdio::Inherit => i as RawFd,
-            Stdio::Null => keep(
-                &mut child_ends,
-                open_file(Path::new("/dev/null"), i, false)?,
-            ),
-            Stdio::File { path, append } => keep(&mut child_ends, open_file(path, i, *append)?),
+            Stdio::Null => ends.keep(open_file(Path::new("/dev/null"), i, false)?),
+            // Opened outside a window (a FIFO's open waits for its other end).
+            Stdio::File { path, append } => ends.keep(open_file(path, i, *append)?),
             Stdio::Fd(fd) => {
                 if nix::fcntl::fcntl(unsafe_borrow(*fd), nix::fcntl::FcntlArg::F_GETFD).is_err() {
                     return Err(Error::invalid(
@@ -3191,10 +3162,13 @@ pub(crate) fn open_stdio(p: &crate::spec::Process) -> Result<StdioPlan> {
                 ))
             }
             Stdio::Pipe => {
+                let window = crate::forksafe::Creating::begin();
                 let (r, w) = pipe()?;
                 let (ours, theirs) = if i == 0 { (w, r) } else { (r, w) };
                 parent_ends[i] = Some(ours);
-                keep(&mut child_ends, theirs)
+                let theirs = ends.keep(theirs);
+                drop(window);
+                theirs
             }
         };
         stdio[i] = fd;
@@ -3202,14 +3176,7 @@ pub(crate) fn open_stdio(p: &crate::spec::Process) -> Result<StdioPlan> {
     Ok(StdioPlan {
         sources: stdio,
         parent_ends,
-        child_ends,
     })
-}
-
-fn keep(list: &mut Vec<OwnedFd>, fd: OwnedFd) -> RawFd {
-    let raw = fd.as_raw_fd();
-    list.push(fd);
-    raw
 }
 
 fn unsafe_borrow(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {

@@ -426,6 +426,17 @@ fn a_pool_over_a_persistent_upper_runs_job_after_job() {
             .count(),
         12
     );
+    // A second job while the first's result is not taken is refused at once (it could only
+    // wait on it); once taken, jobs go on.
+    let mut first = pool.spawn(&job("sleep 0.2; echo first >>/log")).unwrap();
+    let started = std::time::Instant::now();
+    let e = pool.spawn(&job("true")).expect_err("a second job at once");
+    assert_eq!(e.kind(), rsandbox::ErrorKind::InvalidSpec, "{e}");
+    assert!(started.elapsed() < Duration::from_millis(500), "{e}");
+    assert!(first.wait().unwrap().status.success());
+    drop(first);
+    let r = pool.run(&job("tail -n 1 /log"), None).unwrap();
+    assert_eq!(out(&r), "first\n", "{}", err(&r));
 }
 
 /// The report of a pooled job says what its sandbox is: one wall-timeout entry (the job's), and

@@ -56,6 +56,9 @@ fn outcome(py: Python<'_>, mut r: RunResult) -> Outcome {
 struct NativeProcess {
     state: Mutex<State>,
     pid: i32,
+    /// The process that started it: a copy made by fork never locks `state` (another thread
+    /// may have held it at the fork, and the copy would stay locked).
+    owner: u32,
 }
 
 enum State {
@@ -68,13 +71,38 @@ enum State {
 }
 
 impl NativeProcess {
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    fn new(child: Child) -> NativeProcess {
+        NativeProcess {
+            pid: child.pid(),
+            state: Mutex::new(State::Running(Box::new(child))),
+            owner: std::process::id(),
+        }
+    }
+
+    fn lock(&self) -> rsandbox::Result<std::sync::MutexGuard<'_, State>> {
+        if std::process::id() != self.owner {
+            return Err(Error::Unsupported {
+                errno: Some(rsandbox::Errno::ECHILD),
+                feature: "a sandbox handle copied by fork".into(),
+                reason: format!(
+                    "process {} started this sandbox; process {} is a fork of it and holds a \
+                     copy of the handle, whose result and end are the starting process's",
+                    self.owner,
+                    std::process::id()
+                ),
+                remedy: Some(
+                    "wait for and signal a sandbox in the process that started it; a forked \
+                     process starts sandboxes of its own"
+                        .into(),
+                ),
+            });
+        }
+        Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
     /// Waits up to `slice`; on exit, keeps the result and releases the handle.
     fn wait_slice(&self, slice: Duration) -> rsandbox::Result<Option<RunResult>> {
-        let mut state = self.lock();
+        let mut state = self.lock()?;
         let State::Running(child) = &mut *state else {
             return Ok(None);
         };
@@ -102,10 +130,10 @@ impl NativeProcess {
 
     /// Hands the caller's end of stream 0, 1 or 2 (when it is a pipe) over to the caller, who
     /// must close it; None when the stream is not a pipe or was taken already.
-    fn take_stream(&self, stream: usize) -> Option<i32> {
-        let mut state = self.lock();
+    fn take_stream(&self, stream: usize) -> PyResult<Option<i32>> {
+        let mut state = self.lock().map_err(native)?;
         let State::Running(c) = &mut *state else {
-            return None;
+            return Ok(None);
         };
         let file = match stream {
             0 => c.stdin.take(),
@@ -113,14 +141,14 @@ impl NativeProcess {
             2 => c.stderr.take(),
             _ => None,
         };
-        file.map(IntoRawFd::into_raw_fd)
+        Ok(file.map(IntoRawFd::into_raw_fd))
     }
 
     /// Waits up to `timeout` seconds (None: without limit, in slices that let Ctrl-C through).
     /// Returns the outcome, or None when it is still running.
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Outcome>> {
-        if let State::Finished { result, report } = &*self.lock() {
+        if let State::Finished { result, report } = &*self.lock().map_err(native)? {
             return Ok(Some((result.clone(), report.clone(), None, None)));
         }
         // No deadline for a timeout too large for the clock (inf included).
@@ -149,7 +177,7 @@ impl NativeProcess {
 
     /// Sends a signal to every process of the sandbox (nothing once it has been waited for).
     fn kill(&self, signal: i32) -> PyResult<()> {
-        match &mut *self.lock() {
+        match &mut *self.lock().map_err(native)? {
             State::Running(c) => c.kill(signal).map_err(native),
             State::Finished { .. } => Ok(()),
         }
@@ -157,7 +185,7 @@ impl NativeProcess {
 
     /// Freezes or thaws the sandbox (needs its own cgroup).
     fn freeze(&self, frozen: bool) -> PyResult<()> {
-        match &mut *self.lock() {
+        match &mut *self.lock().map_err(native)? {
             State::Running(c) => if frozen { c.freeze() } else { c.thaw() }.map_err(native),
             State::Finished { .. } => Err(native(Error::Unsupported {
                 errno: None,
@@ -169,11 +197,11 @@ impl NativeProcess {
     }
 
     /// The enforcement report as JSON.
-    fn report_json(&self) -> String {
-        match &*self.lock() {
+    fn report_json(&self) -> PyResult<String> {
+        Ok(match &*self.lock().map_err(native)? {
             State::Running(c) => serde_json::to_string(c.report()).unwrap_or_default(),
             State::Finished { report, .. } => report.clone(),
-        }
+        })
     }
 }
 
@@ -335,10 +363,7 @@ impl NativePool {
         let child = py
             .detach(|| self.pool.spawn_with_timeout(&process, timeout))
             .map_err(native)?;
-        Ok(NativeProcess {
-            pid: child.pid(),
-            state: Mutex::new(State::Running(Box::new(child))),
-        })
+        Ok(NativeProcess::new(child))
     }
 }
 
@@ -347,10 +372,7 @@ impl NativePool {
 fn spawn(py: Python<'_>, spec_json: &str) -> PyResult<NativeProcess> {
     let spec = spec_from(spec_json)?;
     let child = spawn_spec(py, &spec)?;
-    Ok(NativeProcess {
-        pid: child.pid(),
-        state: Mutex::new(State::Running(Box::new(child))),
-    })
+    Ok(NativeProcess::new(child))
 }
 
 /// What this host and user can use, as JSON.

@@ -63,7 +63,8 @@ def test_a_forked_copy_neither_takes_nor_ends_the_parents_sandboxes():
         if pid == 0:
             out = []
             # The copies refuse to wait or signal, and say why.
-            for what in (lambda: running.wait(), lambda: running.kill(), lambda: pool.run(["true"])):
+            for what in (lambda: running.wait(), lambda: running.kill(), lambda: running.communicate(),
+                         lambda: pool.run(["true"])):
                 try:
                     what()
                     out.append("allowed")
@@ -82,7 +83,7 @@ def test_a_forked_copy_neither_takes_nor_ends_the_parents_sandboxes():
     """)
     assert r.returncode == 0, r
     lines = r.stdout.splitlines()
-    assert lines == ["refused refused refused 4", "0 5 6 7"], r
+    assert lines == ["refused refused refused refused 4", "0 5 6 7"], r
 
 
 def test_children_forked_during_starts_do_not_hold_them_up():
