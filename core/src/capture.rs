@@ -3,7 +3,7 @@
 
 use std::fs::File;
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -83,14 +83,36 @@ pub(crate) fn communicate(
     every: Duration,
     interrupt: &mut dyn FnMut() -> bool,
 ) -> Result<Captured> {
-    let mut stdin = child.stdin.take();
     let mut pending: &[u8] = input.unwrap_or(&[]);
-    if pending.is_empty() {
-        stdin = None;
-    }
+    // The write end of the command's stdin, held while the input is fed (without input it
+    // closes here: the command reads end of file). Marked for forks (forksafe::Ends): a copy
+    // in a child forked meanwhile would keep the command from ever reading end of file.
+    let (mut stdin_end, stdin_fd) = match child.stdin_held.take() {
+        // Kept marked since the start (run, a pool's run): no moment unmarked.
+        Some((ends, fd)) => (ends, Some(fd)),
+        None => {
+            let mut ends = crate::forksafe::Ends::new();
+            let window = crate::forksafe::Creating::begin();
+            let fd = child.stdin.take().map(|f| ends.keep(f.into()));
+            drop(window);
+            (ends, fd)
+        }
+    };
+    // Without input it closes at once: the command reads end of file.
+    let stdin_fd = match stdin_fd {
+        Some(_) if pending.is_empty() => {
+            stdin_end.close();
+            None
+        }
+        fd => fd,
+    };
+    // SAFETY: a view of the descriptor `stdin_end` owns, never closed through the view
+    // (ManuallyDrop); `stdin_end` outlives every use of it.
+    let mut stdin =
+        stdin_fd.map(|fd| std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) }));
     let mut out = Sink::new(child.stdout.take());
     let mut err = Sink::new(child.stderr.take());
-    for f in [stdin.as_ref(), out.file.as_ref(), err.file.as_ref()]
+    for f in [stdin.as_deref(), out.file.as_ref(), err.file.as_ref()]
         .into_iter()
         .flatten()
     {
@@ -134,7 +156,9 @@ pub(crate) fn communicate(
                     Err(_) => pending = &[],
                 }
                 if pending.is_empty() {
+                    // Closed (with its mark): the command reads end of file.
                     stdin = None;
+                    stdin_end.close();
                 }
             }
         }

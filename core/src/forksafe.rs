@@ -148,6 +148,18 @@ impl Drop for Creating {
     }
 }
 
+/// The handlers are registered as the library is loaded, before any thread of the program can
+/// start a sandbox: registered at a first start instead, a fork by another thread at that moment
+/// would run without them.
+#[used]
+#[link_section = ".init_array"]
+static REGISTER_AT_LOAD: extern "C" fn() = {
+    extern "C" fn at_load() {
+        register_handlers();
+    }
+    at_load
+};
+
 fn register_handlers() {
     static HANDLERS: std::sync::Once = std::sync::Once::new();
     HANDLERS.call_once(|| {
@@ -227,6 +239,12 @@ pub(crate) struct Ends {
     fds: Vec<OwnedFd>,
 }
 
+impl std::fmt::Debug for Ends {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Ends({:?})", self.fds)
+    }
+}
+
 impl Ends {
     pub(crate) fn new() -> Ends {
         register_handlers();
@@ -246,14 +264,36 @@ impl Ends {
     }
 }
 
-impl Drop for Ends {
-    fn drop(&mut self) {
+impl Ends {
+    /// Hands `fd` (kept here) back, unmarked: from now on it is the caller's alone.
+    pub(crate) fn take_back(&mut self, fd: RawFd) -> Option<OwnedFd> {
+        let at = self.fds.iter().position(|f| f.as_raw_fd() == fd)?;
+        let _window = Creating::begin();
+        if let Some(k) = self
+            .marks
+            .slots
+            .iter()
+            .position(|&i| SLOTS[i].load(Ordering::Acquire) == fd)
+        {
+            SLOTS[self.marks.slots.swap_remove(k)].store(-1, Ordering::Release);
+        }
+        Some(self.fds.swap_remove(at))
+    }
+
+    /// Unmarks and closes them all, with forks held off.
+    pub(crate) fn close(&mut self) {
         if self.fds.is_empty() {
             return;
         }
         let _window = Creating::begin();
         self.marks.release();
         self.fds.clear();
+    }
+}
+
+impl Drop for Ends {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 

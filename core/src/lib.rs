@@ -51,7 +51,8 @@ pub use report::{Feature, IdRange, MountEntry, Report, Status};
 #[doc(hidden)]
 pub use sandbox::__bench_plan;
 pub use sandbox::{
-    run, run_with_input, spawn, Child, ExitStatus, RunResult, Usage, Verdict, DEFAULT_PATH,
+    run, run_interruptible, run_with_input, spawn, Child, ExitStatus, RunResult, Usage, Verdict,
+    DEFAULT_PATH,
 };
 pub use spec::{
     CgroupSpec, Filesystem, IdMapping, ImageSource, Landlock, Limits, Mount, Namespaces, Network,

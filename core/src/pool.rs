@@ -190,6 +190,17 @@ impl Pool {
     /// [`spawn`](Self::spawn) with this job's own wall-clock limit (seconds from its start)
     /// instead of the spec's.
     pub fn spawn_with_timeout(&self, process: &Process, timeout: Option<f64>) -> Result<Child> {
+        self.spawn_job(process, timeout, false)
+    }
+
+    /// [`spawn_with_timeout`](Self::spawn_with_timeout); with `keep_stdin`, the caller's end of
+    /// a stdin pipe stays marked in the handle for `communicate_with` (see `Child::stdin_held`).
+    fn spawn_job(
+        &self,
+        process: &Process,
+        timeout: Option<f64>,
+        keep_stdin: bool,
+    ) -> Result<Child> {
         if !self.owned() {
             // Its sandboxes are the other process's: a job sent to one would be run there, and
             // its result read by both.
@@ -249,7 +260,7 @@ impl Pool {
                 }
             };
             let fresh = waited.is_some();
-            match dispatch(&self.shared, ready, process, timeout, waited)? {
+            match dispatch(&self.shared, ready, process, timeout, waited, keep_stdin)? {
                 Some(mut child) => {
                     child.job = running.take();
                     return Ok(child);
@@ -299,7 +310,7 @@ impl Pool {
             None if process.stdin == Stdio::Inherit => Stdio::Null,
             None => process.stdin.clone(),
         };
-        let mut child = self.spawn_with_timeout(&process, timeout)?;
+        let mut child = self.spawn_job(&process, timeout, true)?;
         child.communicate_with(input, self.shared.spec.output_limit, every, interrupt)
     }
 }
@@ -516,6 +527,7 @@ fn dispatch(
     process: &Process,
     timeout: Option<f64>,
     cold: Option<Duration>,
+    keep_stdin: bool,
 ) -> Result<Option<Child>> {
     let Ready {
         mut child,
@@ -525,8 +537,9 @@ fn dispatch(
     // A job refused before it reaches the agent spends the sandbox: it is ended, not leaked.
     // The job's ends of its streams are held until the agent has them (forksafe::Ends).
     let mut ends = crate::forksafe::Ends::new();
+    let mut held = crate::forksafe::Ends::new();
     let (message, stdio) = match job_message(process, &child.home)
-        .and_then(|m| Ok((m, open_stdio(process, &mut ends)?)))
+        .and_then(|m| Ok((m, open_stdio(process, &mut ends, &mut held)?)))
     {
         Ok(prepared) => prepared,
         Err(e) => {
@@ -537,6 +550,7 @@ fn dispatch(
     let StdioPlan {
         sources,
         parent_ends,
+        stdin_held,
     } = stdio;
     let dispatched = Instant::now();
     match send_job(socket.as_raw_fd(), &message, &sources) {
@@ -568,7 +582,13 @@ fn dispatch(
         return Err(crate::sandbox::decode_job_failure(failure, process));
     }
     let [stdin, stdout, stderr] = parent_ends.map(|fd| fd.map(std::fs::File::from));
+    let (stdin, stdin_held) = match stdin_held {
+        Some(fd) if keep_stdin => (stdin, Some((held, fd))),
+        Some(fd) => (held.take_back(fd).map(std::fs::File::from), None),
+        None => (stdin, None),
+    };
     child.stdin = stdin;
+    child.stdin_held = stdin_held;
     child.stdout = stdout;
     child.stderr = stderr;
     child.started = dispatched;

@@ -290,6 +290,9 @@ pub struct Child {
     wake: std::sync::OnceLock<Option<Wake>>,
     /// The write end of the command's stdin, when it is a pipe.
     pub stdin: Option<File>,
+    /// The same, kept marked for forks until [`communicate_with`](Self::communicate_with) feeds
+    /// it (starts that do so at once: `run`, pools' `run`), instead of in `stdin`.
+    pub(crate) stdin_held: Option<(crate::forksafe::Ends, RawFd)>,
     /// The read end of the command's stdout, when it is a pipe.
     pub stdout: Option<File>,
     /// The read end of the command's stderr, when it is a pipe.
@@ -307,9 +310,15 @@ pub struct Child {
 /// # Ok::<(), rsandbox::Error>(())
 /// ```
 pub fn spawn(spec: &Spec) -> Result<Child> {
+    spawn_held(spec, false)
+}
+
+/// [`spawn`]; with `keep_stdin`, the caller's end of a stdin pipe stays in the handle's own
+/// keeping (marked for forks) for [`Child::communicate_with`], instead of in `stdin`.
+fn spawn_held(spec: &Spec, keep_stdin: bool) -> Result<Child> {
     let starting = Starting::enter();
     let prepared = prepare(spec, false, starting.spare_cpu())?;
-    launch(spec, prepared)
+    launch(spec, prepared, keep_stdin)
 }
 
 /// Plans a sandbox of `spec` as [`spawn`] does before it clones (the spec's checks, id maps,
@@ -326,7 +335,7 @@ pub fn __bench_plan(spec: &Spec) -> Result<()> {
 pub(crate) fn spawn_agent(spec: &Spec) -> Result<Child> {
     let _starting = Starting::enter();
     let prepared = prepare(spec, true, false)?;
-    launch(spec, prepared)
+    launch(spec, prepared, false)
 }
 
 /// Counts the sandboxes this process is starting (from planning to the end of setup), to decide
@@ -383,8 +392,21 @@ pub fn run_with_input(spec: &Spec, input: Option<&[u8]>) -> Result<RunResult> {
         None if spec.process.stdin == Stdio::Inherit => Stdio::Null,
         None => spec.process.stdin.clone(),
     };
-    let mut child = spawn(&spec)?;
+    let mut child = spawn_held(&spec, true)?;
     child.communicate(input, spec.output_limit)
+}
+
+/// [`run_with_input`], with `interrupt` called at least every `every` as
+/// [`Child::communicate_with`] does (embedders use it for Ctrl-C); only streams the spec sends
+/// to pipes are captured.
+pub fn run_interruptible(
+    spec: &Spec,
+    input: Option<&[u8]>,
+    every: Duration,
+    interrupt: &mut dyn FnMut() -> bool,
+) -> Result<RunResult> {
+    let mut child = spawn_held(spec, true)?;
+    child.communicate_with(input, spec.output_limit, every, interrupt)
 }
 
 /// The caller-side pieces of a spawn, prepared before clone.
@@ -395,6 +417,9 @@ struct Prepared {
     report: Report,
     // Keep the caller-side ends and the fds opened for the sandbox alive until clone.
     parent_ends: [Option<OwnedFd>; 3],
+    /// The caller's end of a stdin pipe, marked in `held` until the handle has it.
+    held: crate::forksafe::Ends,
+    stdin_held: Option<RawFd>,
     /// The sandbox's ends (its streams, its ends of the pipes, the upper's lock), closed here
     /// once it has them.
     sandbox_ends: crate::forksafe::Ends,
@@ -969,10 +994,12 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     // Standard streams and pipes. The sandbox's ends are held here until the clone: a child
     // forked meanwhile closes its copies (forksafe::Ends).
     let mut ends = crate::forksafe::Ends::new();
+    let mut held = crate::forksafe::Ends::new();
     let StdioPlan {
         sources: stdio,
         parent_ends,
-    } = open_stdio(p, &mut ends)?;
+        stdin_held,
+    } = open_stdio(p, &mut ends, &mut held)?;
     let window = crate::forksafe::Creating::begin();
     let (err_r, err_w) = pipe()?;
     let err_w = ends.keep(err_w);
@@ -1237,6 +1264,8 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         maps,
         report,
         parent_ends,
+        held,
+        stdin_held,
         sandbox_ends: ends,
         err_r,
         ctl_w,
@@ -1511,7 +1540,7 @@ fn report_process(report: &mut Report, spec: &Spec, pid_ns: bool) {
     );
 }
 
-fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
+fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
     let started = Instant::now();
     let mut pidfd: c_int = -1;
     let mut args = sys::CloneArgs {
@@ -1643,6 +1672,8 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         maps,
         report,
         parent_ends,
+        mut held,
+        stdin_held,
         sandbox_ends,
         err_r,
         ctl_w,
@@ -1803,6 +1834,13 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         }
     };
     let [stdin, stdout, stderr] = parent_ends.map(|fd| fd.map(File::from));
+    // Handed over with the handle (the caller's alone from here), or kept marked for
+    // communicate_with.
+    let (stdin, stdin_held) = match stdin_held {
+        Some(fd) if keep_stdin => (stdin, Some((held, fd))),
+        Some(fd) => (held.take_back(fd).map(File::from), None),
+        None => (stdin, None),
+    };
     // With rsandbox-init and no cgroup to remove, the result is the command's status record: the
     // kernel's teardown of the namespaces (about a millisecond) goes on after it, and the
     // library's reaper collects the init. With a cgroup, wait returns once it is removed.
@@ -1835,6 +1873,7 @@ fn launch(spec: &Spec, mut prep: Prepared) -> Result<Child> {
         timed_out: false,
         report,
         stdin,
+        stdin_held,
         stdout,
         stderr,
     })
@@ -2799,6 +2838,8 @@ impl Drop for Child {
             // count of running jobs are left alone.
             std::mem::forget(self.cgroup.take());
             std::mem::forget(self.job.take());
+            // Its stdin was marked: the fork closed this copy already.
+            std::mem::forget(self.stdin_held.take());
             return;
         }
         if self.reap_later {
@@ -3131,13 +3172,20 @@ fn env_name_error(name: &str) -> Error {
 pub(crate) struct StdioPlan {
     pub sources: [RawFd; 3],
     pub parent_ends: [Option<OwnedFd>; 3],
+    /// The caller's end of a stdin pipe, in `held` (see `open_stdio`).
+    pub stdin_held: Option<RawFd>,
 }
 
+/// The command's streams: the sandbox's ends go to `ends`; the caller's end of a stdin pipe to
+/// `held`, marked too until it is handed over (a copy in a child forked meanwhile would keep
+/// the command from reading end of file), the other caller's ends to the plan.
 pub(crate) fn open_stdio(
     p: &crate::spec::Process,
     ends: &mut crate::forksafe::Ends,
+    held: &mut crate::forksafe::Ends,
 ) -> Result<StdioPlan> {
     let mut parent_ends: [Option<OwnedFd>; 3] = [None, None, None];
+    let mut stdin_held = None;
     let mut stdio = [0, 1, 2];
     for (i, s) in [&p.stdin, &p.stdout, &p.stderr].into_iter().enumerate() {
         let fd = match s {
@@ -3165,7 +3213,11 @@ pub(crate) fn open_stdio(
                 let window = crate::forksafe::Creating::begin();
                 let (r, w) = pipe()?;
                 let (ours, theirs) = if i == 0 { (w, r) } else { (r, w) };
-                parent_ends[i] = Some(ours);
+                if i == 0 {
+                    stdin_held = Some(held.keep(ours));
+                } else {
+                    parent_ends[i] = Some(ours);
+                }
                 let theirs = ends.keep(theirs);
                 drop(window);
                 theirs
@@ -3176,6 +3228,7 @@ pub(crate) fn open_stdio(
     Ok(StdioPlan {
         sources: stdio,
         parent_ends,
+        stdin_held,
     })
 }
 

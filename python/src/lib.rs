@@ -222,10 +222,8 @@ fn check_spec(json: &str) -> PyResult<String> {
 #[pyo3(signature = (spec_json, input=None))]
 fn run(py: Python<'_>, spec_json: &str, input: Option<Vec<u8>>) -> PyResult<Outcome> {
     let spec = spec_from(spec_json)?;
-    let mut child = spawn_spec(py, &spec)?;
-    let limit = spec.output_limit;
     interruptible(py, |interrupt| {
-        child.communicate_with(input.as_deref(), limit, SIGNAL_CHECK, interrupt)
+        rsandbox::run_interruptible(&spec, input.as_deref(), SIGNAL_CHECK, interrupt)
     })
 }
 
