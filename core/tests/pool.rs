@@ -450,29 +450,25 @@ fn a_pooled_jobs_report_is_its_own() {
     let Some(pool) = pool(&spec, 1) else {
         return;
     };
+    // Exactly one wall-timeout entry, of this status.
+    let one_timeout = |r: &rsandbox::RunResult, status: Status| {
+        let timeouts: Vec<_> = r
+            .report
+            .features
+            .iter()
+            .filter(|f| f.name == "wall-timeout")
+            .collect();
+        assert_eq!(timeouts.len(), 1, "{timeouts:?}");
+        assert_eq!(timeouts[0].status, status, "{timeouts:?}");
+    };
     let mut child = pool.spawn_with_timeout(&job("true"), Some(5.0)).unwrap();
     let r = child.wait().unwrap();
-    let timeouts: Vec<_> = r
-        .report
-        .features
-        .iter()
-        .filter(|f| f.name == "wall-timeout")
-        .collect();
-    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
-    assert_eq!(timeouts[0].status, Status::Enforced, "{timeouts:?}");
+    one_timeout(&r, Status::Enforced);
     let p = feature(&r, "pool").unwrap();
     assert!(!p.detail.contains("PID namespace"), "{}", p.detail);
     assert!(p.detail.contains("mounts"), "{}", p.detail);
     // Without a limit for the job: one entry, off.
-    let r = pool.run(&job("true"), None).unwrap();
-    let timeouts: Vec<_> = r
-        .report
-        .features
-        .iter()
-        .filter(|f| f.name == "wall-timeout")
-        .collect();
-    assert_eq!(timeouts.len(), 1, "{timeouts:?}");
-    assert_eq!(timeouts[0].status, Status::Off, "{timeouts:?}");
+    one_timeout(&pool.run(&job("true"), None).unwrap(), Status::Off);
 }
 
 /// A job with more arguments than the agent's table holds is refused by name before it is sent,
