@@ -1,11 +1,16 @@
-//! Process-wide state that a forked child never waits on.
+//! What a fork of the calling process must not inherit.
 //!
 //! A child forked from a multi-threaded process (Python's `os.fork`, a C host's `fork`) holds a
 //! copy of every lock as it was at the fork: one another thread held then stays locked forever
 //! in the child, and its first start would hang. The library's caches and queues are therefore
-//! kept per process: a process finds the state its own pid made, and a forked child makes fresh
-//! state at its first use, leaving its parent's copy untouched (not dropped: that could wait on
-//! what the parent's threads were doing, or close descriptors the child never owned alone).
+//! kept per process ([`PerProcess`]): a process finds the state it made itself, and a forked
+//! child makes fresh state at its first use, leaving its parent's copy untouched (not dropped:
+//! that could wait on what the parent's threads were doing, or close descriptors the child never
+//! owned alone).
+//!
+//! The child also holds copies of every descriptor: those a start holds only until the sandbox
+//! has its own ([`Ends`]) it closes at once, or a start waiting for their end of file would wait
+//! for the child's exit.
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicUsize, Ordering};
@@ -213,9 +218,7 @@ impl InFlight {
             }
         }
     }
-}
 
-impl InFlight {
     /// Unmarks everything marked.
     fn release(&mut self) {
         for i in self.slots.drain(..) {
