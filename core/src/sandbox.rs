@@ -264,7 +264,7 @@ pub struct Child {
     /// SIGKILL was sent to the init: if it ends without a status record, that is how.
     sigkill_sent: bool,
     // Held open for the sandbox's life: the init kills everything when it closes.
-    ctl: Option<OwnedFd>,
+    ctl: Option<crate::forksafe::Ends>,
     status_r: OwnedFd,
     pub(crate) started: Instant,
     pub(crate) deadline: Option<Instant>,
@@ -424,7 +424,9 @@ struct Prepared {
     /// once it has them.
     sandbox_ends: crate::forksafe::Ends,
     err_r: OwnedFd,
-    ctl_w: OwnedFd,
+    /// The caller's end of the control pipe (marked for forks), and its number.
+    ctl: crate::forksafe::Ends,
+    ctl_w: RawFd,
     status_r: OwnedFd,
     scratch: Vec<c_int>,
     cgroup: Option<Cgroup>,
@@ -1005,6 +1007,10 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
     let err_w = ends.keep(err_w);
     let (ctl_r, ctl_w) = pipe()?;
     let ctl_r = ends.keep(ctl_r);
+    // Ours for the sandbox's life: its closing is the caller's end (die_with_parent), which a
+    // copy in a forked child would put off for as long as that child lives.
+    let mut ctl = crate::forksafe::Ends::new();
+    let ctl_w = ctl.keep(ctl_w);
     let (status_r, status_w) = pipe()?;
     let status_w = ends.keep(status_w);
     drop(window);
@@ -1268,6 +1274,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         stdin_held,
         sandbox_ends: ends,
         err_r,
+        ctl,
         ctl_w,
         status_r,
         scratch,
@@ -1676,6 +1683,7 @@ fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
         stdin_held,
         sandbox_ends,
         err_r,
+        ctl,
         ctl_w,
         status_r,
         cgroup,
@@ -1706,7 +1714,7 @@ fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
                 return Err(e);
             }
         }
-        if let Err(e) = sys::write_all(ctl_w.as_raw_fd(), &[1]) {
+        if let Err(e) = sys::write_all(ctl_w, &[1]) {
             reap(&pidfd);
             return Err(Error::os("write to sandbox control pipe", e));
         }
@@ -1808,7 +1816,7 @@ fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
                         helper.process.id(),
                     );
                     fuse_helper = Some(helper);
-                    if let Err(e) = sys::write_all(ctl_w.as_raw_fd(), &[1]) {
+                    if let Err(e) = sys::write_all(ctl_w, &[1]) {
                         stop_helper(&mut fuse_helper);
                         reap(&pidfd);
                         return Err(Error::os("write to sandbox control pipe", e));
@@ -1859,7 +1867,7 @@ fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
         cpu_limit_usec,
         cpu_timed_out: false,
         sigkill_sent: false,
-        ctl: Some(ctl_w),
+        ctl: Some(ctl),
         status_r,
         started,
         deadline: spec.timeout.map(|t| started + Duration::from_secs_f64(t)),
@@ -2838,6 +2846,8 @@ impl Drop for Child {
             // count of running jobs are left alone.
             std::mem::forget(self.cgroup.take());
             std::mem::forget(self.job.take());
+            // The control pipe was marked: the fork closed this copy already.
+            std::mem::forget(self.ctl.take());
             // Its stdin was marked: the fork closed this copy already.
             std::mem::forget(self.stdin_held.take());
             return;
@@ -2978,7 +2988,11 @@ mod reaper {
     /// background thread, or in this thread when [`MAX_PENDING`] are waiting already or the
     /// thread cannot be started. The init no longer reads its control pipe once it has sent the
     /// result: that descriptor is closed here.
-    pub(super) fn hand_over(pidfd: OwnedFd, cgroup: Option<Cgroup>, ctl: Option<OwnedFd>) {
+    pub(super) fn hand_over(
+        pidfd: OwnedFd,
+        cgroup: Option<Cgroup>,
+        ctl: Option<crate::forksafe::Ends>,
+    ) {
         drop(ctl);
         REAPER.hand_over((pidfd, cgroup));
     }

@@ -130,3 +130,37 @@ def test_children_forked_during_starts_do_not_hold_them_up():
     assert r.returncode == 0, r
     cold, pooled, fed = map(float, r.stdout.split())
     assert cold < 2 and pooled < 2 and fed < 2, r.stdout
+
+
+def test_a_sandbox_dies_with_its_caller_though_a_forked_child_lives_on():
+    # The caller's end of the control pipe (its closing is the caller's death) is not left in a
+    # child the caller forked: a sandbox of a caller killed with SIGKILL ends at once, not when
+    # that child exits (10 s here).
+    r = script("""
+        import os, signal, time
+        import rsandbox
+        r, w = os.pipe()
+        caller = os.fork()
+        if caller == 0:
+            p = rsandbox.Sandbox().spawn(["sleep", "60"])
+            if os.fork() == 0:
+                time.sleep(10)
+                os._exit(0)
+            os.write(w, b"%d\\n" % p.pid)
+            time.sleep(60)
+            os._exit(0)
+        init = int(os.read(r, 64))
+        os.kill(caller, signal.SIGKILL)
+        os.waitpid(caller, 0)
+        def alive(pid):
+            try:
+                return open("/proc/%d/stat" % pid).read().rsplit(")", 1)[1].split()[0] != "Z"
+            except OSError:
+                return False
+        start = time.monotonic()
+        while alive(init) and time.monotonic() - start < 5:
+            time.sleep(0.05)
+        print("gone" if not alive(init) else "alive", round(time.monotonic() - start, 1))
+    """)
+    assert r.returncode == 0, r
+    assert r.stdout.split()[0] == "gone", r.stdout
