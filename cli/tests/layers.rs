@@ -155,6 +155,22 @@ fn drivers() -> Vec<(&'static str, &'static str)> {
     d
 }
 
+/// `SCRIPT` on all the layers with `DRIVER` and the persistent upper `UP`.
+#[track_caller]
+fn on_upper(l: &Layers, driver: &str, up: &str, script: &str) -> Run {
+    sh_in(
+        &[
+            "--overlay",
+            &l.all(),
+            "--overlay-driver",
+            driver,
+            "--upper",
+            up,
+        ],
+        script,
+    )
+}
+
 /// `rsandbox run --timeout 60 OPTIONS... -- /bin/sh -c SCRIPT`.
 #[track_caller]
 fn sh_in(options: &[&str], script: &str) -> Run {
@@ -388,15 +404,10 @@ fn persistent_upper_keeps_the_changes_and_diff_lists_exactly_them() {
         let upper_dir = Scratch::new("cli-upper");
         let upper = upper_dir.path().join("changes");
         let up = upper.display().to_string();
-        let r = sh_in(
-            &[
-                "--overlay",
-                &l.all(),
-                "--overlay-driver",
-                driver,
-                "--upper",
-                &up,
-            ],
+        let r = on_upper(
+            &l,
+            driver,
+            &up,
             "echo n > /etc/new; echo more >> /etc/appended; rm /etc/doomed",
         );
         assert_eq!(r.code, 0, "{driver}: {r:?}");
@@ -535,17 +546,7 @@ fn diff_knows_the_driver_and_sees_a_directory_changed_itself() {
         } else {
             "chmod 750 /etc; mkdir -p /bin/sub; echo z >> /etc/appended; rm /etc/doomed"
         };
-        let r = sh_in(
-            &[
-                "--overlay",
-                &l.all(),
-                "--overlay-driver",
-                driver,
-                "--upper",
-                &up,
-            ],
-            script,
-        );
+        let r = on_upper(&l, driver, &up, script);
         assert_eq!(r.code, 0, "{driver}: {r:?}");
         let record: Value =
             serde_json::from_str(&std::fs::read_to_string(sidecar(&upper)).unwrap()).unwrap();
