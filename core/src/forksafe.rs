@@ -101,12 +101,13 @@ impl<T> PerProcess<T> {
     }
 }
 
-/// Descriptors this process holds only while a start is under way: the sandbox's ends of its
-/// pipes (and the lock on a persistent upper), which close here once the sandbox has them. A
-/// child forked meanwhile by another thread would hold copies for as long as it lives: this
-/// process would wait that long for the end of file that says the command was executed (and the
-/// upper would stay locked). The child closes its copies at once (a `pthread_atfork` handler):
-/// the thread that owned them is not in the child, so nothing there closes them again.
+/// Descriptors whose copies in a forked child would hold this process up for as long as that
+/// child lives: the sandbox's ends of its pipes (and the lock on a persistent upper), held until
+/// the sandbox has them, whose end of file says the command was executed; the write end of a
+/// stdin a run feeds, whose end of file the command waits for; the caller's end of a sandbox's
+/// control pipe, whose closing is the caller's death. The child closes its copies at once (a
+/// `pthread_atfork` handler): what owns them there is never dropped (the thread that held them
+/// is not in the child; a handle copied by fork forgets them), so nothing closes them again.
 pub(crate) struct InFlight {
     slots: Vec<usize>,
 }
@@ -233,9 +234,8 @@ impl Drop for InFlight {
     }
 }
 
-/// The sandbox's ends of what a start makes for it (pipes, a socket, a lock), which this process
-/// holds until the clone: marked while held (see [`InFlight`]), then unmarked and closed together
-/// with forks held off, on every path (a number unmarked but still open could be copied
+/// Descriptors of [`InFlight`]'s kinds, owned: marked while held, then unmarked and closed
+/// together with forks held off, on every path (a number unmarked but still open could be copied
 /// unmarked; one closed but still marked could be another descriptor's in a child).
 pub(crate) struct Ends {
     marks: InFlight,
