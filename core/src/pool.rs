@@ -405,9 +405,10 @@ impl Drop for Pool {
         if let Some(t) = self.refill.take() {
             let _ = t.join();
         }
+        // Gone when the pool is: each killed and reaped before this returns.
         let ready = std::mem::take(&mut self.shared.lock().ready);
         for r in ready {
-            r.child.discard();
+            r.child.discard_now();
         }
     }
 }
@@ -459,7 +460,8 @@ fn refill(shared: &Shared) {
                 state.failure = None;
                 if state.closing {
                     drop(state);
-                    r.child.discard();
+                    // Reaped before the pool's drop (which joins this thread) returns.
+                    r.child.discard_now();
                     return;
                 }
                 state.ready.push_back(r);

@@ -2689,6 +2689,13 @@ impl Child {
         }
     }
 
+    /// [`discard`](Self::discard), waiting until the sandbox's init has been reaped.
+    pub(crate) fn discard_now(mut self) {
+        // The drop of an unfinished sandbox that dies with its caller: kill, then reap here.
+        self.die_with_parent = true;
+        self.reap_later = false;
+    }
+
     /// Stops fuse-overlayfs once nothing in the sandbox can use it any more.
     fn stop_fuse(&mut self) {
         if let Some(mut helper) = self.fuse.take() {
