@@ -1259,50 +1259,28 @@ fn the_report_says_what_is_not_in_force() {
 
     // Nested user namespaces: refused by the default profile, and without it by the sandbox's
     // own user namespace's limit; allowed only when asked.
-    let r = rsandbox(&[
-        "run",
-        "--report",
-        "--",
-        "sh",
-        "-c",
-        "unshare -U true; echo $?",
-    ]);
-    assert_ne!(r.stdout.trim(), "0", "{r:?}");
-    assert!(
-        line_starting(&r.stderr, "nested-userns").contains("enforced"),
-        "{r:?}"
-    );
-    let r = rsandbox(&[
-        "run",
-        "--report",
-        "--seccomp",
-        "none",
-        "--",
-        "sh",
-        "-c",
-        "unshare -U true; echo $?",
-    ]);
-    assert_ne!(r.stdout.trim(), "0", "{r:?}");
-    assert!(
-        line_starting(&r.stderr, "nested-userns").contains("max_user_namespaces = 0"),
-        "{r:?}"
-    );
-    let r = rsandbox(&[
-        "run",
-        "--report",
-        "--seccomp",
-        "none",
-        "--allow-nested-userns",
-        "--",
-        "sh",
-        "-c",
-        "unshare -U true; echo $?",
-    ]);
-    assert_eq!(r.stdout.trim(), "0", "{r:?}");
-    assert!(
-        line_starting(&r.stderr, "nested-userns").contains("allowed"),
-        "{r:?}"
-    );
+    let nested = |options: &[&str]| {
+        let mut argv = vec!["run", "--report"];
+        argv.extend_from_slice(options);
+        argv.extend(["--", "sh", "-c", "unshare -U true; echo $?"]);
+        rsandbox(&argv)
+    };
+    for (options, refused, said) in [
+        (&[][..], true, "enforced"),
+        (&["--seccomp", "none"][..], true, "max_user_namespaces = 0"),
+        (
+            &["--seccomp", "none", "--allow-nested-userns"][..],
+            false,
+            "allowed",
+        ),
+    ] {
+        let r = nested(options);
+        assert_eq!(r.stdout.trim() != "0", refused, "{options:?}: {r:?}");
+        assert!(
+            line_starting(&r.stderr, "nested-userns").contains(said),
+            "{options:?}: {r:?}"
+        );
+    }
 
     // No PID namespace: the host's /proc, unmasked (control: masked by default).
     let r = rsandbox(&["run", "--report", "--share", "pid", "--", "true"]);
