@@ -2,9 +2,10 @@
  * sandbox.h: the C interface of rsandbox (libsandbox.so).
  *
  * Ownership. Every object comes from a constructor (sbx_config_new, sbx_config_from_json,
- * sbx_spawn, sbx_run, sbx_child_wait) and is released by its _free function; passing NULL to a
- * _free function does nothing. Strings returned through a `char **out` belong to the caller and
- * are released with sbx_string_free. Pointers returned directly (sbx_result_stdout,
+ * sbx_spawn, sbx_run, sbx_child_wait, sbx_pool_new, sbx_pool_run, sbx_pool_spawn) and is
+ * released by its _free function; passing NULL to a _free function does nothing. Strings
+ * returned through a `char **out` belong to the caller and are released with sbx_string_free.
+ * Pointers returned directly (sbx_result_stdout, sbx_result_stderr,
  * sbx_result_report_json, sbx_result_json, sbx_last_error_message, sbx_version) are borrowed:
  * valid until the owning object is freed (or, for the last error, until the next call on the
  * same thread); never free them. No function consumes its arguments. A function that fails
@@ -16,10 +17,18 @@
  * (spawned from) by several threads at once but not modified while that happens. Results are
  * immutable. A child handle is used by one thread at a time.
  *
+ * Signals. The library changes no signal disposition of the host. Its writes to a sandbox's
+ * pipes (input fed to the command, which may stop reading) block SIGPIPE in the calling thread
+ * for the write and take the one it raised, so a host keeping SIGPIPE's default action is not
+ * ended by it. A host ignoring SIGCHLD still gets every result.
+ *
  * Errors. Every fallible function returns an sbx_result; SBX_OK is 0 and the other codes are
  * explicitly numbered and never renumbered. After a failure, sbx_last_error_message() (this
  * thread's) names the step, the path and the errno, and sbx_last_error_errno() gives the errno.
- * A panic inside the library never crosses this interface: it becomes SBX_ERR_PANIC.
+ * A panic inside the library never crosses this interface: it becomes SBX_ERR_PANIC. A setter
+ * refuses a value that would turn a configuration a start takes into one it refuses (a
+ * relative cwd, an empty hostname, a variable name with '='): the error comes where its cause
+ * is.
  *
  * Strings are UTF-8 and NUL-terminated. Invalid UTF-8 is refused (SBX_ERR_INVALID_UTF8); it is
  * never coerced. A setter that refuses its value (for any reason) leaves the object unchanged.
@@ -39,19 +48,63 @@
  */
 typedef enum {
   SBX_OK = 0,
+  /*
+   A required pointer argument is NULL.
+   */
   SBX_ERR_NULL = 1,
+  /*
+   A string argument is not valid UTF-8.
+   */
   SBX_ERR_INVALID_UTF8 = 2,
+  /*
+   A value the configuration cannot take, or a call's argument out of its range (the
+   message names which).
+   */
   SBX_ERR_INVALID_SPEC = 3,
+  /*
+   A host path the configuration names does not exist.
+   */
   SBX_ERR_PATH_NOT_FOUND = 4,
+  /*
+   A uid or gid the sandbox would run as cannot be mapped from this user.
+   */
   SBX_ERR_UNMAPPABLE_ID = 5,
+  /*
+   The command is not found in the sandbox.
+   */
   SBX_ERR_EXECUTABLE_NOT_FOUND = 6,
+  /*
+   The command exists but cannot be executed (permissions, format, missing interpreter).
+   */
   SBX_ERR_NOT_EXECUTABLE = 7,
+  /*
+   A step of building the sandbox failed (the message names the step, path and errno).
+   */
   SBX_ERR_SETUP = 8,
+  /*
+   The host lacks something required (user namespaces, cgroup delegation, a kernel
+   feature); the message gives the remedy.
+   */
   SBX_ERR_UNSUPPORTED = 9,
+  /*
+   A system call in the calling process failed (pipes, descriptors, processes).
+   */
   SBX_ERR_IO = 10,
+  /*
+   An OCI image is malformed or unsupported.
+   */
   SBX_ERR_INVALID_IMAGE = 11,
+  /*
+   A bug in the library, caught at this interface.
+   */
   SBX_ERR_PANIC = 12,
+  /*
+   A wait ended before the sandbox did (it runs on).
+   */
   SBX_ERR_TIMEOUT = 13,
+  /*
+   Anything else (the message says what).
+   */
   SBX_ERR_OTHER = 14,
 } sbx_result;
 
@@ -158,7 +211,10 @@ sbx_result sbx_config_set_env(sbx_config *cfg, const char *key, const char *valu
 sbx_result sbx_config_set_str(sbx_config *cfg, const char *name, const char *value);
 
 /*
- Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit", "memory",
+ Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit" (bytes kept of
+ each of stdout and stderr when sbx_run captures them: the rest is read and dropped and the
+ result says which stream was cut; the command is not stopped for it, so pair it with a
+ timeout; 0 keeps nothing), "memory",
  "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
  "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
  "template" (0/1: copy the default tree from this process's template from the second sandbox
@@ -250,7 +306,10 @@ int sbx_child_pid(const sbx_child *child);
 sbx_result sbx_child_wait(sbx_child *child, int64_t timeout_ms, sbx_run_result **out);
 
 /*
- Sends `signal` to every process of the sandbox.
+ Sends `signal` (1 to SIGRTMAX, or 0 to check the sandbox is there) to every process of the
+ sandbox; a number that is no signal is SBX_ERR_INVALID_SPEC. SIGKILL ends the sandbox: its
+ init kills and reaps every process, so that their CPU time and memory are in the result (the
+ kernel does it after a second if the init has not). After the sandbox has ended: SBX_OK.
  */
 sbx_result sbx_child_kill(sbx_child *child, int signal);
 

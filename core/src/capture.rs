@@ -2,9 +2,11 @@
 //! over every pipe, so a command that floods both streams while waiting for input never blocks.
 
 use std::fs::File;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{ErrorKind, Read};
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::Duration;
+
+use nix::errno::Errno;
 
 use crate::error::{Error, Result};
 use crate::sandbox::Child;
@@ -147,11 +149,10 @@ pub(crate) fn communicate(
         }
         if fds[0].revents != 0 {
             if let Some(f) = &mut stdin {
-                match f.write(pending) {
+                // (Without SIGPIPE: a C host would die of it when the command stops reading.)
+                match sys::write_nosigpipe(f.as_raw_fd(), pending) {
                     Ok(n) => pending = &pending[n..],
-                    Err(e)
-                        if e.kind() == ErrorKind::WouldBlock
-                            || e.kind() == ErrorKind::Interrupted => {}
+                    Err(Errno::EAGAIN) => {}
                     // The command stopped reading: what it did not take is dropped, as with a shell pipe.
                     Err(_) => pending = &[],
                 }

@@ -283,6 +283,11 @@ impl Ends {
         Some(self.fds.swap_remove(at))
     }
 
+    /// The first descriptor kept (the only one, where one is kept).
+    pub(crate) fn first(&self) -> Option<RawFd> {
+        self.fds.first().map(AsRawFd::as_raw_fd)
+    }
+
     /// Unmarks and closes them all, with forks held off.
     pub(crate) fn close(&mut self) {
         if self.fds.is_empty() {

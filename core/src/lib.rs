@@ -52,7 +52,7 @@ pub use report::{Feature, IdRange, MountEntry, Report, Status};
 pub use sandbox::__bench_plan;
 pub use sandbox::{
     run, run_interruptible, run_with_input, spawn, Child, ExitStatus, RunResult, Usage, Verdict,
-    DEFAULT_PATH,
+    DEFAULT_PATH, END_GRACE,
 };
 pub use spec::{
     CgroupSpec, Filesystem, IdMapping, ImageSource, Landlock, Limits, Mount, Namespaces, Network,

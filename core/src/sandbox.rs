@@ -261,8 +261,12 @@ pub struct Child {
     cgroup: Option<Cgroup>,
     cpu_limit_usec: Option<u64>,
     cpu_timed_out: bool,
-    /// SIGKILL was sent to the init: if it ends without a status record, that is how.
+    /// SIGKILL was sent to the init, or it was asked to end the sandbox: if it ends without a
+    /// status record, that is how.
     sigkill_sent: bool,
+    /// The init was asked to end the sandbox ([`end`](Self::end)): by then it has, or SIGKILL
+    /// from here does.
+    kill_by: Option<Instant>,
     // Held open for the sandbox's life: the init kills everything when it closes.
     ctl: Option<crate::forksafe::Ends>,
     status_r: OwnedFd,
@@ -1714,7 +1718,7 @@ fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
                 return Err(e);
             }
         }
-        if let Err(e) = sys::write_all(ctl_w, &[1]) {
+        if let Err(e) = sys::write_all_nosigpipe(ctl_w, &[child::CTL_GO_ON]) {
             reap(&pidfd);
             return Err(Error::os("write to sandbox control pipe", e));
         }
@@ -1816,7 +1820,7 @@ fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
                         helper.process.id(),
                     );
                     fuse_helper = Some(helper);
-                    if let Err(e) = sys::write_all(ctl_w, &[1]) {
+                    if let Err(e) = sys::write_all_nosigpipe(ctl_w, &[child::CTL_GO_ON]) {
                         stop_helper(&mut fuse_helper);
                         reap(&pidfd);
                         return Err(Error::os("write to sandbox control pipe", e));
@@ -1867,6 +1871,7 @@ fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
         cpu_limit_usec,
         cpu_timed_out: false,
         sigkill_sent: false,
+        kill_by: None,
         ctl: Some(ctl),
         status_r,
         started,
@@ -2285,12 +2290,61 @@ impl Child {
         &self.report
     }
 
-    /// Sends `signal` to every process of the sandbox. SIGKILL ends the sandbox at once.
+    /// Sends `signal` (1 to SIGRTMAX; 0 checks that the init is there) to every process of the
+    /// sandbox. SIGKILL ends the sandbox: its init kills and reaps every process (so that their
+    /// CPU time and memory are in the result), or the kernel does if the init has not within
+    /// [`END_GRACE`].
     pub fn kill(&mut self, signal: i32) -> Result<()> {
         self.own()?;
+        if !(0..=libc::SIGRTMAX()).contains(&signal) {
+            return Err(Error::invalid(
+                "signal",
+                format!(
+                    "{signal} is not a signal number (1 to {})",
+                    libc::SIGRTMAX()
+                ),
+            ));
+        }
         if self.finished.is_some() {
             return Ok(());
         }
+        if signal == libc::SIGKILL {
+            return self.end();
+        }
+        self.signal(signal)
+    }
+
+    /// Ends the sandbox. Its init is asked to, on the control pipe: it kills and reaps every
+    /// process itself, and reports the command's status with the usage of them all. A SIGKILL
+    /// of the init would lose that usage (the kernel releases a dying init's children without
+    /// counting them): a run killed at its wall-clock limit would show none of the CPU time or
+    /// memory it spent. Where the init cannot be asked, or has not ended by [`END_GRACE`]
+    /// (`watch` sees to it), SIGKILL from here.
+    fn end(&mut self) -> Result<()> {
+        if self.kill_by.is_some() {
+            // Asked already; the grace's end does the rest.
+            return Ok(());
+        }
+        let asked = self
+            .ctl
+            .as_ref()
+            .and_then(crate::forksafe::Ends::first)
+            .is_some_and(|fd| sys::write_all_nosigpipe(fd, &[child::CTL_END]).is_ok());
+        if !asked {
+            return self.signal(libc::SIGKILL);
+        }
+        self.sigkill_sent = true;
+        self.kill_by = Some(Instant::now() + END_GRACE);
+        if let Some(Some(w)) = self.wake.get() {
+            // So that a caller polling result_fd calls try_wait when the grace ends.
+            let _ = w.arm(END_GRACE, Duration::ZERO);
+        }
+        Ok(())
+    }
+
+    /// Sends `signal` to the init (which forwards it to every process but SIGKILL, which ends
+    /// it and so the PID namespace).
+    fn signal(&mut self, signal: i32) -> Result<()> {
         if signal == libc::SIGKILL && !self.pid_ns {
             // No PID namespace: the init cannot relay SIGKILL, so reach the process group directly.
             let _ = sys::kill(-self.command_pid, libc::SIGKILL);
@@ -2329,14 +2383,20 @@ impl Child {
                 return Ok(Some(r));
             }
             let now = Instant::now();
-            // Once expired, the deadline has done its work: wait for the exit without spinning.
-            let stop = match self.deadline {
-                Some(d) if d < until && !self.timed_out => d,
+            // What is due next: the deadline (once expired, it has done its work: the exit is
+            // waited for without spinning), the end of an init's grace to end the sandbox.
+            let due = (self.deadline)
+                .filter(|_| !self.timed_out)
+                .into_iter()
+                .chain(self.kill_by)
+                .min();
+            let stop = match due {
+                Some(d) if d < until => d,
                 _ => until,
             };
             if now >= stop {
-                if !self.timed_out && self.deadline.is_some_and(|d| now >= d) {
-                    self.expire()?;
+                if due.is_some_and(|d| now >= d) {
+                    self.watch()?;
                     continue;
                 }
                 return Ok(None);
@@ -2618,6 +2678,11 @@ impl Child {
         if self.deadline.is_some_and(|d| Instant::now() >= d) {
             self.expire()?;
         }
+        if self.kill_by.is_some_and(|d| Instant::now() >= d) {
+            // The init has not ended the sandbox it was asked to end: the kernel does.
+            self.kill_by = None;
+            self.signal(libc::SIGKILL)?;
+        }
         if self.cpu_watch() {
             let used = self.cgroup.as_ref().and_then(Cgroup::cpu_usage_usec);
             if let (Some(used), Some(limit)) = (used, self.cpu_limit_usec) {
@@ -2636,6 +2701,9 @@ impl Child {
         let until_deadline = self
             .deadline
             .filter(|_| !self.timed_out)
+            .into_iter()
+            .chain(self.kill_by)
+            .min()
             .map(|d| d.saturating_duration_since(Instant::now()));
         // The CPU-time limit is checked from cpu.stat every 20 ms.
         let cpu = self.cpu_watch().then_some(Duration::from_millis(20));
@@ -2684,7 +2752,8 @@ impl Child {
     /// one) and leaves its init to the background reaper, whatever `die_with_parent` says: the
     /// caller never saw it, so it must not linger, nor its init stay a zombie.
     pub(crate) fn discard(mut self) {
-        if self.kill(libc::SIGKILL).is_ok() {
+        // (At once, from here: nobody wants its usage.)
+        if self.signal(libc::SIGKILL).is_ok() {
             self.reap_later = true;
         }
     }
@@ -2796,6 +2865,12 @@ impl Wake {
         } else {
             Duration::ZERO
         };
+        wake.arm(first, every)?;
+        Ok(wake)
+    }
+
+    /// Sets the timer: first after `first`, then every `every` (never again if zero).
+    fn arm(&self, first: Duration, every: Duration) -> std::result::Result<(), Errno> {
         let spec = |d: Duration| libc::timespec {
             tv_sec: d.as_secs().min(i64::MAX as u64) as _,
             tv_nsec: d.subsec_nanos() as libc::c_long,
@@ -2807,9 +2882,9 @@ impl Wake {
         };
         // SAFETY: setting is a valid itimerspec; the old value is not asked for.
         sys::check_int(unsafe {
-            libc::timerfd_settime(wake.timer.as_raw_fd(), 0, &setting, std::ptr::null_mut())
-        })?;
-        Ok(wake)
+            libc::timerfd_settime(self.timer.as_raw_fd(), 0, &setting, std::ptr::null_mut())
+        })
+        .map(drop)
     }
 
     fn watch(&self, fd: RawFd) -> std::result::Result<(), Errno> {
@@ -2871,7 +2946,7 @@ impl Drop for Child {
         if self.finished.is_none() && self.die_with_parent {
             // Closing the control pipe makes the init kill the sandbox; SIGKILL makes it certain.
             self.ctl = None;
-            let _ = self.kill(libc::SIGKILL);
+            let _ = self.signal(libc::SIGKILL);
             let mut info: libc::siginfo_t = zeroed();
             let mut usage: libc::rusage = zeroed();
             let _ = sys::retry(|| {
@@ -2945,6 +3020,10 @@ fn note_rule_skipped(report: &mut Report, plan: &Plan, note: Failure) {
         ));
     }
 }
+
+/// How long a sandbox's init has to end it when asked ([`Child::kill`] with SIGKILL): killing and
+/// reaping takes it well under a millisecond per process; past this, the kernel does it.
+pub const END_GRACE: Duration = Duration::from_secs(1);
 
 /// The background reaper of sandboxes whose result was taken before their init had exited.
 ///

@@ -779,6 +779,55 @@ pub fn write_all(fd: c_int, mut buf: &[u8]) -> SysResult<()> {
     Ok(())
 }
 
+/// write(2) to a pipe whose reader may be gone, without SIGPIPE: a C host keeps that signal's
+/// default action, which ends the whole process, and a library's write must never do so. SIGPIPE
+/// is blocked in this thread for the call, and one the call raised is taken before the thread's
+/// mask is restored (one already pending for another reason is left as it was).
+pub fn write_nosigpipe(fd: c_int, buf: &[u8]) -> SysResult<usize> {
+    // SAFETY: sigset_t is plain data, initialised by sigemptyset before use.
+    let mut pipe_only: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut pending: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: every set is a valid sigset_t; pthread_sigmask changes this thread's mask only.
+    let was_pending = unsafe {
+        libc::sigemptyset(&mut pipe_only);
+        libc::sigaddset(&mut pipe_only, libc::SIGPIPE);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &pipe_only, &mut old);
+        libc::sigemptyset(&mut pending);
+        libc::sigpending(&mut pending);
+        libc::sigismember(&pending, libc::SIGPIPE) == 1
+    };
+    let res = retry(|| {
+        // SAFETY: buf is a valid slice for its length.
+        let ret = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        check(ret as c_long)
+    });
+    if res == Err(Errno::EPIPE) && !was_pending {
+        let now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: takes the SIGPIPE just raised at this thread (pending, so at once).
+        unsafe { libc::sigtimedwait(&pipe_only, std::ptr::null_mut(), &now) };
+    }
+    // SAFETY: old is the mask read above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    res.map(|n| n as usize)
+}
+
+/// [`write_all`] without SIGPIPE ([`write_nosigpipe`]).
+pub fn write_all_nosigpipe(fd: c_int, mut buf: &[u8]) -> SysResult<()> {
+    while !buf.is_empty() {
+        match write_nosigpipe(fd, buf)? {
+            0 => return Err(Errno::EIO),
+            n => buf = &buf[n..],
+        }
+    }
+    Ok(())
+}
+
 /// Reads until `buf` is full or end of file; returns the bytes read.
 pub fn read_full(fd: c_int, buf: &mut [u8]) -> SysResult<usize> {
     let mut got = 0;
@@ -1043,6 +1092,14 @@ pub fn reap_any() -> Option<(libc::pid_t, c_int)> {
     } else {
         None
     }
+}
+
+/// Waits for any child to end (blocking); its pid and wait status.
+pub fn wait_any() -> SysResult<(libc::pid_t, c_int)> {
+    let mut status: c_int = 0;
+    // SAFETY: status is a valid out-pointer.
+    let pid = retry(|| check_int(unsafe { libc::waitpid(-1, &mut status, 0) }))?;
+    Ok((pid, status))
 }
 
 pub fn poll(fds: &mut [libc::pollfd], timeout_ms: c_int) -> SysResult<c_int> {

@@ -54,6 +54,111 @@ fn timeout_kills_the_whole_tree() {
     );
 }
 
+/// The start variants whose inits end a sandbox differently: the small init in a PID namespace,
+/// without one (the command's process group is the sandbox), the forking start's init, and a
+/// sandbox that does not die with its handle.
+fn end_variants(script: &str) -> Vec<(&'static str, Spec)> {
+    let base = sh(script);
+    let mut no_pid_ns = base.clone();
+    no_pid_ns.namespaces.pid = rsandbox::Want::Off;
+    let mut forking = base.clone();
+    forking.security.capabilities = vec!["CAP_SYS_PTRACE".into()];
+    let mut lasting = base.clone();
+    lasting.die_with_parent = false;
+    vec![
+        ("small init", base),
+        ("no PID namespace", no_pid_ns),
+        ("forking start", forking),
+        ("die_with_parent off", lasting),
+    ]
+}
+
+/// What a run killed at its wall-clock limit spent is in its result: the CPU time of its
+/// processes (two spinning), and the peak memory of one that held 64 MiB. Without a memory
+/// cgroup these come from the processes' own accounting, which the kernel drops when it reaps
+/// the processes of a killed init: the init ends the sandbox itself, and reports.
+#[test]
+fn a_run_killed_at_its_limit_keeps_its_usage() {
+    let script = "sh -c 'while :; do :; done' & \
+                  dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; while :; do :; done";
+    for (name, mut spec) in end_variants(script) {
+        spec.timeout = Some(1.0);
+        let r = run(&spec);
+        assert_eq!(r.verdict, Verdict::WallTimeout, "{name}");
+        assert_eq!(r.status, ExitStatus::Signaled(libc::SIGKILL), "{name}");
+        assert!(r.usage.cpu_time > 0.2, "{name}: {:?}", r.usage);
+        assert!(r.usage.memory_peak >= 64 << 20, "{name}: {:?}", r.usage);
+        assert!(
+            r.report.features.iter().all(|f| f.name != "result.usage"),
+            "{name}: {:?}",
+            r.report.features
+        );
+    }
+}
+
+/// The same for a sandbox the caller kills, and every process is gone when the result is in.
+#[test]
+fn a_sandbox_killed_by_its_caller_keeps_its_usage() {
+    for (name, spec) in end_variants("while :; do :; done") {
+        let mut child = rsandbox::spawn(&spec).unwrap();
+        std::thread::sleep(Duration::from_millis(600));
+        child.kill(libc::SIGKILL).unwrap();
+        let r = child.wait().unwrap();
+        assert_eq!(r.status, ExitStatus::Signaled(libc::SIGKILL), "{name}");
+        assert_eq!(r.verdict, Verdict::Signaled, "{name}");
+        assert!(r.usage.cpu_time > 0.1, "{name}: {:?}", r.usage);
+        // A second kill of an ended sandbox is nothing.
+        child.kill(libc::SIGKILL).unwrap();
+    }
+}
+
+/// An init that does not end its sandbox when asked (stopped here) is killed once
+/// `END_GRACE` has passed: the sandbox ends all the same, only without its usage.
+#[test]
+fn an_init_that_does_not_end_the_sandbox_is_killed_after_the_grace() {
+    let m = marker();
+    let mut child = rsandbox::spawn(&sh(&format!("sleep 340{m}"))).unwrap();
+    // SAFETY: signalling our own child process (SIGSTOP reaches a PID namespace's init from
+    // its parent namespace).
+    assert_eq!(unsafe { libc::kill(child.pid(), libc::SIGSTOP) }, 0);
+    let asked = Instant::now();
+    child.kill(libc::SIGKILL).unwrap();
+    let r = child.wait().unwrap();
+    let took = asked.elapsed();
+    assert_eq!(r.status, ExitStatus::Signaled(libc::SIGKILL));
+    assert!(took >= rsandbox::END_GRACE, "took {took:?}");
+    assert!(
+        took < rsandbox::END_GRACE + Duration::from_secs(5),
+        "took {took:?}"
+    );
+    assert!(
+        gone_within(&m, Duration::from_secs(5)),
+        "survivors: {:?}",
+        pids_with(&m)
+    );
+}
+
+/// A number that is no signal is refused by name, and the sandbox runs on.
+#[test]
+fn kill_refuses_what_is_not_a_signal() {
+    let mut child = rsandbox::spawn(&sh("sleep 30")).unwrap();
+    for bad in [-1, 65, 9999] {
+        let e = child.kill(bad).unwrap_err();
+        assert_eq!(e.kind(), rsandbox::ErrorKind::InvalidSpec, "{bad}: {e}");
+        assert!(e.to_string().contains("signal"), "{e}");
+    }
+    assert!(child
+        .wait_timeout(Duration::from_millis(50))
+        .unwrap()
+        .is_none());
+    child.kill(0).unwrap();
+    child.kill(libc::SIGKILL).unwrap();
+    assert_eq!(
+        child.wait().unwrap().status,
+        ExitStatus::Signaled(libc::SIGKILL)
+    );
+}
+
 #[test]
 fn kill_reaches_every_process() {
     let m = marker();

@@ -22,19 +22,35 @@ use rsandbox::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum sbx_result {
     SBX_OK = 0,
+    /// A required pointer argument is NULL.
     SBX_ERR_NULL = 1,
+    /// A string argument is not valid UTF-8.
     SBX_ERR_INVALID_UTF8 = 2,
+    /// A value the configuration cannot take, or a call's argument out of its range (the
+    /// message names which).
     SBX_ERR_INVALID_SPEC = 3,
+    /// A host path the configuration names does not exist.
     SBX_ERR_PATH_NOT_FOUND = 4,
+    /// A uid or gid the sandbox would run as cannot be mapped from this user.
     SBX_ERR_UNMAPPABLE_ID = 5,
+    /// The command is not found in the sandbox.
     SBX_ERR_EXECUTABLE_NOT_FOUND = 6,
+    /// The command exists but cannot be executed (permissions, format, missing interpreter).
     SBX_ERR_NOT_EXECUTABLE = 7,
+    /// A step of building the sandbox failed (the message names the step, path and errno).
     SBX_ERR_SETUP = 8,
+    /// The host lacks something required (user namespaces, cgroup delegation, a kernel
+    /// feature); the message gives the remedy.
     SBX_ERR_UNSUPPORTED = 9,
+    /// A system call in the calling process failed (pipes, descriptors, processes).
     SBX_ERR_IO = 10,
+    /// An OCI image is malformed or unsupported.
     SBX_ERR_INVALID_IMAGE = 11,
+    /// A bug in the library, caught at this interface.
     SBX_ERR_PANIC = 12,
+    /// A wait ended before the sandbox did (it runs on).
     SBX_ERR_TIMEOUT = 13,
+    /// Anything else (the message says what).
     SBX_ERR_OTHER = 14,
 }
 
@@ -84,9 +100,11 @@ thread_local! {
     static LAST: RefCell<LastError> = RefCell::new(LastError { message: CString::default(), errno: 0 });
 }
 
+/// Records the thread's last error. During the thread's exit (a pthread key's destructor calling
+/// in) its slot may be gone already: the error is then not kept, and nothing panics.
 fn set_error(message: String, errno: c_int) {
     let message = CString::new(message.replace('\0', " ")).unwrap_or_default();
-    LAST.with(|l| *l.borrow_mut() = LastError { message, errno });
+    let _ = LAST.try_with(|l| *l.borrow_mut() = LastError { message, errno });
 }
 
 fn clear_error() {
@@ -121,8 +139,10 @@ fn fail_with(code: sbx_result, message: &str) -> sbx_result {
 
 /// Runs `f` behind a panic boundary; clears the last error first.
 fn guard(f: impl FnOnce() -> sbx_result) -> sbx_result {
-    clear_error();
-    match catch_unwind(AssertUnwindSafe(f)) {
+    match catch_unwind(AssertUnwindSafe(|| {
+        clear_error();
+        f()
+    })) {
         Ok(code) => code,
         Err(_) => fail_with(
             sbx_result::SBX_ERR_PANIC,
@@ -155,6 +175,19 @@ macro_rules! try_ffi {
             Err(code) => return code,
         }
     };
+}
+
+/// Makes `copy` (the configuration with a setter's change) the configuration, unless the change
+/// turns a configuration a start would take into one it refuses (`Spec::check`): that is refused
+/// here, naming the field, instead of at a start far from its cause.
+fn commit(cfg: &mut sbx_config, copy: Spec) -> sbx_result {
+    if let Err(e) = copy.check() {
+        if cfg.spec.check().is_ok() {
+            return fail(e);
+        }
+    }
+    cfg.spec = copy;
+    sbx_result::SBX_OK
 }
 
 unsafe fn config_mut<'a>(cfg: *mut sbx_config) -> Result<&'a mut sbx_config, sbx_result> {
@@ -194,13 +227,15 @@ pub extern "C" fn sbx_version() -> *const c_char {
 /// on this thread; never free it.
 #[no_mangle]
 pub extern "C" fn sbx_last_error_message() -> *const c_char {
-    LAST.with(|l| l.borrow().message.as_ptr())
+    // (The empty string, static, once the thread's slot is gone: the thread is exiting.)
+    LAST.try_with(|l| l.borrow().message.as_ptr())
+        .unwrap_or(c"".as_ptr())
 }
 
 /// The errno behind the last failed call on this thread (0 when none).
 #[no_mangle]
 pub extern "C" fn sbx_last_error_errno() -> c_int {
-    LAST.with(|l| l.borrow().errno)
+    LAST.try_with(|l| l.borrow().errno).unwrap_or(0)
 }
 
 /// Creates a configuration with every default (all namespaces, the read-only host view, the
@@ -294,15 +329,17 @@ pub unsafe extern "C" fn sbx_config_set_argv(
         if argv.is_null() && argc > 0 {
             return fail_with(sbx_result::SBX_ERR_NULL, "argv is NULL");
         }
-        let mut args = Vec::with_capacity(argc);
+        // (Not sized by argc ahead: a wrong count meets a NULL entry before memory runs out.)
+        let mut args = Vec::new();
         for i in 0..argc {
             // SAFETY: argv holds argc pointers.
             let p = unsafe { *argv.add(i) };
             // SAFETY: text() checks for NULL.
             args.push(try_ffi!(unsafe { text(p, &format!("argv[{i}]")) }).to_string());
         }
-        cfg.spec.process.args = args;
-        sbx_result::SBX_OK
+        let mut copy = cfg.spec.clone();
+        copy.process.args = args;
+        commit(cfg, copy)
     })
 }
 
@@ -321,8 +358,9 @@ pub unsafe extern "C" fn sbx_config_set_env(
             try_ffi!(unsafe { text(key, "key") }),
             try_ffi!(unsafe { text(value, "value") }),
         );
-        cfg.spec.process.env.insert(k.into(), v.into());
-        sbx_result::SBX_OK
+        let mut copy = cfg.spec.clone();
+        copy.process.env.insert(k.into(), v.into());
+        commit(cfg, copy)
     })
 }
 
@@ -347,7 +385,8 @@ pub unsafe extern "C" fn sbx_config_set_str(
             try_ffi!(unsafe { text(name, "name") }),
             try_ffi!(unsafe { text(value, "value") }),
         );
-        let spec = &mut cfg.spec;
+        let mut copy = cfg.spec.clone();
+        let spec = &mut copy;
         match name {
             "cwd" => spec.process.cwd = Some(value.into()),
             "hostname" => spec.hostname = value.into(),
@@ -356,6 +395,12 @@ pub unsafe extern "C" fn sbx_config_set_str(
                 spec.security.seccomp = match value {
                     "default" => Seccomp::Default,
                     "none" => Seccomp::None,
+                    "" => {
+                        return fail_with(
+                            sbx_result::SBX_ERR_INVALID_SPEC,
+                            "seccomp: empty (\"default\", \"none\", or a profile's path)",
+                        )
+                    }
                     path => Seccomp::Profile { path: path.into() },
                 }
             }
@@ -470,11 +515,14 @@ pub unsafe extern "C" fn sbx_config_set_str(
                 )
             }
         }
-        sbx_result::SBX_OK
+        commit(cfg, copy)
     })
 }
 
-/// Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit", "memory",
+/// Sets a number-valued setting: "uid", "gid", "timeout" (seconds), "output_limit" (bytes kept of
+/// each of stdout and stderr when sbx_run captures them: the rest is read and dropped and the
+/// result says which stream was cut; the command is not stopped for it, so pair it with a
+/// timeout; 0 keeps nothing), "memory",
 /// "memory_swap", "pids", "cpus", "cpu_weight", "cpu_time", "limits_best_effort" (0/1),
 /// "allow_nested_userns" (0/1), "mask_proc" (0/1), "landlock" (0 off, 1 best-effort, 2 required),
 /// "template" (0/1: copy the default tree from this process's template from the second sandbox
@@ -624,12 +672,13 @@ pub unsafe extern "C" fn sbx_config_add_bind(
             try_ffi!(unsafe { text(source, "source") }),
             try_ffi!(unsafe { text(destination, "destination") }),
         );
-        cfg.spec.filesystem.mounts.push(Mount::Bind {
+        let mut copy = cfg.spec.clone();
+        copy.filesystem.mounts.push(Mount::Bind {
             source: s.into(),
             destination: d.into(),
             readonly,
         });
-        sbx_result::SBX_OK
+        commit(cfg, copy)
     })
 }
 
@@ -645,12 +694,13 @@ pub unsafe extern "C" fn sbx_config_add_tmpfs(
         let cfg = try_ffi!(unsafe { config_mut(cfg) });
         // SAFETY: as above.
         let d = try_ffi!(unsafe { text(destination, "destination") });
-        cfg.spec.filesystem.mounts.push(Mount::Tmpfs {
+        let mut copy = cfg.spec.clone();
+        copy.filesystem.mounts.push(Mount::Tmpfs {
             destination: d.into(),
             size: (size > 0).then_some(size),
             mode: None,
         });
-        sbx_result::SBX_OK
+        commit(cfg, copy)
     })
 }
 
@@ -669,7 +719,7 @@ pub unsafe extern "C" fn sbx_run(
         // SAFETY: config_ref checks for NULL.
         let cfg = try_ffi!(unsafe { config_ref(cfg) });
         // SAFETY: input is NULL or points to input_len readable bytes.
-        let input = unsafe { input_slice(input, input_len) };
+        let input = try_ffi!(unsafe { input_slice(input, input_len) });
         match rsandbox::run_with_input(&cfg.spec, input) {
             // SAFETY: out was checked non-NULL.
             Ok(r) => unsafe { deliver(r, out) },
@@ -678,13 +728,22 @@ pub unsafe extern "C" fn sbx_run(
     })
 }
 
-/// The caller's input bytes, or None for NULL.
+/// The caller's input bytes, or None for NULL. A length no object can have is refused.
 ///
 /// # Safety
 /// `input` is NULL or points to `len` readable bytes that outlive the returned slice's use.
-unsafe fn input_slice<'a>(input: *const u8, len: usize) -> Option<&'a [u8]> {
-    // SAFETY: forwarded from the caller.
-    (!input.is_null()).then(|| unsafe { std::slice::from_raw_parts(input, len) })
+unsafe fn input_slice<'a>(input: *const u8, len: usize) -> Result<Option<&'a [u8]>, sbx_result> {
+    if input.is_null() {
+        return Ok(None);
+    }
+    if isize::try_from(len).is_err() {
+        return Err(fail_with(
+            sbx_result::SBX_ERR_INVALID_SPEC,
+            &format!("input_len {len} is larger than any buffer can be"),
+        ));
+    }
+    // SAFETY: forwarded from the caller; len fits an object's size.
+    Ok(Some(unsafe { std::slice::from_raw_parts(input, len) }))
 }
 
 unsafe fn deliver(result: RunResult, out: *mut *mut sbx_run_result) -> sbx_result {
@@ -805,7 +864,7 @@ pub unsafe extern "C" fn sbx_pool_run(
         let job = try_ffi!(unsafe { config_ref(job) });
         let (process, timeout) = try_ffi!(pool_job(&job.spec));
         // SAFETY: input is NULL or points to input_len readable bytes.
-        let input = unsafe { input_slice(input, input_len) };
+        let input = try_ffi!(unsafe { input_slice(input, input_len) });
         let ran = match timeout {
             Some(t) => pool
                 .pool
@@ -907,7 +966,10 @@ pub unsafe extern "C" fn sbx_child_wait(
     })
 }
 
-/// Sends `signal` to every process of the sandbox.
+/// Sends `signal` (1 to SIGRTMAX, or 0 to check the sandbox is there) to every process of the
+/// sandbox; a number that is no signal is SBX_ERR_INVALID_SPEC. SIGKILL ends the sandbox: its
+/// init kills and reaps every process, so that their CPU time and memory are in the result (the
+/// kernel does it after a second if the init has not). After the sandbox has ended: SBX_OK.
 #[no_mangle]
 pub unsafe extern "C" fn sbx_child_kill(child: *mut sbx_child, signal: c_int) -> sbx_result {
     guard(|| {

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -126,6 +127,11 @@ static void test_spawn_wait_kill(void) {
     sbx_run_result *res = NULL;
     CHECK(sbx_child_wait(child, 50, &res) == SBX_ERR_TIMEOUT);
     CHECK(res == NULL);
+    /* Not a signal: refused as such (the sandbox runs on). */
+    CHECK(sbx_child_kill(child, 9999) == SBX_ERR_INVALID_SPEC);
+    CHECK(strstr(sbx_last_error_message(), "signal") != NULL);
+    CHECK(sbx_child_kill(child, -1) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_child_wait(child, 50, &res) == SBX_ERR_TIMEOUT);
     CHECK(sbx_child_kill(child, SIGKILL) == SBX_OK);
     CHECK(sbx_child_wait(child, -1, &res) == SBX_OK);
     CHECK(sbx_result_signal(res) == SIGKILL);
@@ -227,6 +233,86 @@ static void test_timeout_verdict(void) {
     sbx_config_free(cfg);
 }
 
+/* Killed at its time limit, the run still counts what it spent: the CPU time of its processes
+ * (two spinning for 1 s) and the peak memory of dd's 64 MiB buffer. Without a memory
+ * cgroup these come from the processes' own accounting, which a SIGKILL of the sandbox's init
+ * used to lose. */
+static void test_timeout_keeps_usage(void) {
+    sbx_config *cfg = config_for(
+        "sh -c 'while :; do :; done' & "
+        "dd if=/dev/zero of=/dev/null bs=64M count=1 2>/dev/null; while :; do :; done");
+    CHECK(sbx_config_set_num(cfg, "timeout", 1.0) == SBX_OK);
+    sbx_run_result *res = NULL;
+    CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_OK);
+    if (res != NULL) {
+        CHECK(sbx_result_verdict(res) == SBX_VERDICT_WALL_TIMEOUT);
+        CHECK(sbx_result_signal(res) == SIGKILL);
+        CHECK(sbx_result_cpu_time(res) > 0.2);
+        CHECK(sbx_result_memory_peak(res) >= 64u << 20);
+        sbx_result_free(res);
+    }
+    sbx_config_free(cfg);
+}
+
+/* Input the command never reads must not kill the host: a C program keeps SIGPIPE's default
+ * action, which ends the process at a write to a pipe nobody reads. */
+static void test_unread_input_is_no_sigpipe(void) {
+    static uint8_t input[1 << 20];
+    memset(input, 'x', sizeof input);
+    sbx_config *cfg = config_for("exit 0");
+    for (int i = 0; i < 20; i++) {
+        sbx_run_result *res = NULL;
+        CHECK(sbx_run(cfg, input, i % 2 ? sizeof input : 2, &res) == SBX_OK);
+        CHECK(res != NULL && sbx_result_exit_code(res) == 0);
+        sbx_result_free(res);
+    }
+    sbx_pool *pool = NULL;
+    CHECK(sbx_pool_new(cfg, 1, &pool) == SBX_OK);
+    for (int i = 0; pool != NULL && i < 5; i++) {
+        sbx_run_result *res = NULL;
+        CHECK(sbx_pool_run(pool, cfg, input, sizeof input, &res) == SBX_OK);
+        CHECK(res != NULL && sbx_result_exit_code(res) == 0);
+        sbx_result_free(res);
+    }
+    sbx_pool_free(pool);
+    sbx_config_free(cfg);
+    /* And SIGPIPE is as the host had it: default, unblocked, nothing left pending. */
+    struct sigaction now;
+    CHECK(sigaction(SIGPIPE, NULL, &now) == 0 && now.sa_handler == SIG_DFL);
+    sigset_t mask, pending;
+    CHECK(pthread_sigmask(SIG_BLOCK, NULL, &mask) == 0 && !sigismember(&mask, SIGPIPE));
+    CHECK(sigpending(&pending) == 0 && !sigismember(&pending, SIGPIPE));
+}
+
+/* The library called from a thread's exit (a pthread key's destructor cleaning up a per-thread
+ * context), when the thread's own storage may be gone: results, never an abort. */
+static int tls_codes[3];
+static void tls_destructor(void *cfg) {
+    tls_codes[0] = sbx_config_set_num(cfg, "timeout", 2.0);
+    tls_codes[1] = sbx_config_set_num(cfg, "timeout", -1.0);
+    tls_codes[2] = sbx_last_error_message() != NULL;
+    sbx_config_free(cfg);
+}
+static void *tls_thread(void *key) {
+    sbx_config *cfg = NULL;
+    /* The library's own per-thread state exists before the key's value is set. */
+    sbx_config_set_num(NULL, "timeout", 1.0);
+    if (sbx_config_new(&cfg) == SBX_OK)
+        pthread_setspecific(*(pthread_key_t *)key, cfg);
+    return NULL;
+}
+static void test_calls_at_thread_exit(void) {
+    pthread_key_t key;
+    CHECK(pthread_key_create(&key, tls_destructor) == 0);
+    pthread_t t;
+    CHECK(pthread_create(&t, NULL, tls_thread, &key) == 0);
+    CHECK(pthread_join(t, NULL) == 0);
+    CHECK(tls_codes[0] == SBX_OK);
+    CHECK(tls_codes[1] == SBX_ERR_INVALID_SPEC);
+    CHECK(tls_codes[2] == 1);
+    pthread_key_delete(key);
+}
+
 static void test_errors(void) {
     sbx_config *cfg = NULL;
     sbx_run_result *res = NULL;
@@ -317,6 +403,37 @@ static void test_errors(void) {
     /* Control: values in range. */
     CHECK(sbx_config_set_num(cfg, "cpu_weight", 100) == SBX_OK);
     CHECK(sbx_config_set_num(cfg, "timeout", 30) == SBX_OK);
+
+    /* A count past the array's end meets its NULL entry: refused, never a count-sized
+     * allocation; an input length no buffer can have is refused before anything is read. */
+    const char *two[] = {"true", NULL};
+    CHECK(sbx_config_set_argv(cfg, two, (size_t)1 << 40) == SBX_ERR_NULL);
+    CHECK(sbx_config_set_argv(cfg, two, SIZE_MAX) == SBX_ERR_NULL);
+    CHECK(strstr(sbx_last_error_message(), "argv[1]") != NULL);
+    CHECK(sbx_run(cfg, (const uint8_t *)"x", SIZE_MAX, &res) == SBX_ERR_INVALID_SPEC && res == NULL);
+    CHECK(strstr(sbx_last_error_message(), "input_len") != NULL);
+    sbx_config_free(cfg);
+
+    /* Values a start would refuse are refused by the setter, naming the field, and change
+     * nothing; control: valid ones are taken. */
+    cfg = config_for("true");
+    CHECK(sbx_config_set_env(cfg, "A=B", "1") == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_env(cfg, "", "1") == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_str(cfg, "cwd", "relative") == SBX_ERR_INVALID_SPEC);
+    CHECK(strstr(sbx_last_error_message(), "cwd") != NULL);
+    CHECK(sbx_config_set_str(cfg, "hostname", "") == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_set_str(cfg, "seccomp", "") == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_add_tmpfs(cfg, "relative", 0) == SBX_ERR_INVALID_SPEC);
+    const char *empty_name[] = {""};
+    CHECK(sbx_config_set_argv(cfg, empty_name, 1) == SBX_ERR_INVALID_SPEC);
+    CHECK(sbx_config_to_json(cfg, &js) == SBX_OK);
+    CHECK(js != NULL && strstr(js, "A=B") == NULL && strstr(js, "relative") == NULL &&
+          strstr(js, "\"true\"") != NULL);
+    sbx_string_free(js);
+    CHECK(sbx_config_set_env(cfg, "A", "B=C") == SBX_OK);
+    CHECK(sbx_config_set_str(cfg, "cwd", "/tmp") == SBX_OK);
+    CHECK(sbx_config_set_str(cfg, "hostname", "h") == SBX_OK);
+    CHECK(sbx_config_add_tmpfs(cfg, "/scratch", 0) == SBX_OK);
     sbx_config_free(cfg);
 
     CHECK(strlen(sbx_version()) > 0);
@@ -335,7 +452,15 @@ static void test_errors_spawn(void) {
     CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_ERR_EXECUTABLE_NOT_FOUND);
     CHECK(strstr(sbx_last_error_message(), "no-such-command-rsbx") != NULL);
     CHECK(sbx_last_error_errno() == 2);
-    CHECK(sbx_config_add_bind(cfg, "relative/path", "/x", true) == SBX_OK);
+    /* Refused by the setter (a relative host path), and refused by a start when it comes in a
+     * JSON configuration. */
+    CHECK(sbx_config_add_bind(cfg, "relative/path", "/x", true) == SBX_ERR_INVALID_SPEC);
+    CHECK(strstr(sbx_last_error_message(), "relative/path") != NULL);
+    sbx_config_free(cfg);
+    CHECK(sbx_config_from_json("{\"process\": {\"args\": [\"true\"]}, \"filesystem\": "
+                               "{\"mounts\": [{\"type\": \"bind\", \"source\": "
+                               "\"relative/path\", \"destination\": \"/x\"}]}}",
+                               &cfg) == SBX_OK);
     CHECK(sbx_run(cfg, NULL, 0, &res) == SBX_ERR_INVALID_SPEC);
     CHECK(res == NULL);
     sbx_config_free(cfg);
@@ -474,7 +599,10 @@ int main(void) {
         test_errors_spawn();
         test_pool();
         test_host_ignoring_sigchld();
+        test_timeout_keeps_usage();
+        test_unread_input_is_no_sigpipe();
     }
+    test_calls_at_thread_exit();
     test_errors();
     printf("%d passed, %d failed\n", passed, failed);
     return failed == 0 ? 0 : 1;

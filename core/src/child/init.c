@@ -4,13 +4,14 @@
  * sealed memfd after setup, in place of the setup process, so the long-lived init is a tiny
  * process of its own instead of a copy of the caller.
  *
- *   rsandbox-init STATUS_FD CTL_FD MAIN_PID PID_NS
+ *   rsandbox-init STATUS_FD CTL_FD MAIN_PID PID_NS DIE_WITH_PARENT
  *
  * It does what child/init.rs does for the other start: every signal arrives through a signalfd
  * (they are all blocked already); SIGCHLD reaps, any other signal is forwarded to the whole
- * sandbox; hang-up of CTL_FD (when >= 0) means the caller is gone, and kills the sandbox; when
- * MAIN_PID (the command) exits, its wait status goes to STATUS_FD and init exits, which ends
- * the PID namespace.
+ * sandbox; when MAIN_PID (the command) exits, its wait status goes to STATUS_FD and init exits,
+ * which ends the PID namespace. CTL_FD is the caller's: the byte CTL_END asks this process to
+ * end the sandbox (see end_all); its hang-up means the caller is gone, which kills the sandbox
+ * when DIE_WITH_PARENT is 1.
  *
  * The same program is the pool's agent when argv[0] is "rsandbox-agent" (see pool.rs): the
  * command of a sandbox started ahead of its job. It runs with every restriction of the command
@@ -79,7 +80,10 @@ struct pollfd {
     short revents;
 };
 
-static int status_fd, ctl_fd, main_pid, pid_ns;
+static int status_fd, ctl_fd, main_pid, pid_ns, die_with_parent;
+
+/* The caller's request on CTL_FD to end the sandbox (child/mod.rs's CTL_END). */
+#define CTL_END 2
 
 static __attribute__((noreturn)) void quit(int code)
 {
@@ -141,6 +145,31 @@ static void reap(void)
         if (pid == main_pid)
             finish(status);
     }
+}
+
+/* The caller's end of the sandbox (its time is up, or it kills it): every process is killed and
+ * reaped here, then the command's status goes out with the usage of them all. Were this process
+ * killed instead, the kernel would reap the others uncounted: a dying init's children are
+ * released without their times and peak memory reaching it. */
+static __attribute__((noreturn)) void end_all(void)
+{
+    /* From pid 1, one kill(-1) suffices: whatever it reached can fork no more, and every process
+     * left in the namespace is a child of this one or becomes one when its parent dies. */
+    forward(SIGKILL);
+    int main_status = SIGKILL; /* as a wait status: killed by SIGKILL */
+    for (;;) {
+        int status = 0;
+        i64 pid = SYS(NR_wait4, -1, &status, 0, 0);
+        if (pid == main_pid) {
+            main_status = status;
+            /* Without a PID namespace the others are not this process's to wait for. */
+            if (!pid_ns)
+                break;
+        } else if (pid < 0 && pid != -EINTR) {
+            break; /* ECHILD: none left */
+        }
+    }
+    finish(main_status);
 }
 
 /* ---------------------------------------------------------------------------------------- agent */
@@ -297,7 +326,7 @@ __attribute__((used)) void init_main(i64 *sp)
     char **argv = (char **)(sp + 1);
     if (argc >= 1 && is_agent(argv[0]))
         agent_main();
-    if (argc < 5)
+    if (argc < 6)
         quit(125);
     /* Not dumpable: the command can neither trace this process nor open its /proc files (its
      * descriptors among them), with or without Landlock. The library executes this program
@@ -308,6 +337,7 @@ __attribute__((used)) void init_main(i64 *sp)
     ctl_fd = parse(argv[2]);
     main_pid = parse(argv[3]);
     pid_ns = parse(argv[4]);
+    die_with_parent = parse(argv[5]);
 
     /* Blocked already by the setup process; blocking again costs nothing and makes the signalfd
      * the only way in for every signal (SIGCHLD included: ignored by default, it would be lost). */
@@ -328,10 +358,17 @@ __attribute__((used)) void init_main(i64 *sp)
         if (n < 0)
             continue;
         if (fds[1].revents) {
-            char byte;
+            char byte = 0;
             if (SYS(NR_read, ctl_fd, &byte, 1, 0) != 1) {
-                forward(SIGKILL);
-                quit(125);
+                if (die_with_parent) {
+                    forward(SIGKILL);
+                    quit(125);
+                }
+                /* The caller let go of the sandbox: it runs on alone. */
+                SYS(NR_close, ctl_fd, 0, 0, 0);
+                fds[1].fd = -1;
+            } else if (byte == CTL_END) {
+                end_all();
             }
         }
         if (fds[0].revents & POLLIN) {

@@ -27,8 +27,9 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
             revents: 0,
         },
         libc::pollfd {
-            // The caller holds the write end for the sandbox's life: hang-up means it is gone.
-            fd: if plan.die_with_parent { plan.ctl_r } else { -1 },
+            // The caller holds the write end for the sandbox's life (or until it lets go of a
+            // sandbox that does not die with it): hang-up means it is gone.
+            fd: plan.ctl_r,
             events: libc::POLLIN,
             revents: 0,
         },
@@ -40,8 +41,15 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
         if fds[1].revents != 0 {
             let mut byte = [0u8; 1];
             if sys::read_full(plan.ctl_r, &mut byte) != Ok(1) {
-                kill_all(plan, main);
-                sys::exit(super::EXIT_SETUP_FAILED);
+                if plan.die_with_parent {
+                    kill_all(plan, main);
+                    sys::exit(super::EXIT_SETUP_FAILED);
+                }
+                // The caller let go of the sandbox: it runs on alone.
+                sys::close(plan.ctl_r);
+                fds[1].fd = -1;
+            } else if byte[0] == super::CTL_END {
+                end_all(plan, main);
             }
         }
         if fds[0].revents & libc::POLLIN != 0 {
@@ -61,6 +69,25 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
             }
         }
     }
+}
+
+/// The caller's end of the sandbox, as child/init.c's end_all: every process killed and reaped
+/// here, so that their usage is this process's to report (the kernel reaps a dying init's
+/// children without counting them).
+fn end_all(plan: &Plan, main: libc::pid_t) -> ! {
+    kill_all(plan, main);
+    // As a wait status: killed by SIGKILL.
+    let mut main_status = libc::SIGKILL;
+    while let Ok((pid, status)) = sys::wait_any() {
+        if pid == main {
+            main_status = status;
+            // Without a PID namespace the others are not this process's to wait for.
+            if !plan.pid_ns {
+                break;
+            }
+        }
+    }
+    finish(plan, main, Some(main_status))
 }
 
 /// Sends `sig` to every process of the sandbox.

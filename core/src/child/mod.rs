@@ -60,6 +60,12 @@ pub(crate) const EXIT_NOT_EXECUTABLE: c_int = 126;
 /// Exit status of the init when setup failed.
 pub(crate) const EXIT_SETUP_FAILED: c_int = 125;
 
+/// What the caller writes on the control pipe: during setup, that the sandbox may go on; once
+/// the command runs, that the init is to end the sandbox, killing and reaping every process of it
+/// so that their usage is in the result (child/init.c's CTL_END).
+pub(crate) const CTL_GO_ON: u8 = 1;
+pub(crate) const CTL_END: u8 = 2;
+
 /// Ids maps the sandbox writes itself.
 pub(crate) struct OwnMaps {
     pub uid_map: Vec<u8>,
@@ -332,7 +338,7 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
     };
     // The command has executed, or failed and said why on the error pipe; the init reaps it.
     let _ = sys::write_all(plan.status_w, &pid.to_ne_bytes());
-    let ctl = if plan.die_with_parent { plan.ctl_r } else { -1 };
+    let ctl = plan.ctl_r;
     let kept = sys::keep_on_exec(plan.status_w)
         .and_then(|()| match ctl {
             -1 => Ok(()),
@@ -346,9 +352,16 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
         let _ = sys::kill(pid, libc::SIGKILL);
         fail(plan.err_w, failure(Step::ExecInit, e), EXIT_SETUP_FAILED);
     }
-    // rsandbox-init STATUS_FD CTL_FD MAIN_PID PID_NS, formatted without allocating.
-    let mut text = [[0u8; 16]; 4];
-    let values = [plan.status_w, ctl, pid, plan.pid_ns as c_int];
+    // rsandbox-init STATUS_FD CTL_FD MAIN_PID PID_NS DIE_WITH_PARENT, formatted without
+    // allocating.
+    let mut text = [[0u8; 16]; 5];
+    let values = [
+        plan.status_w,
+        ctl,
+        pid,
+        plan.pid_ns as c_int,
+        plan.die_with_parent as c_int,
+    ];
     for (buf, value) in text.iter_mut().zip(values) {
         decimal(value, buf);
     }
@@ -358,6 +371,7 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
         text[1].as_ptr().cast(),
         text[2].as_ptr().cast(),
         text[3].as_ptr().cast(),
+        text[4].as_ptr().cast(),
         std::ptr::null(),
     ];
     let envp = [std::ptr::null()];
@@ -519,7 +533,7 @@ fn build_filesystem(plan: &Plan, scratch: &mut [c_int]) -> Result<(), Failure> {
             sys::write_all(plan.err_w, &f.to_bytes())?;
             let mut answer = [0u8; 1];
             match sys::read_full(plan.ctl_r, &mut answer)? {
-                1 if answer[0] == 1 => Ok(()),
+                1 if answer[0] == CTL_GO_ON => Ok(()),
                 _ => Err(Errno::ECANCELED),
             }
         };
