@@ -105,8 +105,13 @@ enum Op {
         attrs: u64,
         dest: CString,
     },
-    /// Hide or freeze an existing path (skipped where the path does not exist).
-    Mask { how: Mask, dest: CString },
+    /// Hide or freeze `path` of the proc filesystem mounted at `proc` (skipped where this
+    /// kernel's proc has no such path).
+    Mask {
+        how: Mask,
+        proc: CString,
+        path: CString,
+    },
 }
 
 /// How a path is masked.
@@ -482,9 +487,9 @@ impl MountPlan {
                 let p = parent.to_bytes();
                 !(p != b"." && (own.contains(&p) || under(p)))
             }
-            Op::Bind { dest, .. } | Op::NewFs { dest, .. } | Op::Mask { dest, .. } => {
-                !under(dest.to_bytes())
-            }
+            Op::Bind { dest, .. } | Op::NewFs { dest, .. } => !under(dest.to_bytes()),
+            // (Each sandbox's own: never among these.)
+            Op::Mask { .. } => true,
         })
     }
 
@@ -549,9 +554,11 @@ impl MountPlan {
                 Mask::ReadOnly => "read-only",
                 _ => "masked",
             };
+            let under = path.strip_prefix("/proc/").unwrap_or(path);
             self.ops.push(Op::Mask {
                 how,
-                dest: cstring("mask", rel(path).as_bytes())?,
+                proc: cstring("mask", b"proc")?,
+                path: cstring("mask", under.as_bytes())?,
             });
             self.descriptions.push(format!("mask(\"{path}\")"));
             masked.push(format!("{path} {kind}"));
@@ -1116,13 +1123,28 @@ fn run_op(root: c_int, op: &Op, fds: &[c_int]) -> Result<(), (Step, Errno)> {
             sys::close(fd);
             res
         }
-        Op::Mask { how, dest } => mask(root, how, dest),
+        Op::Mask { how, proc, path } => mask(root, how, proc, path),
     }
 }
 
-fn mask(root: c_int, how: &Mask, dest: &CStr) -> Result<(), (Step, Errno)> {
-    let target = match sys::open_in_root(root, dest, libc::O_PATH) {
+/// Masks `path` of the proc filesystem at `proc`. Resolved from the proc mount's own root, found
+/// again and checked for each mask, and then without following any link: a rootfs another
+/// sandbox can write may have its `proc` directory renamed or turned into a link while this one
+/// is built, which must leave a mask on the sandbox's proc or fail the start, never skip it or
+/// put it elsewhere.
+fn mask(root: c_int, how: &Mask, proc: &CStr, path: &CStr) -> Result<(), (Step, Errno)> {
+    let proc_root = sys::open_in_root(root, proc, libc::O_PATH | libc::O_DIRECTORY)
+        .map_err(|e| (Step::Mount, e))?;
+    let res = if sys::is_proc_root(proc_root) {
+        sys::open_beneath_no_links(proc_root, path, libc::O_PATH)
+    } else {
+        // Not the proc mount (moved away while this sandbox was built): refused.
+        Err(Errno::EXDEV)
+    };
+    sys::close(proc_root);
+    let target = match res {
         Ok(fd) => fd,
+        // This kernel's proc has no such path: nothing to hide.
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err((Step::Mount, e)),
     };

@@ -2157,6 +2157,10 @@ fn decode_failure(f: Failure, spec: &Spec, plan: &Plan) -> Error {
                 rlimit_name(res)
             )
         }),
+        (Step::Mount, Errno::EXDEV) if detail.starts_with("mask(") => Some(
+                "the rootfs's proc directory is no longer where proc was mounted: something (another sandbox on a writable rootfs?) moved or replaced it while this one was built; a masked /proc cannot be promised then"
+                    .into(),
+            ),
         (Step::CreateMountPoint, Errno::EROFS) => Some(
                 "the mount point is missing under a read-only mount (a read-only bind or rootfs): create it in the source, or mount a tmpfs on a parent first"
                     .into(),

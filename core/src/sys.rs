@@ -690,6 +690,18 @@ fn openat2(dir: c_int, path: &CStr, flags: c_int, resolve: u64) -> SysResult<c_i
     check(ret).map(|fd| fd as c_int)
 }
 
+/// Whether `fd` is the root directory of a proc filesystem.
+pub fn is_proc_root(fd: c_int) -> bool {
+    const PROC_SUPER_MAGIC: u64 = 0x9fa0;
+    const PROC_ROOT_INO: u64 = 1;
+    // SAFETY: both are plain data the calls fill.
+    let (mut fs, mut st): (libc::statfs, libc::stat) = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open; the buffers are valid for the calls.
+    let ok = unsafe { libc::fstatfs(fd, &mut fs) == 0 && libc::fstat(fd, &mut st) == 0 };
+    // (f_type is signed in glibc's struct, unsigned in musl's.)
+    ok && fs.f_type as u64 == PROC_SUPER_MAGIC && st.st_ino == PROC_ROOT_INO
+}
+
 /// openat2 that follows no symbolic link at all and stays beneath `dir`: `path` names what is
 /// there, under its own name, or the call fails (ELOOP for a link on the way).
 pub fn open_beneath_no_links(dir: c_int, path: &CStr, flags: c_int) -> SysResult<c_int> {

@@ -527,3 +527,62 @@ fn the_cgroup_cannot_be_left() {
         "{text}"
     );
 }
+
+/// A rootfs that another sandbox writes can have its /proc replaced while a sandbox on it is
+/// built (here a link flipped between two directories as fast as a shell can): every start either
+/// has every /proc mask on the proc it got, or fails; none gets a proc with masks missing.
+/// Control: without the flipping, a start has them all.
+#[test]
+fn a_proc_replaced_during_setup_never_leaves_masks_off() {
+    let Some(dir) = busybox_rootfs() else { return };
+    let root = dir.path();
+    std::fs::remove_dir(root.join("proc")).unwrap();
+    for d in ["p1", "p2"] {
+        std::fs::create_dir(root.join(d)).unwrap();
+    }
+    std::os::unix::fs::symlink("p1", root.join("proc")).unwrap();
+    for tool in ["ln", "grep", "mv", "cut"] {
+        std::os::unix::fs::symlink("busybox", root.join("bin").join(tool)).unwrap();
+    }
+    let on = |writable: bool, script: &str| {
+        let mut spec = Spec::new(["/bin/sh", "-c", script]);
+        spec.filesystem.root = rsandbox::Root::Directory {
+            path: root.to_path_buf(),
+            writable,
+        };
+        spec.timeout = Some(60.0);
+        spec
+    };
+    // The masks on this sandbox's proc, wherever it is.
+    let count = on(
+        false,
+        "d=/proc; [ -L /proc ] && for d in /p1 /p2; do [ -e $d/self ] && break; done; \
+         at=$(grep ' - proc ' $d/self/mountinfo | cut -d' ' -f5); \
+         grep -c \" $at/\" $d/self/mountinfo",
+    );
+    let full: usize = out(&run(&count)).trim().parse().expect("a count");
+    assert!(full >= 5, "masks without flipping: {full}");
+
+    let mut flipper = rsandbox::spawn(&on(
+        true,
+        // (Renamed into place: the name is never missing, so no start makes it a directory.)
+        "cd /; while :; do ln -sfn p2 new; mv -fT new proc; ln -sfn p1 new; mv -fT new proc; done",
+    ))
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let (mut started, mut refused) = (0, 0);
+    for _ in 0..150 {
+        match rsandbox::run(&count) {
+            Ok(r) if r.status.success() => {
+                started += 1;
+                let got: usize = out(&r).trim().parse().unwrap_or(0);
+                assert_eq!(got, full, "a start with masks missing: {}", said(&r));
+            }
+            Ok(r) => panic!("the count failed: {}", said(&r)),
+            Err(_) => refused += 1,
+        }
+    }
+    flipper.kill(libc::SIGKILL).unwrap();
+    flipper.wait().unwrap();
+    assert!(started > 0, "no start succeeded ({refused} refused)");
+}
