@@ -11,7 +11,7 @@ static ALLOCATOR: arena::Arena = arena::Arena;
 use std::ffi::OsString;
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -28,7 +28,12 @@ const EXIT_SETUP: u8 = 125;
 #[command(
     name = "rsandbox",
     version,
-    about = "Run commands in rootless Linux sandboxes"
+    about = "Run commands in rootless Linux sandboxes",
+    after_help = "Exit status of run: the command's; 128+N when signal N ended it (137 when a \
+                  limit killed it: --json-result gives the verdict); 127 when the command is not \
+                  found in the sandbox, 126 when it cannot be executed; 125 when the sandbox \
+                  could not be set up or the command line is wrong. doctor: 0 when a default \
+                  sandbox can run here, 1 when something it needs is missing."
 )]
 struct Cli {
     #[command(subcommand)]
@@ -187,7 +192,9 @@ struct RunArgs {
     /// Total CPU seconds of the whole sandbox, then it is killed (verdict cpu-timeout).
     #[arg(long, value_name = "SECS")]
     cpu_time: Option<f64>,
-    /// Capture limit per output stream in bytes (with --json-result; output is captured then).
+    /// At most BYTES of each output stream are passed on (and recorded in --json-result); the
+    /// rest is dropped and the cut flagged. The output is then held until the command ends, and
+    /// stdout comes before stderr.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     output_limit: Option<u64>,
     /// cgroup2 directory to create the sandbox's cgroup in (default: RSANDBOX_CGROUP_PARENT, else
@@ -302,7 +309,11 @@ fn main() -> ExitCode {
             } else {
                 print!("{}", d.to_text());
             }
-            ExitCode::SUCCESS
+            if d.ready() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
         }
         Command::Run(args) => match run(&args) {
             Ok(code) => ExitCode::from(code),
@@ -340,7 +351,7 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
     }
     if let Some(dir) = &a.rootfs {
         spec.filesystem.root = Root::Directory {
-            path: dir.clone(),
+            path: host_path(dir),
             writable: a.rootfs_writable,
         };
     }
@@ -396,8 +407,8 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
         for item in list {
             let parts: Vec<&str> = item.split(':').collect();
             let (src, dst) = match parts[..] {
-                [src] => (src, src),
-                [src, dst] => (src, dst),
+                [src] => (src, None),
+                [src, dst] => (src, Some(dst)),
                 _ => {
                     return Err(invalid(
                         "--bind",
@@ -407,12 +418,18 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
                     ))
                 }
             };
-            if src.is_empty() || dst.is_empty() {
+            if src.is_empty() || dst.is_some_and(str::is_empty) {
                 return Err(invalid("--bind", format!("expected SRC:DST, got {item:?}")));
             }
+            let source = host_path(Path::new(src));
+            let destination = match dst {
+                Some(d) => d.to_string(),
+                // The same path in the sandbox: the host's, made absolute.
+                None => source.to_string_lossy().into_owned(),
+            };
             spec.filesystem.mounts.push(Mount::Bind {
-                source: src.into(),
-                destination: dst.into(),
+                source,
+                destination,
                 readonly,
             });
         }
@@ -540,6 +557,19 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
     Ok(spec)
 }
 
+/// A host path given on the command line, relative to the current directory as usual for a
+/// command (the spec takes absolute paths only).
+fn host_path(p: &Path) -> PathBuf {
+    if p.is_absolute() {
+        return p.to_path_buf();
+    }
+    match std::env::current_dir() {
+        Ok(cwd) => cwd.join(p),
+        // (Left relative: the spec's check refuses it, naming the field.)
+        Err(_) => p.to_path_buf(),
+    }
+}
+
 fn invalid(field: &str, reason: String) -> Error {
     Error::InvalidSpec {
         field: field.into(),
@@ -572,27 +602,33 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
         None => None,
     };
     check_streams(&spec)?;
-    let signals = ForwardedSignals::install();
+    // Signals are taken over once the sandbox exists: until then (an image being unpacked, say)
+    // they end this program as usual, and with it anything it started.
+    let mut relayed = None;
     let result = if let Some(limit) = spec.output_limit {
         // Capture through pipes to apply the limit, then pass the output on.
         let mut spec = spec.clone();
         spec.process.stdout = captured("stdout", &spec.process.stdout)?;
         spec.process.stderr = captured("stderr", &spec.process.stderr)?;
         let mut child = rsandbox::spawn(&spec)?;
+        let signals = ForwardedSignals::install();
         let pidfd = child.pidfd();
         // Signals sent to this program are relayed while the output is read, as while waiting.
         let mut relay = || {
             while let Some(sig) = signals.as_ref().and_then(ForwardedSignals::read) {
-                // SAFETY: pidfd_send_signal on the sandbox's init, which the child keeps open.
-                unsafe {
-                    libc::syscall(
-                        libc::SYS_pidfd_send_signal,
-                        pidfd,
-                        sig,
-                        std::ptr::null::<libc::siginfo_t>(),
-                        0,
-                    )
+                let send = |sig: i32| {
+                    // SAFETY: pidfd_send_signal on the sandbox's init, which the child keeps open.
+                    unsafe {
+                        libc::syscall(
+                            libc::SYS_pidfd_send_signal,
+                            pidfd,
+                            sig,
+                            std::ptr::null::<libc::siginfo_t>(),
+                            0,
+                        )
+                    };
                 };
+                relayed = relay_signal(sig, send).or(relayed);
             }
             false
         };
@@ -600,10 +636,19 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
         child.release_for_exit();
         let _ = std::io::stdout().write_all(r.stdout.as_deref().unwrap_or_default());
         let _ = std::io::stderr().write_all(r.stderr.as_deref().unwrap_or_default());
+        for (name, cut) in [
+            ("stdout", r.stdout_truncated),
+            ("stderr", r.stderr_truncated),
+        ] {
+            if cut {
+                eprintln!("rsandbox: {name} cut at --output-limit ({limit} bytes)");
+            }
+        }
         r
     } else {
         let mut child = rsandbox::spawn(&spec)?;
-        let r = wait_forwarding(&mut child, signals.as_ref())?;
+        let signals = ForwardedSignals::install();
+        let r = wait_forwarding(&mut child, signals.as_ref(), &mut relayed)?;
         // This process exits next.
         child.release_for_exit();
         r
@@ -611,8 +656,8 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
     if a.report {
         eprint!("{}", result.report.to_text());
         eprintln!(
-            "result: {:?} verdict={} wall={:.3}s user={:.3}s sys={:.3}s memory_peak={}KiB ({}) oom_kills={}",
-            result.status,
+            "result: {} verdict={} wall={:.3}s user={:.3}s sys={:.3}s memory_peak={}KiB ({}) oom_kills={}",
+            serde_json::to_string(&result.status).unwrap_or_default(),
             serde_json::to_value(result.verdict)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
@@ -632,7 +677,51 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
             eprintln!("rsandbox: cannot write --json-result: {e}");
         }
     }
+    if relayed == Some(libc::SIGINT)
+        && result.status == rsandbox::ExitStatus::Signaled(libc::SIGINT)
+    {
+        // Ctrl-C ended the command: end this program by it too, so that a calling shell sees
+        // the interrupt (and stops a loop) instead of an exit status.
+        die_of(libc::SIGINT);
+    }
     Ok(result.status.shell_code().clamp(0, 255) as u8)
+}
+
+/// Ends this process by `sig`, its default action restored and unblocked.
+fn die_of(sig: i32) {
+    let _ = std::io::stdout().flush();
+    // SAFETY: restoring a default action, unblocking it and raising it in this process.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+}
+
+/// Passes a signal this program received to the sandbox through `send`; returns it when it is
+/// one the sandbox ends by. Job control is relayed as a terminal would: a stop request (Ctrl-Z,
+/// or a background read or write of the terminal) stops every process of the sandbox and then
+/// this program, and the continue signal continues them after it.
+fn relay_signal(sig: i32, mut send: impl FnMut(i32)) -> Option<i32> {
+    match sig {
+        libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
+            send(libc::SIGSTOP);
+            // SAFETY: stopping this process; it goes on at SIGCONT.
+            unsafe { libc::raise(libc::SIGSTOP) };
+            None
+        }
+        libc::SIGCONT => {
+            send(libc::SIGCONT);
+            None
+        }
+        _ => {
+            send(sig);
+            Some(sig)
+        }
+    }
 }
 
 /// The command line has no use for a pipe: it would hold the other end and never use it (the
@@ -672,10 +761,12 @@ fn captured(name: &str, how: &rsandbox::Stdio) -> Result<rsandbox::Stdio, Error>
     }
 }
 
-/// Waits for the sandbox while relaying SIGINT, SIGTERM, SIGHUP and SIGQUIT sent to this process.
+/// Waits for the sandbox while relaying signals sent to this process (see [`relay_signal`]);
+/// `relayed` is the last one relayed that ends a sandbox.
 fn wait_forwarding(
     child: &mut Child,
     signals: Option<&ForwardedSignals>,
+    relayed: &mut Option<i32>,
 ) -> Result<rsandbox::RunResult, Error> {
     let Some(signals) = signals else {
         return child.wait();
@@ -700,8 +791,17 @@ fn wait_forwarding(
         // SAFETY: fds is a valid array of two pollfd structs.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, 50) };
         if fds[1].revents & libc::POLLIN != 0 {
-            if let Some(sig) = signals.read() {
-                child.kill(sig)?;
+            while let Some(sig) = signals.read() {
+                let mut failed = None;
+                let got = relay_signal(sig, |s| {
+                    if let Err(e) = child.kill(s) {
+                        failed = Some(e);
+                    }
+                });
+                if let Some(e) = failed {
+                    return Err(e);
+                }
+                *relayed = got.or(*relayed);
             }
         }
     }
@@ -713,16 +813,34 @@ struct ForwardedSignals {
 }
 
 impl ForwardedSignals {
-    const SIGNALS: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT];
+    const SIGNALS: [i32; 8] = [
+        libc::SIGINT,
+        libc::SIGTERM,
+        libc::SIGHUP,
+        libc::SIGQUIT,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGCONT,
+    ];
 
+    /// Takes over the relayed signals, except those this program was started ignoring (`nohup`
+    /// ignores SIGHUP, a non-interactive shell's background job SIGINT and SIGQUIT): the
+    /// sandbox is to ignore them as its caller does.
     fn install() -> Option<ForwardedSignals> {
-        // SAFETY: sigset_t is plain data initialised by sigemptyset/sigaddset; blocking the relayed
-        // signals in this single-threaded program and reading them from a signalfd is sound.
+        // SAFETY: sigset_t and sigaction are plain data initialised before use; blocking the
+        // relayed signals in this single-threaded program and reading them from a signalfd is
+        // sound.
         unsafe {
             let mut set: libc::sigset_t = std::mem::zeroed();
             libc::sigemptyset(&mut set);
             for s in Self::SIGNALS {
-                libc::sigaddset(&mut set, s);
+                let mut old: libc::sigaction = std::mem::zeroed();
+                let ignored = libc::sigaction(s, std::ptr::null(), &mut old) == 0
+                    && old.sa_sigaction == libc::SIG_IGN;
+                if !ignored {
+                    libc::sigaddset(&mut set, s);
+                }
             }
             if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
                 return None;

@@ -538,6 +538,108 @@ fn sigint_sighup_and_sigquit_to_the_cli_are_forwarded_too() {
     }
 }
 
+/// Ctrl-C that ends the command ends the CLI by SIGINT too (a calling shell then stops its loop,
+/// as it would for any interrupted program); another relayed signal gives its exit status.
+#[test]
+fn ctrl_c_ends_the_cli_by_sigint() {
+    use std::os::unix::process::ExitStatusExt;
+    for (signal, by_signal) in [(libc::SIGINT, true), (libc::SIGTERM, false)] {
+        let m = marker();
+        let mut child = cli(["run", "--", "sleep", &format!("43{signal}{m}")])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        assert!(wait_for_sleeps(&m, 1, Duration::from_secs(10)));
+        send_signal(child.id(), signal);
+        let status = child.wait().unwrap();
+        if by_signal {
+            assert_eq!(status.signal(), Some(signal), "{status:?}");
+        } else {
+            assert_eq!(status.code(), Some(128 + signal), "{status:?}");
+        }
+        assert!(gone_within(&m, Duration::from_secs(5)));
+    }
+}
+
+/// A signal the CLI was started ignoring (`nohup` and SIGHUP) is not relayed: the command runs
+/// on as it would under the same caller. Control: not ignored, it is relayed (the test above).
+#[test]
+fn signals_the_cli_ignores_are_not_relayed() {
+    use std::os::unix::process::CommandExt;
+    let m = marker();
+    let mut cmd = cli([
+        "run",
+        "--",
+        "sh",
+        "-c",
+        &format!("sleep 400{m} & s=$!; sleep 0.8; kill $s; echo survived"),
+    ]);
+    // SAFETY: signal() is async-signal-safe and touches nothing else of this process's state.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGHUP, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().unwrap();
+    assert!(wait_for_sleeps(&m, 1, Duration::from_secs(10)));
+    send_signal(child.id(), libc::SIGHUP);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "survived\n");
+}
+
+/// Ctrl-Z (SIGTSTP) stops every process of the sandbox, then the CLI; SIGCONT continues them.
+#[test]
+fn ctrl_z_stops_the_sandbox_and_continue_resumes_it() {
+    let dir = TempDir::new("tstp");
+    let ticks = dir.path().join("ticks");
+    let script = format!(
+        "while :; do echo tick >> {}; sleep 0.05; done",
+        ticks.display()
+    );
+    let bind = format!("{}:{}", dir.path().display(), dir.path().display());
+    let mut child = cli(["run", "--bind", &bind, "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = || {
+        std::fs::read_to_string(&ticks)
+            .map(|t| t.lines().count())
+            .unwrap_or(0)
+    };
+    let state = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(") ").next().and_then(|r| r.chars().next()))
+    };
+    let until = |what: &dyn Fn() -> bool| {
+        let start = Instant::now();
+        while !what() {
+            assert!(start.elapsed() < Duration::from_secs(10), "timed out");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    until(&|| lines() >= 3);
+    send_signal(child.id(), libc::SIGTSTP);
+    until(&|| state(child.id()) == Some('T'));
+    std::thread::sleep(Duration::from_millis(200));
+    let stopped_at = lines();
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        lines(),
+        stopped_at,
+        "the sandbox ran on while the CLI was stopped"
+    );
+    send_signal(child.id(), libc::SIGCONT);
+    until(&|| lines() > stopped_at + 2);
+    send_signal(child.id(), libc::SIGTERM);
+    assert_eq!(
+        wait_within(&mut child, Duration::from_secs(10)),
+        128 + libc::SIGTERM
+    );
+}
+
 #[test]
 fn a_forwarded_signal_leaves_no_background_process() {
     let m = marker();
@@ -626,6 +728,31 @@ fn cwd_option() {
     assert_eq!((r.code, r.stdout.as_str()), (0, "/tmp\n"), "{r:?}");
     let r = rsandbox(&["run", "--", "pwd"]);
     assert_eq!(r.stdout, "/work\n", "{r:?}");
+}
+
+/// A relative bind source is the CLI's current directory's, as for any command; alone, it is
+/// bound at the same (absolute) path in the sandbox.
+#[test]
+fn relative_bind_sources_are_resolved_from_the_current_directory() {
+    let dir = TempDir::new("relbind");
+    std::fs::create_dir(dir.path().join("data")).unwrap();
+    std::fs::write(dir.path().join("data/f"), "here\n").unwrap();
+    let mut cmd = cli(["run", "--ro-bind", "data:/in", "--", "cat", "/in/f"]);
+    cmd.current_dir(dir.path());
+    let r = run_cmd(cmd, None);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "here\n"), "{r:?}");
+    let same = dir.path().join("data/f");
+    let mut cmd = cli([
+        "run",
+        "--ro-bind",
+        "data",
+        "--",
+        "cat",
+        &same.display().to_string(),
+    ]);
+    cmd.current_dir(dir.path());
+    let r = run_cmd(cmd, None);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "here\n"), "{r:?}");
 }
 
 #[test]
@@ -850,6 +977,26 @@ fn doctor_prints_json_checks_and_text() {
     assert!(j["checks"].is_array(), "{j}");
     let r = rsandbox(&["doctor"]);
     assert_eq!(r.code, 0, "{r:?}");
+    assert!(
+        r.stdout.contains("ready: a default sandbox can run here"),
+        "{r:?}"
+    );
+    // Inside a sandbox (no nested user namespaces, no mount API) a default sandbox cannot run:
+    // doctor says so and exits 1.
+    let bin = bin().display().to_string();
+    let r = rsandbox(&[
+        "run",
+        "--ro-bind",
+        &format!("{bin}:/rsandbox"),
+        "--",
+        "/rsandbox",
+        "doctor",
+    ]);
+    assert_eq!(r.code, 1, "{r:?}");
+    assert!(
+        r.stdout.contains("NOT READY: a default sandbox needs"),
+        "{r:?}"
+    );
 }
 
 #[test]

@@ -48,14 +48,33 @@ pub struct Doctor {
     pub checks: Vec<Check>,
 }
 
+/// The checks a sandbox of the default spec cannot start without.
+const NEEDED: [&str; 6] = [
+    "proc",
+    "user-namespaces",
+    "seccomp",
+    "pidfd",
+    "clone3",
+    "mount-api",
+];
+
 impl Doctor {
+    /// Whether a sandbox of the default spec can start here: every check it needs is available
+    /// (`proc`, `user-namespaces`, `seccomp`, `pidfd`, `clone3`, `mount-api`). The other checks
+    /// say what more can be asked for (limits, overlays, images, Landlock).
+    pub fn ready(&self) -> bool {
+        self.checks
+            .iter()
+            .all(|c| c.available || !NEEDED.contains(&c.name.as_str()))
+    }
+
     /// The check called `name`, if there is one.
     pub fn check(&self, name: &str) -> Option<&Check> {
         self.checks.iter().find(|c| c.name == name)
     }
 
     /// A human-readable report: one line per check (name, `ok` or `MISSING`, detail), and a
-    /// `remedy:` line under each missing one.
+    /// `remedy:` line under each missing one; then whether a default sandbox can run.
     pub fn to_text(&self) -> String {
         let mut out = format!("rsandbox doctor: host checks for uid {}\n", self.uid);
         for c in &self.checks {
@@ -64,6 +83,19 @@ impl Doctor {
             if let (false, Some(remedy)) = (c.available, &c.remedy) {
                 let _ = writeln!(out, "{:<28}remedy: {remedy}", "");
             }
+        }
+        let missing: Vec<&str> = (self.checks.iter())
+            .filter(|c| !c.available && NEEDED.contains(&c.name.as_str()))
+            .map(|c| c.name.as_str())
+            .collect();
+        if missing.is_empty() {
+            out.push_str("ready: a default sandbox can run here\n");
+        } else {
+            let _ = writeln!(
+                out,
+                "NOT READY: a default sandbox needs {}",
+                missing.join(", ")
+            );
         }
         out
     }
@@ -733,7 +765,14 @@ fn mount_api() -> Check {
     let open_tree = sys::open_tree(libc::AT_FDCWD, c"/", libc::O_CLOEXEC as libc::c_uint);
     // Setting and clearing nothing is a no-op; any answer but ENOSYS means the call exists.
     let setattr = sys::mount_setattr(libc::AT_FDCWD, c"/", 0, 0, 0, 0);
-    let remedy = "use a kernel >= 5.12 (open_tree, fsopen, move_mount, mount_setattr)";
+    let remedy = match open_tree {
+        // The calls exist but are refused: a seccomp filter or an outer sandbox.
+        Err(Errno::EPERM | Errno::EACCES) => {
+            "this process may not use the mount API: run outside the container or sandbox that \
+             refuses it (or let it allow open_tree, fsopen, move_mount and mount_setattr)"
+        }
+        _ => "use a kernel >= 5.12 (open_tree, fsopen, move_mount, mount_setattr)",
+    };
     let (available, detail) = match (open_tree, setattr) {
         (Err(e), _) => (false, format!("open_tree => {e:?} ({})", e.desc())),
         (Ok(fd), Err(Errno::ENOSYS)) => {

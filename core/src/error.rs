@@ -279,7 +279,7 @@ pub enum Error {
     },
     /// The command is not present in the sandbox's filesystem, or the interpreter it asks for is
     /// not.
-    #[error("executable not found in sandbox: {name}{}", not_found_suffix(*errno, *interpreter_missing))]
+    #[error("executable not found in sandbox: {name}{}", not_found_suffix(name, *errno, *interpreter_missing))]
     ExecutableNotFound {
         /// The name as given in argv\[0\].
         name: String,
@@ -291,7 +291,7 @@ pub enum Error {
         interpreter_missing: bool,
     },
     /// The command exists but the kernel refused to execute it.
-    #[error("cannot execute {name} in sandbox: {errno:?} ({})", errno.desc())]
+    #[error("cannot execute {name} in sandbox: {errno:?} ({}){}", errno.desc(), not_executable_suffix(*errno))]
     NotExecutable {
         /// The name as given in argv\[0\].
         name: String,
@@ -370,15 +370,38 @@ pub(crate) fn descriptor_remedy(errno: Errno) -> Option<String> {
     }
 }
 
-fn not_found_suffix(errno: Errno, interpreter_missing: bool) -> String {
+fn not_found_suffix(name: &str, errno: Errno, interpreter_missing: bool) -> String {
     if interpreter_missing {
-        " exists, but the interpreter it asks for (its #! line, or an ELF program's dynamic \
-         loader) is not in the sandbox"
-            .into()
-    } else if errno != Errno::ENOENT {
-        format!(" ({errno:?}: {})", errno.desc())
-    } else {
-        String::new()
+        return " exists, but the interpreter it asks for (its #! line, or an ELF program's \
+                dynamic loader) is not in the sandbox"
+            .into();
+    }
+    let mut out = String::new();
+    if errno != Errno::ENOENT {
+        out = format!(" ({errno:?}: {})", errno.desc());
+    }
+    if name.contains('/') && !name.starts_with('/') {
+        out.push_str(
+            "; a relative path is looked up from the sandbox's working directory (/work unless \
+             set), not the caller's",
+        );
+    } else if name.starts_with('/') {
+        out.push_str(
+            "; the path is the sandbox's: a host file outside what the sandbox sees (the host \
+             view's system directories, or the rootfs) must be bound in (CLI: --ro-bind)",
+        );
+    }
+    out
+}
+
+fn not_executable_suffix(errno: Errno) -> &'static str {
+    match errno {
+        Errno::EACCES => {
+            "; a directory, a file without execute permission, or a file on a mount without \
+             exec"
+        }
+        Errno::ENOEXEC => "; not a program this kernel runs, and no #! line",
+        _ => "",
     }
 }
 

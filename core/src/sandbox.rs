@@ -910,8 +910,10 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
             Status::Skipped,
             "the command runs as the host's uid 0 (the caller's, or mapped to it): without \
              capabilities, but files root owns in the host view are readable as root's (and \
-             writable where mounted writable); an unprivileged caller, or a subordinate range, \
-             keeps the command from being root on the host"
+             writable where mounted writable); run it as an unprivileged user, or map a \
+             subordinate range and give the command a uid and gid other than 0 in it (CLI: \
+             --map-range --uid 1000 --gid 1000; with the range alone the command is uid 0 \
+             inside, which is still the host's 0)"
                 .into(),
         );
     }
@@ -2312,10 +2314,31 @@ impl Child {
         if self.finished.is_some() {
             return Ok(());
         }
-        if signal == libc::SIGKILL {
-            return self.end();
+        match signal {
+            libc::SIGKILL => self.end(),
+            libc::SIGSTOP => self.stop_all(),
+            _ => self.signal(signal),
         }
-        self.signal(signal)
+    }
+
+    /// SIGSTOP to every process but the init: the init relays it when asked on the control pipe
+    /// (SIGSTOP sent to the init would stop the init alone). SIGCONT continues them.
+    fn stop_all(&mut self) -> Result<()> {
+        let asked = self
+            .ctl
+            .as_ref()
+            .and_then(crate::forksafe::Ends::first)
+            .map(|fd| sys::write_all_nosigpipe(fd, &[child::CTL_STOP]));
+        match asked {
+            Some(Ok(())) => Ok(()),
+            // The init is gone: the sandbox has ended (its result says how).
+            Some(Err(Errno::EPIPE)) => Ok(()),
+            Some(Err(e)) => Err(Error::os("write to sandbox control pipe", e)),
+            None => Err(Error::invalid(
+                "signal",
+                "SIGSTOP needs the sandbox's control pipe, which this handle no longer holds",
+            )),
+        }
     }
 
     /// Ends the sandbox. Its init is asked to, on the control pipe: it kills and reaps every

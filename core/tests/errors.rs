@@ -331,7 +331,19 @@ fn exec_failures_name_their_cause() {
     // Control.
     let e = error_of(&with_dir(vec!["/d/nothing".into()]));
     assert_eq!(e.kind(), ErrorKind::ExecutableNotFound, "{e}");
-    assert_eq!(e.to_string(), "executable not found in sandbox: /d/nothing");
+    assert!(
+        e.to_string()
+            .starts_with("executable not found in sandbox: /d/nothing; the path is the sandbox's"),
+        "{e}"
+    );
+    // A relative path is said to be the sandbox's working directory's.
+    let e = error_of(&with_dir(vec!["./nothing".into()]));
+    assert_eq!(e.kind(), ErrorKind::ExecutableNotFound, "{e}");
+    assert!(e.to_string().contains("not the caller's"), "{e}");
+    // A directory cannot be executed, and the message says what EACCES can mean.
+    let e = error_of(&with_dir(vec!["/d".into()]));
+    assert_eq!(e.kind(), ErrorKind::NotExecutable, "{e}");
+    assert!(e.to_string().contains("a directory"), "{e}");
     // The pool's agent tells the same.
     let Ok(pool) = rsandbox::Pool::new(&with_dir(vec!["true".into()]), 1) else {
         return skip("no pool here");

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{busybox_rootfs, fuse_usable, gone_within, out, sh, skip, subordinate_ids_missing};
-use rsandbox::{ExitStatus, IdMapping, Overlay, OverlayDriver, Root, Spec, Status, Upper, Verdict};
+use rsandbox::{ExitStatus, IdMapping, Overlay, OverlayDriver, Root, Spec, Upper, Verdict};
 
 /// Children reaped by the host's handler, sandboxes' or not.
 static REAPED: AtomicUsize = AtomicUsize::new(0);
@@ -63,7 +63,7 @@ fn ignored(status_lines: &str, which: &str) -> u64 {
     u64::from_str_radix(hex, 16).expect("hex mask")
 }
 
-fn every_result_arrives(host: &str, usage: Usage) {
+fn every_result_arrives(host: &str) {
     eprintln!("host: {host}");
     // A range mapping: the maps are written by the caller (through newuidmap and newgidmap,
     // which are its children, as a user).
@@ -148,42 +148,26 @@ fn every_result_arrives(host: &str, usage: Usage) {
         );
         assert_eq!(ignored(init, "SigIgn") & SIGCHLD_BIT, 0, "{what}: {text:?}");
 
-        // Killed at the wall-clock limit: the result comes from the init's exit, or where the
-        // host took that, from the kill; the report then says the usage went with it.
+        // Killed at the wall-clock limit: the init ends the sandbox and reports the status and
+        // usage before it exits, so they reach the result whoever reaps the init.
         let r = run("sleep 30", 0.3);
         assert_eq!(r.verdict, Verdict::WallTimeout, "{what}: {r:?}");
         assert_eq!(r.status, ExitStatus::Signaled(libc::SIGKILL), "{what}");
         let lost = r.report.feature("result.usage");
-        match usage {
-            Usage::Kept => assert!(lost.is_none(), "{what}: {lost:?}"),
-            Usage::Lost => {
-                let lost = lost.unwrap_or_else(|| panic!("{what}: no result.usage entry"));
-                assert_eq!(lost.status, Status::Skipped, "{what}");
-            }
-            Usage::Either => {}
-        }
+        assert!(lost.is_none(), "{what}: {lost:?}");
     }
-}
-
-/// Whether the usage of a sandbox killed at its time limit reaches the result.
-enum Usage {
-    Kept,
-    /// The kernel reaps the init at its exit.
-    Lost,
-    /// A handler may reap it before the library does.
-    Either,
 }
 
 #[test]
 fn a_host_ignoring_or_reaping_every_child_gets_every_result() {
     // Control: the default disposition.
-    every_result_arrives("default SIGCHLD", Usage::Kept);
+    every_result_arrives("default SIGCHLD");
 
     set_sigchld(libc::SIG_IGN);
-    every_result_arrives("SIGCHLD ignored", Usage::Lost);
+    every_result_arrives("SIGCHLD ignored");
 
     set_sigchld(reap_every_child as *const () as libc::sighandler_t);
-    every_result_arrives("SIGCHLD handler reaping every child", Usage::Either);
+    every_result_arrives("SIGCHLD handler reaping every child");
     set_sigchld(libc::SIG_DFL);
     eprintln!(
         "the handler reaped {} processes",

@@ -138,6 +138,51 @@ fn an_init_that_does_not_end_the_sandbox_is_killed_after_the_grace() {
     );
 }
 
+/// SIGSTOP stops every process of the sandbox but its init (which relays it: sent to the init
+/// itself it would stop the init alone), and SIGCONT continues them.
+#[test]
+fn sigstop_and_sigcont_reach_every_process() {
+    let state = |pid: u32| {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| s.rsplit(") ").next().and_then(|r| r.chars().next()))
+    };
+    let all_in = |m: &str, want: bool| {
+        let start = Instant::now();
+        loop {
+            let pids = pids_with(m);
+            let stopped = pids.iter().filter(|&&p| state(p) == Some('T')).count();
+            if pids.len() >= 2 && (stopped == pids.len()) == want && (stopped == 0) != want {
+                return true;
+            }
+            if start.elapsed() > Duration::from_secs(5) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    for (name, spec) in end_variants("") {
+        let m = marker();
+        let mut spec = spec;
+        spec.process.args = sh(&format!("sleep 350{m} & sleep 351{m} & wait"))
+            .process
+            .args;
+        let mut child = rsandbox::spawn(&spec).unwrap();
+        assert!(all_in(&m, false), "{name}: not started");
+        child.kill(libc::SIGSTOP).unwrap();
+        assert!(all_in(&m, true), "{name}: not all stopped");
+        assert_ne!(
+            state(child.pid() as u32),
+            Some('T'),
+            "{name}: the init stopped"
+        );
+        child.kill(libc::SIGCONT).unwrap();
+        assert!(all_in(&m, false), "{name}: not all continued");
+        child.kill(libc::SIGKILL).unwrap();
+        child.wait().unwrap();
+    }
+}
+
 /// A number that is no signal is refused by name, and the sandbox runs on.
 #[test]
 fn kill_refuses_what_is_not_a_signal() {

@@ -82,8 +82,11 @@ struct pollfd {
 
 static int status_fd, ctl_fd, main_pid, pid_ns, die_with_parent;
 
-/* The caller's request on CTL_FD to end the sandbox (child/mod.rs's CTL_END). */
+/* The caller's requests on CTL_FD: end the sandbox, stop its processes (child/mod.rs's CTL_END,
+ * CTL_STOP). */
 #define CTL_END 2
+#define CTL_STOP 3
+#define SIGSTOP 19
 
 static __attribute__((noreturn)) void quit(int code)
 {
@@ -369,6 +372,8 @@ __attribute__((used)) void init_main(i64 *sp)
                 fds[1].fd = -1;
             } else if (byte == CTL_END) {
                 end_all();
+            } else if (byte == CTL_STOP) {
+                forward(SIGSTOP);
             }
         }
         if (fds[0].revents & POLLIN) {

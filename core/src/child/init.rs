@@ -50,6 +50,8 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
                 fds[1].fd = -1;
             } else if byte[0] == super::CTL_END {
                 end_all(plan, main);
+            } else if byte[0] == super::CTL_STOP {
+                forward(plan, main, libc::SIGSTOP);
             }
         }
         if fds[0].revents & libc::POLLIN != 0 {

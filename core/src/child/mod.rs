@@ -65,6 +65,9 @@ pub(crate) const EXIT_SETUP_FAILED: c_int = 125;
 /// so that their usage is in the result (child/init.c's CTL_END).
 pub(crate) const CTL_GO_ON: u8 = 1;
 pub(crate) const CTL_END: u8 = 2;
+/// Once the command runs: stop every process but the init (SIGSTOP, which the init itself cannot
+/// be sent to relay: it would stop it instead; child/init.c's CTL_STOP).
+pub(crate) const CTL_STOP: u8 = 3;
 
 /// Ids maps the sandbox writes itself.
 pub(crate) struct OwnMaps {
