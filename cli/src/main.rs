@@ -192,9 +192,9 @@ struct RunArgs {
     /// Total CPU seconds of the whole sandbox, then it is killed (verdict cpu-timeout).
     #[arg(long, value_name = "SECS")]
     cpu_time: Option<f64>,
-    /// At most BYTES of each output stream are passed on (and recorded in --json-result); the
-    /// rest is dropped and the cut flagged. The output is then held until the command ends, and
-    /// stdout comes before stderr.
+    /// At most BYTES of each output stream are passed on, as they come (and recorded in
+    /// --json-result); the rest is dropped, the cut flagged and noted on stderr. The two streams
+    /// then go through pipes: their relative order is not kept.
     #[arg(long, value_name = "BYTES", value_parser = parse_size)]
     output_limit: Option<u64>,
     /// cgroup2 directory to create the sandbox's cgroup in (default: RSANDBOX_CGROUP_PARENT, else
@@ -602,40 +602,28 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
         None => None,
     };
     check_streams(&spec)?;
-    // Signals are taken over once the sandbox exists: until then (an image being unpacked, say)
-    // they end this program as usual, and with it anything it started.
+    // Signals are taken over before the start, so that none is missed between the sandbox's
+    // start and their relaying; with an image, once the sandbox exists: the unpacking of its
+    // layers may take long, and until it is done signals end this program as usual.
+    let early = if has_image {
+        None
+    } else {
+        ForwardedSignals::install()
+    };
     let mut relayed = None;
     let result = if let Some(limit) = spec.output_limit {
-        // Capture through pipes to apply the limit, then pass the output on.
+        // Through pipes, to apply the limit on the way.
         let mut spec = spec.clone();
         spec.process.stdout = captured("stdout", &spec.process.stdout)?;
         spec.process.stderr = captured("stderr", &spec.process.stderr)?;
         let mut child = rsandbox::spawn(&spec)?;
-        let signals = ForwardedSignals::install();
-        let pidfd = child.pidfd();
-        // Signals sent to this program are relayed while the output is read, as while waiting.
-        let mut relay = || {
-            while let Some(sig) = signals.as_ref().and_then(ForwardedSignals::read) {
-                let send = |sig: i32| {
-                    // SAFETY: pidfd_send_signal on the sandbox's init, which the child keeps open.
-                    unsafe {
-                        libc::syscall(
-                            libc::SYS_pidfd_send_signal,
-                            pidfd,
-                            sig,
-                            std::ptr::null::<libc::siginfo_t>(),
-                            0,
-                        )
-                    };
-                };
-                relayed = relay_signal(sig, send).or(relayed);
-            }
-            false
+        let signals = if has_image {
+            ForwardedSignals::install()
+        } else {
+            early
         };
-        let r = child.communicate_with(None, Some(limit), Duration::from_millis(50), &mut relay)?;
+        let r = pass_on_limited(&mut child, limit, signals.as_ref(), &mut relayed)?;
         child.release_for_exit();
-        let _ = std::io::stdout().write_all(r.stdout.as_deref().unwrap_or_default());
-        let _ = std::io::stderr().write_all(r.stderr.as_deref().unwrap_or_default());
         for (name, cut) in [
             ("stdout", r.stdout_truncated),
             ("stderr", r.stderr_truncated),
@@ -647,7 +635,11 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
         r
     } else {
         let mut child = rsandbox::spawn(&spec)?;
-        let signals = ForwardedSignals::install();
+        let signals = if has_image {
+            ForwardedSignals::install()
+        } else {
+            early
+        };
         let r = wait_forwarding(&mut child, signals.as_ref(), &mut relayed)?;
         // This process exits next.
         child.release_for_exit();
@@ -761,6 +753,167 @@ fn captured(name: &str, how: &rsandbox::Stdio) -> Result<rsandbox::Stdio, Error>
     }
 }
 
+/// One output stream under --output-limit: the sandbox's pipe, where it goes, what was passed on,
+/// whether the limit cut it.
+struct Limited {
+    pipe: Option<std::fs::File>,
+    to: i32,
+    kept: Vec<u8>,
+    cut: bool,
+}
+
+impl Limited {
+    /// Passes on what there is to read, up to the limit, and drops the rest (the command never
+    /// blocks on a full pipe).
+    fn pass(&mut self, limit: u64) {
+        use std::io::Read;
+        let Some(pipe) = &mut self.pipe else {
+            return;
+        };
+        let mut buf = [0u8; 65536];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => {
+                    self.pipe = None;
+                    return;
+                }
+                Ok(n) => {
+                    let room = usize::try_from(limit)
+                        .unwrap_or(usize::MAX)
+                        .saturating_sub(self.kept.len())
+                        .min(n);
+                    self.cut |= room < n;
+                    // Our own output may be closed (`| head`): what is kept still counts.
+                    let _ = write_all_fd(self.to, &buf[..room]);
+                    self.kept.extend_from_slice(&buf[..room]);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                // Any other error: the stream is as good as ended.
+                Err(_) => {
+                    self.pipe = None;
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// write(2) of all of `buf` to this process's descriptor `fd` (1 or 2), retrying short writes.
+fn write_all_fd(fd: i32, mut buf: &[u8]) -> std::io::Result<()> {
+    while !buf.is_empty() {
+        // SAFETY: buf is valid for its length; fd is this process's stdout or stderr, whatever
+        // it is open on (a write to a closed one fails).
+        let n = unsafe { libc::write(fd, buf.as_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        buf = &buf[n as usize..];
+    }
+    Ok(())
+}
+
+/// --output-limit: passes the command's output on as it comes, each stream cut at `limit`
+/// bytes, while waiting and relaying signals as [`wait_forwarding`] does; the result carries
+/// what was passed on (for --json-result) and which stream was cut.
+fn pass_on_limited(
+    child: &mut Child,
+    limit: u64,
+    signals: Option<&ForwardedSignals>,
+    relayed: &mut Option<i32>,
+) -> Result<rsandbox::RunResult, Error> {
+    let mut streams =
+        [(child.stdout.take(), 1), (child.stderr.take(), 2)].map(|(pipe, to)| Limited {
+            pipe,
+            to,
+            kept: Vec::new(),
+            cut: false,
+        });
+    let present = streams.each_ref().map(|s| s.pipe.is_some());
+    for pipe in streams.iter().filter_map(|s| s.pipe.as_ref()) {
+        // SAFETY: fcntl on a pipe this function owns.
+        unsafe {
+            let flags = libc::fcntl(pipe.as_raw_fd(), libc::F_GETFL);
+            libc::fcntl(pipe.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK);
+        }
+    }
+    let mut ended = None;
+    while streams.iter().any(|s| s.pipe.is_some()) {
+        let fd_of = |s: &Limited| s.pipe.as_ref().map_or(-1, |p| p.as_raw_fd());
+        let mut fds = [
+            fd_of(&streams[0]),
+            fd_of(&streams[1]),
+            signals.map_or(-1, |s| s.fd.as_raw_fd()),
+            if ended.is_none() {
+                child.result_fd()
+            } else {
+                -1
+            },
+        ]
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        });
+        // Wake at least every 50 ms so the spec's wall-clock limit is checked.
+        // SAFETY: fds is a valid array of four pollfd structs.
+        unsafe { libc::poll(fds.as_mut_ptr(), 4, 50) };
+        for s in &mut streams {
+            s.pass(limit);
+        }
+        if let Some(signals) = signals {
+            relay_pending(child, signals, relayed)?;
+        }
+        if ended.is_some() {
+            // The sandbox ended before this round's reads: what its processes wrote was in the
+            // pipes then, unless a process outside it (no PID namespace) holds them: stop.
+            for s in &mut streams {
+                s.pipe = None;
+            }
+        } else {
+            ended = child.wait_timeout(Duration::ZERO)?;
+        }
+    }
+    let mut r = match ended {
+        Some(r) => r,
+        None => wait_forwarding(child, signals, relayed)?,
+    };
+    let [out, err] = streams;
+    r.stdout_truncated = out.cut;
+    r.stderr_truncated = err.cut;
+    r.stdout = present[0].then_some(out.kept);
+    r.stderr = present[1].then_some(err.kept);
+    if (out.cut || err.cut) && r.verdict == rsandbox::Verdict::Ok {
+        r.verdict = rsandbox::Verdict::OutputLimit;
+    }
+    Ok(r)
+}
+
+/// Relays the signals waiting on `signals` into the sandbox (see [`relay_signal`]).
+fn relay_pending(
+    child: &mut Child,
+    signals: &ForwardedSignals,
+    relayed: &mut Option<i32>,
+) -> Result<(), Error> {
+    while let Some(sig) = signals.read() {
+        let mut failed = None;
+        let got = relay_signal(sig, |s| {
+            if let Err(e) = child.kill(s) {
+                failed = Some(e);
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        *relayed = got.or(*relayed);
+    }
+    Ok(())
+}
+
 /// Waits for the sandbox while relaying signals sent to this process (see [`relay_signal`]);
 /// `relayed` is the last one relayed that ends a sandbox.
 fn wait_forwarding(
@@ -791,18 +944,7 @@ fn wait_forwarding(
         // SAFETY: fds is a valid array of two pollfd structs.
         unsafe { libc::poll(fds.as_mut_ptr(), 2, 50) };
         if fds[1].revents & libc::POLLIN != 0 {
-            while let Some(sig) = signals.read() {
-                let mut failed = None;
-                let got = relay_signal(sig, |s| {
-                    if let Err(e) = child.kill(s) {
-                        failed = Some(e);
-                    }
-                });
-                if let Some(e) = failed {
-                    return Err(e);
-                }
-                *relayed = got.or(*relayed);
-            }
+            relay_pending(child, signals, relayed)?;
         }
     }
 }

@@ -272,6 +272,57 @@ fn json_result_keeps_output_that_is_not_text() {
     assert_eq!((code, &j["stdout"]), (0, &serde_json::json!("ok")), "{j}");
 }
 
+/// --output-limit passes each stream on as it comes, cut at the limit (the command still runs to
+/// its end: it is never blocked on a full pipe), says so on stderr, and records both the output
+/// and the cut in the JSON result.
+#[test]
+fn output_limit_passes_output_on_as_it_comes_and_cuts_it() {
+    use std::io::Read;
+    let dir = TempDir::new("outlim");
+    let path = dir.join("r.json");
+    let mut child = cli([
+        "run",
+        "--output-limit",
+        "10",
+        "--json-result",
+        &path,
+        "--",
+        "sh",
+        "-c",
+        "echo first; sleep 1; yes | head -c 100000; echo err >&2; echo done > /dev/null",
+    ])
+    .spawn()
+    .unwrap();
+    // The first line arrives while the command still sleeps.
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    let start = Instant::now();
+    stdout.read_exact(&mut first).unwrap();
+    assert_eq!(&first, b"first\n");
+    assert!(
+        start.elapsed() < Duration::from_millis(900),
+        "{:?}",
+        start.elapsed()
+    );
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(format!("first\n{rest}"), "first\ny\ny\n", "cut at 10 bytes");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("err\n"), "{stderr}");
+    assert!(
+        stderr.contains("stdout cut at --output-limit (10 bytes)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("stderr cut"), "{stderr}");
+    let j = read_json(std::path::Path::new(&path));
+    assert_eq!(j["verdict"], "output-limit", "{j}");
+    assert_eq!(j["stdout"], "first\ny\ny\n", "{j}");
+    assert_eq!(j["stdout_truncated"], true, "{j}");
+    assert_eq!(j["stderr_truncated"], false, "{j}");
+}
+
 #[test]
 fn json_result_of_finished_runs() {
     let (code, j) = json_run(&[], "exit 0");
