@@ -555,6 +555,7 @@ fn dispatch(
         stdin_held,
     } = stdio;
     let dispatched = Instant::now();
+    let dispatched_ns = sys::monotonic_ns();
     match send_job(socket.as_raw_fd(), &message, &sources) {
         Ok(()) => {}
         // The agent is gone: this sandbox died while it waited.
@@ -594,6 +595,7 @@ fn dispatch(
     child.stdout = stdout;
     child.stderr = stderr;
     child.started = dispatched;
+    child.started_ns = dispatched_ns;
     // The job's result is its command's; the sandbox's teardown is not the job's time. Except
     // with a persistent upper: the next sandbox may take it only once this one's init has
     // exited, so the result waits for that, as a cold start's does.
@@ -601,6 +603,10 @@ fn dispatch(
     // The agent starts the job's command from its own small memory, not from this process's.
     child.starter_peak = 0;
     child.deadline = timeout.map(|t| dispatched + Duration::from_secs_f64(t));
+    if let Some(t) = timeout {
+        // The init keeps the job's deadline too (see Child::keep_deadline).
+        child.keep_deadline(crate::sandbox::deadline_ns(dispatched_ns, t));
+    }
     // What of the sandbox is its own (and so this job's alone), from its report.
     let own: Vec<&str> = [
         ("namespace.pid", "PID namespace and init"),

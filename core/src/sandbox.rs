@@ -271,6 +271,8 @@ pub struct Child {
     ctl: Option<crate::forksafe::Ends>,
     status_r: OwnedFd,
     pub(crate) started: Instant,
+    /// `started` on CLOCK_MONOTONIC, ns: the init's record says when the command ended on it.
+    pub(crate) started_ns: u64,
     pub(crate) deadline: Option<Instant>,
     /// The result once known, kept without its report (that is `report`).
     finished: Option<RunResult>,
@@ -1231,6 +1233,7 @@ fn prepare(spec: &Spec, agent: bool, spare_cpu: bool) -> Result<Prepared> {
         unshare_time,
         pid_ns,
         die_with_parent: spec.die_with_parent,
+        deadline_ns: 0,
         cwd: cwd
             .map(|c| {
                 CString::new(c).map_err(|_| Error::invalid("process.cwd", "contains a NUL byte"))
@@ -1555,6 +1558,9 @@ fn report_process(report: &mut Report, spec: &Spec, pid_ns: bool) {
 
 fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
     let started = Instant::now();
+    let started_ns = sys::monotonic_ns();
+    // The init keeps the deadline too: it holds whether or not this process is waiting then.
+    prep.plan.deadline_ns = spec.timeout.map_or(0, |t| deadline_ns(started_ns, t));
     let mut pidfd: c_int = -1;
     let mut args = sys::CloneArgs {
         flags: prep.clone_flags,
@@ -1877,6 +1883,7 @@ fn launch(spec: &Spec, mut prep: Prepared, keep_stdin: bool) -> Result<Child> {
         ctl: Some(ctl),
         status_r,
         started,
+        started_ns,
         deadline: spec.timeout.map(|t| started + Duration::from_secs_f64(t)),
         home,
         early_exit,
@@ -2321,6 +2328,19 @@ impl Child {
         }
     }
 
+    /// Gives the init the wall-clock deadline `at` (CLOCK_MONOTONIC ns) of a sandbox started
+    /// ahead of it (a pool's): the init ends the sandbox then, whether or not this process is
+    /// waiting. Best effort: this process's own watch keeps the deadline as well.
+    pub(crate) fn keep_deadline(&mut self, at: u64) {
+        let mut message = [0u8; 9];
+        message[0] = child::CTL_DEADLINE;
+        message[1..].copy_from_slice(&at.to_ne_bytes());
+        if let Some(fd) = self.ctl.as_ref().and_then(crate::forksafe::Ends::first) {
+            // One write of 9 bytes: a pipe takes it whole (PIPE_BUF), so the init reads it whole.
+            let _ = sys::write_all_nosigpipe(fd, &message);
+        }
+    }
+
     /// SIGSTOP to every process but the init: the init relays it when asked on the control pipe
     /// (SIGSTOP sent to the init would stop the init alone). SIGCONT continues them.
     fn stop_all(&mut self) -> Result<()> {
@@ -2490,12 +2510,10 @@ impl Child {
         }
         self.watch()?;
         if self.early_exit {
-            if let Some((word, usage)) = self.status_record()? {
-                return Ok(Some(self.conclude(
-                    ExitStatus::from_wait_status(word),
-                    usage,
-                    true,
-                )));
+            if let Some(record) = self.status_record()? {
+                let status = ExitStatus::from_wait_status(record.word);
+                let end = Some((record.ended_ns, record.flags));
+                return Ok(Some(self.conclude(status, record.usage, true, end)));
             }
         }
         let mut info: libc::siginfo_t = zeroed();
@@ -2527,12 +2545,14 @@ impl Child {
         let mut buf = [0u8; RECORD];
         let got = sys::read_full(self.status_r.as_raw_fd(), &mut buf).unwrap_or(0);
         let mut usage_lost = false;
+        let mut end = None;
         let status = if got == RECORD {
-            let (word, reaped) = parse_record(&buf);
+            let record = parse_record(&buf);
             if reaped_elsewhere {
-                usage = reaped;
+                usage = record.usage;
             }
-            ExitStatus::from_wait_status(word)
+            end = Some((record.ended_ns, record.flags));
+            ExitStatus::from_wait_status(record.word)
         } else if got >= 4 {
             usage_lost = reaped_elsewhere;
             ExitStatus::from_wait_status(i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]))
@@ -2566,12 +2586,12 @@ impl Child {
                 ),
             });
         }
-        Ok(Some(self.conclude(status, usage, false)))
+        Ok(Some(self.conclude(status, usage, false, end)))
     }
 
-    /// The small init's status record (wait status and the usage of its reaped children) when it
-    /// has been written; None while the command runs, or when the init ended without one.
-    fn status_record(&mut self) -> Result<Option<(i32, libc::rusage)>> {
+    /// The init's status record when it has been written; None while the command runs, or when
+    /// the init ended without one.
+    fn status_record(&mut self) -> Result<Option<Record>> {
         let mut fds = [libc::pollfd {
             fd: self.status_r.as_raw_fd(),
             events: libc::POLLIN,
@@ -2598,9 +2618,25 @@ impl Child {
 
     /// The result, from the command's status and the usage of the sandbox's processes.
     /// `init_alive`: the init is still exiting (its reaping and the cgroup's removal are left to
-    /// the background reaper).
-    fn conclude(&mut self, status: ExitStatus, usage: libc::rusage, init_alive: bool) -> RunResult {
-        let wall = self.started.elapsed();
+    /// the background reaper). `end`: from the init's record, when the command ended
+    /// (CLOCK_MONOTONIC ns) and its flags: the wall-clock time is the sandbox's own, however late
+    /// the result is taken, and a deadline the init kept itself is a timeout.
+    fn conclude(
+        &mut self,
+        status: ExitStatus,
+        usage: libc::rusage,
+        init_alive: bool,
+        end: Option<(u64, u64)>,
+    ) -> RunResult {
+        let wall = match end {
+            Some((ended, _)) if ended >= self.started_ns => {
+                Duration::from_nanos(ended - self.started_ns).min(self.started.elapsed())
+            }
+            _ => self.started.elapsed(),
+        };
+        if end.is_some_and(|(_, flags)| flags & child::RECORD_DEADLINE != 0) {
+            self.timed_out = true;
+        }
         // Accounting outlives the processes; read it, then remove the cgroup.
         let acct = self
             .cgroup
@@ -2988,15 +3024,33 @@ impl Drop for Child {
 
 /// The kernel's struct rusage, as getrusage wrote it in the init: two timevals and 14 longs. A C
 /// library's may be larger (musl reserves 16 more longs), never smaller.
-const RUSAGE: usize =
+pub(crate) const RUSAGE: usize =
     2 * std::mem::size_of::<libc::timeval>() + 14 * std::mem::size_of::<libc::c_long>();
 const _: () = assert!(RUSAGE <= std::mem::size_of::<libc::rusage>());
-/// The small init's status record: the command's wait status, then the usage of every process
-/// the init reaped.
-const RECORD: usize = 4 + RUSAGE;
+/// The inits' status record: the command's wait status, the usage of every process the init
+/// reaped, when the command ended (CLOCK_MONOTONIC ns) and flags (child::RECORD_DEADLINE).
+pub(crate) const RECORD: usize = 4 + RUSAGE + 16;
 
-fn parse_record(buf: &[u8; RECORD]) -> (i32, libc::rusage) {
+/// A status record, read.
+struct Record {
+    word: i32,
+    usage: libc::rusage,
+    ended_ns: u64,
+    flags: u64,
+}
+
+/// `started_ns` plus `seconds` (checked finite and in range by the spec's check).
+pub(crate) fn deadline_ns(started_ns: u64, seconds: f64) -> u64 {
+    started_ns.saturating_add((seconds * 1e9) as u64)
+}
+
+fn parse_record(buf: &[u8; RECORD]) -> Record {
     let word = i32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let u64_at = |at: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&buf[at..at + 8]);
+        u64::from_le_bytes(b)
+    };
     let mut usage: libc::rusage = zeroed();
     // SAFETY: rusage is plain data that starts with the kernel's RUSAGE bytes, written by the
     // kernel (getrusage in the init) into the record.
@@ -3007,7 +3061,12 @@ fn parse_record(buf: &[u8; RECORD]) -> (i32, libc::rusage) {
             RUSAGE,
         )
     };
-    (word, usage)
+    Record {
+        word,
+        usage,
+        ended_ns: u64_at(4 + RUSAGE),
+        flags: u64_at(4 + RUSAGE + 8),
+    }
 }
 
 /// Who reaps a sandbox's init before the library can.

@@ -690,6 +690,46 @@ fn openat2(dir: c_int, path: &CStr, flags: c_int, resolve: u64) -> SysResult<c_i
     check(ret).map(|fd| fd as c_int)
 }
 
+/// CLOCK_MONOTONIC in nanoseconds (the clock `Instant` reads, and the inits' timers use).
+pub fn monotonic_ns() -> u64 {
+    // SAFETY: timespec is plain data the call fills.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: ts is a valid out-pointer; CLOCK_MONOTONIC always exists.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// A timerfd (close-on-exec) that becomes readable at `at_ns` on CLOCK_MONOTONIC.
+pub fn timer_at(at_ns: u64) -> SysResult<c_int> {
+    // SAFETY: plain syscalls; the itimerspec is fully initialised.
+    unsafe {
+        let fd = check_int(libc::timerfd_create(
+            libc::CLOCK_MONOTONIC,
+            libc::TFD_CLOEXEC,
+        ))?;
+        let when = libc::itimerspec {
+            it_interval: libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            },
+            it_value: libc::timespec {
+                tv_sec: (at_ns / 1_000_000_000) as libc::time_t,
+                tv_nsec: (at_ns % 1_000_000_000) as libc::c_long,
+            },
+        };
+        if let Err(e) = check_int(libc::timerfd_settime(
+            fd,
+            libc::TFD_TIMER_ABSTIME,
+            &when,
+            std::ptr::null_mut(),
+        )) {
+            close(fd);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}
+
 /// Whether `fd` is the root directory of a proc filesystem.
 pub fn is_proc_root(fd: c_int) -> bool {
     const PROC_SUPER_MAGIC: u64 = 0x9fa0;

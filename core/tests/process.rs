@@ -96,6 +96,63 @@ fn a_run_killed_at_its_limit_keeps_its_usage() {
     }
 }
 
+/// The wall-clock time is the sandbox's own, however late the caller takes the result: the init
+/// records when the command ended.
+#[test]
+fn the_wall_time_is_the_sandboxs_own_however_late_it_is_taken() {
+    for (name, spec) in end_variants("sleep 0.2") {
+        let mut child = rsandbox::spawn(&spec).unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        let r = child.wait().unwrap();
+        assert!(r.status.success(), "{name}: {r:?}");
+        let wall = r.usage.wall_time;
+        assert!((0.2..1.0).contains(&wall), "{name}: {wall}");
+    }
+}
+
+/// The wall-clock limit holds while the caller is not waiting (busy elsewhere, or waiting for
+/// another sandbox first): the init keeps the deadline too, and the result says it was the
+/// limit, with the time it took. Also for a pool's job, whose deadline the init learns at
+/// dispatch.
+#[test]
+fn the_deadline_holds_while_the_caller_is_not_waiting() {
+    let check = |name: &str, mut child: rsandbox::Child, m: &str| {
+        let start = Instant::now();
+        assert!(
+            gone_within(m, Duration::from_secs(4)),
+            "{name}: still running {:?} after {:?}",
+            pids_with(m),
+            start.elapsed()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        let r = child.wait().unwrap();
+        assert_eq!(r.verdict, Verdict::WallTimeout, "{name}: {r:?}");
+        assert!(r.timed_out, "{name}");
+        let wall = r.usage.wall_time;
+        assert!((0.5..1.5).contains(&wall), "{name}: {wall}");
+    };
+    for (name, spec) in end_variants("") {
+        let m = marker();
+        let mut spec = spec;
+        spec.process.args = sh(&format!("sleep 360{m}")).process.args;
+        spec.timeout = Some(0.5);
+        check(name, rsandbox::spawn(&spec).unwrap(), &m);
+    }
+    let Ok(pool) = rsandbox::Pool::new(&sh("true"), 1) else {
+        return skip("no pool here");
+    };
+    let m = marker();
+    let job = rsandbox::Process {
+        args: sh(&format!("sleep 361{m}")).process.args,
+        ..Default::default()
+    };
+    check(
+        "pool",
+        pool.spawn_with_timeout(&job, Some(0.5)).unwrap(),
+        &m,
+    );
+}
+
 /// The same for a sandbox the caller kills, and every process is gone when the result is in.
 #[test]
 fn a_sandbox_killed_by_its_caller_keeps_its_usage() {

@@ -4,14 +4,17 @@
  * sealed memfd after setup, in place of the setup process, so the long-lived init is a tiny
  * process of its own instead of a copy of the caller.
  *
- *   rsandbox-init STATUS_FD CTL_FD MAIN_PID PID_NS DIE_WITH_PARENT
+ *   rsandbox-init STATUS_FD CTL_FD MAIN_PID PID_NS DIE_WITH_PARENT DEADLINE_NS
  *
  * It does what child/init.rs does for the other start: every signal arrives through a signalfd
  * (they are all blocked already); SIGCHLD reaps, any other signal is forwarded to the whole
  * sandbox; when MAIN_PID (the command) exits, its wait status goes to STATUS_FD and init exits,
  * which ends the PID namespace. CTL_FD is the caller's: the byte CTL_END asks this process to
- * end the sandbox (see end_all); its hang-up means the caller is gone, which kills the sandbox
- * when DIE_WITH_PARENT is 1.
+ * end the sandbox (see end_all), CTL_STOP to stop its processes, CTL_DEADLINE (followed by 8
+ * bytes) sets its wall-clock deadline; its hang-up means the caller is gone, which kills the
+ * sandbox when DIE_WITH_PARENT is 1. DEADLINE_NS, when not 0, is the sandbox's wall-clock
+ * deadline on CLOCK_MONOTONIC: at it this process ends the sandbox itself, whatever the caller is
+ * doing (busy, stopped, not waiting yet), and says so in the record.
  *
  * The same program is the pool's agent when argv[0] is "rsandbox-agent" (see pool.rs): the
  * command of a sandbox started ahead of its job. It runs with every restriction of the command
@@ -50,6 +53,9 @@ enum {
     NR_close = 3,
     NR_prctl = 157,
     NR_faccessat = 269,
+    NR_clock_gettime = 228,
+    NR_timerfd_create = 283,
+    NR_timerfd_settime = 286,
 };
 
 #define SIGCHLD 17
@@ -81,11 +87,14 @@ struct pollfd {
 };
 
 static int status_fd, ctl_fd, main_pid, pid_ns, die_with_parent;
+/* The deadline's timer (-1: none), and whether it fired. */
+static int timer_fd = -1, deadline_hit;
 
 /* The caller's requests on CTL_FD: end the sandbox, stop its processes (child/mod.rs's CTL_END,
  * CTL_STOP). */
 #define CTL_END 2
 #define CTL_STOP 3
+#define CTL_DEADLINE 4
 #define SIGSTOP 19
 
 static __attribute__((noreturn)) void quit(int code)
@@ -115,21 +124,56 @@ static void forward(int sig)
         SYS(NR_kill, -main_pid, sig, 0, 0);
 }
 
+static u64 now_ns(void)
+{
+    struct {
+        i64 sec, nsec;
+    } ts = {0, 0};
+    SYS(NR_clock_gettime, 1 /* CLOCK_MONOTONIC */, &ts, 0, 0);
+    return (u64)ts.sec * 1000000000UL + (u64)ts.nsec;
+}
+
+/* Arms the deadline's timer for `at` (CLOCK_MONOTONIC ns). Without a timer, the caller's own
+ * watch is the only one. */
+static void arm(u64 at)
+{
+    if (!at)
+        return;
+    if (timer_fd < 0)
+        timer_fd = (int)SYS(NR_timerfd_create, 1 /* CLOCK_MONOTONIC */, 02000000 /* CLOEXEC */, 0, 0);
+    if (timer_fd < 0)
+        return;
+    struct {
+        i64 interval_sec, interval_nsec, sec, nsec;
+    } when = {0, 0, (i64)(at / 1000000000UL), (i64)(at % 1000000000UL)};
+    SYS(NR_timerfd_settime, timer_fd, 1 /* TFD_TIMER_ABSTIME */, &when, 0);
+}
+
+static void put64(unsigned char *at, u64 v)
+{
+    for (int i = 0; i < 8; i++)
+        at[i] = (unsigned char)(v >> (8 * i));
+}
+
 /* Reports the command's wait status, followed by the resource usage of every child this init
- * has reaped (struct rusage, 144 bytes on x86_64) so that the caller may take the result
- * without waiting for the namespaces to be torn down; then exits, which ends them. */
+ * has reaped (struct rusage, 144 bytes on x86_64), the time it ended (CLOCK_MONOTONIC ns) and
+ * flags (1: this process's deadline ended it), so that the caller may take the result without
+ * waiting for the namespaces to be torn down; then exits, which ends them. */
 static __attribute__((noreturn)) void finish(int status)
 {
+    u64 ended = now_ns();
     if (!pid_ns)
         forward(SIGKILL);
     union {
-        unsigned char bytes[4 + 144];
+        unsigned char bytes[4 + 144 + 16];
         u64 align;
     } record;
     for (unsigned i = 0; i < sizeof record.bytes; i++)
         record.bytes[i] = 0;
     *(int *)record.bytes = status;
     SYS(NR_getrusage, -1 /* RUSAGE_CHILDREN */, record.bytes + 4, 0, 0);
+    put64(record.bytes + 148, ended);
+    put64(record.bytes + 156, (u64)deadline_hit);
     SYS(NR_write, status_fd, record.bytes, sizeof record.bytes, 0);
     /* The write has woken the caller, often onto this CPU: let it take the result before this
      * process's exit tears the namespaces down (which runs until the exit first sleeps). */
@@ -329,7 +373,7 @@ __attribute__((used)) void init_main(i64 *sp)
     char **argv = (char **)(sp + 1);
     if (argc >= 1 && is_agent(argv[0]))
         agent_main();
-    if (argc < 6)
+    if (argc < 7)
         quit(125);
     /* Not dumpable: the command can neither trace this process nor open its /proc files (its
      * descriptors among them), with or without Landlock. The library executes this program
@@ -341,6 +385,10 @@ __attribute__((used)) void init_main(i64 *sp)
     main_pid = parse(argv[3]);
     pid_ns = parse(argv[4]);
     die_with_parent = parse(argv[5]);
+    u64 deadline = 0;
+    for (const char *d = argv[6]; *d >= '0' && *d <= '9'; d++)
+        deadline = deadline * 10 + (u64)(*d - '0');
+    arm(deadline);
 
     /* Blocked already by the setup process; blocking again costs nothing and makes the signalfd
      * the only way in for every signal (SIGCHLD included: ignored by default, it would be lost). */
@@ -354,10 +402,10 @@ __attribute__((used)) void init_main(i64 *sp)
     /* The command may have exited before the signalfd existed: its SIGCHLD is pending, but reap
      * now anyway. */
     reap();
-    struct pollfd fds[2] = {{(int)sfd, POLLIN, 0}, {ctl_fd, POLLIN, 0}};
+    struct pollfd fds[3] = {{(int)sfd, POLLIN, 0}, {ctl_fd, POLLIN, 0}, {timer_fd, POLLIN, 0}};
     for (;;) {
-        fds[0].revents = fds[1].revents = 0;
-        i64 n = SYS(NR_poll, fds, 2, -1, 0);
+        fds[0].revents = fds[1].revents = fds[2].revents = 0;
+        i64 n = SYS(NR_poll, fds, 3, -1, 0);
         if (n < 0)
             continue;
         if (fds[1].revents) {
@@ -374,6 +422,12 @@ __attribute__((used)) void init_main(i64 *sp)
                 end_all();
             } else if (byte == CTL_STOP) {
                 forward(SIGSTOP);
+            } else if (byte == CTL_DEADLINE) {
+                u64 at = 0;
+                if (SYS(NR_read, ctl_fd, &at, 8, 0) == 8) {
+                    arm(at);
+                    fds[2].fd = timer_fd;
+                }
             }
         }
         if (fds[0].revents & POLLIN) {
@@ -384,6 +438,11 @@ __attribute__((used)) void init_main(i64 *sp)
                     forward(signo);
             }
             reap();
+        }
+        /* After the reaping: a command that ended by its deadline was in time. */
+        if (fds[2].revents) {
+            deadline_hit = 1;
+            end_all();
         }
     }
 }

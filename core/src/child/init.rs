@@ -18,7 +18,12 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
     // lost between the fork and this point.
     let sfd = match sys::signalfd(&sys::sigset_full()) {
         Ok(fd) => fd,
-        Err(_) => finish(plan, main, None),
+        Err(_) => finish(plan, main, None, false),
+    };
+    // The deadline, kept here too (as child/init.c): -1 without one, or without a timer.
+    let timer = match plan.deadline_ns {
+        0 => -1,
+        at => sys::timer_at(at).unwrap_or(-1),
     };
     let mut fds = [
         libc::pollfd {
@@ -30,6 +35,11 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
             // The caller holds the write end for the sandbox's life (or until it lets go of a
             // sandbox that does not die with it): hang-up means it is gone.
             fd: plan.ctl_r,
+            events: libc::POLLIN,
+            revents: 0,
+        },
+        libc::pollfd {
+            fd: timer,
             events: libc::POLLIN,
             revents: 0,
         },
@@ -49,7 +59,7 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
                 sys::close(plan.ctl_r);
                 fds[1].fd = -1;
             } else if byte[0] == super::CTL_END {
-                end_all(plan, main);
+                end_all(plan, main, false);
             } else if byte[0] == super::CTL_STOP {
                 forward(plan, main, libc::SIGSTOP);
             }
@@ -66,9 +76,13 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
             // Reap on every wakeup: SIGCHLDs coalesce.
             while let Some((pid, status)) = sys::reap_any() {
                 if pid == main {
-                    finish(plan, main, Some(status));
+                    finish(plan, main, Some(status), false);
                 }
             }
+        }
+        // After the reaping: a command that ended by its deadline was in time.
+        if fds[2].revents != 0 {
+            end_all(plan, main, true);
         }
     }
 }
@@ -76,7 +90,7 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
 /// The caller's end of the sandbox, as child/init.c's end_all: every process killed and reaped
 /// here, so that their usage is this process's to report (the kernel reaps a dying init's
 /// children without counting them).
-fn end_all(plan: &Plan, main: libc::pid_t) -> ! {
+fn end_all(plan: &Plan, main: libc::pid_t, deadline_hit: bool) -> ! {
     kill_all(plan, main);
     // As a wait status: killed by SIGKILL.
     let mut main_status = libc::SIGKILL;
@@ -89,7 +103,7 @@ fn end_all(plan: &Plan, main: libc::pid_t) -> ! {
             }
         }
     }
-    finish(plan, main, Some(main_status))
+    finish(plan, main, Some(main_status), deadline_hit)
 }
 
 /// Sends `sig` to every process of the sandbox.
@@ -107,12 +121,34 @@ fn kill_all(plan: &Plan, main: libc::pid_t) {
 }
 
 /// Reports the command's wait status and exits; the kernel tears down the PID namespace.
-fn finish(plan: &Plan, main: libc::pid_t, status: Option<c_int>) -> ! {
+fn finish(plan: &Plan, main: libc::pid_t, status: Option<c_int>, deadline_hit: bool) -> ! {
+    let ended = sys::monotonic_ns();
     if !plan.pid_ns {
         kill_all(plan, main);
     }
     if let Some(status) = status {
-        let _ = sys::write_all(plan.status_w, &status.to_ne_bytes());
+        // The status record, as child/init.c writes it (sandbox::parse_record reads it).
+        let mut record = [0u8; crate::sandbox::RECORD];
+        record[..4].copy_from_slice(&status.to_ne_bytes());
+        let usage = crate::sandbox::RUSAGE;
+        // SAFETY: rusage is plain data getrusage fills; its first RUSAGE bytes are the kernel's.
+        unsafe {
+            let mut ru: libc::rusage = std::mem::zeroed();
+            libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+            std::ptr::copy_nonoverlapping(
+                (&ru as *const libc::rusage).cast::<u8>(),
+                record[4..].as_mut_ptr(),
+                usage,
+            );
+        }
+        record[4 + usage..12 + usage].copy_from_slice(&ended.to_le_bytes());
+        let flags = if deadline_hit {
+            super::RECORD_DEADLINE
+        } else {
+            0
+        };
+        record[12 + usage..].copy_from_slice(&flags.to_le_bytes());
+        let _ = sys::write_all(plan.status_w, &record);
         // As child/init.c: the caller, just woken, takes the result before this exit's teardown.
         sys::yield_now();
     }

@@ -68,6 +68,11 @@ pub(crate) const CTL_END: u8 = 2;
 /// Once the command runs: stop every process but the init (SIGSTOP, which the init itself cannot
 /// be sent to relay: it would stop it instead; child/init.c's CTL_STOP).
 pub(crate) const CTL_STOP: u8 = 3;
+/// Once the command runs: the wall-clock deadline (followed by 8 bytes, CLOCK_MONOTONIC ns in
+/// native order) at which the init ends the sandbox itself (child/init.c's CTL_DEADLINE).
+pub(crate) const CTL_DEADLINE: u8 = 4;
+/// The flag in an init's status record: its own deadline ended the sandbox.
+pub(crate) const RECORD_DEADLINE: u64 = 1;
 
 /// Ids maps the sandbox writes itself.
 pub(crate) struct OwnMaps {
@@ -135,6 +140,9 @@ pub(crate) struct Plan {
     /// The sandbox has its own PID namespace (init is pid 1).
     pub pid_ns: bool,
     pub die_with_parent: bool,
+    /// The wall-clock deadline on CLOCK_MONOTONIC, ns (0: none), at which the init ends the
+    /// sandbox itself: set just before the clone, from the start's own clock reading.
+    pub deadline_ns: u64,
     pub cwd: Option<CString>,
     /// setresgid/setresuid to these before exec, when they differ from the init's.
     pub switch_ids: Option<(u32, u32)>,
@@ -355,15 +363,16 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
         let _ = sys::kill(pid, libc::SIGKILL);
         fail(plan.err_w, failure(Step::ExecInit, e), EXIT_SETUP_FAILED);
     }
-    // rsandbox-init STATUS_FD CTL_FD MAIN_PID PID_NS DIE_WITH_PARENT, formatted without
-    // allocating.
-    let mut text = [[0u8; 16]; 5];
+    // rsandbox-init STATUS_FD CTL_FD MAIN_PID PID_NS DIE_WITH_PARENT DEADLINE_NS, formatted
+    // without allocating.
+    let mut text = [[0u8; 24]; 6];
     let values = [
-        plan.status_w,
-        ctl,
-        pid,
-        plan.pid_ns as c_int,
-        plan.die_with_parent as c_int,
+        plan.status_w.into(),
+        ctl.into(),
+        pid.into(),
+        plan.pid_ns.into(),
+        plan.die_with_parent.into(),
+        i64::try_from(plan.deadline_ns).unwrap_or(i64::MAX),
     ];
     for (buf, value) in text.iter_mut().zip(values) {
         decimal(value, buf);
@@ -375,6 +384,7 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
         text[2].as_ptr().cast(),
         text[3].as_ptr().cast(),
         text[4].as_ptr().cast(),
+        text[5].as_ptr().cast(),
         std::ptr::null(),
     ];
     let envp = [std::ptr::null()];
@@ -387,9 +397,9 @@ fn start_small(plan: &Plan, small: &SmallInit) -> ! {
 fn start_small(_plan: &Plan, _small: &SmallInit) {}
 
 /// Writes `value` in decimal, NUL-terminated, into `buf`.
-fn decimal(value: c_int, buf: &mut [u8; 16]) {
-    let mut digits = [0u8; 12];
-    let mut n = (value as i64).unsigned_abs();
+fn decimal(value: i64, buf: &mut [u8; 24]) {
+    let mut digits = [0u8; 20];
+    let mut n = value.unsigned_abs();
     let mut len = 0;
     loop {
         digits[len] = b'0' + (n % 10) as u8;
