@@ -284,16 +284,7 @@ fn main() -> ExitCode {
                 if json {
                     println!("{}", serde_json::to_string_pretty(&d).unwrap_or_default());
                 } else {
-                    for (mark, list) in [
-                        ("A", &d.added),
-                        ("M", &d.modified),
-                        ("D", &d.deleted),
-                        ("?", &d.unreadable),
-                    ] {
-                        for path in list {
-                            println!("{mark} {path}");
-                        }
-                    }
+                    print!("{}", d.to_text());
                 }
                 ExitCode::SUCCESS
             }

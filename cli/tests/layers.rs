@@ -644,6 +644,138 @@ fn diff_with_explicit_lowers_needs_no_record() {
     assert_eq!(v["modified"], json!(["/etc/appended", "/etc/shadowed"]));
 }
 
+/// Names a sandbox chooses cannot forge lines of `diff` nor merge two changes into one: each
+/// change is one line with its name escaped (`\n`, `\xNN` for a byte that is not UTF-8), and
+/// `--json` keeps every byte (a path that is not UTF-8 as `{"base64": ...}`).
+#[test]
+fn diff_text_cannot_be_forged_and_json_keeps_every_byte() {
+    let Some(l) = layers() else { return };
+    for (driver, _) in drivers() {
+        let dir = Scratch::new("cli-diff-names");
+        let up = dir.join("u");
+        let r = on_upper(
+            &l,
+            driver,
+            &up,
+            r#"set -e; cd /etc; f=$(printf 'z\nD ')
+               mkdir -p "/$f/etc"; echo x > "/$f/etc/shadowed"
+               echo x > "$(printf 'bad\377name')"; echo x > "$(printf 'bad\357\277\275name')""#,
+        );
+        assert_eq!(r.code, 0, "{driver}: {r:?}");
+        let t = rsandbox(&["diff", &up]);
+        assert_eq!(
+            (t.code, t.stdout.as_str()),
+            (
+                0,
+                "A /etc/bad\u{fffd}name\n\
+                 A /etc/bad\\xffname\n\
+                 A /z\\nD \n\
+                 A /z\\nD /etc\n\
+                 A /z\\nD /etc/shadowed\n"
+            ),
+            "{driver}: {t:?}"
+        );
+        assert!(
+            !t.stdout.lines().any(|l| l == "D /etc/shadowed"),
+            "{driver}: {t:?}"
+        );
+        let d = rsandbox(&["diff", "--json", &up]);
+        assert_eq!(d.code, 0, "{driver}: {d:?}");
+        let v: Value = serde_json::from_str(&d.stdout).unwrap_or_else(|e| panic!("{e}: {d:?}"));
+        assert_eq!(
+            v,
+            json!({
+                "added": [
+                    "/etc/bad\u{fffd}name",
+                    {"base64": "L2V0Yy9iYWT/bmFtZQ=="},
+                    "/z\nD ",
+                    "/z\nD /etc",
+                    "/z\nD /etc/shadowed",
+                ],
+                "modified": [],
+                "deleted": [],
+            }),
+            "{driver}: {d:?}"
+        );
+    }
+}
+
+/// A sandbox can nest directories past the host's PATH_MAX (moving chains it can name into one
+/// another): `diff` still succeeds and lists every other change, and a directory too deep to
+/// list is marked `?`.
+#[test]
+fn diff_of_an_upper_nested_past_path_max_still_lists_the_rest() {
+    let Some(l) = layers() else { return };
+    for (driver, _) in drivers() {
+        let dir = Scratch::new("cli-diff-deep");
+        let up = dir.join("u");
+        // 3 x 15 levels of 200-character names: /deep is about 9000 bytes deep.
+        let r = on_upper(
+            &l,
+            driver,
+            &up,
+            "set -e; rm /etc/doomed; n=$(printf %0200d 0); c=$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n; \
+             mkdir -p /deep/$c /w/a/$c /w/b/$c; mv /w/b/$n /w/a/$c/; mv /w/a/$n /deep/$c/",
+        );
+        assert_eq!(r.code, 0, "{driver}: {r:?}");
+        let t = rsandbox(&["diff", &up]);
+        assert_eq!(t.code, 0, "{driver}: {t:?}");
+        assert!(
+            t.stdout.lines().any(|l| l == "D /etc/doomed"),
+            "{driver}: {t:?}"
+        );
+        let n = "0".repeat(200);
+        let unreadable: Vec<&str> = t.stdout.lines().filter(|l| l.starts_with("? ")).collect();
+        assert_eq!(unreadable.len(), 1, "{driver}: {unreadable:?}");
+        assert!(
+            unreadable[0].starts_with(&format!("? /deep/{n}/{n}/")),
+            "{driver}: {unreadable:?}"
+        );
+        // The deepest listed directory is no deeper than diff lists.
+        let longest = t.stdout.lines().map(str::len).max().unwrap();
+        assert!(longest <= 2 + 2 * 4096 + 201, "{driver}: {longest}");
+    }
+}
+
+/// A persistent upper another user could write to (made world-writable, or below a directory
+/// others can write that is not sticky), or that another user made, is refused before the
+/// command runs, with the remedy.
+#[test]
+fn an_upper_others_could_write_is_refused() {
+    let Some(l) = layers() else { return };
+    let dir = Scratch::new("cli-foreign-upper");
+    let chmod = |p: &Path, mode: u32| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    let open = dir.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    chmod(&open, 0o777);
+    let r = on_upper(&l, "kernel", &open.display().to_string(), "echo ran");
+    assert_setup_error(&r, &["writable by others", "only uid"]);
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o777);
+    let r = on_upper(&l, "kernel", &dir.join("shared/u"), "echo ran");
+    assert_setup_error(&r, &["writable by others", "only uid"]);
+    assert!(!shared.join("u").exists(), "created before it was refused");
+    if my_uid() == 0 {
+        // Another user's upper, holding a planted file.
+        let theirs = dir.path().join("theirs");
+        std::fs::create_dir_all(theirs.join("bin")).unwrap();
+        std::fs::write(theirs.join("bin/planted"), "#!/bin/sh\necho planted\n").unwrap();
+        for p in [
+            theirs.clone(),
+            theirs.join("bin"),
+            theirs.join("bin/planted"),
+        ] {
+            std::os::unix::fs::chown(&p, Some(65534), Some(65534)).unwrap();
+        }
+        let r = on_upper(&l, "kernel", &theirs.display().to_string(), "echo ran");
+        assert_setup_error(&r, &["owned by uid 65534", "only uid 0"]);
+    }
+}
+
 #[test]
 fn diff_of_a_missing_upper_gives_125_and_names_the_path() {
     let missing = format!("/nonexistent-upper-{}", marker());

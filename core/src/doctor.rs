@@ -1086,10 +1086,25 @@ mod tests {
         let text = d.to_text();
         assert!(text.contains("\npidfd              ok       pidfd_open works\n"));
         assert!(text.contains("\nfuse               MISSING  /dev/fuse mode 0600\n"));
-        assert!(text.ends_with("\n                            remedy: chmod 0666 /dev/fuse\n"));
+        assert!(text.contains("\n                            remedy: chmod 0666 /dev/fuse\n"));
         assert!(!text.contains("ignored"));
         assert_eq!(d.check("fuse").map(|c| c.available), Some(false));
         assert!(d.check("landlock").is_none());
+        // fuse is not among what a default sandbox needs: ready all the same.
+        assert!(d.ready());
+        assert!(
+            text.ends_with("\nready: a default sandbox can run here\n"),
+            "{text}"
+        );
+        // Control: a missing check it needs makes it not ready, and says which.
+        let d = Doctor {
+            uid: 1001,
+            checks: vec![Check::new("clone3", false, "ENOSYS", "a newer kernel")],
+        };
+        assert!(!d.ready());
+        assert!(d
+            .to_text()
+            .ends_with("\nNOT READY: a default sandbox needs clone3\n"));
     }
 
     /// A fresh directory of `mode` under the test's temporary directory.

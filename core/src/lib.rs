@@ -45,7 +45,7 @@ pub use doctor::{doctor, Check, Doctor};
 pub use error::{Errno, Error, ErrorKind, Result, Step};
 pub use image::{ImageConfig, UnpackedImage};
 pub use mounts::HOST_VIEW_DIRS;
-pub use overlay::{diff, Diff};
+pub use overlay::{diff, Diff, DiffPath};
 pub use pool::Pool;
 pub use report::{Feature, IdRange, MountEntry, Report, Status};
 #[doc(hidden)]

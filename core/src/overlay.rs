@@ -9,9 +9,10 @@
 
 use std::collections::BTreeMap;
 use std::ffi::{CStr, CString};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::raw::c_int;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
@@ -802,13 +803,28 @@ fn persistent_dirs(path: &Path) -> Result<(PathBuf, PathBuf)> {
             format!("must be an absolute path: {}", path.display()),
         ));
     }
-    std::fs::create_dir_all(path)
+    // Nothing is created where another user could reach it (all checked again once created).
+    if std::fs::symlink_metadata(path).is_err() {
+        if let Some(problem) = above_problem("upper", path)? {
+            return Err(upper_refusal(problem));
+        }
+    }
+    // Made 0755 (the sandbox's root takes the upper's mode), never writable by the group even
+    // under a umask that would allow it: such an upper is refused below.
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(path)
         .map_err(|e| Error::io("create upper directory", Some(path.into()), e))?;
     let upper =
         std::fs::canonicalize(path).map_err(|e| Error::io("canonicalize", Some(path.into()), e))?;
     let work = sidecar(&upper, "work");
-    std::fs::create_dir_all(&work)
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&work)
         .map_err(|e| Error::io("create overlay work directory", Some(work.clone()), e))?;
+    check_private_upper(&upper, &work)?;
     open_kernel_workdir(&work);
     let (a, b) = (std::fs::metadata(&upper), std::fs::metadata(&work));
     if let (Ok(a), Ok(b)) = (a, b) {
@@ -824,6 +840,73 @@ fn persistent_dirs(path: &Path) -> Result<(PathBuf, PathBuf)> {
         }
     }
     Ok((upper, work))
+}
+
+/// Refuses a persistent upper, or its work directory, that another user could have planted
+/// files in or could write to while (or after) a sandbox uses it: each must be a directory owned
+/// by the caller that neither group nor others can write, and every directory above them owned
+/// by the caller or root and not writable by others unless sticky (as /tmp is): the layer
+/// store's rule. Judged after they are created, so one created by another user in between is
+/// caught too.
+fn check_private_upper(upper: &Path, work: &Path) -> Result<()> {
+    let me = nix::unistd::geteuid().as_raw();
+    for (what, dir) in [("upper", upper), ("upper's work directory", work)] {
+        let meta = std::fs::symlink_metadata(dir)
+            .map_err(|e| Error::io("stat", Some(dir.to_path_buf()), e))?;
+        let problem = if !meta.is_dir() {
+            "is not a directory".to_string()
+        } else if meta.uid() != me {
+            format!(
+                "is owned by uid {}, not by this user (uid {me}): another user made it, and \
+                 could have planted files in it or write to it still",
+                meta.uid()
+            )
+        } else if meta.mode() & 0o022 != 0 {
+            format!(
+                "is writable by {} (mode {:o}): another user could plant files in it",
+                if meta.mode() & 0o002 != 0 {
+                    "others"
+                } else {
+                    "its group"
+                },
+                meta.mode() & 0o7777
+            )
+        } else {
+            match above_problem(what, dir)? {
+                Some(problem) => return Err(upper_refusal(problem)),
+                None => continue,
+            }
+        };
+        return Err(upper_refusal(format!(
+            "the {what} {} {problem}",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// What makes `dir` (an upper or its work directory, which need not exist yet) or a directory
+/// above it open to other users, by the layer store's rule (`image::store_problem`).
+fn above_problem(what: &str, dir: &Path) -> Result<Option<String>> {
+    Ok(crate::image::store_problem(dir)?.map(|p| {
+        // The store's wording ends in its own advice; the finding is what is kept.
+        let finding = p
+            .split_once(", so another user")
+            .map_or(p.as_str(), |(finding, _)| finding);
+        format!("{finding}, so another user could plant files in the {what}")
+    }))
+}
+
+fn upper_refusal(problem: String) -> Error {
+    let me = nix::unistd::geteuid().as_raw();
+    Error::invalid(
+        "filesystem.root.overlay.upper.persistent.path",
+        format!(
+            "{problem}; use an upper that only uid {me} can write to, in a directory only it \
+             (or root) can write to or a sticky one such as /tmp (remove or chmod go-w a \
+             directory of this user's own)"
+        ),
+    )
 }
 
 /// The kernel driver leaves `WORK/work` at mode 000 (it empties and remakes it at each mount),
@@ -843,14 +926,18 @@ fn open_kernel_workdir(work: &Path) {
 
 /// `DIR/.NAME.SUFFIX` beside `upper` = `DIR/NAME`.
 fn sidecar(upper: &Path, suffix: &str) -> PathBuf {
-    let name = upper
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "upper".into());
+    // Byte for byte: two uppers whose names differ only in bytes that are not UTF-8 must not
+    // share a work directory.
+    let name = upper.file_name().map_or(&b"upper"[..], |n| n.as_bytes());
+    let mut side = Vec::with_capacity(name.len() + suffix.len() + 2);
+    side.push(b'.');
+    side.extend_from_slice(name);
+    side.push(b'.');
+    side.extend_from_slice(suffix.as_bytes());
     upper
         .parent()
         .unwrap_or(Path::new("/"))
-        .join(format!(".{name}.{suffix}"))
+        .join(std::ffi::OsStr::from_bytes(&side))
 }
 
 /// What is recorded beside a persistent upper.
@@ -878,21 +965,235 @@ impl LayerRecord {
     }
 }
 
-/// What a sandbox changed, read from a persistent upper directory.
+/// What a sandbox changed, read from a persistent upper directory. Paths start with `/` (the
+/// sandbox's root) and keep the bytes of their names exactly (see `DiffPath`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Diff {
     /// Paths that did not exist in any lower layer.
-    pub added: Vec<String>,
+    pub added: Vec<DiffPath>,
     /// Paths that exist in a lower layer and were changed: a file's content or metadata, a
     /// directory's own mode or owner (not one copied up only for a change below it), or an
     /// opaque directory that replaced its lower contents.
-    pub modified: Vec<String>,
+    pub modified: Vec<DiffPath>,
     /// Paths deleted (whiteouts).
-    pub deleted: Vec<String>,
-    /// Directories of the upper this user cannot read (a sandbox can make one so): what they
-    /// hold is not in the lists above.
+    pub deleted: Vec<DiffPath>,
+    /// Directories of the upper whose contents are not listed: this user cannot read them (a
+    /// sandbox can make one so), or they lie deeper than [`Diff::MAX_PATH`] below the root.
+    /// What they hold is not in the lists above.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub unreadable: Vec<String>,
+    pub unreadable: Vec<DiffPath>,
+}
+
+impl Diff {
+    /// The longest path (in bytes, from the sandbox's root) whose directory is listed: twice
+    /// PATH_MAX. A sandbox can nest directories without end; those deeper are in `unreadable`.
+    pub const MAX_PATH: usize = 2 * libc::PATH_MAX as usize;
+
+    /// The text form: one line per change, `A PATH` (added), `M PATH` (modified), `D PATH`
+    /// (deleted), `? PATH` (unreadable), in that order, each path escaped as
+    /// `DiffPath::to_text` does, so that one change is always exactly one line.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (mark, list) in [
+            ('A', &self.added),
+            ('M', &self.modified),
+            ('D', &self.deleted),
+            ('?', &self.unreadable),
+        ] {
+            for path in list {
+                out.push(mark);
+                out.push(' ');
+                path.escape_into(&mut out);
+                out.push('\n');
+            }
+        }
+        out
+    }
+}
+
+/// A path in a [`Diff`]: the exact bytes of the names in the upper (a name need not be UTF-8,
+/// and may hold any byte but `/` and NUL), joined by `/` and starting with `/`.
+///
+/// - Text ([`DiffPath::to_text`], `Display`): escaped, so that it is one line and two different
+///   paths never print the same: a backslash is `\\`; newline, tab and carriage return are
+///   `\n`, `\t`, `\r`; any other ASCII control byte (0x00-0x1f, 0x7f) and every byte that is not
+///   part of valid UTF-8 is `\xNN` (two lowercase hex digits); the Unicode C1 controls
+///   (U+0080-U+009F), line and paragraph separators (U+2028, U+2029) and bidirectional
+///   formatting characters (U+061C, U+200E, U+200F, U+202A-U+202E, U+2066-U+2069) are
+///   `\u{H...}` (the code point in lowercase hex, e.g. `\u{2028}`). Everything else, spaces
+///   included, is printed as it is.
+/// - JSON (serde): a string when the path is UTF-8, else `{"base64": "..."}` holding the bytes
+///   (standard base64 with padding), as a sandbox's non-UTF-8 output is.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct DiffPath(Vec<u8>);
+
+impl DiffPath {
+    /// The path's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The path as a `Path` (inside the sandbox: absolute, rooted at the upper).
+    pub fn as_path(&self) -> &Path {
+        Path::new(std::ffi::OsStr::from_bytes(&self.0))
+    }
+
+    /// The path as UTF-8 text, when it is.
+    pub fn as_str(&self) -> Option<&str> {
+        std::str::from_utf8(&self.0).ok()
+    }
+
+    /// The escaped text form (see the type's documentation).
+    pub fn to_text(&self) -> String {
+        let mut out = String::with_capacity(self.0.len());
+        self.escape_into(&mut out);
+        out
+    }
+
+    fn escape_into(&self, out: &mut String) {
+        use std::fmt::Write;
+        for chunk in self.0.utf8_chunks() {
+            for c in chunk.valid().chars() {
+                match c {
+                    '\\' => out.push_str("\\\\"),
+                    '\n' => out.push_str("\\n"),
+                    '\t' => out.push_str("\\t"),
+                    '\r' => out.push_str("\\r"),
+                    '\0'..='\x1f' | '\x7f' => {
+                        let _ = write!(out, "\\x{:02x}", c as u32);
+                    }
+                    '\u{80}'..='\u{9f}'
+                    | '\u{61c}'
+                    | '\u{200e}'
+                    | '\u{200f}'
+                    | '\u{2028}'
+                    | '\u{2029}'
+                    | '\u{202a}'..='\u{202e}'
+                    | '\u{2066}'..='\u{2069}' => {
+                        let _ = write!(out, "\\u{{{:x}}}", c as u32);
+                    }
+                    c => out.push(c),
+                }
+            }
+            for b in chunk.invalid() {
+                let _ = write!(out, "\\x{b:02x}");
+            }
+        }
+    }
+}
+
+impl From<Vec<u8>> for DiffPath {
+    fn from(bytes: Vec<u8>) -> DiffPath {
+        DiffPath(bytes)
+    }
+}
+
+impl From<&str> for DiffPath {
+    fn from(text: &str) -> DiffPath {
+        DiffPath(text.as_bytes().to_vec())
+    }
+}
+
+impl std::fmt::Display for DiffPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_text())
+    }
+}
+
+impl std::fmt::Debug for DiffPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "\"{}\"", self.to_text())
+    }
+}
+
+impl PartialEq<str> for DiffPath {
+    fn eq(&self, other: &str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for DiffPath {
+    fn eq(&self, other: &&str) -> bool {
+        self.0 == other.as_bytes()
+    }
+}
+
+impl PartialEq<[u8]> for DiffPath {
+    fn eq(&self, other: &[u8]) -> bool {
+        self.0 == other
+    }
+}
+
+/// JSON's two forms of a path: text, or the bytes in base64.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum PathJson {
+    Utf8(String),
+    Bytes { base64: String },
+}
+
+impl Serialize for DiffPath {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match std::str::from_utf8(&self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => PathJson::Bytes {
+                base64: base64::encode(&self.0),
+            }
+            .serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DiffPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<DiffPath, D::Error> {
+        match PathJson::deserialize(d)? {
+            PathJson::Utf8(text) => Ok(DiffPath(text.into_bytes())),
+            PathJson::Bytes { base64 } => base64::decode(&base64)
+                .map(DiffPath)
+                .ok_or_else(|| serde::de::Error::custom("invalid base64 path")),
+        }
+    }
+}
+
+/// Standard base64 with padding (RFC 4648), the encoding of non-UTF-8 output in a run's JSON
+/// result (sandbox.rs); repeated here, that one being private to its module.
+mod base64 {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub(super) fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let n = chunk
+                .iter()
+                .enumerate()
+                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+
+    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
+        let text = text.trim_end_matches('=');
+        let mut out = Vec::with_capacity(text.len() * 3 / 4);
+        let (mut n, mut bits) = (0u32, 0);
+        for c in text.bytes() {
+            let v = ALPHABET.iter().position(|&a| a == c)? as u32;
+            n = n << 6 | v;
+            bits += 6;
+            if bits >= 8 {
+                bits -= 8;
+                out.push((n >> bits) as u8);
+                n &= (1 << bits) - 1;
+            }
+        }
+        Some(out)
+    }
 }
 
 /// Reads the changes recorded in a persistent `upper`. `lowers` (top-most first) tell added from
@@ -900,6 +1201,11 @@ pub struct Diff {
 /// also tells whether fuse-overlayfs has mounted the upper: only then is a file `.wh.NAME` a
 /// whiteout (the kernel driver's whiteouts are devices, and `.wh.NAME` an ordinary name to it);
 /// for an upper without that record, it is one where a lower has NAME.
+///
+/// The upper is walked by directory descriptors, never by whole paths: a sandbox can nest
+/// directories deeper than the host's PATH_MAX allows with the upper's path in front. Whatever a
+/// sandbox does to a directory of its upper (making it unreadable, nesting it without end), that
+/// directory is listed in `unreadable` and the rest of the diff stands.
 pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Diff> {
     let meta = std::fs::metadata(upper).map_err(|e| Error::PathNotFound {
         what: "upper directory",
@@ -922,23 +1228,27 @@ pub fn diff(upper: &Path, lowers: &[PathBuf]) -> Result<Diff> {
     } else {
         lowers
     };
-    let mut changes = BTreeMap::new();
-    let mut d = Diff::default();
     let mut walk = Walk {
         upper,
-        lowers,
+        no_lowers: lowers.is_empty(),
         fuse,
-        out: &mut changes,
-        unreadable: &mut d.unreadable,
+        path: Vec::new(),
+        out: BTreeMap::new(),
+        unreadable: Vec::new(),
     };
-    walk.dir(Path::new(""))?;
-    for (path, kind) in changes {
+    walk.run(lowers)?;
+    let mut d = Diff::default();
+    for (path, kind) in walk.out {
+        let path = DiffPath(path);
         match kind {
             Change::Added => d.added.push(path),
             Change::Modified => d.modified.push(path),
             Change::Deleted => d.deleted.push(path),
         }
     }
+    walk.unreadable.sort();
+    walk.unreadable.dedup();
+    d.unreadable = walk.unreadable.into_iter().map(DiffPath).collect();
     Ok(d)
 }
 
@@ -948,117 +1258,282 @@ enum Change {
     Deleted,
 }
 
-fn in_lowers(lowers: &[PathBuf], rel: &Path) -> bool {
-    top_lower(lowers, rel).is_some()
+/// A directory open for `at` calls, never followed through a symbolic link.
+fn open_dir_at(dir: BorrowedFd<'_>, name: &CStr) -> std::result::Result<OwnedFd, Errno> {
+    use nix::fcntl::OFlag;
+    nix::fcntl::openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
 }
 
-/// What the top-most lower holding `rel` has there.
-fn top_lower(lowers: &[PathBuf], rel: &Path) -> Option<std::fs::Metadata> {
-    lowers
-        .iter()
-        .find_map(|l| l.join(rel).symlink_metadata().ok())
+/// The names in a directory (without `.` and `..`), read through a copy of its descriptor: the
+/// directory stream (and its buffer) is gone when this returns.
+fn names_in(dir: &OwnedFd) -> std::result::Result<Vec<CString>, Errno> {
+    use std::os::fd::IntoRawFd;
+    let copy = dir
+        .try_clone()
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EBADF)))?
+        .into_raw_fd();
+    // SAFETY: `copy` is an open descriptor this function owns; fdopendir takes it over.
+    let stream = unsafe { libc::fdopendir(copy) };
+    if stream.is_null() {
+        let e = Errno::last();
+        // SAFETY: fdopendir failed, so `copy` is still ours to close.
+        unsafe { libc::close(copy) };
+        return Err(e);
+    }
+    let mut names = Vec::new();
+    let result = loop {
+        Errno::clear();
+        // SAFETY: `stream` is an open directory stream, used by this thread only.
+        let entry = unsafe { libc::readdir64(stream) };
+        if entry.is_null() {
+            break match Errno::last_raw() {
+                0 => Ok(()),
+                e => Err(Errno::from_raw(e)),
+            };
+        }
+        // SAFETY: readdir64 returned an entry whose d_name is NUL-terminated and valid until the
+        // next call on the stream; it is copied at once.
+        let name = unsafe { CStr::from_ptr((*entry).d_name.as_ptr()) };
+        if name.to_bytes() != b"." && name.to_bytes() != b".." {
+            names.push(name.to_owned());
+        }
+    };
+    // SAFETY: `stream` is open and not used after this; closedir closes `copy` too.
+    unsafe { libc::closedir(stream) };
+    result.map(|()| names)
 }
 
-/// A walk of an upper: what it read so far.
+fn stat_at(dir: BorrowedFd<'_>, name: &CStr) -> std::result::Result<libc::stat, Errno> {
+    nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+}
+
+fn is_dir(st: &libc::stat) -> bool {
+    st.st_mode & libc::S_IFMT == libc::S_IFDIR
+}
+
+/// One directory of the walk: the upper's, and the lowers' at the same place (None where a lower
+/// has no directory there).
+struct Level {
+    upper: OwnedFd,
+    lowers: Vec<Option<OwnedFd>>,
+    /// Whether a lower has something at this path.
+    in_lowers: bool,
+    /// The names still to look at.
+    names: std::vec::IntoIter<CString>,
+    /// The length of the walk's path before this directory's name.
+    parent_len: usize,
+}
+
+impl Level {
+    /// What the top-most lower holding `name` (in this directory) has there.
+    fn top_lower(&self, name: &CStr) -> Option<libc::stat> {
+        self.lowers
+            .iter()
+            .flatten()
+            .find_map(|l| stat_at(l.as_fd(), name).ok())
+    }
+}
+
+/// A walk of an upper: where it is and what it read so far.
 struct Walk<'a> {
     upper: &'a Path,
-    lowers: &'a [PathBuf],
+    no_lowers: bool,
     /// Whether fuse-overlayfs has mounted the upper (None: not known).
     fuse: Option<bool>,
-    out: &'a mut BTreeMap<String, Change>,
-    unreadable: &'a mut Vec<String>,
+    /// The directory being read, from the upper's root: empty for the root, else `a/b`.
+    path: Vec<u8>,
+    /// Each change by its path (`/a/b`).
+    out: BTreeMap<Vec<u8>, Change>,
+    unreadable: Vec<Vec<u8>>,
 }
 
 impl Walk<'_> {
-    /// Whether a file `.wh.NAME` at `rel` (NAME = `hidden`) is a whiteout: fuse-overlayfs writes
-    /// such files where it cannot make a whiteout device, and refuses the name otherwise, while
-    /// under the kernel driver it is a file like any other. One hides only what a lower has.
-    fn fuse_whiteout(&self, rel: &Path, hidden: &str) -> bool {
+    /// `/PATH/NAME` for `name` in the directory being read (`/PATH` when `name` is empty).
+    fn shown(&self, name: &[u8]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.path.len() + name.len() + 2);
+        out.push(b'/');
+        out.extend_from_slice(&self.path);
+        if !name.is_empty() {
+            if !self.path.is_empty() {
+                out.push(b'/');
+            }
+            out.extend_from_slice(name);
+        }
+        out
+    }
+
+    /// The host path of `name` in the directory being read, for an error message.
+    fn host_path(&self, name: &[u8]) -> PathBuf {
+        let rel = self.shown(name);
+        self.upper.join(std::ffi::OsStr::from_bytes(&rel[1..]))
+    }
+
+    /// Whether a file `.wh.NAME` in a directory (NAME = `hidden`) is a whiteout: fuse-overlayfs
+    /// writes such files where it cannot make a whiteout device, and refuses the name otherwise,
+    /// while under the kernel driver it is a file like any other. One hides only what a lower
+    /// has.
+    fn fuse_whiteout(&self, level: &Level, hidden: &[u8]) -> bool {
         match self.fuse {
             Some(false) => false,
-            _ => self.lowers.is_empty() || in_lowers(self.lowers, &rel.join(hidden)),
+            _ => {
+                self.no_lowers || CString::new(hidden).is_ok_and(|h| level.top_lower(&h).is_some())
+            }
         }
     }
 
-    fn dir(&mut self, rel: &Path) -> Result<()> {
-        let dir = self.upper.join(rel);
-        let entries = match std::fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            // A directory the sandbox made unreadable: said so, and the rest of the diff stands.
-            Err(e)
-                if e.kind() == std::io::ErrorKind::PermissionDenied
-                    && !rel.as_os_str().is_empty() =>
-            {
-                self.unreadable.push(format!("/{}", rel.display()));
+    fn run(&mut self, lowers: &[PathBuf]) -> Result<()> {
+        let open_root = |p: &Path| {
+            let c = CString::new(p.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
+            nix::fcntl::open(
+                c.as_c_str(),
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+        };
+        let read_err = |e: Errno| {
+            Error::io(
+                "read upper directory",
+                Some(self.upper.to_path_buf()),
+                std::io::Error::from_raw_os_error(e as i32),
+            )
+        };
+        // The root itself made unreadable (chmod 000 / in the sandbox) is said so too.
+        let (root, names) = match open_root(self.upper).and_then(|fd| Ok((names_in(&fd)?, fd))) {
+            Ok((names, fd)) => (fd, names),
+            Err(Errno::EACCES) => {
+                self.unreadable.push(b"/".to_vec());
                 return Ok(());
             }
-            Err(e) => return Err(Error::io("read upper directory", Some(dir.clone()), e)),
+            Err(e) => return Err(read_err(e)),
         };
-        for entry in entries {
-            let entry =
-                entry.map_err(|e| Error::io("read upper directory", Some(dir.clone()), e))?;
-            let name = entry.file_name();
-            let name_s = name.to_string_lossy();
-            let child = rel.join(&name);
-            let shown = format!("/{}", child.display());
-            let meta = entry
-                .metadata()
-                .map_err(|e| Error::io("stat", Some(entry.path()), e))?;
-            let ft = meta.file_type();
-            // Whiteouts and opaque markers are never directories: a directory of such a name is
-            // one the sandbox made, and is taken as it is.
-            let hidden = name_s
-                .strip_prefix(".wh.")
-                .filter(|h| !ft.is_dir() && self.fuse_whiteout(rel, h));
-            if (name_s == ".wh..wh..opq" || name_s == ".wh..opq")
-                && !ft.is_dir()
-                && self.fuse != Some(false)
-            {
-                // fuse-overlayfs's opaque markers: only news when they hide a lower directory.
-                if !rel.as_os_str().is_empty() && in_lowers(self.lowers, rel) {
-                    self.out
-                        .insert(format!("/{}", rel.display()), Change::Modified);
-                }
-            } else if ft.is_char_device() && meta.rdev() == 0 {
-                self.out.insert(shown, Change::Deleted);
-            } else if let Some(hidden) = hidden {
-                self.out
-                    .insert(format!("/{}", rel.join(hidden).display()), Change::Deleted);
-            } else if ft.is_dir() {
-                match top_lower(self.lowers, &child) {
-                    None => {
-                        self.out.insert(shown, Change::Added);
-                    }
-                    Some(below) => {
-                        // Copied up for a change below it, or changed itself: its own mode or
-                        // owner differs from the directory it covers (or it covers a non-directory),
-                        // or it hides the lowers' contents.
-                        let changed = !below.is_dir()
-                            || below.mode() & 0o7777 != meta.mode() & 0o7777
-                            || (below.uid(), below.gid()) != (meta.uid(), meta.gid());
-                        if changed || is_opaque(&entry.path()) {
-                            self.out.insert(shown, Change::Modified);
-                        }
-                    }
-                }
-                self.dir(&child)?;
-            } else {
-                let kind = if in_lowers(self.lowers, &child) {
-                    Change::Modified
-                } else {
-                    Change::Added
-                };
-                self.out.insert(shown, kind);
+        let mut stack = vec![Level {
+            upper: root,
+            lowers: lowers.iter().map(|l| open_root(l).ok()).collect(),
+            in_lowers: false,
+            names: names.into_iter(),
+            parent_len: 0,
+        }];
+        while let Some(level) = stack.last_mut() {
+            let Some(name) = level.names.next() else {
+                let done = stack.pop().expect("a level");
+                self.path.truncate(done.parent_len);
+                continue;
+            };
+            if let Some(child) = self.entry(level, &name)? {
+                stack.push(child);
             }
         }
         Ok(())
     }
+
+    /// Looks at `name` in the directory `level`; a directory to read next is returned, with the
+    /// walk's path moved into it.
+    fn entry(&mut self, level: &mut Level, name: &CStr) -> Result<Option<Level>> {
+        let st = match stat_at(level.upper.as_fd(), name) {
+            Ok(st) => st,
+            // Gone since the directory was read (a sandbox still running on the upper).
+            Err(Errno::ENOENT) => return Ok(None),
+            // A directory that may be read but not searched (mode r--): its names are known,
+            // not what they are. Said so, and the rest of the diff stands.
+            Err(Errno::EACCES) => {
+                self.unreadable.push(self.shown(b""));
+                level.names = Vec::new().into_iter();
+                return Ok(None);
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    "stat",
+                    Some(self.host_path(name.to_bytes())),
+                    std::io::Error::from_raw_os_error(e as i32),
+                ))
+            }
+        };
+        let bytes = name.to_bytes();
+        let shown = self.shown(bytes);
+        let dir = is_dir(&st);
+        // Whiteouts and opaque markers are never directories: a directory of such a name is one
+        // the sandbox made, and is taken as it is.
+        let hidden = bytes
+            .strip_prefix(b".wh.")
+            .filter(|h| !dir && self.fuse_whiteout(level, h));
+        if (bytes == b".wh..wh..opq" || bytes == b".wh..opq") && !dir && self.fuse != Some(false) {
+            // fuse-overlayfs's opaque markers: only news when they hide a lower directory.
+            if !self.path.is_empty() && level.in_lowers {
+                self.out.insert(self.shown(b""), Change::Modified);
+            }
+        } else if st.st_mode & libc::S_IFMT == libc::S_IFCHR && st.st_rdev == 0 {
+            self.out.insert(shown, Change::Deleted);
+        } else if let Some(hidden) = hidden {
+            self.out.insert(self.shown(hidden), Change::Deleted);
+        } else if dir {
+            let below = level.top_lower(name);
+            let fd = open_dir_at(level.upper.as_fd(), name);
+            let changed = match &below {
+                None => Some(Change::Added),
+                // Copied up for a change below it, or changed itself: its own mode or owner
+                // differs from the directory it covers (or it covers a non-directory), or it
+                // hides the lowers' contents.
+                Some(b) => {
+                    let changed = !is_dir(b)
+                        || b.st_mode & 0o7777 != st.st_mode & 0o7777
+                        || (b.st_uid, b.st_gid) != (st.st_uid, st.st_gid);
+                    (changed || fd.as_ref().is_ok_and(|fd| is_opaque(fd.as_fd())))
+                        .then_some(Change::Modified)
+                }
+            };
+            if let Some(kind) = changed {
+                self.out.insert(shown.clone(), kind);
+            }
+            let names = match fd {
+                // Gone since the directory was read.
+                Err(Errno::ENOENT) => return Ok(None),
+                // Too deep to list, or not to be read (made unreadable, out of descriptors): said
+                // so, and the rest of the diff stands.
+                _ if shown.len() > Diff::MAX_PATH => Err(()),
+                Err(_) => Err(()),
+                Ok(fd) => names_in(&fd).map(|names| (fd, names)).map_err(drop),
+            };
+            let Ok((fd, names)) = names else {
+                self.unreadable.push(shown);
+                return Ok(None);
+            };
+            let lowers = level
+                .lowers
+                .iter()
+                .map(|l| l.as_ref().and_then(|l| open_dir_at(l.as_fd(), name).ok()))
+                .collect();
+            let parent_len = self.path.len();
+            if !self.path.is_empty() {
+                self.path.push(b'/');
+            }
+            self.path.extend_from_slice(bytes);
+            return Ok(Some(Level {
+                upper: fd,
+                lowers,
+                in_lowers: below.is_some(),
+                names: names.into_iter(),
+                parent_len,
+            }));
+        } else {
+            let kind = match level.top_lower(name) {
+                Some(_) => Change::Modified,
+                None => Change::Added,
+            };
+            self.out.insert(shown, kind);
+        }
+        Ok(None)
+    }
 }
 
-fn is_opaque(dir: &Path) -> bool {
-    let Ok(path) = CString::new(dir.as_os_str().as_bytes()) else {
-        return false;
-    };
+/// Whether the directory open at `dir` is an opaque one of either driver.
+fn is_opaque(dir: BorrowedFd<'_>) -> bool {
     let mut buf = [0u8; 4];
     [
         c"user.overlay.opaque",
@@ -1067,10 +1542,11 @@ fn is_opaque(dir: &Path) -> bool {
     ]
     .iter()
     .any(|name| {
-        // SAFETY: path and name are NUL-terminated; buf is writable for its length.
+        // SAFETY: dir is an open descriptor, name is NUL-terminated, buf is writable for its
+        // length.
         let n = unsafe {
-            libc::lgetxattr(
-                path.as_ptr(),
+            libc::fgetxattr(
+                dir.as_raw_fd(),
                 name.as_ptr(),
                 buf.as_mut_ptr().cast(),
                 buf.len(),
@@ -1078,4 +1554,65 @@ fn is_opaque(dir: &Path) -> bool {
         };
         n > 0 && buf[0] == b'y'
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn diff_paths_escape_to_one_distinct_line() {
+        let text = |b: &[u8]| DiffPath(b.to_vec()).to_text();
+        assert_eq!(text(b"/etc/passwd"), "/etc/passwd");
+        assert_eq!(text(b"/z\nD /etc/shadow"), "/z\\nD /etc/shadow");
+        assert_eq!(text(b"/a\\nb"), "/a\\\\nb");
+        assert_eq!(text(b"/bad\xffname"), "/bad\\xffname");
+        assert_eq!(text("/bad\u{fffd}name".as_bytes()), "/bad\u{fffd}name");
+        assert_eq!(text(b"/t\tr\r\x01\x7f"), "/t\\tr\\r\\x01\\x7f");
+        assert_eq!(
+            text("/\u{85}\u{2028}\u{202e}x".as_bytes()),
+            "/\\u{85}\\u{2028}\\u{202e}x"
+        );
+        assert_eq!(text(b"/\xc2"), "/\\xc2");
+        assert_eq!(text("/é ü".as_bytes()), "/é ü");
+        for b in [&b"/a\nb"[..], b"/\xe2\x80\xa8", b"/\xff\xfe", b"/x\\y"] {
+            assert!(!text(b).contains(['\n', '\r', '\u{2028}']), "{b:?}");
+        }
+        let d = Diff {
+            added: vec![DiffPath(b"/z\nD /etc/shadow".to_vec())],
+            deleted: vec!["/etc/passwd".into()],
+            ..Diff::default()
+        };
+        assert_eq!(d.to_text(), "A /z\\nD /etc/shadow\nD /etc/passwd\n");
+    }
+
+    #[test]
+    fn diff_paths_are_byte_exact_in_json() {
+        let d = Diff {
+            added: vec![
+                DiffPath(b"/bad\xffname".to_vec()),
+                DiffPath("/bad\u{fffd}name".as_bytes().to_vec()),
+            ],
+            ..Diff::default()
+        };
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            json["added"],
+            serde_json::json!([{"base64": "L2JhZP9uYW1l"}, "/bad\u{fffd}name"])
+        );
+        let back: Diff = serde_json::from_value(json).unwrap();
+        assert_eq!(back, d);
+    }
+
+    #[test]
+    fn base64_round_trips_every_length() {
+        assert_eq!(base64::encode(b"a\xff\xfeb"), "Yf/+Yg==");
+        let data: Vec<u8> = (0..=255).collect();
+        for len in 0..data.len() {
+            let text = base64::encode(&data[..len]);
+            assert_eq!(text.len() % 4, 0);
+            assert_eq!(base64::decode(&text).as_deref(), Some(&data[..len]));
+        }
+        assert_eq!(base64::decode("Zm9v!"), None);
+    }
 }

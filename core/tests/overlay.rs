@@ -672,3 +672,213 @@ fn a_persistent_upper_is_not_shared_by_two_running_sandboxes() {
         }
     }
 }
+
+/// Makes every directory under `dir` writable and searchable again (a sandbox may have closed
+/// some, the kernel driver leaves its work directory's inner one at 000), so it can be removed.
+fn open_up(dir: &Path) {
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            open_up(&entry.path());
+        }
+    }
+}
+
+/// Names a sandbox chooses cannot forge or merge the changes `diff` lists: a name holding a
+/// newline and the text of another change stays one escaped line, a non-UTF-8 name and its
+/// lossy twin (U+FFFD) stay two changes, and the JSON form keeps every byte.
+#[test]
+fn diff_keeps_hostile_names_exact_and_one_line_each() {
+    let Some(l) = layers() else { return };
+    for driver in drivers() {
+        let up = TempDir::new("names");
+        let upper = up.path().join("u");
+        let script = r#"set -e; cd /data
+            forged=$(printf 'z\nD ')
+            mkdir -p "$forged/data"; echo x > "$forged/data/base.txt"
+            echo x > "$(printf 'bad\377name')"; echo x > "$(printf 'bad\357\277\275name')"
+            echo x > 'back\slash'; rm mid.txt"#;
+        let r = run(&overlay_spec(
+            &l,
+            driver,
+            Upper::Persistent {
+                path: upper.clone(),
+            },
+            script,
+        ));
+        assert!(r.status.success(), "{driver:?}: {}", err(&r));
+        let d = rsandbox::diff(&upper, &[]).unwrap();
+        let added: Vec<&[u8]> = d.added.iter().map(|p| p.as_bytes()).collect();
+        assert_eq!(
+            added,
+            [
+                &b"/data/back\\slash"[..],
+                b"/data/bad\xef\xbf\xbdname",
+                b"/data/bad\xffname",
+                b"/data/z\nD ",
+                b"/data/z\nD /data",
+                b"/data/z\nD /data/base.txt",
+            ],
+            "{driver:?}: {d:?}"
+        );
+        assert!(d.modified.is_empty(), "{driver:?}: {d:?}");
+        assert_eq!(d.deleted, ["/data/mid.txt"], "{driver:?}");
+        assert_eq!(
+            d.to_text(),
+            "A /data/back\\\\slash\n\
+             A /data/bad\u{fffd}name\n\
+             A /data/bad\\xffname\n\
+             A /data/z\\nD \n\
+             A /data/z\\nD /data\n\
+             A /data/z\\nD /data/base.txt\n\
+             D /data/mid.txt\n",
+            "{driver:?}"
+        );
+        // Display is the same escaped text.
+        assert_eq!(d.added[2].to_string(), "/data/bad\\xffname");
+        let json = serde_json::to_value(&d).unwrap();
+        assert_eq!(
+            json["added"][2],
+            serde_json::json!({"base64": "L2RhdGEvYmFk/25hbWU="}),
+            "{driver:?}"
+        );
+        assert_eq!(json["added"][1], "/data/bad\u{fffd}name", "{driver:?}");
+        assert_eq!(json["added"][3], "/data/z\nD ", "{driver:?}");
+        let back: rsandbox::Diff = serde_json::from_value(json).unwrap();
+        assert_eq!(back, d, "{driver:?}");
+        open_up(up.path());
+    }
+}
+
+/// A sandbox can nest directories deeper than the host's PATH_MAX allows with the upper's path
+/// in front, and close a directory to search: `diff` still lists everything else, the
+/// directories too deep to list (past `Diff::MAX_PATH`) or closed as unreadable.
+#[test]
+fn diff_stands_when_a_directory_is_too_deep_or_closed() {
+    let Some(l) = layers() else { return };
+    for driver in drivers() {
+        let up = TempDir::new("deep");
+        let upper = up.path().join("u");
+        // 45 levels of 200-character names: past PATH_MAX from level 21, past MAX_PATH (8192)
+        // from level 41 (/deep is 5 bytes, each level 201 more). No path that long can be
+        // named, so three chains of 15 are made and moved one into another.
+        let script = r#"set -e
+            mkdir /data/ro; echo x > /data/ro/f; chmod 444 /data/ro; rm /data/mid.txt
+            n=$(printf %0200d 0); c=$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n/$n
+            mkdir -p /deep/$c /a/$c /b/$c; echo x > /b/$c/f
+            mv /b/$n /a/$c/; mv /a/$n /deep/$c/; echo moved"#;
+        let r = run(&overlay_spec(
+            &l,
+            driver,
+            Upper::Persistent {
+                path: upper.clone(),
+            },
+            script,
+        ));
+        assert_eq!(out(&r), "moved\n", "{driver:?}: {}", err(&r));
+        let depth = 45;
+        let d = rsandbox::diff(&upper, &[]).unwrap_or_else(|e| panic!("{driver:?}: {e}"));
+        assert_eq!(d.deleted, ["/data/mid.txt"], "{driver:?}");
+        let name = "0".repeat(200);
+        let level = |k: usize| format!("/deep{}", format!("/{name}").repeat(k));
+        // The deepest directory listed in full; the one below it is unreadable (too deep).
+        let last = (0..depth)
+            .rev()
+            .find(|&k| level(k).len() <= rsandbox::Diff::MAX_PATH)
+            .unwrap();
+        assert!(level(last + 1).len() > rsandbox::Diff::MAX_PATH);
+        let mut want: Vec<String> = (0..=last + 1).map(level).collect();
+        want.push("/data/ro".into());
+        // As a user, a directory that may be listed but not searched: its names are known, not
+        // what they are. Root searches any.
+        let as_root = my_uid() == 0;
+        if as_root {
+            want.push("/data/ro/f".into());
+        }
+        want.sort();
+        let added: Vec<String> = d
+            .added
+            .iter()
+            .map(|p| p.to_string())
+            .filter(|p| p != "/a" && p != "/b")
+            .collect();
+        assert_eq!(added, want, "{driver:?}");
+        let mut unreadable = vec![level(last + 1)];
+        if !as_root {
+            unreadable.push("/data/ro".into());
+        }
+        unreadable.sort();
+        let got: Vec<String> = d.unreadable.iter().map(|p| p.to_string()).collect();
+        assert_eq!(got, unreadable, "{driver:?}");
+        open_up(up.path());
+    }
+}
+
+/// A persistent upper, or its work directory, that another user made or could write to is
+/// refused before anything runs: that user could have planted files for the sandbox to run, or
+/// write to its upper still. So is one below a directory others can write that is not sticky;
+/// below a sticky one (as /tmp) it is used.
+#[test]
+fn a_persistent_upper_others_could_write_is_refused() {
+    let Some(l) = layers() else { return };
+    let dir = TempDir::new("foreign-upper");
+    let spec = |upper: &Path| {
+        overlay_spec(
+            &l,
+            OverlayDriver::Kernel,
+            Upper::Persistent {
+                path: upper.to_path_buf(),
+            },
+            "echo ran",
+        )
+    };
+    let refused = |upper: &Path, needle: &str| {
+        let e = rsandbox::spawn(&spec(upper)).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidSpec, "{e}");
+        let text = e.to_string();
+        assert!(text.contains(needle), "{needle:?} missing: {text}");
+        assert!(text.contains("only uid"), "no remedy: {text}");
+    };
+    let chmod = |p: &Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap()
+    };
+    // Writable by others, or by the group.
+    let upper = dir.path().join("open");
+    std::fs::create_dir(&upper).unwrap();
+    chmod(&upper, 0o777);
+    refused(&upper, "writable by others");
+    assert_eq!(std::fs::read_dir(&upper).unwrap().count(), 0);
+    chmod(&upper, 0o775);
+    refused(&upper, "writable by its group");
+    // Its work directory writable by others.
+    let upper = dir.path().join("w");
+    let work = dir.path().join(".w.work");
+    std::fs::create_dir(&work).unwrap();
+    chmod(&work, 0o777);
+    refused(&upper, "work directory");
+    // Below a directory others can write that is not sticky.
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    chmod(&shared, 0o777);
+    refused(&shared.join("u"), "writable by others");
+    assert!(!shared.join("u").exists(), "created before it was refused");
+    // Below a sticky one: fine, and created 0755 whatever the umask.
+    chmod(&shared, 0o1777);
+    let r = run(&spec(&shared.join("u")));
+    assert_eq!(out(&r), "ran\n", "{}", err(&r));
+    let mode = std::fs::metadata(shared.join("u")).unwrap().mode() & 0o7777;
+    assert_eq!(mode, 0o755);
+    // Made by another user (only root can make one here).
+    if my_uid() == 0 {
+        let upper = dir.path().join("theirs");
+        std::fs::create_dir(&upper).unwrap();
+        std::os::unix::fs::chown(&upper, Some(65534), Some(65534)).unwrap();
+        refused(&upper, "owned by uid 65534");
+        let upper = dir.path().join("their-work");
+        let work = dir.path().join(".their-work.work");
+        std::fs::create_dir(&work).unwrap();
+        std::os::unix::fs::chown(&work, Some(65534), Some(65534)).unwrap();
+        refused(&upper, "owned by uid 65534");
+    }
+    open_up(dir.path());
+}
