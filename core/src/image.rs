@@ -34,7 +34,9 @@
 //! dropped) and a name with a `..` component makes the whole layer invalid; no entry is ever written
 //! through a symbolic link that leads out of the layer, and hard links must point inside it.
 //! Ownership and extended attributes in the archive are ignored (the files belong to the caller);
-//! permission bits, including set-id bits, and modification times are kept. Device nodes and FIFOs
+//! permission bits and modification times are kept, except the set-user-ID and set-group-ID bits,
+//! which are dropped (the sticky bit stays on directories). A later entry replaces an earlier one
+//! of the same name, a directory tree included. Device nodes and FIFOs
 //! cannot be made without privilege and are skipped (and listed), except the overlayfs whiteout
 //! device 0/0. OCI whiteouts become their overlayfs form: `.wh.NAME` becomes a character device 0/0
 //! named `NAME` (which Linux 5.8 and later let unprivileged users create) and `.wh..wh..opq` sets
@@ -45,12 +47,12 @@
 
 use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::{CString, OsStr};
+use std::ffi::{CStr, CString, OsStr};
 use std::fs::{self, File};
 use std::io::{self, BufReader, Read};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 use std::rc::Rc;
 
@@ -71,6 +73,29 @@ use crate::error::{Error, Result};
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// JSON blobs (index, manifest, config) larger than this are refused rather than read into memory.
 const MAX_JSON_SIZE: u64 = 16 << 20;
+/// The most entries one layer may hold. Real layers hold up to a few hundred thousand (a whole
+/// distribution with its documentation); this bounds the time and memory (directories are
+/// recorded until the end) that a "tar bomb" of empty entries, tiny once compressed, can cost.
+pub const MAX_LAYER_ENTRIES: u64 = 4_000_000;
+/// The share of the store's file system, in percent of its size and of its inodes, that unpacking
+/// leaves free: a layer that would eat into it (a decompression bomb, or a disk too small) stops
+/// with an error instead of filling a disk the rest of the host needs. The reserve is at most
+/// [`STORE_RESERVE_MAX_BYTES`] and [`STORE_RESERVE_MAX_INODES`], so a large, busy disk is not
+/// held back more than that; it is checked every [`SPACE_CHECK_BYTES`] of unpacked data and
+/// every [`SPACE_CHECK_ENTRIES`] entries, so small layers always unpack.
+pub const STORE_RESERVE_PERCENT: u64 = 5;
+/// The most free space [`STORE_RESERVE_PERCENT`] keeps: 2 GiB.
+pub const STORE_RESERVE_MAX_BYTES: u64 = 2 << 30;
+/// The most free inodes [`STORE_RESERVE_PERCENT`] keeps.
+pub const STORE_RESERVE_MAX_INODES: u64 = 100_000;
+/// How much uncompressed layer data goes by between two checks of the store's free space.
+pub const SPACE_CHECK_BYTES: u64 = 32 << 20;
+/// How many layer entries go by between two checks of the store's free space.
+pub const SPACE_CHECK_ENTRIES: u64 = 4096;
+/// The most bytes the tar stream may hold between two entries (headers, long names, PAX records,
+/// data of entries that are skipped): the tar reader keeps long names and PAX records in memory
+/// whole, and no real layer has more than a few KiB of them per entry.
+const MAX_BYTES_BETWEEN_ENTRIES: u64 = 16 << 20;
 /// The xattr that marks an overlayfs directory opaque when overlayfs uses `user.*` xattrs.
 const OPAQUE_XATTR: &str = "user.overlay.opaque";
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -132,12 +157,20 @@ pub struct UnpackedImage {
 /// their non-distributable variants) and Docker's `application/vnd.docker.image.rootfs.diff.tar`
 /// and `…diff.tar.gzip`.
 ///
+/// Every file of the layout is opened beneath the layout directory (a symbolic link may lead
+/// elsewhere inside it, not out of it), without blocking, and only read if it is a regular file,
+/// no further than its descriptor's size (index.json and oci-layout: 16 MiB).
+///
 /// # Errors
 /// [`Error::InvalidImage`] naming the file or blob at fault when the layout is missing a file, holds
-/// malformed JSON, has no manifest for `tag` (the message lists the tags there are), a blob fails
-/// verification, a layer has an unsupported media type or is corrupt, or an entry tries to leave
-/// its layer. [`Error::Io`] for failures of the store's file system (including a whiteout device
-/// that the kernel refuses to create), or a store that other users could write to.
+/// malformed JSON, has no manifest for `tag` (the message lists the tags there are), a file of it
+/// is not a regular file or is reached through a symbolic link out of the layout, a blob fails
+/// verification, a layer has an unsupported media type, is corrupt, holds more than
+/// [`MAX_LAYER_ENTRIES`] entries, or an entry tries to leave its layer or cannot be unpacked
+/// (the message names the entry and keeps the system's reason). [`Error::Io`] for failures of the
+/// store's file system (including a whiteout device that the kernel refuses to create, and
+/// ENOSPC when a layer would eat into the free space kept for the host, see
+/// [`STORE_RESERVE_PERCENT`]), or a store that other users could write to.
 pub fn unpack(layout: &Path, tag: Option<&str>, store: &Path) -> Result<UnpackedImage> {
     let layout = Layout::open(layout)?;
     let manifest_desc = layout.select(tag)?;
@@ -214,14 +247,15 @@ pub fn unpack(layout: &Path, tag: Option<&str>, store: &Path) -> Result<Unpacked
             target: dir.join(hex),
             notes: dir.join(format!("{hex}.skipped")),
             dir,
+            alg,
             hex: hex.to_owned(),
         });
     }
 
     // Verify every blob that will be read before unpacking any, so a bad image leaves no trace.
     let verify = |plan: &LayerPlan<'_>| {
-        let what = format!("layer {}", plan.index);
-        verify_file(&plan.blob, plan.desc, &what, &manifest_path)
+        let file = plan.open(&layout, &manifest_path)?;
+        verify_file(file, &plan.blob, plan.desc)
     };
     let mut verified = vec![false; plans.len()];
     for (plan, verified) in plans.iter().zip(&mut verified) {
@@ -239,7 +273,7 @@ pub fn unpack(layout: &Path, tag: Option<&str>, store: &Path) -> Result<Unpacked
             if !verified {
                 verify(plan)?;
             }
-            plan.unpack()?;
+            plan.unpack(plan.open(&layout, &manifest_path)?)?;
         }
         match fs::read_to_string(&plan.notes) {
             Ok(text) => skipped.extend(
@@ -306,10 +340,294 @@ fn image_config_of(image: &ImageConfiguration) -> ImageConfig {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The image's user, looked up in the image's own /etc/passwd and /etc/group.
+
+/// The largest `/etc/passwd` or `/etc/group` [`resolve_user`] reads (some 50,000 users); a larger
+/// one is an invalid image rather than memory spent.
+pub const MAX_ID_FILE_SIZE: u64 = 4 << 20;
+/// The symbolic links one lookup in the image follows before it gives up, as many as the kernel.
+const MAX_SYMLINKS: usize = 40;
+
+/// The uid and gid the image config's `User` stands for: `uid`, `uid:gid`, `name`, `name:group`
+/// (or a mix); the gid is `None` for a bare numeric uid.
+///
+/// Names are looked up in the image's own `/etc/passwd` and `/etc/group` as the sandbox will see
+/// them: in `layers` (bottom first, as in [`UnpackedImage::layers`]) stacked the way overlayfs
+/// stacks them, whiteouts and opaque directories included, with symbolic links resolved inside the
+/// image (an absolute one from the image's root), never on the host. Only a regular file of at
+/// most [`MAX_ID_FILE_SIZE`] bytes is read. A name without a group takes its primary group from
+/// `/etc/passwd`.
+///
+/// # Errors
+/// [`Error::InvalidImage`] when the image does not define a name, when its `/etc/passwd` or
+/// `/etc/group` is not a regular file, is too large or sits behind a loop of symbolic links, or
+/// when an entry's id is not a number. [`Error::Io`] when a layer directory cannot be read.
+pub fn resolve_user(user: &str, layers: &[PathBuf]) -> Result<(u32, Option<u32>)> {
+    let view = MergedView { layers };
+    let unknown = |what: &str, name: &str| Error::InvalidImage {
+        path: "config.User".into(),
+        reason: format!("the image runs as {what} {name:?}, which its /etc/{what} does not define"),
+    };
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (n, None),
+        Err(_) => view
+            .id_entry("etc/passwd", u)?
+            .ok_or_else(|| unknown("passwd", u))?,
+    };
+    let gid = match g {
+        Some(g) => Some(match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => {
+                view.id_entry("etc/group", g)?
+                    .ok_or_else(|| unknown("group", g))?
+                    .0
+            }
+        }),
+        None => primary,
+    };
+    Ok((uid, gid))
+}
+
+/// Read-only lookups in image layers stacked as overlayfs stacks them. Every name is looked up
+/// one component at a time in a layer directory's descriptor, symbolic links included, which
+/// this code resolves itself: nothing the kernel resolves can lead out of the layers.
+struct MergedView<'a> {
+    /// Bottom first.
+    layers: &'a [PathBuf],
+}
+
+/// A directory of the merged view: the layer directories that make it up, topmost first.
+struct MergedDir {
+    parts: Vec<(usize, File)>,
+}
+
+impl MergedView<'_> {
+    fn root(&self) -> Result<MergedDir> {
+        let mut parts = Vec::with_capacity(self.layers.len());
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let dir = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY)
+                .open(layer)
+                .map_err(|e| Error::io("open the image layer", Some(layer.clone()), e))?;
+            parts.push((i, dir));
+        }
+        Ok(MergedDir { parts })
+    }
+
+    /// Where `name` in the merged directory `names` lies in layer `layer`, for messages.
+    fn host_path(&self, layer: usize, names: &[std::ffi::OsString], name: &OsStr) -> PathBuf {
+        let mut path = self.layers[layer].clone();
+        path.extend(names);
+        path.push(name);
+        path
+    }
+
+    /// Opens the regular file at `path` (relative to the image's root) in the merged view;
+    /// `None` when there is none there (missing, whited out, or a non-directory on the way).
+    fn open_file(&self, path: &str) -> Result<Option<(PathBuf, File)>> {
+        let mut pending: std::collections::VecDeque<std::ffi::OsString> = path
+            .split('/')
+            .filter(|c| !c.is_empty())
+            .map(Into::into)
+            .collect();
+        let mut stack = vec![self.root()?];
+        let mut names: Vec<std::ffi::OsString> = Vec::new();
+        let mut links = 0;
+        'components: while let Some(name) = pending.pop_front() {
+            if name == "." {
+                continue;
+            }
+            if name == ".." {
+                if stack.len() > 1 {
+                    stack.pop();
+                    names.pop();
+                }
+                continue;
+            }
+            let last = pending.is_empty();
+            let Some(dir) = stack.last() else {
+                return Ok(None);
+            };
+            let mut merged: Option<MergedDir> = None;
+            for (layer, fd) in &dir.parts {
+                let host = || self.host_path(*layer, &names, &name);
+                let st = match nix::sys::stat::fstatat(
+                    fd,
+                    name.as_os_str(),
+                    nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                ) {
+                    Ok(st) => st,
+                    Err(Errno::ENOENT) => continue,
+                    Err(e) => return Err(Error::io("stat", Some(host()), e.into())),
+                };
+                let format = st.st_mode & libc::S_IFMT;
+                let Some(merged) = merged.as_mut() else {
+                    // The topmost layer holding the name decides what it is.
+                    if format == libc::S_IFCHR && st.st_rdev == 0 {
+                        return Ok(None); // A whiteout.
+                    }
+                    if format == libc::S_IFLNK {
+                        links += 1;
+                        if links > MAX_SYMLINKS {
+                            return Err(invalid(
+                                &host(),
+                                format!(
+                                    "/{path}: more than {MAX_SYMLINKS} symbolic links (a loop?)"
+                                ),
+                            ));
+                        }
+                        let target = nix::fcntl::readlinkat(fd, name.as_os_str())
+                            .map_err(|e| Error::io("readlink", Some(host()), e.into()))?;
+                        let target = target.as_bytes();
+                        if target.first() == Some(&b'/') {
+                            stack.truncate(1);
+                            names.clear();
+                        }
+                        for part in target.split(|&b| b == b'/').rev() {
+                            if !part.is_empty() {
+                                pending.push_front(OsStr::from_bytes(part).to_owned());
+                            }
+                        }
+                        continue 'components;
+                    }
+                    if format != libc::S_IFDIR {
+                        if !last {
+                            return Ok(None); // Not a directory: nothing lies beneath.
+                        }
+                        if format != libc::S_IFREG {
+                            return Err(invalid(
+                                &host(),
+                                format!(
+                                    "/{path} in the image is not a regular file but {}",
+                                    file_kind(st.st_mode)
+                                ),
+                            ));
+                        }
+                        let file = open_component(fd, &name, libc::O_RDONLY | libc::O_NONBLOCK)
+                            .map_err(|e| Error::io("open", Some(host()), e.into()))?;
+                        return Ok(Some((host(), file)));
+                    }
+                    let sub = open_component(fd, &name, libc::O_RDONLY | libc::O_DIRECTORY)
+                        .map_err(|e| Error::io("open", Some(host()), e.into()))?;
+                    let opaque = is_opaque(&sub);
+                    merged = Some(MergedDir {
+                        parts: vec![(*layer, sub)],
+                    });
+                    if opaque {
+                        break;
+                    }
+                    continue;
+                };
+                // A directory merges with the lower layers' directories of the same name, down
+                // to an opaque one; a whiteout or a non-directory below ends it.
+                if format != libc::S_IFDIR {
+                    break;
+                }
+                let sub = open_component(fd, &name, libc::O_RDONLY | libc::O_DIRECTORY)
+                    .map_err(|e| Error::io("open", Some(host()), e.into()))?;
+                let opaque = is_opaque(&sub);
+                merged.parts.push((*layer, sub));
+                if opaque {
+                    break;
+                }
+            }
+            match merged {
+                Some(dir) => {
+                    stack.push(dir);
+                    names.push(name);
+                }
+                None => return Ok(None),
+            }
+        }
+        // The path named a directory.
+        let host = match stack.last().and_then(|d| d.parts.first()) {
+            Some((layer, _)) => {
+                let mut path = self.layers[*layer].clone();
+                path.extend(&names);
+                path
+            }
+            None => PathBuf::from(path),
+        };
+        Err(invalid(
+            &host,
+            format!("/{path} in the image is not a regular file but a directory"),
+        ))
+    }
+
+    /// The id and group id (`/etc/passwd`) or id (`/etc/group`) the file `rel` gives `name`;
+    /// `None` when the file or the name is not there.
+    fn id_entry(&self, rel: &str, name: &str) -> Result<Option<(u32, Option<u32>)>> {
+        let Some((path, file)) = self.open_file(rel)? else {
+            return Ok(None);
+        };
+        let size = file
+            .metadata()
+            .map_err(|e| Error::io("stat", Some(path.clone()), e))?
+            .len();
+        let too_large = || {
+            invalid(
+                &path,
+                format!("/{rel} in the image is larger than the {MAX_ID_FILE_SIZE} bytes read"),
+            )
+        };
+        if size > MAX_ID_FILE_SIZE {
+            return Err(too_large());
+        }
+        let bytes = read_at_most(file, MAX_ID_FILE_SIZE + 1, &path)?;
+        if bytes.len() as u64 > MAX_ID_FILE_SIZE {
+            return Err(too_large());
+        }
+        for line in bytes.split(|&b| b == b'\n') {
+            let fields: Vec<&[u8]> = line.split(|&b| b == b':').collect();
+            if fields.len() < 4 || fields[0] != name.as_bytes() {
+                continue;
+            }
+            let number = |field: &[u8]| std::str::from_utf8(field).ok()?.parse::<u32>().ok();
+            let Some(id) = number(fields[2]) else {
+                return Err(invalid(
+                    &path,
+                    format!(
+                        "/{rel} in the image gives {name:?} the id {:?}, which is not a number",
+                        String::from_utf8_lossy(fields[2])
+                    ),
+                ));
+            };
+            return Ok(Some((id, number(fields[3]))));
+        }
+        Ok(None)
+    }
+}
+
+/// Opens the single component `name` of the directory `dir` without following a symbolic link.
+fn open_component(
+    dir: &File,
+    name: &OsStr,
+    flags: libc::c_int,
+) -> std::result::Result<File, Errno> {
+    let name = CString::new(name.as_bytes()).map_err(|_| Errno::EINVAL)?;
+    let fd = crate::sys::open_beneath_no_links(dir.as_raw_fd(), &name, flags | libc::O_NOCTTY)?;
+    // SAFETY: a new descriptor, owned here.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
+}
+
+/// Whether overlayfs (mounted with `userxattr`) takes the layer directory `dir` as opaque.
+fn is_opaque(dir: &File) -> bool {
+    use xattr::FileExt;
+    matches!(dir.get_xattr(OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
+}
+
+// ---------------------------------------------------------------------------------------------
 // The layout: index, manifest selection, verified blobs.
 
 struct Layout {
     root: PathBuf,
+    /// The layout directory, which every file of the layout is opened beneath.
+    dir: File,
     index_path: PathBuf,
     index: ImageIndex,
 }
@@ -317,7 +635,31 @@ struct Layout {
 impl Layout {
     fn open(root: &Path) -> Result<Layout> {
         let marker = root.join("oci-layout");
-        let text = read_small(&marker, "oci-layout file (is this an OCI image layout?)")?;
+        // O_DIRECTORY: whatever else is there (a FIFO) fails without being opened.
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(root)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOENT) => invalid(
+                    &marker,
+                    "missing oci-layout file (is this an OCI image layout?)",
+                ),
+                Some(libc::ENOTDIR) => {
+                    invalid(root, "not a directory (an OCI image layout is one)")
+                }
+                _ => Error::io("open the image layout", Some(root.to_path_buf()), e),
+            })?;
+        let mut layout = Layout {
+            root: root.to_path_buf(),
+            dir,
+            index_path: root.join("index.json"),
+            index: ImageIndex::default(),
+        };
+        let text = layout.read_small(
+            "oci-layout",
+            "oci-layout file (is this an OCI image layout?)",
+        )?;
         let header: OciLayout = serde_json::from_slice(&text)
             .map_err(|e| invalid(&marker, format!("malformed oci-layout: {e}")))?;
         if !header.image_layout_version().starts_with("1.") {
@@ -329,15 +671,109 @@ impl Layout {
                 ),
             ));
         }
-        let index_path = root.join("index.json");
-        let text = read_small(&index_path, "index.json")?;
-        let index = serde_json::from_slice(&text)
-            .map_err(|e| invalid(&index_path, format!("malformed index.json: {e}")))?;
-        Ok(Layout {
-            root: root.to_path_buf(),
-            index_path,
-            index,
-        })
+        let text = layout.read_small("index.json", "index.json")?;
+        layout.index = serde_json::from_slice(&text)
+            .map_err(|e| invalid(&layout.index_path, format!("malformed index.json: {e}")))?;
+        Ok(layout)
+    }
+
+    /// Opens `rel`, a file of the layout, for reading: resolved beneath the layout directory (a
+    /// symbolic link leading out of it is refused; one inside it is followed), opened without
+    /// blocking (a FIFO would block `open` until a writer came) and accepted only as a regular
+    /// file. Returns the file and its size; `missing` makes the error for a file that is not there.
+    fn open_file(
+        &self,
+        rel: &str,
+        what: &str,
+        missing: impl FnOnce() -> Error,
+    ) -> Result<(File, u64)> {
+        let path = self.root.join(rel);
+        let c_rel = CString::new(rel).map_err(|_| invalid(&path, "a NUL byte in the name"))?;
+        let flags = libc::O_RDONLY | libc::O_NONBLOCK | libc::O_NOCTTY;
+        let mut attempts = 0;
+        let fd = loop {
+            match open_beneath(&self.dir, &c_rel, flags) {
+                Ok(fd) => break fd,
+                // openat2 asks for a retry when a rename raced with the lookup.
+                Err(Errno::EAGAIN | Errno::EINTR) if attempts < 16 => attempts += 1,
+                Err(Errno::ENOENT) => return Err(missing()),
+                Err(Errno::EXDEV) => {
+                    return Err(invalid(
+                        &path,
+                        format!(
+                            "the {what} is reached through a symbolic link that leads out of the \
+                             layout directory"
+                        ),
+                    ))
+                }
+                Err(Errno::ELOOP) => {
+                    return Err(invalid(
+                        &path,
+                        format!("the {what} is reached through a loop of symbolic links"),
+                    ))
+                }
+                Err(e) => return Err(Error::io("open", Some(path), e.into())),
+            }
+        };
+        let file = File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| Error::io("stat", Some(path.clone()), e))?;
+        if !meta.is_file() {
+            return Err(invalid(
+                &path,
+                format!(
+                    "the {what} is not a regular file but {}",
+                    file_kind(meta.mode())
+                ),
+            ));
+        }
+        Ok((file, meta.len()))
+    }
+
+    /// Reads a small file of the layout itself (`oci-layout`, `index.json`), at most
+    /// [`MAX_JSON_SIZE`] bytes; a missing one is an invalid image.
+    fn read_small(&self, rel: &str, what: &str) -> Result<Vec<u8>> {
+        let path = self.root.join(rel);
+        let (file, size) =
+            self.open_file(rel, what, || invalid(&path, format!("missing {what}")))?;
+        let too_large = || {
+            invalid(
+                &path,
+                format!("{what} is larger than {MAX_JSON_SIZE} bytes"),
+            )
+        };
+        if size > MAX_JSON_SIZE {
+            return Err(too_large());
+        }
+        let bytes = read_at_most(file, MAX_JSON_SIZE + 1, &path)?;
+        if bytes.len() as u64 > MAX_JSON_SIZE {
+            return Err(too_large());
+        }
+        Ok(bytes)
+    }
+
+    /// Opens the blob `desc` names (`blobs/<alg>/<hex>`, `alg` and `hex` checked by
+    /// [`checked_digest`]) after checking that its size is the descriptor's.
+    fn open_blob(
+        &self,
+        alg: &str,
+        hex: &str,
+        desc: &Descriptor,
+        what: &str,
+        referrer: &Path,
+    ) -> Result<File> {
+        let rel = format!("blobs/{alg}/{hex}");
+        let path = self.root.join(&rel);
+        let (file, size) = self.open_file(&rel, &format!("{what} blob"), || {
+            invalid(
+                &path,
+                format!("missing blob (the {what} named by {})", referrer.display()),
+            )
+        })?;
+        // A blob of the wrong size fails before it is read.
+        check_size(&path, desc, size)?;
+        Ok(file)
     }
 
     /// The image manifest `tag` names, resolving a nested image index to this platform's entry.
@@ -428,10 +864,9 @@ impl Layout {
                 ),
             ));
         }
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => return Err(blob_open_error(&path, what, referrer, e)),
-        };
+        let file = self.open_blob(alg, hex, desc, what, referrer)?;
+        // One byte more than declared tells a file that grew since from one of the right size.
+        let bytes = read_at_most(file, desc.size().saturating_add(1), &path)?;
         check_size(&path, desc, bytes.len() as u64)?;
         let mut hasher = Hasher::new(desc.digest().algorithm());
         hasher.update(&bytes);
@@ -504,32 +939,64 @@ fn is_config(m: &MediaType) -> bool {
     matches!(m, MediaType::ImageConfig) || matches!(m, MediaType::Other(s) if s == DOCKER_CONFIG)
 }
 
-/// Reads a small file of the layout itself; a missing one is an invalid image.
-fn read_small(path: &Path, what: &str) -> Result<Vec<u8>> {
-    let file = File::open(path).map_err(|e| match e.kind() {
-        io::ErrorKind::NotFound => invalid(path, format!("missing {what}")),
-        _ => Error::io("open", Some(path.to_path_buf()), e),
-    })?;
+/// openat2 with `RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS`: `path` is resolved beneath `dir`,
+/// symbolic links included (an absolute one, or one whose `..` climbs above `dir`, fails with
+/// EXDEV), and the descriptor is close-on-exec.
+fn open_beneath(
+    dir: &File,
+    path: &CStr,
+    flags: libc::c_int,
+) -> std::result::Result<OwnedFd, Errno> {
+    const RESOLVE_NO_MAGICLINKS: u64 = 0x02;
+    const RESOLVE_BENEATH: u64 = 0x08;
+    #[repr(C)]
+    struct OpenHow {
+        flags: u64,
+        mode: u64,
+        resolve: u64,
+    }
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS,
+    };
+    // SAFETY: `dir` is an open descriptor, `path` is NUL-terminated, and `how` is a valid
+    // `struct open_how` of the size passed; all outlive the call.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            path.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    };
+    let fd = Errno::result(ret)?;
+    let fd = libc::c_int::try_from(fd).map_err(|_| Errno::EBADF)?;
+    // SAFETY: openat2 returned a new descriptor, owned from here on.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Reads at most `limit` bytes of `file`.
+fn read_at_most(file: File, limit: u64, path: &Path) -> Result<Vec<u8>> {
     let mut bytes = Vec::new();
-    file.take(MAX_JSON_SIZE + 1)
+    file.take(limit)
         .read_to_end(&mut bytes)
         .map_err(|e| Error::io("read", Some(path.to_path_buf()), e))?;
-    if bytes.len() as u64 > MAX_JSON_SIZE {
-        return Err(invalid(
-            path,
-            format!("{what} is larger than {MAX_JSON_SIZE} bytes"),
-        ));
-    }
     Ok(bytes)
 }
 
-fn blob_open_error(path: &Path, what: &str, referrer: &Path, e: io::Error) -> Error {
-    match e.kind() {
-        io::ErrorKind::NotFound => invalid(
-            path,
-            format!("missing blob (the {what} named by {})", referrer.display()),
-        ),
-        _ => Error::io("read", Some(path.to_path_buf()), e),
+/// What kind of file a mode is, for messages: "a directory", "a FIFO", ….
+fn file_kind(mode: u32) -> &'static str {
+    match mode & libc::S_IFMT {
+        libc::S_IFREG => "a regular file",
+        libc::S_IFDIR => "a directory",
+        libc::S_IFLNK => "a symbolic link",
+        libc::S_IFIFO => "a FIFO",
+        libc::S_IFSOCK => "a socket",
+        libc::S_IFCHR => "a character device",
+        libc::S_IFBLK => "a block device",
+        _ => "of an unknown type",
     }
 }
 
@@ -571,13 +1038,10 @@ fn check_digest(path: &Path, expected: &Digest, got: String) -> Result<()> {
     Ok(())
 }
 
-/// Streams a blob through its digest, checking size and digest against `desc`.
-fn verify_file(path: &Path, desc: &Descriptor, what: &str, referrer: &Path) -> Result<()> {
-    let mut file = File::open(path).map_err(|e| blob_open_error(path, what, referrer, e))?;
-    // A blob of the wrong size fails before it is read.
-    if let Ok(meta) = file.metadata() {
-        check_size(path, desc, meta.len())?;
-    }
+/// Streams a blob through its digest, checking size and digest against `desc`: at most one byte
+/// more than the descriptor's size is read.
+fn verify_file(file: File, path: &Path, desc: &Descriptor) -> Result<()> {
+    let mut file = file.take(desc.size().saturating_add(1));
     let mut hasher = Hasher::new(desc.digest().algorithm());
     let mut buf = vec![0u8; 1 << 16];
     let mut total = 0u64;
@@ -747,6 +1211,7 @@ struct LayerPlan<'a> {
     diff_id: Digest,
     /// `store/<alg>`.
     dir: PathBuf,
+    alg: &'static str,
     hex: String,
     /// `store/<alg>/<hex>`.
     target: PathBuf,
@@ -755,10 +1220,17 @@ struct LayerPlan<'a> {
 }
 
 impl LayerPlan<'_> {
-    /// Unpacks into a private temporary directory and renames it into place.
-    fn unpack(&self) -> Result<()> {
+    /// Opens the layer's blob, checking its size.
+    fn open(&self, layout: &Layout, manifest_path: &Path) -> Result<File> {
+        let what = format!("layer {}", self.index);
+        layout.open_blob(self.alg, &self.hex, self.desc, &what, manifest_path)
+    }
+
+    /// Unpacks the layer's blob, `file`, into a private temporary directory and renames that
+    /// into place.
+    fn unpack(&self, file: File) -> Result<()> {
         let tmp = TempTree::create(&self.dir, &self.hex)?;
-        let skipped = extract(self, tmp.path())?;
+        let skipped = extract(self, file, tmp.path())?;
         // The notes go first: whoever finds the layer directory finds its notes too.
         if !skipped.is_empty() {
             let notes_tmp = tmp.path().with_extension("skipped");
@@ -936,10 +1408,33 @@ struct HashingReader<R> {
     inner: R,
     hasher: Hasher,
     state: Rc<Cell<ReadState>>,
+    counts: Rc<StreamCounts>,
+}
+
+/// What the extraction loop and the reader share about the uncompressed stream.
+#[derive(Default)]
+struct StreamCounts {
+    /// Bytes read so far.
+    total: Cell<u64>,
+    /// Bytes read since the tar reader was asked for the next entry, while it is.
+    between_entries: Cell<u64>,
+    /// Whether the tar reader is looking for the next entry (not unpacking one).
+    seeking_entry: Cell<bool>,
 }
 
 impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let counts = &self.counts;
+        if counts.seeking_entry.get() && counts.between_entries.get() > MAX_BYTES_BETWEEN_ENTRIES {
+            self.state.set(ReadState::Failed);
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!(
+                    "more than {MAX_BYTES_BETWEEN_ENTRIES} bytes of headers (long names, PAX \
+                     records) or skipped data between two entries"
+                ),
+            ));
+        }
         match self.inner.read(buf) {
             Ok(0) if !buf.is_empty() => {
                 self.state.set(ReadState::Ended);
@@ -947,6 +1442,12 @@ impl<R: Read> Read for HashingReader<R> {
             }
             Ok(n) => {
                 self.hasher.update(&buf[..n]);
+                counts.total.set(counts.total.get() + n as u64);
+                if counts.seeking_entry.get() {
+                    counts
+                        .between_entries
+                        .set(counts.between_entries.get() + n as u64);
+                }
                 Ok(n)
             }
             Err(e) => {
@@ -960,10 +1461,10 @@ impl<R: Read> Read for HashingReader<R> {
 }
 
 /// Extracts the layer `plan` describes into `root`; returns the entries it had to skip.
-fn extract(plan: &LayerPlan<'_>, root: &Path) -> Result<Vec<String>> {
+fn extract(plan: &LayerPlan<'_>, file: File, root: &Path) -> Result<Vec<String>> {
     let blob = &plan.blob;
-    let file = File::open(blob).map_err(|e| Error::io("open", Some(blob.clone()), e))?;
-    let reader = BufReader::new(file);
+    // No more than the verified size is read, whatever the file has become since.
+    let reader = BufReader::new(file.take(plan.desc.size()));
     let decompressed: Box<dyn Read> = match plan.compression {
         Compression::None => Box::new(reader),
         Compression::Gzip => Box::new(flate2::bufread::MultiGzDecoder::new(reader)),
@@ -973,10 +1474,12 @@ fn extract(plan: &LayerPlan<'_>, root: &Path) -> Result<Vec<String>> {
         ),
     };
     let state = Rc::new(Cell::new(ReadState::Reading));
+    let counts = Rc::new(StreamCounts::default());
     let mut archive = tar::Archive::new(HashingReader {
         inner: decompressed,
         hasher: Hasher::new(plan.diff_id.algorithm()),
         state: Rc::clone(&state),
+        counts: Rc::clone(&counts),
     });
     // Permission bits, without set-user-ID and set-group-ID: inert in a sandbox (no_new_privs),
     // they would work for anyone on the host who could reach the store.
@@ -1004,6 +1507,8 @@ fn extract(plan: &LayerPlan<'_>, root: &Path) -> Result<Vec<String>> {
         dirs: BTreeMap::new(),
         skipped: Vec::new(),
         skipped_paths: BTreeSet::new(),
+        stream: Rc::clone(&state),
+        compression: plan.compression,
     };
     x.dirs.insert(
         root.to_path_buf(),
@@ -1012,8 +1517,32 @@ fn extract(plan: &LayerPlan<'_>, root: &Path) -> Result<Vec<String>> {
             mtime: None,
         },
     );
-    for entry in archive.entries().map_err(|e| corrupt(&root_cause(&e)))? {
+    let mut entries = archive.entries().map_err(|e| corrupt(&root_cause(&e)))?;
+    let mut count = 0u64;
+    let mut next_check = (SPACE_CHECK_BYTES, SPACE_CHECK_ENTRIES);
+    loop {
+        counts.between_entries.set(0);
+        counts.seeking_entry.set(true);
+        let next = entries.next();
+        counts.seeking_entry.set(false);
+        let Some(entry) = next else { break };
         let mut entry = entry.map_err(|e| corrupt(&root_cause(&e)))?;
+        count += 1;
+        if count > MAX_LAYER_ENTRIES {
+            return Err(invalid(
+                blob,
+                format!(
+                    "the layer holds more than {MAX_LAYER_ENTRIES} entries, the most a layer may"
+                ),
+            ));
+        }
+        if counts.total.get() >= next_check.0 || count >= next_check.1 {
+            next_check = (
+                counts.total.get() + SPACE_CHECK_BYTES,
+                count + SPACE_CHECK_ENTRIES,
+            );
+            check_store_space(plan, root, counts.total.get(), count)?;
+        }
         let name = entry.path_bytes().into_owned();
         x.entry(&mut entry).map_err(|e| match e {
             // A write that failed because the stream broke is the layer's fault.
@@ -1042,6 +1571,66 @@ fn extract(plan: &LayerPlan<'_>, root: &Path) -> Result<Vec<String>> {
     Ok(x.skipped)
 }
 
+/// Fails when the store's file system has come down to its reserve (see
+/// [`STORE_RESERVE_PERCENT`]) while `plan`'s layer is unpacked into `root`.
+fn check_store_space(plan: &LayerPlan<'_>, root: &Path, unpacked: u64, entries: u64) -> Result<()> {
+    let stat = nix::sys::statvfs::statvfs(root)
+        .map_err(|e| Error::io("statvfs", Some(root.to_path_buf()), e.into()))?;
+    let unit = (stat.fragment_size() as u64).max(1);
+    let space = Space {
+        total_bytes: (stat.blocks() as u64).saturating_mul(unit),
+        free_bytes: (stat.blocks_available() as u64).saturating_mul(unit),
+        total_inodes: (stat.files() as u64),
+        free_inodes: (stat.files_available() as u64),
+    };
+    let Some(problem) = space.problem() else {
+        return Ok(());
+    };
+    Err(Error::Io {
+        op: "unpack an image layer",
+        path: Some(plan.dir.clone()),
+        source: io::Error::from_raw_os_error(libc::ENOSPC),
+        remedy: Some(format!(
+            "layer {} ({}) stopped after {unpacked} bytes in {entries} entries: {problem}, the \
+             reserve kept for the rest of the host; free space, or give a store on a larger file \
+             system (--image-store DIR)",
+            plan.desc.digest(),
+            plan.blob.display()
+        )),
+    })
+}
+
+/// A file system's size and what is free of it (for unprivileged users).
+struct Space {
+    total_bytes: u64,
+    free_bytes: u64,
+    total_inodes: u64,
+    free_inodes: u64,
+}
+
+impl Space {
+    /// What is short of the reserve, if anything.
+    fn problem(&self) -> Option<String> {
+        let reserve = |total: u64, max: u64| (total / 100 * STORE_RESERVE_PERCENT).min(max);
+        let bytes = reserve(self.total_bytes, STORE_RESERVE_MAX_BYTES);
+        if self.free_bytes < bytes {
+            return Some(format!(
+                "the store's file system has {} bytes free, less than {bytes}",
+                self.free_bytes
+            ));
+        }
+        // File systems without an inode count (btrfs) report 0 of 0.
+        let inodes = reserve(self.total_inodes, STORE_RESERVE_MAX_INODES);
+        if self.total_inodes > 0 && self.free_inodes < inodes {
+            return Some(format!(
+                "the store's file system has {} inodes free, less than {inodes}",
+                self.free_inodes
+            ));
+        }
+        None
+    }
+}
+
 /// The innermost error's message: the tar crate wraps decoder errors in "failed to unpack `…`".
 fn root_cause(e: &io::Error) -> String {
     let mut inner: &dyn std::error::Error = e;
@@ -1066,6 +1655,10 @@ struct Extractor<'a> {
     dirs: BTreeMap<PathBuf, DirMeta>,
     skipped: Vec<String>,
     skipped_paths: BTreeSet<PathBuf>,
+    /// How reading the layer's stream is going: a write that failed because it broke is the
+    /// layer's corruption.
+    stream: Rc<Cell<ReadState>>,
+    compression: Compression,
 }
 
 impl Extractor<'_> {
@@ -1213,7 +1806,7 @@ impl Extractor<'_> {
             Ok(m) if m.is_dir() => {}
             Ok(_) => {
                 // A later entry replaces an earlier one of the same name.
-                fs::remove_file(&path).map_err(|e| Error::io("unlink", Some(path.clone()), e))?;
+                fs::remove_file(&path).map_err(|e| self.entry_error("unlink", rel, &path, &e))?;
                 mkdir_owner_writable(&path)?;
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => mkdir_owner_writable(&path)?,
@@ -1225,6 +1818,7 @@ impl Extractor<'_> {
 
     fn with_tar<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>, rel: &Path) -> Result<()> {
         let path = self.prepare_parent(rel)?;
+        self.remove_dir_at(rel, &path)?;
         // tar's unpack_in checks again that the parent resolves inside the root; it writes files
         // with O_EXCL after unlinking what was there, so it never writes through a symlink.
         match entry.unpack_in(self.root) {
@@ -1233,7 +1827,78 @@ impl Extractor<'_> {
                 self.blob,
                 format!("entry {rel:?} was refused as leaving the layer"),
             )),
-            Err(e) => Err(Error::io("unpack", Some(path), e)),
+            Err(e) => Err(self.entry_error("unpack", rel, &path, &e)),
+        }
+    }
+
+    /// A directory at `path` (an earlier entry's, or a parent made for one) goes with all it
+    /// holds: the entry for `rel` that replaces it is not a directory. Nothing is followed: the
+    /// tree is this layer's own, under construction.
+    fn remove_dir_at(&mut self, rel: &Path, path: &Path) -> Result<()> {
+        match fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {}
+            _ => return Ok(()),
+        }
+        remove_tree(path);
+        match fs::symlink_metadata(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(self.entry_error("stat", rel, path, &e)),
+            Ok(_) => {
+                let e = io::Error::from_raw_os_error(libc::ENOTEMPTY);
+                return Err(self.entry_error("remove the directory it replaces", rel, path, &e));
+            }
+        }
+        // The tree's recorded directories sort together, right from `path` on.
+        let gone: Vec<PathBuf> = self
+            .dirs
+            .range(path.to_path_buf()..)
+            .map(|(dir, _)| dir)
+            .take_while(|dir| dir.starts_with(path))
+            .cloned()
+            .collect();
+        for dir in gone {
+            self.dirs.remove(&dir);
+        }
+        Ok(())
+    }
+
+    /// The error for an entry that could not be written: the store's file system failing (no
+    /// space, I/O errors) is an I/O error at `path`, anything else the layer's fault, named by
+    /// its blob and entry; the errno is kept either way.
+    fn entry_error(&self, op: &'static str, rel: &Path, path: &Path, e: &io::Error) -> Error {
+        if self.stream.get() != ReadState::Reading {
+            return invalid(
+                self.blob,
+                format!(
+                    "corrupt or truncated {} layer: in entry {rel:?}: {}",
+                    self.compression.name(),
+                    root_cause(e)
+                ),
+            );
+        }
+        let errno = os_error(e);
+        let host = matches!(
+            errno,
+            Some(
+                libc::ENOSPC
+                    | libc::EDQUOT
+                    | libc::EIO
+                    | libc::EROFS
+                    | libc::ENOMEM
+                    | libc::EMFILE
+                    | libc::ENFILE
+            )
+        );
+        match errno {
+            Some(errno) if host => Error::io(
+                op,
+                Some(path.to_path_buf()),
+                io::Error::from_raw_os_error(errno),
+            ),
+            _ => invalid(
+                self.blob,
+                format!("entry {rel:?} cannot be unpacked: {op}: {}", root_cause(e)),
+            ),
         }
     }
 
@@ -1270,7 +1935,8 @@ impl Extractor<'_> {
                 format!("hard link {rel:?} points at {target_name:?}, outside the layer"),
             ));
         }
-        remove_non_dir(&path)?;
+        self.remove_dir_at(rel, &path)?;
+        remove_non_dir(&path).map_err(|e| self.entry_error("unlink", rel, &path, &e))?;
         fs::hard_link(&target, &path).map_err(|e| match e.kind() {
             io::ErrorKind::NotFound => invalid(
                 self.blob,
@@ -1278,7 +1944,7 @@ impl Extractor<'_> {
                     "hard link {rel:?} points at {target_name:?}, which the layer does not hold"
                 ),
             ),
-            _ => Error::io("link", Some(path), e),
+            _ => self.entry_error("link", rel, &path, &e),
         })
     }
 
@@ -1287,18 +1953,9 @@ impl Extractor<'_> {
     fn whiteout(&mut self, rel: &Path) -> Result<()> {
         let path = self.prepare_parent(rel)?;
         match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => {
-                remove_tree(&path);
-                if path.exists() {
-                    return Err(Error::io(
-                        "remove",
-                        Some(path),
-                        io::Error::from_raw_os_error(libc::ENOTEMPTY),
-                    ));
-                }
-            }
+            Ok(m) if m.is_dir() => self.remove_dir_at(rel, &path)?,
             Ok(_) => {
-                fs::remove_file(&path).map_err(|e| Error::io("unlink", Some(path.clone()), e))?
+                fs::remove_file(&path).map_err(|e| self.entry_error("unlink", rel, &path, &e))?
             }
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io("stat", Some(path), e)),
@@ -1405,11 +2062,58 @@ fn mkdir_owner_writable(path: &Path) -> Result<()> {
         .map_err(|e| Error::io("mkdir", Some(path.to_path_buf()), e))
 }
 
-fn remove_non_dir(path: &Path) -> Result<()> {
+fn remove_non_dir(path: &Path) -> io::Result<()> {
     match fs::symlink_metadata(path) {
-        Ok(m) if !m.is_dir() => {
-            fs::remove_file(path).map_err(|e| Error::io("unlink", Some(path.to_path_buf()), e))
-        }
+        Ok(m) if !m.is_dir() => fs::remove_file(path),
         _ => Ok(()),
+    }
+}
+
+/// The errno of the innermost `io::Error` in `e`'s chain (the tar crate wraps the OS error).
+fn os_error(e: &io::Error) -> Option<i32> {
+    if let Some(errno) = e.raw_os_error() {
+        return Some(errno);
+    }
+    let mut next: Option<&(dyn std::error::Error + 'static)> = match e.get_ref() {
+        Some(inner) => Some(inner),
+        None => None,
+    };
+    while let Some(err) = next {
+        if let Some(errno) = err
+            .downcast_ref::<io::Error>()
+            .and_then(io::Error::raw_os_error)
+        {
+            return Some(errno);
+        }
+        next = err.source();
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_store_keeps_its_reserve() {
+        const GIB: u64 = 1 << 30;
+        let space = |total_bytes, free_bytes, total_inodes, free_inodes| Space {
+            total_bytes,
+            free_bytes,
+            total_inodes,
+            free_inodes,
+        };
+        // 5% of a small disk, at most 2 GiB of a large one.
+        assert!(space(20 * GIB, GIB + 1, 0, 0).problem().is_none());
+        let short = space(20 * GIB, GIB - 4096, 0, 0).problem().unwrap();
+        assert!(short.contains("bytes free, less than"), "{short}");
+        assert!(space(1000 * GIB, 2 * GIB, 0, 0).problem().is_none());
+        assert!(space(1000 * GIB, 2 * GIB - 1, 0, 0).problem().is_some());
+        // Inodes likewise, unless the file system counts none.
+        assert!(space(GIB, GIB, 1_000_000, 50_000).problem().is_none());
+        let short = space(GIB, GIB, 1_000_000, 49_999).problem().unwrap();
+        assert!(short.contains("inodes free"), "{short}");
+        assert!(space(GIB, GIB, 10_000_000, 100_000).problem().is_none());
+        assert!(space(GIB, GIB, 0, 0).problem().is_none());
     }
 }

@@ -563,43 +563,9 @@ fn resolve_image(spec: &Spec) -> Result<Option<(Spec, crate::image::UnpackedImag
 }
 
 /// The image's `User` (`uid`, `uid:gid`, `name` or `name:group`), names looked up in the image's
-/// own /etc/passwd and /etc/group (top-most layer first).
+/// own /etc/passwd and /etc/group as its merged layers show them, never through the host.
 fn image_user(user: &str, layers: &[std::path::PathBuf]) -> Result<(u32, Option<u32>)> {
-    let lookup = |file: &str, name: &str| -> Option<(u32, Option<u32>)> {
-        layers
-            .iter()
-            .rev()
-            .find_map(|l| {
-                let text = std::fs::read_to_string(l.join(file)).ok()?;
-                text.lines().find_map(|line| {
-                    let f: Vec<&str> = line.split(':').collect();
-                    (f.len() > 3 && f[0] == name).then(|| (f[2].parse().ok(), f[3].parse().ok()))
-                })
-            })
-            .and_then(|(id, gid)| Some((id?, gid)))
-    };
-    let unknown = |what: &str, name: &str| Error::InvalidImage {
-        path: "config.User".into(),
-        reason: format!("the image runs as {what} {name:?}, which its /etc/{what} does not define"),
-    };
-    let (u, g) = match user.split_once(':') {
-        Some((u, g)) => (u, Some(g)),
-        None => (user, None),
-    };
-    let (uid, primary) = match u.parse::<u32>() {
-        Ok(n) => (n, None),
-        Err(_) => lookup("etc/passwd", u).ok_or_else(|| unknown("passwd", u))?,
-    };
-    let gid = match g {
-        Some(g) => Some(match g.parse::<u32>() {
-            Ok(n) => n,
-            Err(_) => lookup("etc/group", g)
-                .map(|(id, _)| id)
-                .ok_or_else(|| unknown("group", g))?,
-        }),
-        None => primary,
-    };
-    Ok((uid, gid))
+    crate::image::resolve_user(user, layers)
 }
 
 impl Spec {

@@ -994,3 +994,499 @@ fn default_store_follows_the_environment() {
         format!("/tmp/rsandbox-{}/layers", nix::unistd::geteuid())
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Hostile layouts that would make a reader wait or read without end: run in a bounded child.
+
+const BOUNDED_ENV: &str = "RSANDBOX_IMAGE_TEST_BOUNDED";
+/// The address space (KiB) of a bounded child: an unbounded read there ends in a failed
+/// allocation, not in a host out of memory.
+const BOUNDED_KIB: u64 = 512 << 10;
+/// How long a bounded child may take before it is killed (a read that never ends, a FIFO).
+const BOUNDED_TIME: Duration = Duration::from_secs(20);
+/// The most memory (peak resident KiB) a bounded child may have used: a read that was cut off
+/// only by the address-space limit (and then ignored) shows here.
+const BOUNDED_RSS_KIB: u64 = 128 << 10;
+
+/// Not a test on its own: the process `run_bounded` starts. Unpacks the layout's tag and, when
+/// a user is given, looks it up in the image; prints `BOUNDED-RESULT <outcome>`.
+#[test]
+fn child_bounded_unpack() {
+    let Ok(args) = std::env::var(BOUNDED_ENV) else {
+        return;
+    };
+    let parts: Vec<&str> = args.split('\n').collect();
+    let (layout, store, tag) = (Path::new(parts[0]), Path::new(parts[1]), parts[2]);
+    let result = image::unpack(layout, Some(tag), store).and_then(|img| match parts.get(3) {
+        Some(user) => image::resolve_user(user, &img.layers).map(|ids| format!("{ids:?}")),
+        None => Ok("unpacked".to_owned()),
+    });
+    let status = fs::read_to_string("/proc/self/status").unwrap();
+    let peak = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .unwrap()
+        .trim();
+    println!("\nBOUNDED-PEAK {}", peak.trim_end_matches(" kB"));
+    match result {
+        Ok(what) => println!("BOUNDED-RESULT ok {what}"),
+        Err(Error::InvalidImage { path, reason }) => {
+            println!("BOUNDED-RESULT invalid-image {}\t{reason}", path.display())
+        }
+        Err(e) => println!("BOUNDED-RESULT {} {e}", e.kind().name()),
+    }
+}
+
+/// Unpacks `tag` of `layout` (and resolves `user`) in a child limited to [`BOUNDED_KIB`] of
+/// address space and [`BOUNDED_TIME`]; returns the child's outcome: `ok …`,
+/// `invalid-image PATH\tREASON` or `KIND MESSAGE`. A child that had to be killed, died, or used
+/// more than [`BOUNDED_RSS_KIB`] of memory fails the test.
+fn run_bounded(layout: &Path, store: &Path, tag: &str, user: Option<&str>) -> String {
+    let exe = std::env::current_exe().unwrap();
+    let mut args = format!("{}\n{}\n{tag}", layout.display(), store.display());
+    if let Some(user) = user {
+        args.push('\n');
+        args.push_str(user);
+    }
+    let mut child = Command::new("/bin/sh")
+        .args([
+            "-c",
+            &format!("ulimit -v {BOUNDED_KIB} && exec \"$0\" \"$@\""),
+        ])
+        .arg(&exe)
+        .args([
+            "--exact",
+            "child_bounded_unpack",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(BOUNDED_ENV, args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + BOUNDED_TIME;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            panic!(
+                "{tag}: still running after {BOUNDED_TIME:?} (blocked, or reading without end): killed"
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let peak: u64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("BOUNDED-PEAK "))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("{tag}: no BOUNDED-PEAK line ({})\n{stdout}", out.status));
+    assert!(
+        peak < BOUNDED_RSS_KIB,
+        "{tag}: the child used {peak} KiB of memory (reading without end?)\n{stdout}"
+    );
+    match stdout
+        .lines()
+        .find_map(|l| Some(&l[l.find("BOUNDED-RESULT ")? + 15..]))
+    {
+        Some(result) if out.status.success() => result.to_owned(),
+        _ => panic!(
+            "{tag}: the child failed ({}; out of memory?)\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    }
+}
+
+/// Replaces `path` by a symbolic link to `target`.
+fn replace_with_symlink(path: &Path, target: &Path) {
+    fs::remove_file(path).unwrap();
+    std::os::unix::fs::symlink(target, path).unwrap();
+}
+
+/// Replaces `path` by a FIFO.
+fn replace_with_fifo(path: &Path) {
+    fs::remove_file(path).unwrap();
+    nix::unistd::mkfifo(path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+}
+
+/// Every file of a layout is opened beneath the layout directory, without blocking, and read only
+/// if it is a regular file, no further than its descriptor's size: a blob or index that is a
+/// symbolic link out of the layout (to /dev/zero, to a host file), or a FIFO, is an invalid
+/// image naming it, not an endless read or wait. Symbolic links inside the layout still work.
+#[test]
+fn layout_files_are_regular_files_read_within_the_layout() {
+    let tmp = TempDir::new("image-layout-files");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let store = tmp.path().join("store");
+    let fresh = |name: &str| {
+        let mut layout = Layout::new(&tmp.path().join(name));
+        let built = layout.add(Some("t"), &small_image(name));
+        (layout, built)
+    };
+    let expect_at = |result: String, path: &Path, wanted: &str| {
+        let (kind, rest) = result.split_once(' ').unwrap();
+        assert_eq!(kind, "invalid-image", "{result}");
+        let (at, reason) = rest.split_once('\t').unwrap();
+        assert_eq!(Path::new(at), path, "{result}");
+        assert!(reason.contains(wanted), "{result}");
+    };
+
+    // Controls: links that stay inside the layout are followed.
+    let (layout, built) = fresh("inside");
+    let moved = layout.dir.join("index-copy.json");
+    fs::rename(layout.dir.join("index.json"), &moved).unwrap();
+    std::os::unix::fs::symlink("index-copy.json", layout.dir.join("index.json")).unwrap();
+    let config_copy = layout.dir.join("config-copy");
+    fs::rename(&built.config_blob, &config_copy).unwrap();
+    std::os::unix::fs::symlink("../../config-copy", &built.config_blob).unwrap();
+    let img = image::unpack(&layout.dir, Some("t"), &store).unwrap();
+    assert_eq!(img.config.cmd, vec!["inside".to_owned()]);
+
+    // A blob that is a link to a host file with the very content the digest wants.
+    let (layout, built) = fresh("host-file");
+    let host_copy = outside.join("config");
+    fs::copy(&built.config_blob, &host_copy).unwrap();
+    replace_with_symlink(&built.config_blob, &host_copy);
+    let (path, reason) = expect_invalid(image::unpack(&layout.dir, Some("t"), &store));
+    assert_eq!(path, built.config_blob);
+    assert!(reason.contains("leads out of the layout"), "{reason}");
+
+    // The manifest blob links to /dev/zero.
+    let (layout, built) = fresh("manifest-zero");
+    replace_with_symlink(&built.manifest_blob, Path::new("/dev/zero"));
+    let result = run_bounded(&layout.dir, &store, "t", None);
+    expect_at(result, &built.manifest_blob, "leads out of the layout");
+
+    // A layer blob links to /dev/zero, and the manifest says it is empty.
+    let (mut layout, built) = fresh("layer-zero");
+    layout.edit_manifest(0, |m| m["layers"][0]["size"] = json!(0));
+    replace_with_symlink(&built.layer_blobs[0], Path::new("/dev/zero"));
+    let result = run_bounded(&layout.dir, &store, "t", None);
+    expect_at(result, &built.layer_blobs[0], "leads out of the layout");
+
+    // FIFOs: index.json, a config blob, a layer blob.
+    let (layout, _) = fresh("index-fifo");
+    let index = layout.dir.join("index.json");
+    replace_with_fifo(&index);
+    let result = run_bounded(&layout.dir, &store, "t", None);
+    expect_at(result, &index, "not a regular file but a FIFO");
+    let (layout, built) = fresh("config-fifo");
+    replace_with_fifo(&built.config_blob);
+    let result = run_bounded(&layout.dir, &store, "t", None);
+    expect_at(result, &built.config_blob, "not a regular file but a FIFO");
+    let (layout, built) = fresh("layer-fifo");
+    replace_with_fifo(&built.layer_blobs[0]);
+    let result = run_bounded(&layout.dir, &store, "t", None);
+    expect_at(
+        result,
+        &built.layer_blobs[0],
+        "not a regular file but a FIFO",
+    );
+
+    // The layout directory itself being a FIFO fails without waiting too.
+    let fifo = tmp.path().join("layout-fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let result = run_bounded(&fifo, &store, "t", None);
+    expect_at(result, &fifo, "not a directory");
+    let layers: Vec<_> = store_names(&store);
+    assert_eq!(layers.len(), 1, "only the control's layer: {layers:?}");
+}
+
+/// The `User` of an image is looked up in the image's own files: links in its layers are
+/// resolved inside the image, never on the host, so neither a host file nor the host's /etc
+/// can decide the ids a sandbox runs with.
+#[test]
+fn the_image_user_is_never_looked_up_on_the_host() {
+    let tmp = TempDir::new("image-user-host");
+    let outside = tmp.path().join("outside");
+    fs::create_dir_all(&outside).unwrap();
+    let secret = outside.join("secret");
+    fs::write(&secret, "key:x:4242:4343::/:/bin/sh\n").unwrap();
+    let secret_str = secret.to_str().unwrap();
+    let store = tmp.path().join("store");
+    let mut layout = Layout::new(&tmp.path().join("layout"));
+    // Where a layer's etc sits under `tmp`, to reach the secret from it with `..` (a link a
+    // layer may hold; short, whatever the length of the temporary directory's path).
+    layout.add(
+        Some("probe"),
+        &ImageSpec::new(vec![LayerSpec::new(Comp::None, vec![dir("etc", 0o755)])]),
+    );
+    let probe = image::unpack(&layout.dir, Some("probe"), &store).unwrap();
+    let depth = probe.layers[0]
+        .strip_prefix(tmp.path())
+        .expect("the store is under tmp")
+        .components()
+        .count()
+        + 1;
+    let up = format!("{}outside/secret", "../".repeat(depth));
+    let cases: Vec<(&str, Vec<Item>, &str)> = vec![
+        (
+            "absolute",
+            vec![dir("etc", 0o755), symlink("etc/passwd", secret_str)],
+            "key",
+        ),
+        (
+            "relative",
+            vec![dir("etc", 0o755), symlink("etc/passwd", &up)],
+            "key",
+        ),
+        ("host-etc", vec![symlink("etc", "/etc")], "root"),
+        (
+            "group",
+            vec![
+                file("etc/passwd", "app:x:1000:1000::/:/bin/sh\n"),
+                symlink("etc/group", secret_str),
+            ],
+            "app:key",
+        ),
+    ];
+    for (tag, items, user) in cases {
+        layout.add(
+            Some(tag),
+            &ImageSpec::new(vec![LayerSpec::new(Comp::None, items)]),
+        );
+        let img = image::unpack(&layout.dir, Some(tag), &store).unwrap();
+        match image::resolve_user(user, &img.layers) {
+            Err(Error::InvalidImage { reason, .. }) => assert!(
+                reason.contains("does not define") || reason.contains("symbolic links (a loop?)"),
+                "{tag}: {reason}"
+            ),
+            other => panic!("{tag}: {user:?} resolved through the host: {other:?}"),
+        }
+    }
+
+    // /etc/passwd linking to /dev/zero is looked for in the image (where there is no such file),
+    // in a bounded child in case it is read.
+    layout.add(
+        Some("zero"),
+        &ImageSpec::new(vec![LayerSpec::new(
+            Comp::None,
+            vec![dir("etc", 0o755), symlink("etc/passwd", "/dev/zero")],
+        )]),
+    );
+    let result = run_bounded(&layout.dir, &store, "zero", Some("nobody"));
+    assert!(
+        result.starts_with("invalid-image config.User\t") && result.contains("does not define"),
+        "{result}"
+    );
+}
+
+/// Names resolve as the sandbox sees the image: through the layers stacked as overlayfs stacks
+/// them (the topmost file wins, whiteouts and opaque directories hide what is below, links
+/// resolve across layers), and only a regular file of bounded size is read.
+#[test]
+fn the_image_user_is_looked_up_in_the_merged_layers() {
+    let tmp = TempDir::new("image-user-merged");
+    if !overlay_metadata_supported(tmp.path()) {
+        return;
+    }
+    let store = tmp.path().join("store");
+    let mut layout = Layout::new(&tmp.path().join("layout"));
+    let bottom = || {
+        LayerSpec::new(
+            Comp::Gzip,
+            vec![
+                dir("etc", 0o755),
+                file(
+                    "etc/passwd",
+                    "root:x:0:0::/:/bin/sh\napp:x:1000:1000::/:/bin/sh\n",
+                ),
+                file("etc/passwd.real", "app:x:2000:2001::/:/bin/sh\n"),
+                file("etc/group", "root:x:0:\nstaff:x:50:app\n"),
+            ],
+        )
+    };
+    let top = |items: Vec<Item>| LayerSpec::new(Comp::None, items);
+    let mut resolve = |tag: &str, layers: Vec<LayerSpec>, user: &str| {
+        layout.add(Some(tag), &ImageSpec::new(layers));
+        let img = image::unpack(&layout.dir, Some(tag), &store).unwrap();
+        image::resolve_user(user, &img.layers)
+    };
+    let ok = |r: rsandbox::Result<(u32, Option<u32>)>| r.unwrap_or_else(|e| panic!("{e}"));
+    let invalid = |r: rsandbox::Result<(u32, Option<u32>)>| match r {
+        Err(Error::InvalidImage { path, reason }) => (path, reason),
+        other => panic!("expected InvalidImage, got {other:?}"),
+    };
+
+    // Controls: one layer; numbers need no lookup.
+    assert_eq!(
+        ok(resolve("plain", vec![bottom()], "app")),
+        (1000, Some(1000))
+    );
+    assert_eq!(
+        ok(resolve("plain", vec![bottom()], "app:staff")),
+        (1000, Some(50))
+    );
+    assert_eq!(
+        ok(resolve("plain", vec![bottom()], "7:staff")),
+        (7, Some(50))
+    );
+    assert_eq!(ok(resolve("plain", vec![bottom()], "7")), (7, None));
+    assert_eq!(ok(resolve("plain", vec![bottom()], "7:8")), (7, Some(8)));
+
+    // A link in an upper layer to a file of a lower one, relative or absolute.
+    let relink = vec![bottom(), top(vec![symlink("etc/passwd", "passwd.real")])];
+    assert_eq!(ok(resolve("relative", relink, "app")), (2000, Some(2001)));
+    let abslink = vec![
+        bottom(),
+        top(vec![symlink("etc/passwd", "/etc/passwd.real")]),
+    ];
+    assert_eq!(ok(resolve("absolute", abslink, "app")), (2000, Some(2001)));
+    let dirlink = vec![
+        bottom(),
+        top(vec![
+            dir("alt", 0o755),
+            file("alt/passwd", "app:x:3000:3001::/:/bin/sh\n"),
+        ]),
+        top(vec![
+            opaque("etc"),
+            symlink("etc/passwd", "../x/../alt/./passwd"),
+            symlink("x", "alt"),
+        ]),
+    ];
+    assert_eq!(ok(resolve("dir-link", dirlink, "app")), (3000, Some(3001)));
+
+    // The topmost /etc/passwd is the one: it hides the lower one's names.
+    let shadowed = vec![
+        bottom(),
+        top(vec![file("etc/passwd", "other:x:1:1::/:/bin/sh\n")]),
+    ];
+    let (path, reason) = invalid(resolve("shadowed", shadowed, "app"));
+    assert_eq!(path, Path::new("config.User"));
+    assert!(reason.contains("does not define"), "{reason}");
+    // A whiteout of the file, or an opaque /etc, hides it too.
+    let whited = vec![bottom(), top(vec![whiteout("etc/passwd")])];
+    let (_, reason) = invalid(resolve("whiteout", whited, "app"));
+    assert!(reason.contains("does not define"), "{reason}");
+    let opaque_etc = vec![bottom(), top(vec![opaque("etc"), file("etc/motd", "hi\n")])];
+    let (_, reason) = invalid(resolve("opaque", opaque_etc, "app"));
+    assert!(reason.contains("does not define"), "{reason}");
+    let whited_group = vec![bottom(), top(vec![whiteout("etc")])];
+    let (_, reason) = invalid(resolve("whiteout-etc", whited_group, "7:staff"));
+    assert!(reason.contains("does not define"), "{reason}");
+
+    // Only regular files are read, and not without bound.
+    let loop_ = vec![bottom(), top(vec![symlink("etc/passwd", "passwd")])];
+    let (_, reason) = invalid(resolve("loop", loop_, "app"));
+    assert!(reason.contains("symbolic links (a loop?)"), "{reason}");
+    let a_dir = vec![bottom(), top(vec![opaque("etc"), dir("etc/passwd", 0o755)])];
+    let (path, reason) = invalid(resolve("dir", a_dir, "app"));
+    assert!(path.ends_with("etc/passwd"), "{}", path.display());
+    assert!(
+        reason.contains("not a regular file but a directory"),
+        "{reason}"
+    );
+    let mut huge = b"app:x:1000:1000::/:/bin/sh\n".to_vec();
+    huge.resize(image::MAX_ID_FILE_SIZE as usize + 1, b'#');
+    let big = vec![bottom(), top(vec![file("etc/passwd", huge)])];
+    let (path, reason) = invalid(resolve("huge", big, "app"));
+    assert!(path.ends_with("etc/passwd"), "{}", path.display());
+    assert!(reason.contains("larger than"), "{reason}");
+    let bad_id = vec![
+        bottom(),
+        top(vec![file("etc/passwd", "app:x:me:1::/:/bin/sh\n")]),
+    ];
+    let (_, reason) = invalid(resolve("bad-id", bad_id, "app"));
+    assert!(reason.contains("not a number"), "{reason}");
+}
+
+/// Per the OCI image spec a later entry replaces an earlier one of the same name, a directory
+/// holding files included; what still cannot be unpacked is an invalid image naming the blob and
+/// the entry, with the system's reason.
+#[test]
+fn a_later_entry_replaces_a_directory_tree() {
+    let tmp = TempDir::new("image-replace-dir");
+    let store = tmp.path().join("store");
+    let mut layout = Layout::new(&tmp.path().join("layout"));
+    let items = vec![
+        dir("f", 0o755),
+        file("f/a", "a\n"),
+        dir("f/sub", 0o555),
+        file("f/sub/b", "b\n"),
+        file("f", "now a file\n"),
+        dir("l", 0o700),
+        file("l/a", "a\n"),
+        symlink("l", "f"),
+        file("t", "target\n"),
+        dir("h/deep", 0o755),
+        file("h/deep/c", "c\n"),
+        hardlink("h", "t"),
+        // And back: a directory where a file was.
+        file("d", "file\n"),
+        dir("d", 0o750),
+        file("d/e", "e\n"),
+    ];
+    layout.add(
+        Some("x"),
+        &ImageSpec::new(vec![LayerSpec::new(Comp::Gzip, items)]),
+    );
+    let img = image::unpack(&layout.dir, Some("x"), &store).unwrap();
+    let layer = &img.layers[0];
+    assert_eq!(read(layer.join("f")), "now a file\n");
+    assert_eq!(fs::read_link(layer.join("l")).unwrap(), Path::new("f"));
+    let (h, t) = (
+        fs::symlink_metadata(layer.join("h")).unwrap(),
+        fs::metadata(layer.join("t")).unwrap(),
+    );
+    assert_eq!(h.ino(), t.ino(), "h is a hard link to t");
+    assert_eq!(read(layer.join("d/e")), "e\n");
+    assert_eq!(
+        fs::metadata(layer.join("d")).unwrap().mode() & 0o7777,
+        0o750
+    );
+    no_temp_dirs(&store);
+
+    // A hard link to a directory cannot be made: the blob and the entry are named.
+    let items = vec![dir("dir", 0o755), hardlink("link", "dir")];
+    let built = layout.add(
+        Some("y"),
+        &ImageSpec::new(vec![LayerSpec::new(Comp::None, items)]),
+    );
+    let (path, reason) = expect_invalid(image::unpack(&layout.dir, Some("y"), &store));
+    assert_eq!(path, built.layer_blobs[0]);
+    assert!(reason.contains("\"link\""), "{reason}");
+    assert!(reason.contains("os error"), "the errno is kept: {reason}");
+    no_temp_dirs(&store);
+}
+
+/// The tar reader keeps a long name or PAX record in memory whole: one of many MiB (which
+/// compresses to almost nothing) is refused once it passes the bound, not read to its end.
+#[test]
+fn oversized_tar_headers_are_refused() {
+    let tmp = TempDir::new("image-long-name");
+    let store = tmp.path().join("store");
+    let mut layout = Layout::new(&tmp.path().join("layout"));
+    let long = "n".repeat(20 << 20);
+    let built = layout.add(
+        Some("x"),
+        &ImageSpec::new(vec![LayerSpec::new(
+            Comp::Gzip,
+            vec![file("before", "b\n"), file(&long, "x")],
+        )]),
+    );
+    let (path, reason) = expect_invalid(image::unpack(&layout.dir, Some("x"), &store));
+    assert_eq!(path, built.layer_blobs[0]);
+    assert!(reason.contains("bytes of headers"), "{reason}");
+    assert_eq!(store_names(&store), Vec::<String>::new());
+}
+
+/// A layer of more entries than the store's free space is checked after (every
+/// `SPACE_CHECK_ENTRIES`) unpacks whole: the check runs, and passes on a file system with room.
+#[test]
+fn a_layer_of_many_entries_passes_the_space_check() {
+    let tmp = TempDir::new("image-many");
+    let store = tmp.path().join("store");
+    let mut layout = Layout::new(&tmp.path().join("layout"));
+    let n = image::SPACE_CHECK_ENTRIES as usize * 2 + 1;
+    let items: Vec<Item> = (0..n).map(|i| file(&format!("d/{i}"), "")).collect();
+    layout.add(
+        Some("x"),
+        &ImageSpec::new(vec![LayerSpec::new(Comp::Zstd, items)]),
+    );
+    let img = image::unpack(&layout.dir, Some("x"), &store).unwrap();
+    assert_eq!(fs::read_dir(img.layers[0].join("d")).unwrap().count(), n);
+}

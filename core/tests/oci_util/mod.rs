@@ -317,6 +317,20 @@ impl Layout {
         built
     }
 
+    /// Rewrites the manifest of index entry `entry` through `edit` (e.g. to declare another
+    /// layer size), stores it as a new blob and points the entry at it; returns the new blob.
+    pub fn edit_manifest(&mut self, entry: usize, edit: impl FnOnce(&mut Value)) -> PathBuf {
+        let old = self.entries[entry]["digest"].as_str().unwrap().to_owned();
+        let mut manifest: Value =
+            serde_json::from_slice(&std::fs::read(self.blob_path(&old)).unwrap()).unwrap();
+        edit(&mut manifest);
+        let (digest, size) = self.put(&serde_json::to_vec(&manifest).unwrap());
+        self.entries[entry]["digest"] = json!(digest);
+        self.entries[entry]["size"] = json!(size);
+        self.write_index();
+        self.blob_path(&digest)
+    }
+
     pub fn write_index(&self) {
         let index = json!({
             "schemaVersion": 2,
