@@ -87,7 +87,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         r = rsandbox.run(cmd, timeout=a.timeout, root=a.root, binds=_binds(a.bind),
                          rw_binds=_binds(a.rw_bind), tmpfs=a.tmpfs, cwd=a.cwd, env=env or None,
                          capture_output=a.json, **options)
-    except rsandbox.TimeoutExpired:
+    except KeyboardInterrupt:
+        # The sandbox has been killed and reaped; Ctrl-C is no error of this program's.
+        return 130
+    except rsandbox.TimeoutExpired as e:
+        if a.json and e.result is not None:
+            _print_json(e.result)
         return 124
     except rsandbox.SandboxError as e:
         print(f"rsandbox: {e}", file=sys.stderr)
@@ -97,12 +102,21 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 126
         return 127 if e.kind == "executable-not-found" else 125
     if a.json:
-        fields = dataclasses.asdict(r)
-        for stream in ("stdout", "stderr"):
-            fields[stream] = fields[stream].decode("utf-8", "replace")
-        print(json.dumps(fields, indent=2))
+        _print_json(r)
     return r.returncode if r.returncode >= 0 else 128 - r.returncode
 
 
+def _print_json(r: rsandbox.Result) -> None:
+    """The result as JSON: its public fields, the report included, the output as text."""
+    fields = {f.name: getattr(r, f.name) for f in dataclasses.fields(r) if not f.name.startswith("_")}
+    for stream in ("stdout", "stderr"):
+        if isinstance(fields[stream], bytes):
+            fields[stream] = fields[stream].decode("utf-8", "replace")
+    print(json.dumps(fields, indent=2))
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import signal
-from typing import Any, Dict, NoReturn, Optional, Sequence, Type
+from typing import Any, Dict, NoReturn, Optional, Sequence, Tuple, Type
 
 from . import _rsandbox
 
@@ -38,6 +38,24 @@ class SandboxError(Exception):
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""
+
+    def __reduce__(self) -> Tuple[Any, ...]:
+        # Pickled as what it is, not as a call of the constructor with ``args`` (the default,
+        # which the subclasses' constructors do not take): multiprocessing and
+        # concurrent.futures hand exceptions from process to process this way. An OSError
+        # keeps errno, strerror and the file names in fields of its own, not in __dict__.
+        state = dict(self.__dict__)
+        if isinstance(self, OSError):
+            for name in ("errno", "strerror", "filename", "filename2"):
+                state[name] = getattr(self, name)
+        return (_rebuild, (type(self), self.args), state)
+
+
+def _rebuild(cls: Type[SandboxError], args: Tuple[Any, ...]) -> SandboxError:
+    """An exception of class ``cls`` with these ``args`` and nothing else yet (pickle sets the rest)."""
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 class ConfigError(SandboxError, ValueError):

@@ -14,7 +14,7 @@ from typing import (TYPE_CHECKING, IO, Any, Callable, Dict, List, Mapping, Optio
                     TypeVar, Union)
 
 from . import _rsandbox
-from ._errors import CalledProcessError, TimeoutExpired, config_error, raise_native
+from ._errors import CalledProcessError, SandboxError, TimeoutExpired, config_error, raise_native
 from ._spec import PathArg, Spec
 
 __all__ = ["PIPE", "DEVNULL", "STDOUT", "Result", "Process", "Sandbox", "Pool", "run", "doctor"]
@@ -83,14 +83,26 @@ class Result:
             raise CalledProcessError(self.returncode, self.args, self.stdout, self.stderr)
 
 
+#: Decodes a captured stream: (bytes, cut by the output limit, the command was stopped).
+_Decode = Callable[[Optional[bytes], bool, bool], Any]
+
+
+def _stopped(verdict: str) -> bool:
+    """Whether a run with this verdict was ended from outside (a kill, a limit) rather than by
+    the command itself: its output may stop inside a character."""
+    return verdict not in ("ok", "exit-nonzero")
+
+
 def _result(args: List[str], raw: str, report: str, out: Optional[bytes], err: Optional[bytes],
-            decode: Callable[[Optional[bytes], bool], Any]) -> Result:
+            decode: _Decode) -> Result:
     r = json.loads(raw)
     status = r["status"]
     sig = status.get("signaled")
     code = status["exited"] if "exited" in status else -sig
     u = r["usage"]
-    stdout, stderr = decode(out, r["stdout_truncated"]), decode(err, r["stderr_truncated"])
+    stopped = _stopped(r["verdict"])
+    stdout = decode(out, r["stdout_truncated"], stopped)
+    stderr = decode(err, r["stderr_truncated"], stopped)
     return Result(args=args, returncode=code, stdout=stdout, stderr=stderr, signal=sig,
                   verdict=r["verdict"], wall_time=u["wall_time"], cpu_time=u["cpu_time"],
                   memory_peak=u["memory_peak"], oom_killed=u["oom_kills"] > 0,
@@ -99,21 +111,39 @@ def _result(args: List[str], raw: str, report: str, out: Optional[bytes], err: O
                   stderr_truncated=r["stderr_truncated"], _report_json=report)
 
 
-def _decoder(text: bool, encoding: Optional[str],
-             errors: Optional[str]) -> Callable[[Optional[bytes], bool], Any]:
-    """Decodes a captured stream (bytes as they are without text mode); `cut`: the output limit
-    cut it, and a character split by the cut is left out rather than failing the whole result."""
+def _decoder(text: bool, encoding: Optional[str], errors: Optional[str]) -> _Decode:
+    """Decodes a captured stream (bytes as they are without text mode). `cut`: the output limit
+    cut it, and a character split by the cut is left out. `stopped`: a kill or a limit ended the
+    command (or it is still running), so the output may end inside a character: that incomplete
+    last sequence is decoded with errors="replace" (or the caller's handler when it is not
+    "strict"). Either way the result is not lost to a UnicodeDecodeError; invalid bytes before
+    the end fail as with subprocess."""
     if not (text or encoding or errors):
-        return lambda b, cut: b
+        return lambda b, cut, stopped: b
     enc, errs = encoding or "utf-8", errors or "strict"
 
-    def decode(b: Optional[bytes], cut: bool) -> Optional[str]:
+    def decode(b: Optional[bytes], cut: bool, stopped: bool) -> Optional[str]:
         if b is None:
             return None
+        if not (cut or stopped):
+            return b.decode(enc, errs)
+        decoder = codecs.getincrementaldecoder(enc)(errs)
+        head = decoder.decode(b, final=False)
         if cut:
-            return codecs.getincrementaldecoder(enc)(errs).decode(b, final=False)
-        return b.decode(enc, errs)
+            return head
+        decoder.errors = errs if errs != "strict" else "replace"
+        return head + decoder.decode(b"", final=True)
     return decode
+
+
+def _check_text(encoding: Any, errors: Any) -> None:
+    """Refuses, before anything starts, an ``encoding`` or ``errors`` the decoding would fail
+    on (TypeError or LookupError, as :mod:`codecs` raises them)."""
+    if encoding is not None:
+        # Also refuses a codec that is not a text encoding (base64, ...), as TextIOWrapper does.
+        "".encode(encoding)
+    if errors is not None:
+        codecs.lookup_error(errors)
 
 
 def _stream(value: Any, name: str) -> Any:
@@ -292,27 +322,63 @@ class Process:
     def wait(self, timeout: Optional[float] = None) -> int:
         """Waits for the sandbox to exit and returns the return code; raises
         :class:`TimeoutExpired` after ``timeout`` seconds (the sandbox keeps running). Ctrl-C
-        while waiting kills the sandbox and raises KeyboardInterrupt."""
+        while waiting kills and reaps the sandbox (``returncode`` and ``result`` are set) and
+        raises KeyboardInterrupt."""
         limit = _timeout(timeout)
         if self.returncode is None:
-            outcome = _call(self._native.wait, limit)
+            try:
+                outcome = _call(self._native.wait, limit)
+            except BaseException:
+                # Ctrl-C: the sandbox has been killed and reaped, its result kept.
+                self._settle()
+                raise
             if outcome is None:
                 raise TimeoutExpired(self.args, limit or 0.0)
             self._done(outcome)
         assert self.returncode is not None
         return self.returncode
 
+    def _settle(self) -> None:
+        """Takes the result of a sandbox that has been reaped, if it has (after an exception)."""
+        try:
+            self.poll()
+        except BaseException:
+            pass
+
     def communicate(self, input: Any = None, timeout: Optional[float] = None) -> Tuple[Any, Any]:
         """Like :meth:`subprocess.Popen.communicate`: sends ``input``, reads stdout and stderr to
         the end and waits. On :class:`TimeoutExpired` the sandbox keeps running and nothing read
         is lost: call again to go on. Output past the spec's ``output_limit`` is dropped (the
-        command is not blocked) and ``result.truncated`` is set."""
+        command is not blocked) and ``result.truncated`` is set. Any other exception while it
+        waits (Ctrl-C) kills and reaps the sandbox before it is raised."""
         limit = _timeout(timeout)
         deadline = None if limit is None else time.monotonic() + limit
         if self._started and input is not None:
             raise ValueError("Cannot send input after starting communication")
         if not self._started:
             self._start(input)
+        try:
+            self._exchange(limit, deadline)
+        except TimeoutExpired:
+            raise
+        except BaseException:
+            # The sandbox does not outlive an interrupted communicate().
+            self._end()
+            raise
+        r = self.result
+        assert r is not None
+        out, err = self._collected(_stopped(r.verdict))
+        r.stdout, r.stderr = out, err
+        if self._truncated:
+            r.truncated = True
+            r.stdout_truncated = r.stdout_truncated or self._cut.get(1, False)
+            r.stderr_truncated = r.stderr_truncated or self._cut.get(2, False)
+            if r.verdict == "ok":
+                r.verdict = "output-limit"
+        return out, err
+
+    def _exchange(self, limit: Optional[float], deadline: Optional[float]) -> None:
+        """communicate()'s transfer and wait."""
         with selectors.DefaultSelector() as sel:
             if self.stdin is not None and not self.stdin.closed and self._input:
                 sel.register(self.stdin.fileno(), selectors.EVENT_WRITE)
@@ -326,7 +392,7 @@ class Process:
                 if deadline is not None:
                     left = deadline - time.monotonic()
                     if left <= 0:
-                        raise TimeoutExpired(self.args, limit or 0.0, *self._collected())
+                        raise TimeoutExpired(self.args, limit or 0.0, *self._collected(True))
                     wait_for = min(wait_for, left)
                 ready = sel.select(wait_for)
                 # Keep the spec's wall-clock and CPU-time limits enforced while reading.
@@ -338,15 +404,16 @@ class Process:
         try:
             self.wait(rest)
         except TimeoutExpired:
-            raise TimeoutExpired(self.args, limit or 0.0, *self._collected()) from None
-        out, err = self._collected()
-        assert self.result is not None
-        self.result.stdout, self.result.stderr = out, err
-        if self._truncated:
-            self.result.truncated = True
-            if self.result.verdict == "ok":
-                self.result.verdict = "output-limit"
-        return out, err
+            raise TimeoutExpired(self.args, limit or 0.0, *self._collected(True)) from None
+
+    def _end(self) -> None:
+        """Kills the sandbox if it runs, and reaps it (on the way out of an exception)."""
+        if self.returncode is None:
+            try:
+                self.kill()
+                self.wait()
+            except SandboxError:
+                pass
 
     def _start(self, input: Any) -> None:
         self._started = True
@@ -407,10 +474,12 @@ class Process:
             self._chunks[stream].append(data)
             self._sizes[stream] += len(data)
 
-    def _collected(self) -> Tuple[Any, Any]:
+    def _collected(self, stopped: bool) -> Tuple[Any, Any]:
+        """The output read so far, decoded; `stopped`: the command did not end of itself (it
+        was killed or is still running), so the output may end inside a character."""
         joined = [b"".join(self._chunks[s]) if s in self._chunks else None for s in (1, 2)]
-        return (self._decode(joined[0], self._cut.get(1, False)),
-                self._decode(joined[1], self._cut.get(2, False)))
+        return (self._decode(joined[0], self._cut.get(1, False), stopped),
+                self._decode(joined[1], self._cut.get(2, False), stopped))
 
     @staticmethod
     def _close(f: IO[Any]) -> None:
@@ -479,6 +548,7 @@ class Sandbox:
         :class:`subprocess.Popen` (``PIPE``, ``DEVNULL``, ``STDOUT``, a descriptor or a file;
         None inherits the caller's)."""
         argv = _argv(args)
+        _check_text(encoding, errors)
         spec_json = _spec_json(self.spec, argv, env, cwd, stdin, stdout, stderr)
         native = _call(_rsandbox.spawn, spec_json)
         return Process(native, argv, self.spec.data.get("output_limit"), text, encoding, errors)
@@ -520,7 +590,11 @@ class Pool:
         return self._pool().ready()
 
     def wait_full(self, timeout: float = 30.0) -> bool:
-        """Waits until every sandbox of the pool is ready; False after ``timeout`` seconds."""
+        """Waits until every sandbox of the pool is ready; False after ``timeout`` seconds.
+        Ctrl-C interrupts it. A job counts as running until its result has been taken (``run``
+        returned, or its :class:`Process` waited for): the pool does not start replacements
+        while jobs run unless it is empty, so a finished job never waited for keeps it from
+        being full."""
         return self._pool().wait_full(float(timeout))
 
     def run(self, args: Sequence[PathArg], *, stdin: Any = None, input: Any = None,
@@ -544,6 +618,7 @@ class Pool:
               errors: Optional[str] = None, timeout: Optional[float] = None) -> Process:
         """:meth:`Sandbox.spawn` in a pooled sandbox; ``timeout`` is the job's wall-clock limit."""
         argv = _argv(args)
+        _check_text(encoding, errors)
         limit = _timeout(timeout)
         native = _call(self._pool().spawn, argv, _env(env), _cwd(cwd),
                        _streams_json(stdin, stdout, stderr),
@@ -565,6 +640,7 @@ def _run_args(args: Any, stdin: Any, input: Any, capture_output: bool, stdout: A
               timeout: Any, encoding: Optional[str], errors: Optional[str]
               ) -> Tuple[List[str], Optional[bytes], Tuple[Any, Any, Any], Optional[float]]:
     """The checks and defaults :func:`run` and :meth:`Pool.run` share."""
+    _check_text(encoding, errors)
     if capture_output:
         if stdout is not None or stderr is not None:
             raise config_error("stdout and stderr arguments may not be used with capture_output")

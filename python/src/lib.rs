@@ -5,14 +5,16 @@
 //! classes in one place.
 
 use std::collections::BTreeMap;
-use std::os::fd::IntoRawFd;
+use std::io::Read;
+use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::unix::net::UnixStream;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use pyo3::create_exception;
 use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 use rsandbox::{Child, Error, RunResult, Spec};
 
 create_exception!(_rsandbox, NativeError, PyException);
@@ -100,6 +102,14 @@ impl NativeProcess {
         Ok(self.state.lock().unwrap_or_else(|p| p.into_inner()))
     }
 
+    /// Sends a signal to every process of the sandbox (nothing once it has been waited for).
+    fn signal(&self, signal: i32) -> rsandbox::Result<()> {
+        match &mut *self.lock()? {
+            State::Running(c) => c.kill(signal),
+            State::Finished { .. } => Ok(()),
+        }
+    }
+
     /// Waits up to `slice`; on exit, keeps the result and releases the handle.
     fn wait_slice(&self, slice: Duration) -> rsandbox::Result<Option<RunResult>> {
         let mut state = self.lock()?;
@@ -144,8 +154,10 @@ impl NativeProcess {
         Ok(file.map(IntoRawFd::into_raw_fd))
     }
 
-    /// Waits up to `timeout` seconds (None: without limit, in slices that let Ctrl-C through).
-    /// Returns the outcome, or None when it is still running.
+    /// Waits up to `timeout` seconds (None: without limit). Returns the outcome, or None when it
+    /// is still running. A pending Python signal (Ctrl-C) kills the sandbox, reaps it (its result
+    /// is kept: a later `wait` returns it at once) and is raised. The waiting itself, which
+    /// enforces the spec's limits, never needs the GIL (see `watched`).
     #[pyo3(signature = (timeout=None))]
     fn wait(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Outcome>> {
         if let State::Finished { result, report } = &*self.lock().map_err(native)? {
@@ -153,34 +165,45 @@ impl NativeProcess {
         }
         // No deadline for a timeout too large for the clock (inf included).
         let deadline = timeout.and_then(|t| Instant::now().checked_add(seconds(t)));
-        loop {
-            let slice = match deadline {
-                Some(d) => d
-                    .saturating_duration_since(Instant::now())
-                    .min(SIGNAL_CHECK),
-                None => SIGNAL_CHECK,
-            };
-            if let Some(r) = py.detach(|| self.wait_slice(slice)).map_err(native)? {
-                return Ok(Some(outcome(py, r)));
+        let wait = |interrupt: &mut dyn FnMut() -> bool| -> rsandbox::Result<Option<RunResult>> {
+            loop {
+                // In slices: kill() and poll() from other threads take the state between them.
+                let slice = match deadline {
+                    Some(d) => d
+                        .saturating_duration_since(Instant::now())
+                        .min(SIGNAL_CHECK),
+                    None => SIGNAL_CHECK,
+                };
+                if let Some(r) = self.wait_slice(slice)? {
+                    return Ok(Some(r));
+                }
+                if interrupt() {
+                    // Ctrl-C (or any signal handler raising): the sandbox does not outlive it.
+                    let _ = self.signal(SIGKILL);
+                    return self.wait_slice(Duration::from_secs(3600));
+                }
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(None);
+                }
             }
-            if let Err(e) = py.check_signals() {
-                // Ctrl-C (or any signal handler raising): the sandbox does not outlive it.
-                let _ = self.kill(SIGKILL);
-                let _ = py.detach(|| self.wait_slice(Duration::from_secs(3600)));
-                return Err(e);
-            }
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
-            }
+        };
+        // A wait shorter than a signal check (poll) has no signal to look for: Python handles
+        // a pending one as soon as it returns.
+        let (r, raised) = if timeout.is_some_and(|t| seconds(t) <= SIGNAL_CHECK) {
+            (py.detach(|| wait(&mut || false)), None)
+        } else {
+            watched(py, wait)
+        };
+        let r = r.map_err(native)?;
+        if let Some(e) = raised {
+            return Err(e);
         }
+        Ok(r.map(|r| outcome(py, r)))
     }
 
     /// Sends a signal to every process of the sandbox (nothing once it has been waited for).
     fn kill(&self, signal: i32) -> PyResult<()> {
-        match &mut *self.lock().map_err(native)? {
-            State::Running(c) => c.kill(signal).map_err(native),
-            State::Finished { .. } => Ok(()),
-        }
+        self.signal(signal).map_err(native)
     }
 
     /// Freezes or thaws the sandbox (needs its own cgroup).
@@ -227,29 +250,149 @@ fn run(py: Python<'_>, spec_json: &str, input: Option<Vec<u8>>) -> PyResult<Outc
     })
 }
 
-/// Runs `work` without the GIL, giving it an interrupt callback that takes the GIL back to
-/// let Python handle its signals: a raised exception (Ctrl-C) stops the work and is re-raised.
+/// Runs `work` (see `watched`): a raised exception (Ctrl-C) stops it and is re-raised once it
+/// has killed and reaped its sandbox.
 fn interruptible(
     py: Python<'_>,
     work: impl Send + FnOnce(&mut dyn FnMut() -> bool) -> rsandbox::Result<RunResult>,
 ) -> PyResult<Outcome> {
+    let (r, raised) = watched(py, work);
+    let r = r.map_err(native)?;
+    if let Some(e) = raised {
+        return Err(e);
+    }
+    Ok(outcome(py, r))
+}
+
+/// Runs `work` without the GIL, giving it `interrupt`, which lets Python handle the signals that
+/// came (Ctrl-C) and says whether a handler raised: `work` then stops as soon as it can. Returns
+/// what `work` returned and the exception raised.
+///
+/// The waiting in `work` enforces the sandbox's limits (its deadline, its CPU time), so it must
+/// not wait for the GIL, which another thread may hold for seconds in one C call: `interrupt`
+/// takes the GIL only when a signal has come. Python runs signal handlers in its main thread
+/// only; there, its wakeup fd (`signal.set_wakeup_fd`) is a socket of ours while `work` runs,
+/// and `interrupt` reads it. In any other thread there is nothing to handle.
+fn watched<T: Send>(
+    py: Python<'_>,
+    work: impl Send + FnOnce(&mut dyn FnMut() -> bool) -> T,
+) -> (T, Option<PyErr>) {
     let mut raised: Option<PyErr> = None;
-    let r = py
-        .detach(|| {
-            let mut interrupt = || match Python::attach(|py| py.check_signals()) {
+    let main = handles_signals(py);
+    let mut wakeup = if main { Wakeup::install(py).ok() } else { None };
+    // Where the wakeup fd cannot be had, the main thread checks at every call, as it must.
+    let every_call = main && wakeup.is_none();
+    if wakeup.is_some() {
+        // A signal that came before the socket was in place.
+        if let Err(e) = py.check_signals() {
+            raised = Some(e);
+        }
+    }
+    let (socket, came) = match &mut wakeup {
+        Some(w) => (Some(&w.socket), Some(&mut w.came)),
+        None => (None, None),
+    };
+    let value = py.detach(|| {
+        let mut came = came;
+        let mut interrupt = || {
+            if raised.is_some() {
+                return true;
+            }
+            let signalled = match (socket, came.as_deref_mut()) {
+                (Some(socket), Some(came)) => drain(socket, came),
+                _ => every_call,
+            };
+            if !signalled {
+                return false;
+            }
+            match Python::attach(|py| py.check_signals()) {
                 Ok(()) => false,
                 Err(e) => {
                     raised = Some(e);
                     true
                 }
-            };
-            work(&mut interrupt)
+            }
+        };
+        work(&mut interrupt)
+    });
+    drop(wakeup);
+    (value, raised)
+}
+
+/// Python's signal wakeup fd pointed at a socket of ours (see `watched`); the one it replaced
+/// is restored on drop, and given the signal numbers that came in the meantime (asyncio
+/// dispatches its signal handlers from them).
+struct Wakeup<'py> {
+    signal: Bound<'py, PyModule>,
+    /// What `signal.set_wakeup_fd` returned: the fd it replaced, or -1.
+    replaced: Bound<'py, PyAny>,
+    /// Our end; Python writes to the other one.
+    socket: UnixStream,
+    _theirs: UnixStream,
+    /// Bytes read from `socket`: a signal number each.
+    came: Vec<u8>,
+}
+
+impl<'py> Wakeup<'py> {
+    fn install(py: Python<'py>) -> PyResult<Wakeup<'py>> {
+        let (socket, theirs) = UnixStream::pair()?;
+        socket.set_nonblocking(true)?;
+        theirs.set_nonblocking(true)?;
+        let signal = py.import("signal")?;
+        let kwargs = PyDict::new(py);
+        kwargs.set_item("warn_on_full_buffer", false)?;
+        let replaced = signal.call_method("set_wakeup_fd", (theirs.as_raw_fd(),), Some(&kwargs))?;
+        Ok(Wakeup {
+            signal,
+            replaced,
+            socket,
+            _theirs: theirs,
+            came: Vec::new(),
         })
-        .map_err(native)?;
-    if let Some(e) = raised {
-        return Err(e);
     }
-    Ok(outcome(py, r))
+}
+
+impl Drop for Wakeup<'_> {
+    fn drop(&mut self) {
+        drain(&self.socket, &mut self.came);
+        let _ = self.signal.call_method1("set_wakeup_fd", (&self.replaced,));
+        let fd = self.replaced.extract::<i64>().unwrap_or(-1);
+        if fd >= 0 && !self.came.is_empty() {
+            let py = self.signal.py();
+            let _ = py
+                .import("os")
+                .and_then(|os| os.call_method1("write", (fd, PyBytes::new(py, &self.came))));
+        }
+    }
+}
+
+/// Reads what is in `socket` into `came`; whether there was anything.
+fn drain(mut socket: &UnixStream, came: &mut Vec<u8>) -> bool {
+    let mut buf = [0u8; 64];
+    let mut any = false;
+    loop {
+        match socket.read(&mut buf) {
+            Ok(0) => return any,
+            Ok(n) => {
+                came.extend_from_slice(&buf[..n]);
+                any = true;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return any,
+        }
+    }
+}
+
+/// Whether this thread is the one Python runs signal handlers in (the main thread); when that
+/// cannot be told, it is taken to be.
+fn handles_signals(py: Python<'_>) -> bool {
+    let check = || -> PyResult<bool> {
+        let threading = py.import("threading")?;
+        let main = threading.call_method0("main_thread")?.getattr("ident")?;
+        let me = threading.call_method0("get_ident")?;
+        main.eq(me)
+    };
+    check().unwrap_or(true)
 }
 
 /// A timeout in seconds as a Duration: none below zero (NaN included), saturating above.
@@ -320,10 +463,24 @@ impl NativePool {
         self.pool.ready()
     }
 
-    /// Waits up to `timeout` seconds for the pool to be full.
-    fn wait_full(&self, py: Python<'_>, timeout: f64) -> bool {
-        let t = seconds(timeout);
-        py.detach(|| self.pool.wait_full(t))
+    /// Waits up to `timeout` seconds for the pool to be full, letting Python handle its signals
+    /// (Ctrl-C) every `SIGNAL_CHECK`. A job counts as running until its result has been taken.
+    fn wait_full(&self, py: Python<'_>, timeout: f64) -> PyResult<bool> {
+        // No deadline for a timeout too large for the clock (inf included).
+        let until = Instant::now().checked_add(seconds(timeout));
+        loop {
+            let slice = until.map_or(SIGNAL_CHECK, |u| {
+                u.saturating_duration_since(Instant::now())
+                    .min(SIGNAL_CHECK)
+            });
+            if py.detach(|| self.pool.wait_full(slice)) {
+                return Ok(true);
+            }
+            if until.is_some_and(|u| Instant::now() >= u) {
+                return Ok(false);
+            }
+            py.check_signals()?;
+        }
     }
 
     /// Runs a job (see `job`) in a pooled sandbox; Ctrl-C kills it.

@@ -1,9 +1,12 @@
 """Shared helpers of the Python tests (run by tests/python/run as root and as the test user)."""
 
+import contextlib
 import os
 import shutil
+import signal
+import time
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pytest
 
@@ -45,3 +48,43 @@ def busybox_root(tmp_path: Path) -> Path:
         (root / "bin" / tool).symlink_to("busybox")
     (root / "etc/marker").write_text("busybox-rootfs\n")
     return root
+
+
+class Alarm(Exception):
+    """Raised by the SIGALRM handler of `alarm_after`: a signal handler raising, as Ctrl-C does."""
+
+
+@contextlib.contextmanager
+def alarm_after(seconds: float) -> Iterator[None]:
+    """Raises Alarm in the main thread after `seconds` (from a signal handler, like Ctrl-C)."""
+
+    def handler(signum: int, frame: object) -> None:
+        raise Alarm()
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
+def alive(mark: str, settle: float = 2.0) -> int:
+    """How many processes run `sleep MARK` (a sandbox's command), once that number is 0 or
+    `settle` seconds have passed."""
+    deadline = time.monotonic() + settle
+    while True:
+        found = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit() or int(pid) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if f.read().split(b"\0")[:2] == [b"sleep", mark.encode()]:
+                        found += 1
+            except OSError:
+                pass
+        if found == 0 or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)

@@ -1,9 +1,11 @@
 """Bad input of every kind gets the right exception (never a crash), and every exception class is
 raised where it should be, with its details."""
 
+import copy
 import errno
 import os
 import pathlib
+import pickle
 import subprocess
 import time
 
@@ -208,3 +210,113 @@ def test_fd_count_is_stable_over_many_runs_and_errors():
         with rsandbox.Sandbox().spawn(["sleep", "10"], stdin=rsandbox.PIPE, stdout=rsandbox.PIPE):
             pass
     assert fds() == before
+
+
+def _fields(e):
+    """Everything an exception of this package carries."""
+    fields = dict(vars(e), args=e.args, str=str(e), type=type(e))
+    if isinstance(e, OSError):
+        fields.update(errno=e.errno, strerror=e.strerror, filename=e.filename, filename2=e.filename2)
+    for name in ("kind", "errno", "step", "remedy", "path"):
+        fields[name] = getattr(e, name)
+    return fields
+
+
+def _raised(f, *args, **kwargs):
+    try:
+        f(*args, **kwargs)
+    except rsandbox.SandboxError as e:
+        return e
+    raise AssertionError(f"{f.__name__}{args} raised nothing")
+
+
+def test_every_exception_pickles_and_copies_with_all_its_attributes(tmp_path):
+    plain = tmp_path / "plain"
+    plain.write_text("x")
+    plain.chmod(0o644)
+    errors = [
+        _raised(rsandbox.run, ["sh", "-c", "echo partial; sleep 30"], timeout=0.3, capture_output=True),
+        _raised(rsandbox.run, ["sh", "-c", "echo out; echo err >&2; exit 3"], capture_output=True,
+                text=True, check=True),
+        _raised(rsandbox.run, ["no-such-command-rsbx"]),
+        _raised(rsandbox.run, ["true"], rootfs="/nonexistent/rootfs"),
+        _raised(rsandbox.run, ["/d/plain"], binds=[(str(tmp_path), "/d")]),
+        _raised(rsandbox.run, ["true"], cwd="/does/not/exist"),
+        _raised(rsandbox.run, ["true"], memory="lots"),
+        _raised(rsandbox.run, ["true"], memory="64M", cgroup_parent="/sys/fs/cgroup/rsandbox-no-such-parent"),
+        # Made directly, every attribute set.
+        rsandbox.TimeoutExpired(["a", "b"], 1.5, "out", "err"),
+        rsandbox.CalledProcessError(-9, ["a"], b"out", b"err"),
+        rsandbox.SetupError("failed", kind="setup", errno=errno.EPERM, step="mount", remedy="r", path="/p"),
+        rsandbox.SandboxError("plain"),
+    ]
+    kinds = [type(e) for e in errors]
+    assert kinds[:8] == [rsandbox.TimeoutExpired, rsandbox.CalledProcessError, rsandbox.SandboxFileNotFoundError,
+                         rsandbox.SandboxFileNotFoundError, rsandbox.SandboxPermissionError,
+                         rsandbox.SetupError, rsandbox.ConfigError, rsandbox.UnsupportedError], kinds
+    assert errors[3].errno == errno.ENOENT and errors[3].filename == "/nonexistent/rootfs"
+    assert errors[4].errno == errno.EACCES
+    for e in errors:
+        for again in (pickle.loads(pickle.dumps(e)), copy.copy(e), copy.deepcopy(e)):
+            assert _fields(again) == _fields(e), e
+    timeout = pickle.loads(pickle.dumps(errors[0]))
+    assert timeout.stdout == b"partial\n" and timeout.timeout == 0.3 and timeout.cmd == errors[0].cmd
+    assert timeout.result.verdict == "wall-timeout" and timeout.result.report["features"]
+    called = pickle.loads(pickle.dumps(errors[1]))
+    assert (called.returncode, called.stdout, called.stderr) == (3, "out\n", "err\n")
+    assert isinstance(pickle.loads(pickle.dumps(errors[2])), FileNotFoundError)
+    assert pickle.loads(pickle.dumps(errors[7])).feature == errors[7].feature
+
+
+MULTIPROCESSING_POOL = r"""
+import functools, multiprocessing, rsandbox
+
+if __name__ == "__main__":
+    job = functools.partial(rsandbox.run, timeout=0.3)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        pending = pool.map_async(job, [["sleep", "0"], ["sleep", "30"]])
+        try:
+            pending.get(timeout=60)
+        except rsandbox.TimeoutExpired as e:
+            assert e.timeout == 0.3 and e.result.verdict == "wall-timeout", e
+            print("TimeoutExpired")
+        # Control: the pool still works.
+        print([r.returncode for r in pool.map(job, [["true"], ["false"]])])
+"""
+
+
+def test_a_timeout_in_a_multiprocessing_pool_reaches_the_caller():
+    # The worker sends the exception back pickled: one that cannot be unpickled kills the pool's
+    # result handler and the caller waits forever. (In an interpreter of its own: the spawn
+    # context leaves a resource tracker process behind.)
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", MULTIPROCESSING_POOL], capture_output=True, text=True,
+                       timeout=180)
+    assert r.returncode == 0 and r.stdout.split("\n")[:2] == ["TimeoutExpired", "[0, 1]"], r
+
+
+@pytest.mark.parametrize("kwargs, error", [
+    ({"encoding": "no-such-codec"}, LookupError),
+    ({"encoding": 5}, TypeError),
+    ({"encoding": "base64"}, LookupError),  # a codec, but not a text encoding
+    ({"text": True, "errors": "no-such-handler"}, LookupError),
+    ({"text": True, "errors": 5}, TypeError),
+], ids=["unknown-encoding", "encoding-int", "not-text-encoding", "unknown-errors", "errors-int"])
+def test_bad_encoding_or_errors_is_refused_before_anything_runs(tmp_path, kwargs, error):
+    cmd = ["sh", "-c", "touch /w/ran"]
+    binds = [(str(tmp_path), "/w")]
+    with pytest.raises(error):
+        rsandbox.run(cmd, capture_output=True, rw_binds=binds, **kwargs)
+    with pytest.raises(error):
+        rsandbox.Sandbox(rw_binds=binds).spawn(cmd, stdout=rsandbox.PIPE, **kwargs)
+    with rsandbox.Pool(1, rw_binds=binds) as pool:
+        with pytest.raises(error):
+            pool.run(cmd, capture_output=True, **kwargs)
+        with pytest.raises(error):
+            pool.spawn(cmd, stdout=rsandbox.PIPE, **kwargs)
+    time.sleep(0.2)
+    assert not (tmp_path / "ran").exists(), "the command ran before the codec was refused"
+    # Control: the same with a sound codec runs.
+    r = rsandbox.run(cmd, capture_output=True, rw_binds=binds, encoding="latin-1", errors="strict")
+    assert r.returncode == 0 and (tmp_path / "ran").exists()

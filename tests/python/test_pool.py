@@ -7,6 +7,7 @@ import time
 import pytest
 
 import rsandbox
+from conftest import Alarm, alarm_after
 
 # Processes counted by the shell's own glob (a pipeline's processes start at their own pace).
 PROBE = ("grep -E '^(Seccomp|NoNewPrivs|CapEff|CapBnd):' /proc/self/status; id -u; hostname; "
@@ -158,3 +159,28 @@ def test_closing_a_pool_ends_and_reaps_its_sandboxes_even_without_die_with_paren
 
     r = subprocess.run([sys.executable, "-c", DETACHED_POOL], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "0", r
+
+
+def test_wait_full_lets_ctrl_c_through():
+    with rsandbox.Pool(2) as pool:
+        assert pool.wait_full(30)
+        # One sandbox taken, one ready: the pool does not refill while the job runs (a job counts
+        # as running until its result is taken), so the pool is not full again before it ends.
+        with pool.spawn(["sleep", "30"]):
+            start = time.monotonic()
+            with alarm_after(0.5), pytest.raises(Alarm):
+                pool.wait_full(10)
+            assert time.monotonic() - start < 3
+            _interrupt_after(0.3)
+            with pytest.raises(KeyboardInterrupt):
+                pool.wait_full(float("inf"))
+        # Control: without a job, it fills.
+        assert pool.wait_full(30)
+
+
+def _interrupt_after(seconds):
+    import signal
+
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer

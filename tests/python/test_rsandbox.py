@@ -4,10 +4,12 @@ import copy
 import os
 import pickle
 import threading
+import time
 
 import pytest
 
 import rsandbox
+from conftest import Alarm, alarm_after, alive
 
 
 def test_run_like_subprocess():
@@ -493,3 +495,187 @@ def test_a_host_refusing_clone3_gets_every_sandbox():
     assert r.returncode == 0, r.stderr
     expected = ["exit 3 2 rsandbox exit-nonzero"] * 3 + ["signal -9 signaled", "timeout raised", "pooled 4"]
     assert r.stdout.splitlines() == expected, (r.stdout, r.stderr)
+
+
+HALF_A_CHARACTER = "printf 'partial \\303'; "  # the first byte of a 2-byte UTF-8 sequence
+
+
+def test_text_output_of_a_stopped_command_ending_inside_a_character_keeps_the_result():
+    # Killed at the wall-clock limit, by a signal, or still running at communicate's timeout:
+    # the output may stop inside a character, which is replaced rather than losing the result.
+    sleeping = ["sh", "-c", HALF_A_CHARACTER + "exec sleep 30"]
+    with pytest.raises(rsandbox.TimeoutExpired) as e:
+        rsandbox.run(sleeping, capture_output=True, text=True, timeout=0.5)
+    assert e.value.stdout == "partial \ufffd" and e.value.result.stdout == "partial \ufffd"
+    assert e.value.result.verdict == "wall-timeout"
+    r = rsandbox.run(["sh", "-c", HALF_A_CHARACTER + "kill -KILL $$"], capture_output=True, text=True)
+    assert r.verdict == "signaled" and r.stdout == "partial \ufffd", r
+    with rsandbox.Pool(1) as pool:
+        with pytest.raises(rsandbox.TimeoutExpired) as e:
+            pool.run(sleeping, capture_output=True, text=True, timeout=0.5)
+        assert e.value.stdout == "partial \ufffd"
+    with rsandbox.Sandbox().spawn(sleeping, stdout=rsandbox.PIPE, text=True) as p:
+        with pytest.raises(rsandbox.TimeoutExpired) as e:
+            p.communicate(timeout=0.5)
+        assert e.value.stdout == "partial \ufffd"
+        p.kill()
+        assert p.communicate() == ("partial \ufffd", None) and p.returncode == -9
+    # A handler other than "strict" is the caller's choice for the end too.
+    r = rsandbox.run(["sh", "-c", HALF_A_CHARACTER + "kill -KILL $$"], capture_output=True, text=True,
+                     errors="surrogateescape")
+    assert r.stdout == "partial \udcc3", r
+    # Controls, as subprocess decodes: a command ending of itself inside a character, and an
+    # invalid byte before the end of a killed one's output, fail.
+    with pytest.raises(UnicodeDecodeError):
+        rsandbox.run(["sh", "-c", HALF_A_CHARACTER], capture_output=True, text=True)
+    with pytest.raises(UnicodeDecodeError):
+        rsandbox.run(["sh", "-c", "printf 'bad \\377 then \\303'; kill -KILL $$"], capture_output=True, text=True)
+
+
+def test_popen_communicate_says_which_stream_was_truncated():
+    cmd = ["sh", "-c", "head -c 5000 /dev/zero; head -c 10 /dev/zero >&2"]
+    with rsandbox.Sandbox(output_limit=100).spawn(cmd, stdout=rsandbox.PIPE, stderr=rsandbox.PIPE) as p:
+        out, err = p.communicate()
+    r = p.result
+    assert (len(out), len(err)) == (100, 10) and r is not None and r.verdict == "output-limit"
+    assert r.truncated and r.stdout_truncated and not r.stderr_truncated, r
+    swapped = ["sh", "-c", "head -c 10 /dev/zero; head -c 5000 /dev/zero >&2"]
+    with rsandbox.Pool(1, output_limit=100) as pool:
+        with pool.spawn(swapped, stdout=rsandbox.PIPE, stderr=rsandbox.PIPE) as p:
+            p.communicate()
+    r = p.result
+    assert r is not None and r.truncated and r.stderr_truncated and not r.stdout_truncated, r
+
+
+def test_an_exception_while_communicate_waits_kills_and_reaps_the_sandbox():
+    mark = "30.0625"
+    with rsandbox.Sandbox().spawn(["sleep", mark], stdout=rsandbox.PIPE) as p:
+        start = time.monotonic()
+        with alarm_after(0.5), pytest.raises(Alarm):
+            p.communicate()
+        assert time.monotonic() - start < 5
+        assert p.returncode == -9 and p.result is not None and p.result.verdict == "signaled"
+        assert alive(mark) == 0, "the sandbox outlived the exception"
+
+
+def test_an_exception_while_wait_waits_keeps_the_result():
+    # The native wait kills and reaps the sandbox: the Process says so.
+    with rsandbox.Sandbox().spawn(["sleep", "30"]) as p:
+        with alarm_after(0.5), pytest.raises(Alarm):
+            p.wait()
+        assert p.returncode == -9 and p.result is not None and p.result.verdict == "signaled", p
+    with rsandbox.Sandbox().spawn(["sleep", "30"]) as p:
+        _interrupt_after(0.5)
+        with pytest.raises(KeyboardInterrupt):
+            p.wait(timeout=20)
+        assert p.returncode == -9 and p.result is not None, p
+
+
+_BIG = []
+
+
+def _hog_gil(until):
+    """Holds the GIL in long C calls (a multiplication of big ints takes ~1 s) until `until` is set."""
+    if not _BIG:
+        _BIG.append(7 ** 2_000_000)
+    while not until.is_set():
+        _BIG[0] * _BIG[0]
+
+
+@pytest.mark.parametrize("how", ["run", "run-main-thread", "pool-run", "wait"])
+def test_wall_clock_limit_holds_while_another_thread_holds_the_gil(how):
+    # The waiting that enforces the limit must not wait for the GIL: another thread may hold it
+    # for seconds in one C call.
+    if not _BIG:
+        _BIG.append(7 ** 2_000_000)
+    pool = rsandbox.Pool(1) if how == "pool-run" else None
+    p = rsandbox.Sandbox(timeout=0.5).spawn(["sleep", "30"]) if how == "wait" else None
+    results = []
+    done = threading.Event()
+
+    def job():
+        try:
+            if pool is not None:
+                pool.run(["sleep", "30"], timeout=0.5)
+            elif p is not None:
+                p.wait()
+                results.append(p.result)
+            else:
+                rsandbox.run(["sleep", "30"], timeout=0.5)
+        except rsandbox.TimeoutExpired as e:
+            results.append(e.result)
+        finally:
+            done.set()
+
+    try:
+        if how == "run-main-thread":
+            hog = threading.Thread(target=_hog_gil, args=(done,))
+            hog.start()
+            time.sleep(0.05)
+            job()
+            hog.join()
+        else:
+            worker = threading.Thread(target=job)
+            worker.start()
+            time.sleep(0.1)  # (the job is in its native call, without the GIL)
+            _hog_gil(done)
+            worker.join()
+    finally:
+        if pool is not None:
+            pool.close()
+    [r] = results
+    assert r.verdict == "wall-timeout" and r.wall_time < 1.0, r
+
+
+def test_python_m_rsandbox_json_on_timeout_and_ctrl_c():
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    cli = [sys.executable, "-m", "rsandbox", "run"]
+    r = subprocess.run(cli + ["--json", "--", "true"], capture_output=True, text=True, timeout=60)
+    result = json.loads(r.stdout)
+    assert r.returncode == 0 and result["report"]["features"], r
+    assert not any(key.startswith("_") for key in result), sorted(result)
+    # --timeout: still the result (exit status 124).
+    r = subprocess.run(cli + ["--json", "--timeout", "0.3", "--", "sh", "-c", "echo started; exec sleep 10"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 124, r
+    result = json.loads(r.stdout)
+    assert result["verdict"] == "wall-timeout" and result["stdout"] == "started\n", result
+    # Ctrl-C: exit status 130, no traceback, the sandbox gone.
+    mark = "30.0875"
+    with subprocess.Popen(cli + ["--", "sleep", mark], stderr=subprocess.PIPE, text=True) as p:
+        deadline = time.monotonic() + 30
+        while not alive(mark, settle=0) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=30)
+    assert p.returncode == 130 and "Traceback" not in err, (p.returncode, err)
+    assert alive(mark) == 0
+
+
+def test_a_callers_signal_wakeup_fd_is_kept_and_told_of_signals():
+    # While a run waits, the main thread's wakeup fd is the library's (it says when a signal
+    # came); the caller's own (asyncio's self-pipe) is restored after and gets the signal numbers.
+    import signal
+    import socket
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    old_fd = signal.set_wakeup_fd(theirs.fileno())
+    old_handler = signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        # A handler that returns does not stop the run.
+        assert rsandbox.run(["sleep", "1"]).returncode == 0
+        assert ours.recv(16) == bytes([signal.SIGALRM])
+        assert signal.set_wakeup_fd(theirs.fileno()) == theirs.fileno()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old_handler)
+        signal.set_wakeup_fd(old_fd)
+        ours.close()
+        theirs.close()
