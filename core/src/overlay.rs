@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Step};
 use crate::report::{MountEntry, Status};
+// (Non-UTF-8 paths in JSON, as a run's non-UTF-8 output.)
+use crate::sandbox::output_bytes as base64;
 use crate::spec::{Overlay, OverlayDriver, Upper};
 use crate::sys;
 
@@ -1152,47 +1154,6 @@ impl<'de> Deserialize<'de> for DiffPath {
                 .map(DiffPath)
                 .ok_or_else(|| serde::de::Error::custom("invalid base64 path")),
         }
-    }
-}
-
-/// Standard base64 with padding (RFC 4648), the encoding of non-UTF-8 output in a run's JSON
-/// result (sandbox.rs); repeated here, that one being private to its module.
-mod base64 {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-
-    pub(super) fn encode(bytes: &[u8]) -> String {
-        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-        for chunk in bytes.chunks(3) {
-            let n = chunk
-                .iter()
-                .enumerate()
-                .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-            for i in 0..4 {
-                if i <= chunk.len() {
-                    out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-                } else {
-                    out.push('=');
-                }
-            }
-        }
-        out
-    }
-
-    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
-        let text = text.trim_end_matches('=');
-        let mut out = Vec::with_capacity(text.len() * 3 / 4);
-        let (mut n, mut bits) = (0u32, 0);
-        for c in text.bytes() {
-            let v = ALPHABET.iter().position(|&a| a == c)? as u32;
-            n = n << 6 | v;
-            bits += 6;
-            if bits >= 8 {
-                bits -= 8;
-                out.push((n >> bits) as u8);
-                n &= (1 << bits) - 1;
-            }
-        }
-        Some(out)
     }
 }
 

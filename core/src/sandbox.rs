@@ -158,7 +158,7 @@ pub struct RunResult {
 
 /// Output bytes in JSON: a string when they are UTF-8 text, else `{"base64": "..."}`, so that
 /// nothing is lost or replaced.
-mod output_bytes {
+pub(crate) mod output_bytes {
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]
@@ -191,7 +191,7 @@ mod output_bytes {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
 
     /// Standard base64 with padding (RFC 4648).
-    pub(super) fn encode(bytes: &[u8]) -> String {
+    pub(crate) fn encode(bytes: &[u8]) -> String {
         let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
         for chunk in bytes.chunks(3) {
             let n = chunk
@@ -209,7 +209,7 @@ mod output_bytes {
         out
     }
 
-    pub(super) fn decode(text: &str) -> Option<Vec<u8>> {
+    pub(crate) fn decode(text: &str) -> Option<Vec<u8>> {
         let text = text.trim_end_matches('=');
         let mut out = Vec::with_capacity(text.len() * 3 / 4);
         let (mut n, mut bits) = (0u32, 0);
