@@ -48,6 +48,14 @@ fn layers() -> Option<Layers> {
     })
 }
 
+/// Runs `script` over the layers with `upper` as the persistent upper; then its diff.
+fn run_then_diff(l: &Layers, driver: OverlayDriver, upper: &Path, script: &str) -> rsandbox::Diff {
+    let path = upper.to_path_buf();
+    let r = run(&overlay_spec(l, driver, Upper::Persistent { path }, script));
+    assert!(r.status.success(), "{driver:?}: {}", err(&r));
+    rsandbox::diff(upper, &[]).unwrap()
+}
+
 fn overlay_spec(l: &Layers, driver: OverlayDriver, upper: Upper, script: &str) -> Spec {
     let mut spec = Spec::new(["/bin/sh", "-c", script]);
     spec.filesystem.root = Root::Overlay(Overlay {
@@ -176,16 +184,7 @@ fn persistent_upper_holds_exactly_the_changes_and_stacks_as_a_lower() {
         let up = TempDir::new("upper");
         let upper = up.path().join("changes");
         let script = "echo more >> /data/base.txt; rm /data/mid.txt; mkdir -p /data/d/e; echo f > /data/d/e/f; ln -s top.txt /data/link";
-        let r = run(&overlay_spec(
-            &l,
-            driver,
-            Upper::Persistent {
-                path: upper.clone(),
-            },
-            script,
-        ));
-        assert!(r.status.success(), "{driver:?}: {}", err(&r));
-        let d = rsandbox::diff(&upper, &[]).unwrap();
+        let d = run_then_diff(&l, driver, &upper, script);
         assert_eq!(
             d.added,
             ["/data/d", "/data/d/e", "/data/d/e/f", "/data/link"],
@@ -698,16 +697,7 @@ fn diff_keeps_hostile_names_exact_and_one_line_each() {
             mkdir -p "$forged/data"; echo x > "$forged/data/base.txt"
             echo x > "$(printf 'bad\377name')"; echo x > "$(printf 'bad\357\277\275name')"
             echo x > 'back\slash'; rm mid.txt"#;
-        let r = run(&overlay_spec(
-            &l,
-            driver,
-            Upper::Persistent {
-                path: upper.clone(),
-            },
-            script,
-        ));
-        assert!(r.status.success(), "{driver:?}: {}", err(&r));
-        let d = rsandbox::diff(&upper, &[]).unwrap();
+        let d = run_then_diff(&l, driver, &upper, script);
         let added: Vec<&[u8]> = d.added.iter().map(|p| p.as_bytes()).collect();
         assert_eq!(
             added,
