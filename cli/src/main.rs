@@ -670,6 +670,26 @@ fn run(a: &RunArgs) -> Result<u8, Error> {
     Ok(result.status.shell_code().clamp(0, 255) as u8)
 }
 
+/// Lets the stop signal `sig` take its default action on this process (it stops here until
+/// SIGCONT, unless the kernel discards it), then takes it over again.
+fn stop_self(sig: i32) {
+    // SAFETY: sigaction and sigprocmask on this process's own disposition and mask, restored
+    // after; raise delivers `sig` to this thread.
+    unsafe {
+        let mut default: libc::sigaction = std::mem::zeroed();
+        default.sa_sigaction = libc::SIG_DFL;
+        let mut before: libc::sigaction = std::mem::zeroed();
+        libc::sigaction(sig, &default, &mut before);
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, sig);
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+        libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+        libc::sigaction(sig, &before, std::ptr::null_mut());
+    }
+}
+
 /// Ends this process by `sig`, its default action restored and unblocked.
 fn die_of(sig: i32) {
     let _ = std::io::stdout().flush();
@@ -685,15 +705,17 @@ fn die_of(sig: i32) {
 }
 
 /// Passes a signal this program received to the sandbox through `send`; returns it when it is
-/// one the sandbox ends by. Job control is relayed as a terminal would: a stop request (Ctrl-Z,
-/// or a background read or write of the terminal) stops every process of the sandbox and then
-/// this program, and the continue signal continues them after it.
+/// one the sandbox ends by. Job control is relayed: a stop signal (Ctrl-Z's SIGTSTP, or SIGTTIN
+/// or SIGTTOU sent to this program) stops every process of the sandbox and then this program as
+/// that signal's default action would, and they go on when it does.
 fn relay_signal(sig: i32, mut send: impl FnMut(i32)) -> Option<i32> {
     match sig {
         libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU => {
             send(libc::SIGSTOP);
-            // SAFETY: stopping this process; it goes on at SIGCONT.
-            unsafe { libc::raise(libc::SIGSTOP) };
+            stop_self(sig);
+            // Continued, or never stopped (the kernel discards a terminal stop signal in an
+            // orphaned process group, where nothing would continue it): the sandbox goes on.
+            send(libc::SIGCONT);
             None
         }
         libc::SIGCONT => {
@@ -751,6 +773,9 @@ struct Limited {
     to: i32,
     kept: Vec<u8>,
     cut: bool,
+    /// Where in `kept` the part not yet written to `to` starts (a slow reader of this program's
+    /// output must not keep it from relaying signals and watching the limits).
+    written: usize,
 }
 
 impl Limited {
@@ -774,8 +799,6 @@ impl Limited {
                         .saturating_sub(self.kept.len())
                         .min(n);
                     self.cut |= room < n;
-                    // Our own output may be closed (`| head`): what is kept still counts.
-                    let _ = write_all_fd(self.to, &buf[..room]);
                     self.kept.extend_from_slice(&buf[..room]);
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
@@ -787,6 +810,51 @@ impl Limited {
                 }
             }
         }
+    }
+}
+
+impl Limited {
+    /// Writes what is kept and not written yet to `to` as far as it takes it without blocking
+    /// (a pipe or terminal that polls writable takes PIPE_BUF bytes at once), or all of it with
+    /// `wait`. Our own output may be closed (`| head`): what is kept still counts.
+    fn flush(&mut self, wait: bool) {
+        while self.written < self.kept.len() {
+            if !wait {
+                let mut p = libc::pollfd {
+                    fd: self.to,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
+                // SAFETY: one valid pollfd, no wait.
+                if unsafe { libc::poll(&mut p, 1, 0) } != 1 {
+                    return;
+                }
+                if p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                    // Nobody reads it (or it is closed): the rest is not written.
+                    self.written = self.kept.len();
+                    return;
+                }
+                if p.revents & libc::POLLOUT == 0 {
+                    return;
+                }
+            }
+            let end = if wait {
+                self.kept.len()
+            } else {
+                (self.written + libc::PIPE_BUF).min(self.kept.len())
+            };
+            match write_all_fd(self.to, &self.kept[self.written..end]) {
+                Ok(()) => self.written = end,
+                Err(_) => {
+                    self.written = self.kept.len();
+                    return;
+                }
+            }
+        }
+    }
+
+    fn unwritten(&self) -> bool {
+        self.written < self.kept.len()
     }
 }
 
@@ -823,6 +891,7 @@ fn pass_on_limited(
             to,
             kept: Vec::new(),
             cut: false,
+            written: 0,
         });
     let present = streams.each_ref().map(|s| s.pipe.is_some());
     for pipe in streams.iter().filter_map(|s| s.pipe.as_ref()) {
@@ -835,26 +904,31 @@ fn pass_on_limited(
     let mut ended = None;
     while streams.iter().any(|s| s.pipe.is_some()) {
         let fd_of = |s: &Limited| s.pipe.as_ref().map_or(-1, |p| p.as_raw_fd());
+        let out_fd = |s: &Limited| if s.unwritten() { s.to } else { -1 };
+        let result = if ended.is_none() {
+            child.result_fd()
+        } else {
+            -1
+        };
         let mut fds = [
-            fd_of(&streams[0]),
-            fd_of(&streams[1]),
-            signals.map_or(-1, |s| s.fd.as_raw_fd()),
-            if ended.is_none() {
-                child.result_fd()
-            } else {
-                -1
-            },
+            (fd_of(&streams[0]), libc::POLLIN),
+            (fd_of(&streams[1]), libc::POLLIN),
+            (signals.map_or(-1, |s| s.fd.as_raw_fd()), libc::POLLIN),
+            (result, libc::POLLIN),
+            (out_fd(&streams[0]), libc::POLLOUT),
+            (out_fd(&streams[1]), libc::POLLOUT),
         ]
-        .map(|fd| libc::pollfd {
+        .map(|(fd, events)| libc::pollfd {
             fd,
-            events: libc::POLLIN,
+            events,
             revents: 0,
         });
         // Wake at least every 50 ms so the spec's wall-clock limit is checked.
-        // SAFETY: fds is a valid array of four pollfd structs.
-        unsafe { libc::poll(fds.as_mut_ptr(), 4, 50) };
+        // SAFETY: fds is a valid array of six pollfd structs.
+        unsafe { libc::poll(fds.as_mut_ptr(), 6, 50) };
         for s in &mut streams {
             s.pass(limit);
+            s.flush(false);
         }
         if let Some(signals) = signals {
             relay_pending(child, signals, relayed)?;
@@ -873,6 +947,11 @@ fn pass_on_limited(
         Some(r) => r,
         None => wait_forwarding(child, signals, relayed)?,
     };
+    // The sandbox has ended: the rest of what was kept goes out, however long it takes, unless a
+    // signal sent to this program ended it (as it would have ended a program writing it).
+    for s in &mut streams {
+        s.flush(relayed.is_none());
+    }
     let [out, err] = streams;
     r.stdout_truncated = out.cut;
     r.stderr_truncated = err.cut;

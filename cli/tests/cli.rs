@@ -650,8 +650,12 @@ fn ctrl_z_stops_the_sandbox_and_continue_resumes_it() {
         ticks.display()
     );
     let bind = format!("{}:{}", dir.path().display(), dir.path().display());
+    // In a process group of its own whose parent (this test) is outside it, as a shell's job:
+    // the kernel discards a stop signal's default action in an orphaned group.
+    use std::os::unix::process::CommandExt;
     let mut child = cli(["run", "--bind", &bind, "--", "sh", "-c", &script])
         .stdout(Stdio::null())
+        .process_group(0)
         .spawn()
         .unwrap();
     let lines = || {
@@ -689,6 +693,35 @@ fn ctrl_z_stops_the_sandbox_and_continue_resumes_it() {
         wait_within(&mut child, Duration::from_secs(10)),
         128 + libc::SIGTERM
     );
+}
+
+/// --output-limit with a reader of the CLI's output that does not read: what is kept waits, and
+/// Ctrl-C still reaches the sandbox and ends the CLI at once (it does not wait to write it).
+#[test]
+fn a_stalled_reader_of_limited_output_does_not_hold_off_ctrl_c() {
+    use std::os::unix::process::ExitStatusExt;
+    let m = marker();
+    let script = format!("head -c 1000000 /dev/zero; sleep 440{m}");
+    let mut child = cli(["run", "--output-limit", "2M", "--", "sh", "-c", &script])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // stdout is a pipe nobody reads (64 KiB of it fill it).
+    assert!(wait_for_sleeps(&m, 1, Duration::from_secs(10)));
+    send_signal(child.id(), libc::SIGINT);
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "the CLI is still writing"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(status.signal(), Some(libc::SIGINT), "{status:?}");
+    assert!(gone_within(&m, Duration::from_secs(5)));
 }
 
 #[test]

@@ -2238,19 +2238,16 @@ impl Child {
     /// A descriptor for an event loop: it becomes readable (poll(2)) when
     /// [`try_wait`](Self::try_wait) has something to do, which it then does. That is when the
     /// result is there (the sandbox's status pipe, when the result comes with the command's
-    /// status ahead of the init's exit and the namespaces' teardown; else the pidfd) and, where
-    /// the spec sets a wall-clock or CPU-time limit, when a limit is due to be checked (the
-    /// deadline; every 20 ms for CPU time), so that the limits hold for a caller that only
-    /// polls this and calls `try_wait`. Owned by the child.
+    /// status ahead of the init's exit and the namespaces' teardown; else the pidfd), when a
+    /// limit is due to be checked (the deadline; every 20 ms for CPU time), and when an init
+    /// asked to end its sandbox has had its grace ([`END_GRACE`]), so that the limits and a
+    /// kill hold for a caller that only polls this and calls `try_wait`. Owned by the child.
     pub fn result_fd(&self) -> RawFd {
         let plain = if self.early_exit {
             self.status_r.as_raw_fd()
         } else {
             self.pidfd.as_raw_fd()
         };
-        if self.deadline.is_none() && !self.cpu_watch() {
-            return plain;
-        }
         // Without its descriptors (none left), the plain one: try_wait still checks the limits
         // each time it is called.
         match self.wake.get_or_init(|| Wake::new(self).ok()) {
@@ -2474,7 +2471,17 @@ impl Child {
                 ..r.clone()
             }));
         }
+        // A result already there is taken before the limits are looked at: a command that ended
+        // in time is not a timeout for being waited on late.
+        if let Some(r) = self.take_result()? {
+            return Ok(Some(r));
+        }
         self.watch()?;
+        self.take_result()
+    }
+
+    /// The result, if the sandbox has ended (see [`try_wait`](Self::try_wait)).
+    fn take_result(&mut self) -> Result<Option<RunResult>> {
         if self.early_exit {
             if let Some(record) = self.status_record()? {
                 let status = ExitStatus::from_wait_status(record.word);
@@ -2886,15 +2893,17 @@ impl Wake {
             wake.watch(child.status_r.as_raw_fd())?;
         }
         wake.watch(wake.timer.as_raw_fd())?;
-        // First at the deadline (or the first CPU check), then every 20 ms while CPU time is
-        // watched; Instant is CLOCK_MONOTONIC, as the timer.
-        let first = child.watch_interval().unwrap_or(Duration::ZERO);
+        // First at the deadline (or the first CPU check, or the end of a grace), then every 20 ms
+        // while CPU time is watched; Instant is CLOCK_MONOTONIC, as the timer. Nothing due:
+        // left unarmed (`end` arms it).
         let every = if child.cpu_watch() {
             Duration::from_millis(20)
         } else {
             Duration::ZERO
         };
-        wake.arm(first, every)?;
+        if let Some(first) = child.watch_interval() {
+            wake.arm(first, every)?;
+        }
         Ok(wake)
     }
 

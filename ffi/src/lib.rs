@@ -651,8 +651,7 @@ pub unsafe extern "C" fn sbx_config_set_num(
         if let Err(e) = limits_only.check() {
             return fail(e);
         }
-        cfg.spec = copy;
-        sbx_result::SBX_OK
+        commit(cfg, copy)
     })
 }
 

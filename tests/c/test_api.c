@@ -433,6 +433,9 @@ static void test_errors(void) {
     CHECK(sbx_config_set_env(cfg, "A", "B=C") == SBX_OK);
     CHECK(sbx_config_set_str(cfg, "cwd", "/tmp") == SBX_OK);
     CHECK(sbx_config_set_str(cfg, "hostname", "h") == SBX_OK);
+    /* A number that would contradict what is set: the hostname needs the UTS namespace. */
+    CHECK(sbx_config_set_num(cfg, "namespace.uts", 0) == SBX_ERR_INVALID_SPEC);
+    CHECK(strstr(sbx_last_error_message(), "hostname") != NULL);
     CHECK(sbx_config_add_tmpfs(cfg, "/scratch", 0) == SBX_OK);
     sbx_config_free(cfg);
 

@@ -62,6 +62,11 @@ pub(super) fn run(plan: &Plan, main: libc::pid_t) -> ! {
                 end_all(plan, main, false);
             } else if byte[0] == super::CTL_STOP {
                 forward(plan, main, libc::SIGSTOP);
+            } else if byte[0] == super::CTL_DEADLINE {
+                let mut at = [0u8; 8];
+                if sys::read_full(plan.ctl_r, &mut at) == Ok(8) && fds[2].fd < 0 {
+                    fds[2].fd = sys::timer_at(u64::from_ne_bytes(at)).unwrap_or(-1);
+                }
             }
         }
         if fds[0].revents & libc::POLLIN != 0 {
