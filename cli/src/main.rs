@@ -355,7 +355,7 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
             ov.lowers = list
                 .split(':')
                 .filter(|l| !l.is_empty())
-                .map(PathBuf::from)
+                .map(|l| host_path(Path::new(l)))
                 .collect();
         }
         if let Some(image) = &a.image {
@@ -367,9 +367,9 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
                 _ => (image.as_str(), None),
             };
             ov.image = Some(ImageSource {
-                layout: layout.into(),
+                layout: host_path(Path::new(layout)),
                 tag,
-                store: a.image_store.clone(),
+                store: a.image_store.as_deref().map(host_path),
             });
         }
         spec.filesystem.root = Root::Overlay(ov);
@@ -383,7 +383,9 @@ fn build_spec(a: &RunArgs) -> Result<Spec, Error> {
             };
         }
         if let Some(dir) = &a.upper {
-            ov.upper = Upper::Persistent { path: dir.clone() };
+            ov.upper = Upper::Persistent {
+                path: host_path(dir),
+            };
         }
         if let Some(size) = a.upper_size {
             ov.upper = Upper::Ephemeral { size: Some(size) };

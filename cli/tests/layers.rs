@@ -385,9 +385,30 @@ fn bad_lowers_give_125_and_name_the_path() {
     let list = format!("{}:{missing}", l.top);
     let r = sh_in(&["--overlay", &list], "echo ran");
     assert_setup_error(&r, &[&missing]);
-    // A relative lower is refused, not resolved against some directory.
+    // A relative lower is the current directory's, as any path on a command line: missing
+    // there, it is named as it resolved; there, it is used.
     let r = sh_in(&["--overlay", "relative/lower"], "echo ran");
-    assert_setup_error(&r, &["relative/lower", "absolute"]);
+    let cwd = std::env::current_dir().unwrap().join("relative/lower");
+    assert_setup_error(&r, &[&cwd.display().to_string()]);
+    let top = Path::new(&l.top);
+    let name = |p: &str| {
+        let p = Path::new(p);
+        assert_eq!(p.parent(), top.parent(), "the layers are siblings");
+        p.file_name().unwrap().to_str().unwrap().to_string()
+    };
+    let relative = format!("{}:{}:{}", name(&l.top), name(&l.mid), name(&l.base));
+    let mut cmd = cli([
+        "run",
+        "--overlay",
+        &relative,
+        "--",
+        "/bin/sh",
+        "-c",
+        "echo ran",
+    ]);
+    cmd.current_dir(top.parent().unwrap());
+    let r = run_cmd(cmd, None);
+    assert_eq!((r.code, r.stdout.as_str()), (0, "ran\n"), "{r:?}");
     // An empty list has no lower at all.
     let r = sh_in(&["--overlay", ":"], "echo ran");
     assert_setup_error(&r, &["lower"]);

@@ -954,16 +954,49 @@ struct LayerRecord {
 }
 
 impl LayerRecord {
+    /// The record, if there is one this user wrote: a file another user owns or could have
+    /// written (in a directory shared with others) is not taken for it, nor a link.
     fn read(upper: &Path) -> Option<LayerRecord> {
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
         let canon = std::fs::canonicalize(upper).unwrap_or_else(|_| upper.into());
-        let text = std::fs::read_to_string(sidecar(&canon, "layers.json")).ok()?;
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(sidecar(&canon, "layers.json"))
+            .ok()?;
+        let meta = file.metadata().ok()?;
+        if !meta.is_file() || meta.uid() != sys::getuid() || meta.mode() & 0o022 != 0 {
+            return None;
+        }
+        let mut text = String::new();
+        (&mut file).take(1 << 20).read_to_string(&mut text).ok()?;
         serde_json::from_str(&text).ok()
     }
 
+    /// Writes the record, never through a link nor into a file another user owns.
     fn write(&self, upper: &Path) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let path = sidecar(upper, "layers.json");
         let text = serde_json::to_string_pretty(self).unwrap_or_default();
-        std::fs::write(&path, text).map_err(|e| Error::io("write layer record", Some(path), e))
+        let io = |e: std::io::Error| Error::io("write layer record", Some(path.clone()), e);
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .mode(0o644)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(&path)
+            .map_err(io)?;
+        let meta = file.metadata().map_err(io)?;
+        if !meta.is_file() || meta.uid() != sys::getuid() {
+            return Err(io(std::io::Error::from_raw_os_error(libc::EPERM)));
+        }
+        // (Ours: writable by us alone from now on, so that `read` takes it.)
+        file.set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(io)?;
+        file.set_len(0).map_err(io)?;
+        file.write_all(text.as_bytes()).map_err(io)
     }
 }
 

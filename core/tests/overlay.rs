@@ -808,6 +808,40 @@ fn diff_stands_when_a_directory_is_too_deep_or_closed() {
 /// refused before anything runs: that user could have planted files for the sandbox to run, or
 /// write to its upper still. So is one below a directory others can write that is not sticky;
 /// below a sticky one (as /tmp) it is used.
+/// The record beside a persistent upper is never written through a link (one planted there by
+/// another user would have the caller overwrite its target), and `diff` does not take a record
+/// others could have written. Control: without the link the record is written and read.
+#[test]
+fn the_record_beside_an_upper_is_neither_followed_nor_taken_from_others() {
+    let Some(l) = layers() else { return };
+    let dir = TempDir::new("record");
+    let upper = dir.path().join("u");
+    let record = dir.path().join(".u.layers.json");
+    let victim = dir.path().join("victim");
+    std::fs::write(&victim, "precious\n").unwrap();
+    std::os::unix::fs::symlink(&victim, &record).unwrap();
+    let spec = overlay_spec(
+        &l,
+        OverlayDriver::Kernel,
+        Upper::Persistent {
+            path: upper.clone(),
+        },
+        "echo x > /data/new",
+    );
+    let e = rsandbox::spawn(&spec).unwrap_err();
+    assert!(e.to_string().contains("layer record"), "{e}");
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious\n");
+    // Control: the record is written, and names the lowers diff uses.
+    std::fs::remove_file(&record).unwrap();
+    assert!(run(&spec).status.success());
+    assert!(std::fs::symlink_metadata(&record).unwrap().is_file());
+    assert_eq!(rsandbox::diff(&upper, &[]).unwrap().added, ["/data/new"]);
+    // A record others could have written is not taken: without lowers, everything is added.
+    std::fs::set_permissions(&record, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let d = rsandbox::diff(&upper, &[]).unwrap();
+    assert!(d.added.iter().any(|p| p == "/data"), "{d:?}");
+}
+
 #[test]
 fn a_persistent_upper_others_could_write_is_refused() {
     let Some(l) = layers() else { return };
