@@ -73,6 +73,10 @@ struct State {
     failure: Option<String>,
     /// The refill is starting a sandbox.
     starting: bool,
+    /// Of the running jobs, those whose result is the caller's to take later (`spawn`), and
+    /// those of `run` waiting for the persistent upper of an exclusive pool.
+    held: usize,
+    queued: usize,
 }
 
 /// A started sandbox whose agent waits for its job.
@@ -89,6 +93,10 @@ impl Pool {
     /// their result is taken), and for 2 ms after a result while its caller handles it, it
     /// starts new ones only when none is left, so a job does not share the CPU with a start it
     /// does not need.
+    ///
+    /// Over a persistent upper the pool holds one sandbox, and one job runs at a time: `run`s
+    /// from several threads take turns; a `spawn` while another job runs, or a `run` while a
+    /// `spawn`'s result is untaken, is refused (its caller may be the one to take it).
     pub fn new(spec: &Spec, size: usize) -> Result<Pool> {
         if size == 0 || size > MAX_SIZE {
             return Err(Error::invalid(
@@ -119,6 +127,8 @@ impl Pool {
                 last_done: None,
                 failure: None,
                 starting: false,
+                held: 0,
+                queued: 0,
             }),
             changed: Condvar::new(),
         });
@@ -223,21 +233,17 @@ impl Pool {
             crate::sandbox::check_seconds("timeout", t)?;
         }
         // The job counts as running from before a sandbox is taken (so the refill, woken by the
-        // taking, already sees it) until its result is in or its handle dropped.
-        let mut running = Some(Running::new(Arc::clone(&self.shared)));
+        // taking, already sees it) until its result is in or its handle dropped. A `run`
+        // (keep_stdin) takes its result itself; a `spawn`'s is held for its caller.
+        let held = !keep_stdin;
+        let mut running = Some(Running::new(Arc::clone(&self.shared), held));
         // A ready sandbox may have died while it waited (killed from outside, or by its
         // cgroup): it is dropped and the next one taken; a fresh start is the last resort.
         loop {
             let taken = {
                 let mut state = self.shared.lock();
-                if self.shared.exclusive && state.running > 1 {
-                    // Another job holds the upper until its result is taken: this one would
-                    // wait on it (forever, were that result this caller's to take).
-                    return Err(Error::invalid(
-                        "pool",
-                        "this pool's persistent upper serves one job at a time, and another \
-                         job's result has not been taken yet: wait for it first",
-                    ));
+                if self.shared.exclusive {
+                    state = self.wait_for_upper(state, held)?;
                 }
                 while self.shared.exclusive && state.ready.is_empty() && state.starting {
                     state = match self.shared.changed.wait(state) {
@@ -273,6 +279,53 @@ impl Pool {
                 }
                 None => continue,
             }
+        }
+    }
+
+    /// Over a persistent upper (one job at a time), waits until the other jobs have let go of
+    /// it, for a `run` (whose caller takes its result, and so is not among those waited for):
+    /// `run`s from several threads go one after another. Refuses when a job whose result is
+    /// held for its caller (`spawn`) is among them, as this job's caller may be the one to take
+    /// it (and would wait on itself); so is a `spawn` while another job runs.
+    fn wait_for_upper<'a>(
+        &'a self,
+        mut state: std::sync::MutexGuard<'a, State>,
+        held: bool,
+    ) -> Result<std::sync::MutexGuard<'a, State>> {
+        let refuse = || {
+            Error::invalid(
+                "pool",
+                "this pool's persistent upper serves one job at a time, and another job's \
+                 result has not been taken yet: wait for it first",
+            )
+        };
+        // Jobs other than this one that hold or are about to hold the upper: running, not
+        // queued (this one is among the running, and among the queued while it waits).
+        let others = |s: &State, queued: bool| s.running - 1 - (s.queued - usize::from(queued));
+        if held {
+            if state.running > 1 {
+                return Err(refuse());
+            }
+            return Ok(state);
+        }
+        state.queued += 1;
+        loop {
+            if state.held > 0 {
+                state.queued -= 1;
+                return Err(refuse());
+            }
+            if state.closing {
+                state.queued -= 1;
+                return Err(Error::invalid("pool", "the pool is closing"));
+            }
+            if others(&state, true) == 0 {
+                state.queued -= 1;
+                return Ok(state);
+            }
+            state = match self.shared.changed.wait(state) {
+                Ok(s) => s,
+                Err(p) => p.into_inner(),
+            };
         }
     }
 
@@ -365,7 +418,7 @@ fn refill_next(
 }
 
 /// Counts a job as running while it lives: held by the job's [`Child`] until its result is in.
-pub(crate) struct Running(Arc<Shared>);
+pub(crate) struct Running(Arc<Shared>, bool);
 
 impl std::fmt::Debug for Running {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -374,9 +427,13 @@ impl std::fmt::Debug for Running {
 }
 
 impl Running {
-    fn new(shared: Arc<Shared>) -> Running {
-        shared.lock().running += 1;
-        Running(shared)
+    fn new(shared: Arc<Shared>, held: bool) -> Running {
+        {
+            let mut state = shared.lock();
+            state.running += 1;
+            state.held += usize::from(held);
+        }
+        Running(shared, held)
     }
 }
 
@@ -385,6 +442,7 @@ impl Drop for Running {
         {
             let mut state = self.0.lock();
             state.running -= 1;
+            state.held -= usize::from(self.1);
             state.last_done = Some(Instant::now());
         }
         self.0.changed.notify_all();

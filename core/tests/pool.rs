@@ -439,6 +439,54 @@ fn a_pool_over_a_persistent_upper_runs_job_after_job() {
     assert_eq!(out(&r), "first\n", "{}", err(&r));
 }
 
+/// Over a persistent upper, `run`s from several threads take turns instead of being refused;
+/// a `run` while a `spawn`'s result is untaken is refused at once (its caller may hold it).
+#[test]
+fn runs_from_several_threads_take_turns_on_a_persistent_upper() {
+    let _serial = serial();
+    let Some(rootfs) = busybox_rootfs() else {
+        return;
+    };
+    let dir = TempDir::new("pool-turns");
+    let mut spec = Spec::default();
+    spec.filesystem.root = rsandbox::Root::Overlay(rsandbox::Overlay {
+        lowers: vec![rootfs.path().to_path_buf()],
+        image: None,
+        upper: rsandbox::Upper::Persistent {
+            path: dir.path().join("u"),
+        },
+        driver: rsandbox::OverlayDriver::Kernel,
+    });
+    let Some(pool) = pool(&spec, 1) else {
+        return;
+    };
+    std::thread::scope(|s| {
+        for t in 0..3 {
+            let pool = &pool;
+            s.spawn(move || {
+                for i in 0..3 {
+                    // Each job appends, then checks that nobody else wrote in between.
+                    let script = format!("echo {t}.{i} >>/log; sleep 0.05; tail -n 1 /log");
+                    let r = pool
+                        .run(&job(&script), None)
+                        .unwrap_or_else(|e| panic!("{t}.{i}: {e}"));
+                    assert_eq!(out(&r), format!("{t}.{i}\n"), "{}", err(&r));
+                }
+            });
+        }
+    });
+    let log = std::fs::read_to_string(dir.path().join("u/log")).unwrap();
+    assert_eq!(log.lines().count(), 9, "{log}");
+    let mut held = pool.spawn(&job("sleep 0.2")).unwrap();
+    let e = pool
+        .run(&job("true"), None)
+        .expect_err("a run behind a held job");
+    assert_eq!(e.kind(), rsandbox::ErrorKind::InvalidSpec, "{e}");
+    assert!(held.wait().unwrap().status.success());
+    drop(held);
+    assert!(pool.run(&job("true"), None).unwrap().status.success());
+}
+
 /// The report of a pooled job says what its sandbox is: one wall-timeout entry (the job's), and
 /// a pool entry that names only what the sandbox has of its own.
 #[test]
