@@ -386,6 +386,20 @@ fn the_refill_waits_while_a_job_runs() {
     b.wait().unwrap();
 }
 
+/// The default spec with `lower` under the persistent upper `upper` (kernel overlayfs).
+fn over_persistent_upper(lower: &std::path::Path, upper: &std::path::Path) -> Spec {
+    let mut spec = Spec::default();
+    spec.filesystem.root = rsandbox::Root::Overlay(rsandbox::Overlay {
+        lowers: vec![lower.to_path_buf()],
+        image: None,
+        upper: rsandbox::Upper::Persistent {
+            path: upper.to_path_buf(),
+        },
+        driver: rsandbox::OverlayDriver::Kernel,
+    });
+    spec
+}
+
 /// A pool over a persistent upper holds one sandbox (each holds the upper until it has ended),
 /// and its jobs follow one another on it without being refused: a job's result waits for its
 /// sandbox to let go of the upper, as a cold start's does.
@@ -396,15 +410,7 @@ fn a_pool_over_a_persistent_upper_runs_job_after_job() {
         return;
     };
     let dir = TempDir::new("pool-upper");
-    let mut spec = Spec::default();
-    spec.filesystem.root = rsandbox::Root::Overlay(rsandbox::Overlay {
-        lowers: vec![rootfs.path().to_path_buf()],
-        image: None,
-        upper: rsandbox::Upper::Persistent {
-            path: dir.path().join("u"),
-        },
-        driver: rsandbox::OverlayDriver::Kernel,
-    });
+    let spec = over_persistent_upper(rootfs.path(), &dir.path().join("u"));
     let e = Pool::new(&spec, 2)
         .err()
         .expect("a pool of 2 over one upper");
@@ -448,15 +454,7 @@ fn runs_from_several_threads_take_turns_on_a_persistent_upper() {
         return;
     };
     let dir = TempDir::new("pool-turns");
-    let mut spec = Spec::default();
-    spec.filesystem.root = rsandbox::Root::Overlay(rsandbox::Overlay {
-        lowers: vec![rootfs.path().to_path_buf()],
-        image: None,
-        upper: rsandbox::Upper::Persistent {
-            path: dir.path().join("u"),
-        },
-        driver: rsandbox::OverlayDriver::Kernel,
-    });
+    let spec = over_persistent_upper(rootfs.path(), &dir.path().join("u"));
     let Some(pool) = pool(&spec, 1) else {
         return;
     };
